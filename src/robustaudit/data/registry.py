@@ -1,0 +1,139 @@
+"""Open a data set from a one-string spec, as written on the command line or in a plan file.
+
+Spec grammar: ``NAME`` or ``NAME:ROOT`` followed by optional ``:key=value`` settings, e.g.
+``digits``, ``cifar10:~/data``, ``imagefolder:/data/pets:size=32``, ``tensors:batch.npz``. Settings
+are peeled off the END of the spec only (``:key=value`` with a plain identifier key), so a root may
+itself contain ``:`` (``C:\\data``, ``/mnt/a:b``) as long as no part of it looks like ``:key=value``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from robustaudit.core.errors import UserError, unknown
+from robustaudit.data.base import ImageData
+
+_SETTING = re.compile(r":([A-Za-z_]\w*)=([^:]*)$")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    description: str
+    needs_root: bool
+    settings: tuple[str, ...]
+    open: Callable[[str | None, str, dict[str, str], str], ImageData]
+
+
+def _positive_int(value: str, key: str, spec: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise UserError(f"dataset '{spec}': {key} must be a positive integer, got '{value}'")
+    return number
+
+
+def _digits(root, split, settings, spec):
+    from robustaudit.data.digits import digits_split
+
+    return digits_split(split)
+
+
+def _cifar10(root, split, settings, spec):
+    from robustaudit.data.vision import open_cifar10
+
+    return open_cifar10(root, split, name=spec)
+
+
+def _mnist(root, split, settings, spec):
+    from robustaudit.data.vision import open_mnist
+
+    return open_mnist(root, split, name=spec)
+
+
+def _imagefolder(root, split, settings, spec):
+    from robustaudit.data.vision import open_imagefolder
+
+    size = _positive_int(settings["size"], "size", spec) if "size" in settings else None
+    return open_imagefolder(root, size=size, name=spec)
+
+
+def _tensors(root, split, settings, spec):
+    from robustaudit.data.tensors import open_tensors
+
+    return open_tensors(root, name=spec)
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "digits": _Entry(
+        "scikit-learn handwritten digits, 1x8x8, 10 classes (embedded, no download)", False, (), _digits
+    ),
+    "cifar10": _Entry(
+        "CIFAR-10 python batches under ROOT/cifar-10-batches-py, 3x32x32, 10 classes", True, (), _cifar10
+    ),
+    "mnist": _Entry(
+        "MNIST idx files under ROOT/MNIST/raw (optionally .gz), 1x28x28, 10 classes", True, (), _mnist
+    ),
+    "imagefolder": _Entry(
+        "ROOT/<class>/<image> folders, RGB; ':size=N' resizes to NxN (one split)",
+        True,
+        ("size",),
+        _imagefolder,
+    ),
+    "tensors": _Entry(
+        "a .pt dict or .npz with x (N,C,H,W) floats in [0,1] and y (N,) ints (one split)", True, (), _tensors
+    ),
+}
+
+
+def dataset_names() -> dict[str, str]:
+    """Data set name -> one-line description, for ``robustaudit list datasets``."""
+    return {name: entry.description for name, entry in _REGISTRY.items()}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """Split a spec into ``(name, root or None, settings)``; settings are the trailing ``:key=value``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(
+            f"dataset spec must be a non-empty string like 'digits' or 'cifar10:ROOT', got {spec!r}"
+        )
+    name, sep, rest = spec.strip().partition(":")
+    tail = sep + rest  # keep the colon so that "imagefolder:size=32" parses as a setting with no root
+    found: list[tuple[str, str]] = []
+    while (match := _SETTING.search(tail)) is not None:
+        found.append((match.group(1), match.group(2)))
+        tail = tail[: match.start()]
+    settings: dict[str, str] = {}
+    for key, value in reversed(found):
+        if key in settings:
+            raise UserError(f"dataset '{spec}': setting '{key}' given twice")
+        settings[key] = value
+    return name.strip().lower(), (tail[1:] or None), settings
+
+
+def open_dataset(spec: str, *, split: str = "test") -> ImageData:
+    """Open ``spec`` (``"digits"``, ``"cifar10:ROOT"``, ``"mnist:ROOT"``, ``"imagefolder:ROOT[:size=N]"``,
+    ``"tensors:FILE"``) at ``split`` ("test" or "train"; imagefolder and tensors have a single split
+    and ignore it). Unknown names get a close-match suggestion.
+    """
+    name, root, settings = parse_spec(spec)
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise unknown("dataset", name, _REGISTRY)
+    if split not in SPLITS:
+        raise unknown("split", split, SPLITS)
+    if entry.needs_root and root is None:
+        raise UserError(f"dataset '{name}' needs a location: '{name}:ROOT'")
+    if not entry.needs_root and root is not None:
+        raise UserError(f"dataset '{name}' takes no location, got '{spec}'")
+    for key in settings:
+        if key not in entry.settings:
+            if entry.settings:
+                raise unknown(f"setting for dataset '{name}'", key, entry.settings)
+            raise UserError(f"dataset '{name}' takes no settings, got '{key}'")
+    canonical = name if root is None else f"{name}:{root}" + "".join(f":{k}={v}" for k, v in settings.items())
+    return entry.open(root, split, settings, canonical)
