@@ -1,0 +1,58 @@
+"""Architectures and catalog entries of the models robustaudit ships."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from robustaudit.core.threat import ThreatModel
+from robustaudit.models.zoo.digits import DigitsCNN
+
+_WEIGHTS = Path(__file__).parent.parent / "weights"
+
+
+#: sha256 of the shipped weight files, pinned in code (not read from the manifest beside them), so a
+#: replaced file is refused. Regenerate with scripts/train_default_models.py and update both.
+_SHA256 = {
+    "digits-cnn": "aedfd32c6ef0873f0a29feb113929477572d728242995b8e739091f92697b658",
+    "digits-cnn-pgdat": "1e6c37ca6a330527ca2f1b3207812b2187853d77fdb8bb3dfd7b2f82c66399a9",
+}
+
+
+def _manifest(stem: str) -> dict:
+    """The training record written next to shipped weights (sha256 and measured accuracies)."""
+    path = _WEIGHTS / f"{stem}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def register_builtin(register: Callable) -> None:
+    """Register the catalog entries of the shipped models with ``register`` (a ``register_model``)."""
+    from robustaudit.models.catalog import ModelCard
+
+    for name, defense, trained_for, sha256, text in (
+        ("digits-cnn", "standard", None, _SHA256["digits-cnn"], "DigitsCNN, standard training on sklearn digits"),
+        (
+            "digits-cnn-pgdat",
+            "pgd-at",
+            ThreatModel("linf", 0.2),
+            _SHA256["digits-cnn-pgdat"],
+            "DigitsCNN, PGD adversarial training (Madry et al.) at Linf eps=0.2 on sklearn digits",
+        ),
+    ):
+        meta = _manifest(name)
+        register(
+            ModelCard(
+                name=name,
+                builder=DigitsCNN,
+                dataset="digits",
+                input_shape=(1, 8, 8),
+                num_classes=10,
+                description=text,
+                defense=defense,
+                trained_for=trained_for,
+                weights=f"{name}.pt",
+                sha256=sha256,
+                reported={k: float(v) for k, v in meta.get("reported", {}).items()},
+            )
+        )
