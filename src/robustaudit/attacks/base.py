@@ -1,0 +1,150 @@
+"""The Attack contract: settings at construction, the model at call time.
+
+``adv = attack(model, x, y, threat, *, targets=None, ids=None, seed=0)`` returns a tensor of
+``x``'s shape, device and dtype inside the threat model's ball and bounds. The base class owns what
+every attack must get right — validation, eps = 0, eval mode, the final projection — so a subclass
+writes only its search (``_run``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from robustaudit.core.errors import UserError
+from robustaudit.core.modes import eval_mode
+from robustaudit.core.norms import clip_to_bounds, project
+from robustaudit.core.rng import stream_key
+from robustaudit.core.task import CLASSIFICATION, Task
+from robustaudit.core.threat import ThreatModel
+
+
+class AttackKind(str, enum.Enum):
+    """What an attack promises; the contract test is parametrized by it."""
+
+    FIXED_EPS = "fixed-eps"  # a point inside the eps-ball, the best found
+    MINIMAL_NORM = "minimal-norm"  # keeps shrinking the perturbation after the first success
+    UNIVERSAL = "universal"  # fit on training data, then applied (patch, UAP, generator)
+    SCORE_BASED = "score-based"  # black-box, logits only
+    DECISION_BASED = "decision-based"  # black-box, labels only
+    TRANSFER = "transfer"  # crafted on surrogates
+
+
+class Attack(ABC):
+    """Base class of all attacks. Subclasses define keyword-only ``__init__`` settings and ``_run``."""
+
+    name: ClassVar[str] = "attack"
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    #: Whether the attack draws random numbers (random start, restarts...).
+    randomized: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, Any]:
+        """The construction settings, as given to ``__init__`` (shown by ``repr``, stored in results)."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({inner})"
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        *,
+        targets: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
+        seed: int = 0,
+        task: Task = CLASSIFICATION,
+    ) -> torch.Tensor:
+        """Attack a batch.
+
+        Args:
+            model: returns logits ``(N, K)`` for inputs ``(N, C, H, W)`` in ``threat.bounds``.
+            x: clean inputs ``(N, C, H, W)``.
+            y: labels ``(N,)`` (int64).
+            threat: norm, radius and bounds.
+            targets: target classes ``(N,)`` for a targeted attack; ``None`` for untargeted.
+            ids: stable sample ids ``(N,)`` keying every random draw (default ``arange(N)``), so a
+                sample's result does not depend on its batch.
+            seed: the audit's seed.
+        Returns:
+            Adversarial inputs, same shape, device and dtype as ``x``.
+        """
+        if threat.norm not in self.norms:
+            raise UserError(
+                f"attack '{self.name}' supports norms {', '.join(self.norms)}, not '{threat.norm}'"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        if threat.eps == 0 or x.shape[0] == 0:
+            return x.clone()
+        if ids is None:
+            ids = torch.arange(x.shape[0])
+        x0 = x.detach()
+        # the guard: eval mode during the attack, each submodule's own flag restored afterwards;
+        # gradients are taken with autograd.grad w.r.t. the input only, so parameters' .grad stay untouched
+        with eval_mode(model), torch.enable_grad():
+            adv = self._run(model, x0, y, threat, targets, ids.cpu(), seed, task)
+        # enforce the contract exactly, whatever float drift the search accumulated;
+        # clipping after projecting only shrinks each coordinate of the perturbation, so both hold
+        adv = clip_to_bounds(x0 + project(adv.detach() - x0, threat.norm, threat.eps), threat.bounds)
+        return adv.to(dtype=x.dtype)
+
+    @abstractmethod
+    def _run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        targets: torch.Tensor | None,
+        ids: torch.Tensor,
+        seed: int,
+        task: Task,
+    ) -> torch.Tensor:
+        """The search itself; ``x`` is detached, the model in eval mode, grad enabled."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def stream(self, seed: int, threat: ThreatModel, restart: int) -> int:
+        """The random-stream key of one restart: (seed, attack, eps, restart); sample ids come on top."""
+        return stream_key(seed, self.name, threat.norm, threat.eps, restart)
+
+
+def success(task: Task, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample success: misclassified (untargeted) or classified as the target. ``(N,)`` bool."""
+    if targets is None:
+        return ~task.correct(logits, y)
+    return task.correct(logits, targets)
+
+
+def attack_loss(
+    task: Task, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None, loss: str
+) -> torch.Tensor:
+    """Per-sample objective to maximise. ``loss``: ``ce`` (cross-entropy) or ``margin`` (C&W-style).
+
+    Targeted attacks maximise the negative loss towards the target. ``(N, K) -> (N,)``.
+    """
+    if loss == "ce":
+        return task.loss(logits, y) if targets is None else -task.loss(logits, targets)
+    if loss == "margin":
+        return -task.margin(logits, y) if targets is None else task.margin(logits, targets)
+    raise UserError(f"unknown loss '{loss}'; known: ce, margin")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise :class:`UserError` unless ``value`` is a positive (or non-negative) number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
