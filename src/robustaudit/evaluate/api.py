@@ -1,0 +1,231 @@
+"""The one audit function behind the CLI, the pytest plugin and Python users."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from robustaudit.attacks.base import Attack
+from robustaudit.attacks.registry import from_spec, parse_spec
+from robustaudit.core.errors import UserError
+from robustaudit.data.base import ImageData, as_image_data, subset
+from robustaudit.data.registry import open_dataset
+from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
+from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, resolve_device, run, sort_eps
+from robustaudit.evaluate.store import STORE_FILE, Store
+from robustaudit.models.loading import LoadedModel, load_model
+from robustaudit.models.wrappers import prepare
+
+ModelLike = nn.Module | str | LoadedModel
+
+
+def audit(
+    model: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike],
+    data: Any = "digits",
+    *,
+    attacks: str | Attack | Sequence[str | Attack] = DEFAULT_ATTACKS,
+    eps: float | Sequence[float] = DEFAULT_EPS,
+    norm: str = "linf",
+    n: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ResultMatrix:
+    """Audit one or several models under attacks on an eps grid.
+
+    Args:
+        model: an ``nn.Module`` mapping ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``, a model spec
+            string (catalog name, ``file.py:callable``, ``torchvision:resnet18``...), or a list / a
+            ``{name: model}`` mapping of those (one matrix row group each).
+        data: an ``(x, y)`` pair of tensors (``x`` float in [0, 1], NCHW; ``y`` int64), a ``Dataset``,
+            a ``DataLoader`` (materialised once), or a dataset spec string such as ``"digits"``.
+        attacks: attack names with inline settings (``"pgd:steps=100"``) or Attack objects.
+        eps: radii in pixel units of ``norm``.
+        n: audit the first ``n`` samples (all by default).
+        out: when given, per-sample records go to ``out/results.sqlite`` batch by batch and the
+            result to ``out/results.json``.
+    Returns:
+        The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
+
+    Example:
+        >>> result = robustaudit.audit(net, (x_test, y_test), attacks=["pgd"], eps=[0.03])
+        >>> result.robust_accuracy("model", "pgd", 0.03)
+    """
+    entries = [_model_entry(name, m) for name, m in _named_models(model)]
+    image_data = open_dataset(data) if isinstance(data, str) else as_image_data(data)
+    attack_entries = attack_entries_from(attacks)
+    grid = [float(eps)] if isinstance(eps, (int, float)) else list(eps)
+    config = {"models": [e.name for e in entries], "data": image_data.name,
+              "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
+              "batch_size": batch_size, "device": device, "seed": seed}
+    return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
+                   device=device, seed=seed, out=out, progress=progress, config=config)
+
+
+def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
+    """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec."""
+    plan.validate()
+    image_data = open_dataset(plan.data)
+    entries = []
+    for m in plan.models:
+        # the class count comes from the weights (or an inline num_classes=), never from the data:
+        # the runner then checks outputs against labels with a message about both
+        loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=plan.trust_pickle)
+        entries.append(_model_entry(loaded.name, loaded))
+    _unique([e.name for e in entries], "model")
+    return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
+                   n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
+                   out=plan.out, progress=progress, config=plan.to_dict())
+
+
+def execute(
+    entries: list[ModelEntry],
+    data: ImageData,
+    attacks: list[AttackEntry],
+    eps: Sequence[float],
+    *,
+    norm: str,
+    n: int | None,
+    batch_size: int,
+    device: str,
+    seed: int,
+    out: str | Path | None,
+    progress: Progress | None,
+    config: dict[str, Any],
+) -> ResultMatrix:
+    """Run the matrix and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``."""
+    dev = resolve_device(device)
+    grid = sort_eps(eps)
+    ids = subset(data, n)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    store = None
+    if out is not None:
+        store = Store(Path(out) / STORE_FILE)
+        store.reset()
+        store.put_meta("config", config)
+    try:
+        result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
+                     seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid))
+    finally:
+        if store is not None:
+            store.close()
+    result.provenance = {
+        "robustaudit": _version(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "seed": seed,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "config": config,
+        "data": {"name": data.name, "n": len(ids), "num_classes": data.num_classes,
+                 "sample_shape": list(data.sample_shape), "class_names": data.class_names},
+        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
+        "models": [{"name": e.name, **e.info} for e in entries],
+        "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
+                     "settings": _jsonable(a.attack.settings())} for a in attacks],
+        "example_eps": example_eps(entries, grid),
+    }
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def example_eps(entries: Sequence[ModelEntry], grid: Sequence[float]) -> float:
+    """The eps of the report's examples and 2×2 table: the models' shared trained-for eps when it is in
+    the grid, else the grid's median."""
+    trained = {e.info.get("trained_eps") for e in entries} - {None}
+    if len(trained) == 1 and (t := trained.pop()) in grid:
+        return float(t)
+    return sorted(grid)[len(grid) // 2]
+
+
+def attack_entries_from(attacks: str | Attack | Sequence[str | Attack]) -> list[AttackEntry]:
+    """Build the attack columns, named by their spec (``pgd:steps=100``) or class name; names unique."""
+    items = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    if not items:
+        raise UserError("no attack given")
+    out = []
+    for item in items:
+        if isinstance(item, Attack):
+            out.append(AttackEntry(item.name, item))
+        elif isinstance(item, str):
+            name, settings = parse_spec(item)
+            label = name if not settings else item.strip()
+            out.append(AttackEntry(label, from_spec(item)))
+        else:
+            raise UserError(f"an attack is a name like 'pgd' or an Attack object, got {type(item).__name__}")
+    seen: dict[str, int] = {}
+    for entry in out:  # the same attack twice with different objects: keep both columns apart
+        seen[entry.name] = seen.get(entry.name, 0) + 1
+        if seen[entry.name] > 1:
+            entry.name = f"{entry.name}#{seen[entry.name]}"
+    return out
+
+
+def _named_models(model: Any) -> list[tuple[str | None, ModelLike]]:
+    if isinstance(model, Mapping):
+        return [(str(k), v) for k, v in model.items()]
+    if isinstance(model, (nn.Module, str, LoadedModel)):
+        return [(None, model)]
+    if isinstance(model, Sequence) and model:
+        return [(None, m) for m in model]
+    raise UserError(f"model must be an nn.Module, a spec string or a list of them, got {type(model).__name__}")
+
+
+def _model_entry(name: str | None, model: ModelLike) -> ModelEntry:
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(model, LoadedModel):
+        info = {"source": model.source, "spec": model.spec, "weights_sha256": model.weights_sha256}
+        card = _card(model.spec) if model.source == "catalog" else None
+        if card is not None:
+            info.update(defense=card.defense, trained_for=str(card.trained_for) if card.trained_for else None,
+                        trained_eps=card.trained_for.eps if card.trained_for else None)
+        module, label = model.module, name or model.name
+    elif isinstance(model, nn.Module):
+        module, label = prepare(model), name or type(model).__name__
+        info = {"source": "python", "spec": None, "weights_sha256": None}
+    else:
+        raise UserError(f"model must be an nn.Module or a spec string, got {type(model).__name__}")
+    info["params"] = sum(p.numel() for p in module.parameters())
+    return ModelEntry(label, module, info)
+
+
+def _card(spec: str):
+    from robustaudit.models.catalog import get_card
+
+    try:
+        return get_card(spec)
+    except UserError:
+        return None
+
+
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"{what} name '{dupes[0]}' appears twice; each row needs its own name")
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()}
+
+
+def _version() -> str:
+    from robustaudit import __version__
+
+    return __version__

@@ -1,0 +1,195 @@
+"""ResultMatrix: the tidy table of an audit, its provenance, example images and versioned JSON.
+
+``results.json`` is the source of truth; the terminal table, Markdown and HTML are renderings of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustaudit.core.errors import UserError
+
+SCHEMA_VERSION = 1
+WORST_CASE = "worst-case"
+RESULTS_FILE = "results.json"
+EXAMPLES_FILE = "examples.npz"
+
+#: Columns of :attr:`ResultMatrix.records`, one row per model × attack × eps.
+COLUMNS: tuple[str, ...] = (
+    "model",
+    "attack",
+    "eps",
+    "norm",
+    "n",
+    "n_clean_correct",
+    "n_robust",
+    "clean_accuracy",
+    "robust_accuracy",
+    "ci_low",
+    "ci_high",
+    "seconds",
+)
+
+
+@dataclass
+class Example:
+    """One attacked sample for the report: images of shape ``(C, H, W)`` in [0, 1]."""
+
+    model: str
+    attack: str
+    eps: float
+    clean: np.ndarray
+    adversarial: np.ndarray
+    label: int
+    clean_pred: int
+    adv_pred: int
+
+
+@dataclass
+class ResultMatrix:
+    """The outcome of an audit.
+
+    ``records`` has one row per model × attack × eps (columns :data:`COLUMNS`); rows whose ``attack``
+    is :data:`WORST_CASE` hold the per-sample worst case over all attacks at that eps (a sample counts
+    as robust only if it survives every attack). ``provenance`` records versions, device, seed, the full
+    configuration and the weights' sha256; ``checks`` holds sanity verdicts (dicts with ``id``,
+    ``model``, ``status``, ``message``).
+    """
+
+    records: pd.DataFrame
+    provenance: dict[str, Any] = field(default_factory=dict)
+    examples: list[Example] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(self.records["model"]))
+
+    @property
+    def attacks(self) -> list[str]:
+        """Attack names in run order, without the worst-case pseudo-attack."""
+        return [a for a in dict.fromkeys(self.records["attack"]) if a != WORST_CASE]
+
+    @property
+    def eps_values(self) -> list[float]:
+        return sorted(set(float(e) for e in self.records["eps"]))
+
+    def clean_accuracy(self, model: str) -> float:
+        rows = self.records[self.records["model"] == model]
+        if rows.empty:
+            raise KeyError(model)
+        return float(rows["clean_accuracy"].iloc[0])
+
+    def robust_accuracy(self, model: str, attack: str, eps: float) -> float:
+        """Robust accuracy of one cell; ``attack`` may be :data:`WORST_CASE`."""
+        r = self.records
+        rows = r[(r["model"] == model) & (r["attack"] == attack) & np.isclose(r["eps"], eps)]
+        if rows.empty:
+            raise KeyError((model, attack, eps))
+        return float(rows["robust_accuracy"].iloc[0])
+
+    def matrix(self, value: str = "robust_accuracy") -> pd.DataFrame:
+        """Pivot: one row per model, one column per (attack, eps), cells ``value``."""
+        return self.records.pivot_table(
+            index="model", columns=["attack", "eps"], values=value, sort=False
+        )
+
+    def worst_case(self) -> pd.DataFrame:
+        """The worst-case rows only (per-sample minimum over attacks)."""
+        return self.records[self.records["attack"] == WORST_CASE].reset_index(drop=True)
+
+    def below(self, threshold: float, *, bound: str = "point") -> pd.DataFrame:
+        """Rows whose robust accuracy (``bound='point'``) or lower 95% bound (``'lower'``) is below."""
+        column = {"point": "robust_accuracy", "lower": "ci_low"}.get(bound)
+        if column is None:
+            raise UserError(f"bound must be 'point' or 'lower', got {bound!r}")
+        return self.records[self.records[column] < threshold].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned JSON document (numbers as numbers, never strings)."""
+        records = [
+            {k: _plain(v) for k, v in row.items()} for row in self.records.to_dict(orient="records")
+        ]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "provenance": self.provenance,
+            "records": records,
+            "checks": self.checks,
+            "examples": EXAMPLES_FILE if self.examples else None,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ResultMatrix:
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"results file has schema_version {version!r}; this robustaudit reads {SCHEMA_VERSION}"
+            )
+        records = pd.DataFrame(doc.get("records", []), columns=list(COLUMNS))
+        return cls(records, doc.get("provenance", {}), [], list(doc.get("checks", [])))
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``results.json`` (and ``examples.npz`` when there are examples) into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / RESULTS_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        tmp.replace(path)  # atomic: a crash never leaves half a results file
+        if self.examples:
+            _save_examples(self.examples, out / EXAMPLES_FILE)
+        return path
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> ResultMatrix:
+        """Read a finished run's directory (or a ``results.json`` path)."""
+        p = Path(out_dir)
+        path = p if p.is_file() else p / RESULTS_FILE
+        if not path.is_file():
+            raise UserError(f"no {RESULTS_FILE} in '{out_dir}': is it the --out directory of a run?")
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read '{path}': {exc}") from None
+        result = cls.from_dict(doc)
+        ex_path = path.parent / EXAMPLES_FILE
+        if doc.get("examples") and ex_path.is_file():
+            result.examples = _load_examples(ex_path)
+        return result
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python numbers; NaN -> None (JSON has no NaN)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _save_examples(examples: list[Example], path: Path) -> None:
+    meta = [{k: v for k, v in asdict(e).items() if k not in ("clean", "adversarial")} for e in examples]
+    np.savez_compressed(
+        path,
+        meta=np.array(json.dumps(meta)),
+        clean=np.stack([e.clean for e in examples]).astype(np.float32),
+        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
+    )
+
+
+def _load_examples(path: Path) -> list[Example]:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        return [
+            Example(clean=z["clean"][i], adversarial=z["adversarial"][i], **m)
+            for i, m in enumerate(meta)
+        ]

@@ -1,0 +1,305 @@
+"""The runner: the only place that loops over models × attacks × eps.
+
+Engine rules (DESIGN.md): attack only samples the model gets right on clean data; sweep eps from small
+to large attacking only the survivors of the previous eps (a point broken at eps_k lies in every
+larger ball, so curves are monotone by construction); write every finished batch to the store; the
+worst case over attacks is computed per sample.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from robustaudit.attacks.base import Attack
+from robustaudit.core.errors import UserError
+from robustaudit.core.modes import eval_mode
+from robustaudit.core.norms import lp_norm
+from robustaudit.core.task import CLASSIFICATION, Task
+from robustaudit.core.threat import ThreatModel
+from robustaudit.data.base import ImageData
+from robustaudit.evaluate.metrics import wilson_interval
+from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix
+from robustaudit.evaluate.store import Store
+
+#: Inputs kept in host memory between attacks when they fit; larger sets are reloaded per batch.
+_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class ModelEntry:
+    """One row group of the matrix: a display name, the module, and what the report says about it."""
+
+    name: str
+    module: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackEntry:
+    """One attack column: a display name (unique in the audit) and the attack object."""
+
+    name: str
+    attack: Attack
+
+
+class Progress(Protocol):
+    """What the runner reports progress to (the CLI passes a rich progress bar)."""
+
+    def start(self, description: str, total: int) -> None: ...
+
+    def advance(self, amount: int) -> None: ...
+
+
+class _NoProgress:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; otherwise a device that must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{spec}' requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"device '{spec}' requested but MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise UserError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def sort_eps(eps: Sequence[float]) -> list[float]:
+    """Validated, de-duplicated, ascending eps grid."""
+    out: list[float] = []
+    for e in eps:
+        ThreatModel("linf", e)  # validates: finite, >= 0, a number
+        if float(e) not in out:
+            out.append(float(e))
+    if not out:
+        raise UserError("the eps grid is empty")
+    return sorted(out)
+
+
+class _Samples:
+    """The audited samples of one dataset, loaded once and cached on the host when small enough."""
+
+    def __init__(self, data: ImageData, ids: list[int], batch_size: int) -> None:
+        self.data = data
+        self.ids = ids
+        self.batch_size = batch_size
+        c, h, w = data.sample_shape
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = (
+            {} if len(ids) * c * h * w * 4 <= _CACHE_BYTES else None
+        )
+        self.labels: dict[int, int] = {}
+
+    def batches(self, ids: Sequence[int]) -> list[list[int]]:
+        return [list(ids[i : i + self.batch_size]) for i in range(0, len(ids), self.batch_size)]
+
+    def load(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, C, H, W)``, ``y (B,)`` on the host, for sample ids ``ids``."""
+        if self._cache is not None and all(i in self._cache for i in ids):
+            xs, ys = zip(*(self._cache[i] for i in ids))
+            return torch.stack(xs), torch.stack(ys)
+        x, y = self.data.load(list(ids))
+        if self._cache is not None:
+            for k, i in enumerate(ids):
+                self._cache[i] = (x[k], y[k])
+        for i, label in zip(ids, y.tolist()):
+            self.labels[i] = label
+        return x, y
+
+
+def _check_outputs(logits: Any, data: ImageData, model: str) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise UserError(f"model '{model}' returned {type(logits).__name__}, expected a logits tensor")
+    if logits.dim() != 2:
+        raise UserError(
+            f"model '{model}' returned shape {tuple(logits.shape)}; a classifier must return logits (N, K)"
+        )
+    k = logits.shape[1]
+    # labels of a tensor file may cover only some classes: more outputs than seen labels is fine
+    # unless the data names its classes
+    if k < data.num_classes or (k > data.num_classes and data.class_names is not None):
+        raise UserError(
+            f"model '{model}' has {k} outputs but data '{data.name}' has {data.num_classes} classes "
+            f"(labels 0..{data.num_classes - 1})"
+        )
+    if not torch.isfinite(logits).all():
+        raise UserError(f"model '{model}' returned NaN or infinite logits on clean data")
+
+
+def _record(model, attack, eps, norm, n, n_clean, n_robust, seconds) -> dict[str, Any]:
+    lo, hi = wilson_interval(n_robust, n)
+    return dict(
+        zip(
+            COLUMNS,
+            (model, attack, float(eps), norm, n, n_clean, n_robust, n_clean / n if n else float("nan"),
+             n_robust / n if n else float("nan"), lo, hi, float(seconds)),
+        )
+    )
+
+
+def run(
+    models: Sequence[ModelEntry],
+    data: ImageData,
+    attacks: Sequence[AttackEntry],
+    eps: Sequence[float],
+    *,
+    norm: str = "linf",
+    ids: Sequence[int] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    store: Store | None = None,
+    progress: Progress | None = None,
+    example_eps: float | None = None,
+    examples_per_cell: int = 2,
+    task: Task = CLASSIFICATION,
+) -> ResultMatrix:
+    """Evaluate every model on clean data and under every attack at every eps.
+
+    Args:
+        models: the rows; each module maps ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``.
+        data: the samples; ``ids`` selects which (default: all).
+        attacks: the columns, run independently of each other (the worst case is per sample).
+        eps: the radii, in pixel units of ``norm``.
+    Returns:
+        A :class:`ResultMatrix` (``provenance`` left for the caller to fill).
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    if not models:
+        raise UserError("no model to audit")
+    if not attacks:
+        raise UserError("no attack to run")
+    grid = sort_eps(eps)
+    threats = [ThreatModel(norm, e) for e in grid]
+    dev = torch.device(device)
+    sample_ids = list(range(len(data))) if ids is None else list(ids)
+    if not sample_ids:
+        raise UserError(f"data '{data.name}' has no samples to audit")
+    samples = _Samples(data, sample_ids, batch_size)
+    bar = progress or _NoProgress()
+    if example_eps is None:
+        example_eps = grid[len(grid) // 2]
+    rows: list[dict[str, Any]] = []
+    examples: list[Example] = []
+    n = len(sample_ids)
+    for entry in models:
+        model = entry.module
+        home = next((p.device for p in model.parameters()), None)
+        model.to(dev)
+        try:
+            with eval_mode(model):
+                bar.start(f"{entry.name}: clean", n)
+                correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar)
+                robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
+                for a in attacks:
+                    bar.start(f"{entry.name}: {a.name}", len(correct_ids) * len(grid))
+                    survivors = list(correct_ids)
+                    for threat in threats:
+                        t0 = time.perf_counter()
+                        before = len(survivors)
+                        survivors, broken = _attack_survivors(
+                            entry.name, model, a, threat, survivors, samples, dev, seed, store, bar, task,
+                            want_examples=examples_per_cell if threat.eps == example_eps else 0,
+                        )
+                        seconds = time.perf_counter() - t0
+                        bar.advance(len(correct_ids) - before)  # broken earlier: not attacked again
+                        examples.extend(broken)
+                        robust_sets[threat.eps] &= set(survivors)
+                        rows.append(
+                            _record(entry.name, a.name, threat.eps, norm, n, len(correct_ids), len(survivors), seconds)
+                        )
+                        if store is not None:
+                            store.write_cell(entry.name, a.name, threat.eps, seconds, before, len(survivors))
+                for e in grid:
+                    secs = sum(r["seconds"] for r in rows if r["model"] == entry.name and r["eps"] == e and r["attack"] != WORST_CASE)
+                    rows.append(_record(entry.name, WORST_CASE, e, norm, n, len(correct_ids), len(robust_sets[e]), secs))
+        finally:
+            if home is not None:
+                model.to(home)
+    return ResultMatrix(pd.DataFrame(rows, columns=list(COLUMNS)), examples=examples)
+
+
+def _clean_pass(name, model, samples: _Samples, dev, store, bar) -> list[int]:
+    correct: list[int] = []
+    first = True
+    for batch in samples.batches(samples.ids):
+        x, y = samples.load(batch)
+        with torch.no_grad():
+            logits = _forward(model, x.to(dev), name)
+        if first:
+            _check_outputs(logits, samples.data, name)
+            first = False
+        preds = logits.argmax(1).cpu()
+        if store is not None:
+            store.write_clean(name, batch, y.tolist(), preds.tolist())
+        correct.extend(i for i, ok in zip(batch, (preds == y).tolist()) if ok)
+        bar.advance(len(batch))
+    return correct
+
+
+def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    try:
+        return model(x)
+    except UserError:
+        raise
+    except Exception as exc:  # a user's model failing is a user-facing error, not our traceback
+        raise UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
+
+
+def _attack_survivors(
+    name, model, a: AttackEntry, threat, survivors, samples: _Samples, dev, seed, store, bar, task, want_examples
+) -> tuple[list[int], list[Example]]:
+    """Attack ``survivors`` at ``threat``; return the ids still robust and up to ``want_examples`` examples."""
+    still: list[int] = []
+    examples: list[Example] = []
+    for batch in samples.batches(survivors):
+        x, y = samples.load(batch)
+        x, y = x.to(dev), y.to(dev)
+        ids = torch.tensor(batch)
+        adv = a.attack(model, x, y, threat, ids=ids, seed=seed, task=task)
+        if adv.shape != x.shape or not torch.isfinite(adv).all():
+            raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
+        with torch.no_grad():
+            logits = _forward(model, adv, name)
+        preds = logits.argmax(1)
+        ok = (preds == y).cpu()
+        norms = lp_norm(adv - x, threat.norm if threat.norm in ("linf", "l2", "l1", "l0") else "linf")
+        if store is not None:
+            store.write_adv(name, a.name, threat.eps, batch, y.tolist(), preds.tolist(), norms.tolist())
+        still.extend(i for i, keep in zip(batch, ok.tolist()) if keep)
+        for k in (~ok).nonzero().flatten().tolist()[: max(0, want_examples - len(examples))]:
+            examples.append(
+                Example(name, a.name, threat.eps, x[k].cpu().numpy(), adv[k].cpu().numpy(),
+                        int(y[k]), int(y[k]), int(preds[k]))
+            )
+        bar.advance(len(batch))
+    return still, examples
+
+
+def warn_if_few(n: int) -> None:
+    """Small samples make wide intervals: say so once, where the user will see it."""
+    if n < 100:
+        warnings.warn(f"only {n} samples: 95% intervals are wide (about ±{100 / n ** 0.5:.0f} points)", stacklevel=3)

@@ -1,0 +1,70 @@
+"""Renderings of a :class:`~robustaudit.evaluate.result.ResultMatrix`: the terminal table (rich),
+Markdown (a CI job summary), a self-contained HTML page, and the plots the page embeds.
+
+A report never runs a model: everything here reads a finished ResultMatrix. ``results.json`` stays
+the source of truth; these are views of it.
+
+Example::
+
+    from robustaudit.evaluate.result import ResultMatrix
+    from robustaudit.reports import write_reports
+
+    paths = write_reports(ResultMatrix.load("robustaudit-out"), "robustaudit-out")
+    paths["html"]  # PosixPath('robustaudit-out/report.html')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.reports.html import render_html
+from robustaudit.reports.markdown import render_markdown
+from robustaudit.reports.terminal import render_terminal, summary_eps
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+
+__all__ = [
+    "REPORT_HTML",
+    "REPORT_MD",
+    "render_html",
+    "render_markdown",
+    "render_terminal",
+    "summary_eps",
+    "write_reports",
+]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A reader (a CI upload, a browser refresh) then sees the old report or the new one, never half.
+    The temporary name carries the pid so two processes writing the same directory do not collide,
+    and it is opened normally (not with mkstemp) so the report gets the usual umask permissions.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_reports(result: ResultMatrix, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir`` (created if needed).
+
+    Both are rendered before either is written, so a rendering error leaves the directory as it
+    was. Returns ``{"markdown": path, "html": path}``.
+    """
+    markdown, html = render_markdown(result), render_html(result)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / REPORT_MD, "html": out / REPORT_HTML}
+    _write_atomic(paths["markdown"], markdown)
+    _write_atomic(paths["html"], html)
+    return paths

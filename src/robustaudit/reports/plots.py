@@ -1,0 +1,182 @@
+"""Figures for the HTML report, as PNG bytes: accuracy-vs-eps curves and example images.
+
+Figures are built with :class:`matplotlib.figure.Figure` and rendered by ``FigureCanvasAgg``
+directly, never through ``pyplot``: pyplot keeps global figure state and picks a backend for the
+whole process, which would reach into a caller's own plotting (a notebook, a GUI).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from robustaudit.evaluate.result import WORST_CASE, Example, ResultMatrix
+from robustaudit.reports.terminal import (
+    clean_cell,
+    format_eps,
+    matrix_rows,
+    norm_label,
+)
+
+#: Resolution of every figure: enough for a screen, small enough to keep reports light.
+DPI = 100
+_MAX_COLS = 3
+_WRONG = "#c0392b"
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no global backend switch
+    buf = io.BytesIO()
+    # No "Software" stamp: the same result then gives the same bytes across matplotlib versions.
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _label(text: object) -> str:
+    """Text for matplotlib: a ``$`` in a name would otherwise start mathtext (and may not parse)."""
+    return str(text).replace("$", r"\$")
+
+
+def _nan_array(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def accuracy_curves_png(result: ResultMatrix) -> bytes:
+    """Robust accuracy against eps, one subplot per model, as PNG bytes.
+
+    One line per attack and the worst case dashed, each with its 95% Wilson interval as a shaded
+    band; every curve starts at eps = 0 with the model's clean accuracy. The y axis spans [0, 1].
+    An empty result gives a small figure that says so.
+    """
+    models = result.models
+    if not models:
+        fig = Figure(figsize=(4, 1), dpi=DPI)
+        fig.text(0.5, 0.5, "no results", ha="center", va="center")
+        return _png(fig)
+
+    grid = result.eps_values
+    ncols = min(len(models), _MAX_COLS)
+    nrows = math.ceil(len(models) / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    rows = matrix_rows(result)
+    # One colour per attack across all subplots, so a legend entry means the same everywhere.
+    palette = [f"C{i}" for i in range(10)]
+    colour = {a: palette[i % len(palette)] for i, a in enumerate(result.attacks)}
+    # The eps = 0 point is the clean accuracy, unless the grid already holds eps = 0 itself.
+    has_zero = any(e == 0 for e in grid)
+    xs = np.array(grid if has_zero else [0.0, *grid], dtype=float)
+
+    for ax, model in zip(axes.flat, models, strict=False):  # spare axes are hidden below
+        clean = clean_cell(result, model)
+        for row in (r for r in rows if r.model == model):
+            acc = [c.accuracy if c else None for c in row.cells]
+            low = [c.low if c else None for c in row.cells]
+            high = [c.high if c else None for c in row.cells]
+            if not has_zero:
+                acc, low, high = [clean.accuracy, *acc], [clean.low, *low], [clean.high, *high]
+            style = (
+                {"color": "black", "linestyle": "--", "linewidth": 1.6}
+                if row.worst_case
+                else {"color": colour.get(row.attack, "grey"), "linewidth": 1.2}
+            )
+            ax.plot(
+                xs, _nan_array(acc), marker="o", markersize=3, label=_label(row.attack), **style
+            )
+            ax.fill_between(
+                xs, _nan_array(low), _nan_array(high), color=style["color"], alpha=0.12, linewidth=0
+            )
+        ax.set_title(_label(model), fontsize=10)
+        ax.set_xlabel(f"ε ({_label(norm_label(result))})", fontsize=9)
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(True, alpha=0.3)
+        if len(xs) <= 8:
+            ax.set_xticks(xs, [format_eps(float(x)) if x else "0" for x in xs], fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="best", frameon=False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy", fontsize=9)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"Robust accuracy vs ε (bands: 95% Wilson interval; {WORST_CASE} dashed)", fontsize=10
+    )
+    return _png(fig)
+
+
+def _as_image(chw: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``(C, H, W)`` -> an array ``imshow`` reads, and the colour map (grey for one channel).
+
+    Other channel counts than 1 and 3 show their first channel in grey: there is no honest colour
+    mapping for them, and the report should still render.
+    """
+    img = np.nan_to_num(np.asarray(chw, dtype=float))
+    if img.ndim == 2:
+        return np.clip(img, 0, 1), "gray"
+    if img.ndim == 3 and img.shape[0] == 3:
+        return np.clip(np.transpose(img, (1, 2, 0)), 0, 1), None
+    return np.clip(img[0] if img.ndim == 3 else img.reshape(-1, img.shape[-1]), 0, 1), "gray"
+
+
+def _peak(delta: np.ndarray) -> float:
+    return float(np.abs(delta).max()) if delta.size else 0.0
+
+
+def examples_png(result: ResultMatrix, max_rows: int = 8) -> bytes | None:
+    """A grid of attacked samples as PNG bytes, or None when the result holds no examples.
+
+    Rows are examples (the first ``max_rows``); columns are the clean image, the adversarial image
+    and the perturbation magnified: ``0.5 + k·δ`` with one factor ``k`` for the whole column, chosen
+    so the largest ``|δ|`` shown reaches 0 or 1, and stated in the column title. Titles give the
+    label and the predictions under each image; a wrong prediction is red.
+    """
+    examples: list[Example] = list(result.examples[: max(0, max_rows)])
+    if not examples:
+        return None
+    deltas = [
+        np.nan_to_num(np.asarray(e.adversarial, dtype=float) - np.asarray(e.clean, dtype=float))
+        for e in examples
+    ]
+    peak = max(_peak(d) for d in deltas)
+    factor = 0.5 / peak if peak > 0 else 1.0
+
+    fig = Figure(figsize=(6.0, 2.0 * len(examples)), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(examples), 3, squeeze=False)
+    headers = ("clean", "adversarial", f"perturbation ×{factor:.3g}")
+    for i, (example, delta) in enumerate(zip(examples, deltas, strict=True)):
+        ax_clean, ax_adv, ax_delta = axes[i]
+        panels = (
+            (
+                ax_clean,
+                example.clean,
+                f"label {example.label} · pred {example.clean_pred}",
+                example.clean_pred != example.label,
+            ),
+            (
+                ax_adv,
+                example.adversarial,
+                f"pred {example.adv_pred}",
+                example.adv_pred != example.label,
+            ),
+            (ax_delta, 0.5 + factor * delta, f"max |δ| {_peak(delta):.3g}", False),
+        )
+        for col, (ax, image, title, wrong) in enumerate(panels):
+            data, cmap = _as_image(image)
+            ax.imshow(data, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(headers[col], fontsize=9)
+            # The caption goes below the image, so a red (wrong) prediction never tints the header.
+            ax.set_xlabel(_label(title), fontsize=8, color=_WRONG if wrong else "black")
+        # The row's identity sits left of the clean image (ticks are off, the label still shows).
+        ax_clean.set_ylabel(
+            _label(f"{example.model}\n{example.attack} ε={format_eps(float(example.eps))}"),
+            fontsize=7,
+        )
+    return _png(fig)

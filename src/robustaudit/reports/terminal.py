@@ -1,0 +1,385 @@
+"""The accuracy matrix in the terminal (rich), and the table model every rendering shares.
+
+Markdown and HTML show the same rows and the same numbers as the terminal. The row model
+(:func:`matrix_rows`, :func:`summary_rows`), the number formatting and the choice of the summary eps
+(:func:`summary_eps`) therefore live here once, so that the three renderings cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from robustaudit.core.threat import NORMS
+from robustaudit.evaluate.metrics import wilson_interval
+from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
+
+#: What a missing or undefined number is shown as.
+DASH = "—"
+#: How every rendering names the interval next to an accuracy.
+CI_LABEL = "95% Wilson interval"
+#: How every rendering explains the worst-case rows.
+WORST_CASE_MEANING = (
+    "per-sample worst case over all attacks "
+    "(a sample counts as robust only if it survives every attack at that ε)"
+)
+
+# "linf eps=0.2", "l2 eps=0.5", "linf eps=8/255": the form ModelCard.trained_for is written in.
+_TRAINED_FOR = re.compile(
+    r"^\s*(?:(?P<norm>[a-z0-9]+)\s+)?eps\s*=\s*(?P<num>[0-9.eE+-]+)(?:\s*/\s*(?P<den>[0-9.eE+-]+))?",
+    re.IGNORECASE,
+)
+# Tolerance when matching eps values that went through JSON or arithmetic (8/255 vs 0.0313725...).
+_EPS_RTOL = 1e-6
+_EPS_ATOL = 1e-9
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class Cell:
+    """An accuracy in [0, 1] with its 95% Wilson interval; NaN where undefined (n = 0, not run)."""
+
+    accuracy: float
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def text(self) -> str:
+        """``"58.1 [53.0–63.0]"``; see :func:`format_cell`."""
+        return format_cell(self)
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    """One model × attack row of the matrix; ``cells`` is aligned with ``result.eps_values``."""
+
+    model: str
+    attack: str
+    clean: float
+    cells: tuple[Cell | None, ...]
+    seconds: float
+
+    @property
+    def worst_case(self) -> bool:
+        """True for the per-sample worst case over attacks."""
+        return self.attack == WORST_CASE
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One model of the clean-vs-adversarial table (worst case at :func:`summary_eps`)."""
+
+    model: str
+    training: str
+    clean: Cell
+    adversarial: Cell | None
+
+
+# ----------------------------------------------------------------------------------- formatting
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _num(v: Any) -> float:
+    """A record value as a float; ``None``, ``pd.NA`` and non-numbers become NaN."""
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def format_percent(x: float) -> str:
+    """An accuracy in [0, 1] as a percentage, one decimal (``0.581 -> "58.1"``); NaN -> ``—``."""
+    return f"{100.0 * x:.1f}" if _finite(x) else DASH
+
+
+def format_cell(cell: Cell | None) -> str:
+    """``"58.1 [53.0–63.0]"``: accuracy and 95% Wilson interval in %; the interval is left out when
+    undefined, and a missing cell is ``—``."""
+    if cell is None or not _finite(cell.accuracy):
+        return DASH
+    text = format_percent(cell.accuracy)
+    if _finite(cell.low) and _finite(cell.high):
+        text += f" [{format_percent(cell.low)}–{format_percent(cell.high)}]"
+    return text
+
+
+def format_eps(eps: float) -> str:
+    """An eps as people write it: ``0.1``, ``0.3``, and ``8/255`` where the decimal is unwieldy."""
+    if not _finite(eps):
+        return DASH
+    short = f"{eps:.4g}"
+    scaled = eps * 255.0
+    # Pixel-level budgets (k/255) are the convention for images; show them so only when the short
+    # decimal would lose digits, so 0.2 (= 51/255) stays 0.2.
+    if float(short) != eps and eps > 0 and abs(scaled - round(scaled)) < 1e-6:
+        return f"{round(scaled)}/255"
+    return short
+
+
+def format_seconds(seconds: float) -> str:
+    """Wall time with one decimal; NaN -> ``—``."""
+    return f"{seconds:.1f}" if _finite(seconds) else DASH
+
+
+# ------------------------------------------------------------------------------------ provenance
+def model_cards(result: ResultMatrix) -> dict[str, dict[str, Any]]:
+    """``provenance['models']`` keyed by model name (empty when absent or malformed)."""
+    cards = result.provenance.get("models") or []
+    return {str(c["name"]): c for c in cards if isinstance(c, dict) and c.get("name") is not None}
+
+
+def training_label(result: ResultMatrix, model: str) -> str:
+    """Training from the card: ``"pgd-at (linf eps=0.2)"``, ``"linf eps=0.2"`` or ``—``."""
+    card = model_cards(result).get(model, {})
+    defense, trained_for = card.get("defense"), card.get("trained_for")
+    if defense and trained_for:
+        return f"{defense} ({trained_for})"
+    return str(defense or trained_for or DASH)
+
+
+def parse_trained_for(trained_for: str | None) -> tuple[str | None, float] | None:
+    """``"linf eps=0.2" -> ("linf", 0.2)``, ``"eps=8/255" -> (None, 0.0314)``; else None."""
+    if not trained_for:
+        return None
+    match = _TRAINED_FOR.match(str(trained_for))
+    if match is None:
+        return None
+    try:
+        eps = float(match["num"]) / (float(match["den"]) if match["den"] else 1.0)
+    except (ValueError, ZeroDivisionError):
+        return None
+    norm = match["norm"].lower() if match["norm"] else None
+    if norm is not None and norm not in NORMS:
+        return None
+    return norm, eps
+
+
+# --------------------------------------------------------------------------------------- matrix
+def _rows_of(result: ResultMatrix, model: str, attack: str) -> pd.DataFrame:
+    r = result.records
+    return r[(r["model"] == model) & (r["attack"] == attack)]
+
+
+def _cell_at(rows: pd.DataFrame, eps: float) -> Cell | None:
+    hit = rows[np.isclose(rows["eps"].astype(float), eps, rtol=_EPS_RTOL, atol=_EPS_ATOL)]
+    if hit.empty:
+        return None
+    row = hit.iloc[0]
+    return Cell(_num(row["robust_accuracy"]), _num(row["ci_low"]), _num(row["ci_high"]))
+
+
+def _first_finite(values: pd.Series) -> float:
+    for v in values:
+        x = _num(v)
+        if math.isfinite(x):
+            return x
+    return math.nan
+
+
+def matrix_rows(result: ResultMatrix) -> list[MatrixRow]:
+    """The matrix as rows: per model (run order), its attacks (run order), then the worst case."""
+    grid = result.eps_values
+    out: list[MatrixRow] = []
+    for model in result.models:
+        present = set(result.records.loc[result.records["model"] == model, "attack"])
+        attacks = [a for a in result.attacks if a in present]
+        if WORST_CASE in present:
+            attacks.append(WORST_CASE)
+        for attack in attacks:
+            rows = _rows_of(result, model, attack)
+            seconds = pd.to_numeric(rows["seconds"], errors="coerce")
+            out.append(
+                MatrixRow(
+                    model=model,
+                    attack=attack,
+                    clean=_first_finite(rows["clean_accuracy"]),
+                    cells=tuple(_cell_at(rows, eps) for eps in grid),
+                    # Worst-case rows may carry no time of their own; NaN then, not a fake 0.0.
+                    seconds=float(seconds.sum()) if seconds.notna().any() else math.nan,
+                )
+            )
+    return out
+
+
+def summary_eps(result: ResultMatrix) -> float:
+    """The eps of the clean-vs-adversarial table.
+
+    The eps the models were adversarially trained for, when every model whose card declares one
+    (for the audited norm) declares the same and it is in the grid: with the default pair of a
+    standard and an adversarially trained model, that gives the classic 2×2 table. Otherwise the
+    median of the grid (its upper middle value when the grid has an even length, so that it is a
+    grid point). NaN for an empty result.
+    """
+    grid = result.eps_values
+    if not grid:
+        return math.nan
+    norms = {str(n) for n in result.records["norm"].dropna()}
+    cards = model_cards(result)
+    declared: list[float] = []
+    for model in result.models:
+        parsed = parse_trained_for(cards.get(model, {}).get("trained_for"))
+        if parsed is None:
+            continue
+        norm, eps = parsed
+        # An eps trained for another norm is not on this axis, so it cannot pick a column.
+        if norm is not None and norms and norm not in norms:
+            continue
+        declared.append(eps)
+    if declared and all(
+        math.isclose(e, declared[0], rel_tol=_EPS_RTOL, abs_tol=_EPS_ATOL) for e in declared
+    ):
+        for eps in grid:
+            if math.isclose(eps, declared[0], rel_tol=_EPS_RTOL, abs_tol=_EPS_ATOL):
+                return eps
+    return grid[len(grid) // 2]
+
+
+def clean_cell(result: ResultMatrix, model: str) -> Cell:
+    """A model's clean accuracy and 95% Wilson interval (from ``n_clean_correct`` and ``n``)."""
+    rows = result.records[result.records["model"] == model]
+    accuracy = _first_finite(rows["clean_accuracy"])
+    for _, row in rows.iterrows():
+        n, k = _num(row["n"]), _num(row["n_clean_correct"])
+        if math.isfinite(n) and math.isfinite(k) and n > 0:
+            low, high = wilson_interval(int(k), int(n))
+            return Cell(accuracy if math.isfinite(accuracy) else k / n, low, high)
+    return Cell(accuracy)
+
+
+def summary_rows(result: ResultMatrix, eps: float | None = None) -> list[SummaryRow]:
+    """Clean and worst-case adversarial accuracy per model at ``eps`` (default :func:`summary_eps`).
+
+    With a single attack and no worst-case rows, that attack's row is its own worst case.
+    """
+    eps = summary_eps(result) if eps is None else eps
+    out: list[SummaryRow] = []
+    for model in result.models:
+        rows = _rows_of(result, model, WORST_CASE)
+        if rows.empty:
+            present = [a for a in result.attacks if not _rows_of(result, model, a).empty]
+            if len(present) == 1:
+                rows = _rows_of(result, model, present[0])
+        adversarial = _cell_at(rows, eps) if not rows.empty and _finite(eps) else None
+        out.append(
+            SummaryRow(model, training_label(result, model), clean_cell(result, model), adversarial)
+        )
+    return out
+
+
+def norm_label(result: ResultMatrix) -> str:
+    """The norm(s) of the audit, from the threat provenance or the records."""
+    threat = result.provenance.get("threat") or {}
+    if isinstance(threat, dict) and threat.get("norm"):
+        return str(threat["norm"])
+    norms = list(dict.fromkeys(str(n) for n in result.records["norm"].dropna()))
+    return ", ".join(norms) if norms else DASH
+
+
+def sample_count(result: ResultMatrix) -> int | None:
+    """The number of samples behind every cell, when it is the same for all of them."""
+    counts = {int(n) for n in pd.to_numeric(result.records["n"], errors="coerce").dropna()}
+    return counts.pop() if len(counts) == 1 else None
+
+
+# ------------------------------------------------------------------------------------- terminal
+_STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def render_terminal(result: ResultMatrix, console: Console) -> None:
+    """Print the accuracy matrix, the clean-vs-adversarial table and the sanity checks.
+
+    Matrix: one row per model × attack (worst case last and bold), columns model, attack, clean
+    accuracy, robust accuracy with its 95% Wilson interval per eps, and seconds.
+    """
+    if result.records.empty:
+        console.print("[dim]no results to show[/dim]")
+        return
+    console.print(_matrix_table(result))
+    console.print(_summary_table(result))
+    if result.checks:
+        console.print(_checks_table(result.checks))
+
+
+def _matrix_table(result: ResultMatrix) -> Table:
+    n = sample_count(result)
+    caption = f"{WORST_CASE}: {WORST_CASE_MEANING}" + (
+        f"; n = {n} samples per cell" if n is not None else ""
+    )
+    table = Table(
+        title=f"Robust accuracy % [{CI_LABEL}] — {norm_label(result)}",
+        caption=caption,
+        header_style="bold",
+    )
+    table.add_column("model")
+    table.add_column("attack")
+    table.add_column("clean", justify="right")
+    for eps in result.eps_values:
+        table.add_column(f"ε={format_eps(eps)}", justify="right")
+    table.add_column("seconds", justify="right")
+
+    rows = matrix_rows(result)
+    for i, row in enumerate(rows):
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        first_of_model = i == 0 or rows[i - 1].model != row.model
+        table.add_row(
+            # Text, not str: names are data, and rich would read "[bold]" in a name as markup.
+            Text(row.model if first_of_model else ""),
+            Text(row.attack, style="magenta" if row.worst_case else ""),
+            Text(format_percent(row.clean)),
+            *(Text(format_cell(c)) for c in row.cells),
+            Text(format_seconds(row.seconds)),
+            style="bold" if row.worst_case else None,
+            # A rule before the worst case and after each model keeps the groups apart.
+            end_section=nxt is None or nxt.model != row.model or nxt.worst_case,
+        )
+    return table
+
+
+def _summary_table(result: ResultMatrix) -> Table:
+    eps = summary_eps(result)
+    table = Table(
+        title=f"Clean vs adversarial accuracy % ({WORST_CASE} at ε={format_eps(eps)})",
+        header_style="bold",
+    )
+    table.add_column("model")
+    table.add_column("training")
+    table.add_column("clean test", justify="right")
+    table.add_column("adversarial test", justify="right")
+    for row in summary_rows(result, eps):
+        table.add_row(
+            Text(row.model),
+            Text(row.training),
+            Text(row.clean.text),
+            Text(format_cell(row.adversarial)),
+        )
+    return table
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> Table:
+    table = Table(title="Sanity checks", header_style="bold")
+    table.add_column("status")
+    table.add_column("check")
+    table.add_column("model")
+    table.add_column("message")
+    for check in checks:
+        status = str(check.get("status", DASH))
+        message = Text(str(check.get("message", "")))
+        if check.get("doc"):
+            message.append(f" ({check['doc']})", style="dim")
+        table.add_row(
+            Text(status, style=_STATUS_STYLE.get(status, "")),
+            Text(str(check.get("id", DASH))),
+            Text(str(check.get("model") or DASH)),
+            message,
+        )
+    return table
