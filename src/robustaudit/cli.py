@@ -1,0 +1,280 @@
+"""The ``robustaudit`` command: ``audit``, ``list``, ``report``. ``main(argv) -> int`` never raises.
+
+Exit codes: 0 done; 1 a ``--fail-under`` gate failed; 2 a user mistake (one line on stderr);
+3 an internal error (a bug: rerun with ROBUSTAUDIT_DEBUG=1 for the traceback); 4 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
+
+AUDIT_EXAMPLES = """\
+examples:
+  robustaudit audit                                   # the embedded default: digits, 2 models, FGSM+PGD
+  robustaudit audit --model digits-cnn --attack pgd:steps=100,restarts=3 --eps 0.1,0.2
+  robustaudit audit --model nets.py:make_net --weights net.safetensors --data cifar10:~/data \\
+      --normalize mean=0.49,0.48,0.45,std=0.25,0.24,0.26 --eps 2/255,4/255,8/255 --n 1000
+  robustaudit audit --model torchvision:resnet18 --weights r18.pt --data imagefolder:val:size=224
+  robustaudit audit --config audit.toml --device cuda --fail-under 0.5 --fail-on lower
+  robustaudit audit --json > results.json
+
+--fail-under X exits 1 when any robust accuracy (worst case included) is below X. It gates on the lower
+bound of the 95% Wilson interval by default (--fail-on lower: fails only when the data show the model is
+below X); --fail-on point gates on the point estimate instead (stricter at small n)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises one-line errors instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from robustaudit.core.errors import UserError
+
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    from robustaudit import __version__
+
+    p = _Parser(prog="robustaudit", description="Adversarial robustness testing for PyTorch models.",
+                epilog="Run `robustaudit COMMAND --help` for each command's options and examples.")
+    p.add_argument("--version", action="version", version=f"robustaudit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser(
+        "audit", help="attack models and print the clean-vs-adversarial accuracy matrix",
+        description="Attack one or more models on an eps grid and write results.json, results.sqlite, "
+        "report.md and report.html under --out. With no arguments: the embedded default audit.",
+        epilog=AUDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags; flags override it")
+    a.add_argument("--model", action="append", metavar="M",
+                   help="catalog name, file.py:callable, package.module:callable, torchvision:ARCH, a .pt2 "
+                   "export or a TorchScript file; repeat for several rows (default: digits-cnn, digits-cnn-pgdat)")
+    a.add_argument("--weights", action="append", metavar="FILE",
+                   help="state_dict .pt (loaded with weights_only=True) or .safetensors; one per --model")
+    a.add_argument("--normalize", action="append", metavar="SPEC",
+                   help="mean=..,std=.. : wrap a model that expects normalized inputs; one per --model")
+    a.add_argument("--data", metavar="D", help="digits (default), cifar10:ROOT, mnist:ROOT, imagefolder:ROOT[:size=N], tensors:FILE")
+    a.add_argument("--attack", action="append", metavar="A",
+                   help="attack with inline settings, e.g. pgd:steps=50,restarts=2; repeat for several (default: fgsm, pgd)")
+    a.add_argument("--eps", metavar="E", help="comma-separated radii, fractions allowed: 0.1,0.2 or 4/255,8/255 (default 0.05,0.1,0.2,0.3)")
+    a.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat-model norm (default linf)")
+    a.add_argument("--n", type=int, metavar="N", help="audit the first N samples (default: all)")
+    a.add_argument("--batch-size", type=int, metavar="B", dest="batch_size", help="batch size (default 256)")
+    a.add_argument("--device", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N (default auto)")
+    a.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
+    a.add_argument("--out", metavar="DIR", help="output directory (default robustaudit-out)")
+    a.add_argument("--fail-under", type=float, metavar="X", dest="fail_under", help="exit 1 when a robust accuracy is below X (see below)")
+    a.add_argument("--fail-on", choices=["lower", "point"], dest="fail_on", help="gate on the 95%% lower bound (default) or the point estimate")
+    a.add_argument("--trust-pickle", action="store_true", default=None, dest="trust_pickle",
+                   help="allow loading a pickled whole model (runs code from the file: only for files you trust)")
+    a.add_argument("--json", action="store_true", help="print results.json on stdout (tables go to stderr)")
+
+    ls = sub.add_parser("list", help="list catalog models, attacks or datasets",
+                        description="List what robustaudit knows.",
+                        epilog="examples:\n  robustaudit list models\n  robustaudit list attacks",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("what", choices=["models", "attacks", "datasets"])
+
+    r = sub.add_parser("report", help="re-render the reports of a finished run",
+                       description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
+                       "report.html; runs no model.",
+                       epilog="example:\n  robustaudit report robustaudit-out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("dir", metavar="DIR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (never raises, never prints a traceback for user mistakes)."""
+    err = _console(stderr=True)
+    try:
+        from robustaudit.core.errors import UserError
+    except Exception as exc:  # pragma: no cover - broken install
+        err.print(f"robustaudit: cannot import the package: {exc}")
+        return EXIT_INTERNAL
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        if args.command is None:
+            build_parser().print_help()
+            return EXIT_USAGE
+        return {"audit": _cmd_audit, "list": _cmd_list, "report": _cmd_report}[args.command](args, err)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {_one_line(str(exc))}", soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: finished batches are in the output directory's results.sqlite")
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("ROBUSTAUDIT_DEBUG"):
+            traceback.print_exc()
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(str(exc))} "
+                  "(set ROBUSTAUDIT_DEBUG=1 for the traceback, and please report it)", soft_wrap=True)
+        return EXIT_INTERNAL
+
+
+def entrypoint() -> None:
+    """``[project.scripts]`` target."""
+    sys.exit(main())
+
+
+def _console(*, stderr: bool = False):
+    """A rich console; when output goes to a file or CI log (no terminal), wide enough that tables
+    never truncate model names or intervals."""
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200, highlight=False)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _plan_from_args(args: argparse.Namespace):
+    from robustaudit.evaluate.plan import AuditPlan, load_toml, pair_models, parse_eps
+
+    base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
+    overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
+                                                "fail_under", "fail_on", "trust_pickle")}
+    if args.model:
+        overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
+    elif args.weights or args.normalize:
+        if len(base.models) != 1 or args.config is None:
+            flag = "--weights" if args.weights else "--normalize"
+            raise_usage(f"{flag} needs --model (which model do the weights belong to?)")
+        overrides["models"] = pair_models([base.models[0].spec], args.weights or [], args.normalize or [])
+    if args.attack:
+        overrides["attacks"] = list(args.attack)
+    if args.eps is not None:
+        overrides["eps"] = parse_eps(args.eps)
+    return base.with_overrides(overrides).validate()
+
+
+def raise_usage(message: str) -> None:
+    from robustaudit.core.errors import UserError
+
+    raise UserError(message)
+
+
+def _cmd_audit(args: argparse.Namespace, err) -> int:
+    from robustaudit.evaluate.api import run_plan
+    from robustaudit.reports import write_reports
+    from robustaudit.reports.terminal import render_terminal
+
+    plan = _plan_from_args(args)
+    out = _console(stderr=bool(args.json))
+    with _RichProgress(err) as bar:
+        result = run_plan(plan, progress=bar)
+    render_terminal(result, out)
+    paths = write_reports(result, plan.out)
+    out.print(f"wrote {Path(plan.out) / 'results.json'}, results.sqlite, {paths['markdown'].name}, "
+              f"{paths['html'].name} in {plan.out}/ ({result.provenance['seconds']:.1f} s)")
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    if plan.fail_under is not None:
+        failing = result.below(plan.fail_under, bound="lower" if plan.fail_on == "lower" else "point")
+        if not failing.empty:
+            what = "lower 95% bound" if plan.fail_on == "lower" else "robust accuracy"
+            worst = failing.sort_values("robust_accuracy").iloc[0]
+            err.print(f"[bold red]FAIL[/]: {len(failing)} row(s) with {what} below {plan.fail_under:g}; worst: "
+                      f"{worst['model']} / {worst['attack']} @ eps={worst['eps']:g}: "
+                      f"{worst['robust_accuracy']:.3f} [{worst['ci_low']:.3f}, {worst['ci_high']:.3f}]")
+            return EXIT_GATE
+        err.print(f"[green]PASS[/]: every robust accuracy ({'lower bound' if plan.fail_on == 'lower' else 'point estimate'}) >= {plan.fail_under:g}")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace, err) -> int:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(show_lines=False)
+    if args.what == "models":
+        from robustaudit.models.catalog import get_card, model_names
+
+        for col in ("name", "data", "input", "classes", "training", "clean acc", "description"):
+            table.add_column(col)
+        for name in model_names():
+            c = get_card(name)
+            acc = c.reported.get("clean_accuracy")
+            table.add_row(name, c.dataset, "×".join(map(str, c.input_shape)), str(c.num_classes),
+                          c.defense + (f" ({c.trained_for})" if c.trained_for else ""),
+                          f"{acc:.3f}" if acc is not None else "—", c.description)
+        console.print(table)
+        console.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, .pt2 and TorchScript files.")
+    elif args.what == "attacks":
+        from robustaudit.attacks.registry import attack_class, names, valid_settings
+
+        for col in ("name", "kind", "norms", "settings", "summary"):
+            table.add_column(col)
+        for name in names():
+            cls = attack_class(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            table.add_row(name, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
+        console.print(table)
+        console.print("Settings go inline: --attack pgd:steps=100,restarts=2")
+    else:
+        from robustaudit.data.registry import dataset_names
+
+        table.add_column("dataset")
+        table.add_column("description")
+        for name, text in dataset_names().items():
+            table.add_row(name, text)
+        console.print(table)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace, err) -> int:
+    from robustaudit.evaluate.result import ResultMatrix
+    from robustaudit.reports import write_reports
+    from robustaudit.reports.terminal import render_terminal
+
+    result = ResultMatrix.load(args.dir)
+    console = _console()
+    render_terminal(result, console)
+    paths = write_reports(result, args.dir)
+    console.print(f"wrote {paths['markdown']} and {paths['html']}")
+    return EXIT_OK
+
+
+class _RichProgress:
+    """The runner's Progress protocol on a rich progress bar (on stderr, transient)."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=True)
+        self._task = None
+
+    def __enter__(self) -> _RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=max(total, 1))
+
+    def advance(self, amount: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, amount)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entrypoint()

@@ -1,0 +1,31 @@
+"""Shared fixtures: the catalog's digits models and a slice of the digits test split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """The first 96 samples of the digits test split: x (96, 1, 8, 8) in [0, 1], y (96,)."""
+    from robustaudit.data.digits import digits_split
+
+    data = digits_split("test")
+    return data.load(range(96))
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    from robustaudit.models.catalog import create_model
+
+    return create_model("digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_pgdat():
+    from robustaudit.models.catalog import create_model
+
+    return create_model("digits-cnn-pgdat")
