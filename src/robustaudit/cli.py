@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,12 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"robustaudit: cannot import the package: {exc}")
         return EXIT_INTERNAL
     try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-        if args.command is None:
-            build_parser().print_help()
-            return EXIT_USAGE
-        return {"audit": _cmd_audit, "list": _cmd_list, "report": _cmd_report}[args.command](args, err)
+        with warnings.catch_warnings():
+            # what a user must see, as one readable line each (not file:line noise)
+            warnings.showwarning = lambda message, *rest, **kw: err.print(
+                f"[yellow]warning:[/] {_one_line(str(message))}", soft_wrap=True)
+            return _dispatch(argv, err)
     except UserError as exc:
+
         err.print(f"[bold red]error:[/] {_one_line(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -122,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(str(exc))} "
                   "(set ROBUSTAUDIT_DEBUG=1 for the traceback, and please report it)", soft_wrap=True)
         return EXIT_INTERNAL
+
+
+def _dispatch(argv: Sequence[str] | None, err) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_USAGE
+    return {"audit": _cmd_audit, "list": _cmd_list, "report": _cmd_report}[args.command](args, err)
 
 
 def entrypoint() -> None:

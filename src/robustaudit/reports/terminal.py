@@ -7,6 +7,8 @@ Markdown and HTML show the same rows and the same numbers as the terminal. The r
 
 from __future__ import annotations
 
+import io
+
 import math
 import re
 from dataclasses import dataclass
@@ -304,27 +306,35 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
     if result.records.empty:
         console.print("[dim]no results to show[/dim]")
         return
-    console.print(_matrix_table(result))
+    table = _matrix_table(result, intervals=True)
+    wide = Console(width=10_000, file=io.StringIO())  # measures the table's natural width
+    if wide.measure(table).maximum > console.width:
+        # too narrow for "58.1 [53.0–63.0]" cells: show accuracies only, say where the intervals are
+        table = _matrix_table(result, intervals=False)
+    console.print(table)
     console.print(_summary_table(result))
     if result.checks:
         console.print(_checks_table(result.checks))
 
 
-def _matrix_table(result: ResultMatrix) -> Table:
+def _matrix_table(result: ResultMatrix, *, intervals: bool) -> Table:
     n = sample_count(result)
     caption = f"{WORST_CASE}: {WORST_CASE_MEANING}" + (
         f"; n = {n} samples per cell" if n is not None else ""
     )
+    if not intervals:
+        caption += "; intervals left out to fit the terminal (see report.md)"
     table = Table(
-        title=f"Robust accuracy % [{CI_LABEL}] — {norm_label(result)}",
+        title=f"Robust accuracy %{f' [{CI_LABEL}]' if intervals else ''} — {norm_label(result)}",
         caption=caption,
         header_style="bold",
     )
-    table.add_column("model")
-    table.add_column("attack")
-    table.add_column("clean", justify="right")
+    # names never truncate (a narrow terminal gets the table without intervals instead)
+    table.add_column("model", no_wrap=True)
+    table.add_column("attack", no_wrap=True)
+    table.add_column("clean", justify="right", no_wrap=True)
     for eps in result.eps_values:
-        table.add_column(f"ε={format_eps(eps)}", justify="right")
+        table.add_column(f"ε={format_eps(eps)}", justify="right", no_wrap=True)
     table.add_column("seconds", justify="right")
 
     rows = matrix_rows(result)
@@ -336,7 +346,8 @@ def _matrix_table(result: ResultMatrix) -> Table:
             Text(row.model if first_of_model else ""),
             Text(row.attack, style="magenta" if row.worst_case else ""),
             Text(format_percent(row.clean)),
-            *(Text(format_cell(c)) for c in row.cells),
+            *(Text(format_cell(c) if intervals else format_percent(c.accuracy if c else None))
+              for c in row.cells),
             Text(format_seconds(row.seconds)),
             style="bold" if row.worst_case else None,
             # A rule before the worst case and after each model keeps the groups apart.
@@ -351,7 +362,7 @@ def _summary_table(result: ResultMatrix) -> Table:
         title=f"Clean vs adversarial accuracy % ({WORST_CASE} at ε={format_eps(eps)})",
         header_style="bold",
     )
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("training")
     table.add_column("clean test", justify="right")
     table.add_column("adversarial test", justify="right")
