@@ -107,3 +107,44 @@ def test_wilson_interval_reference_values():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert not math.isnan(wilson_interval(1, 3)[0])
+
+
+class MinimalOracle(Attack):
+    """A minimal-norm attack that breaks sample i with a perturbation of Linf norm ``norms[i]``."""
+
+    name = "minimal-oracle"
+    norms = ("linf",)
+    from robustaudit.attacks.base import AttackKind as _K
+
+    kind = _K.MINIMAL_NORM
+
+    def __init__(self, *, norms: dict | None = None) -> None:
+        self.table = norms or {}
+        self.calls = 0
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):
+        self.calls += 1
+        assert threat.eps == float("inf")
+        out = x.clone()
+        for row, sid in enumerate(ids.tolist()):
+            if sid in self.table:
+                flat = out[row].view(-1)
+                # cross the 0.5 boundary on pixel 0 and spend the rest of the budget on pixel 1
+                flat[0] = 0.5 + (0.01 if flat[0] <= 0.5 else -0.01)
+                flat[1] = flat[1] + self.table[sid]
+        return out
+
+
+def test_minimal_norm_attack_gives_the_whole_curve_from_one_run(toy, tmp_path):
+    a = MinimalOracle(norms={0: 0.05, 1: 0.15, 2: 0.15, 3: 0.25})
+    result = run([ModelEntry("sign", Sign())], toy, [AttackEntry("mn", a)], [0.1, 0.2, 0.3], batch_size=100)
+    assert a.calls == 1
+    r = result.records.set_index(["attack", "eps"])
+    assert r.loc[("mn", 0.1), "n_robust"] == 17 and r.loc[("mn", 0.2), "n_robust"] == 15
+    assert r.loc[("mn", 0.3), "n_robust"] == 14 and r.loc[(WORST_CASE, 0.3), "n_robust"] == 14
+    summary = result.norm_summary().iloc[0]
+    assert summary["n"] == 18 and summary["found"] == 4 and summary["median"] == float("inf")
+    result.save(tmp_path)
+    loaded = type(result).load(tmp_path)
+    assert loaded.minimal_norms[("sign", "mn")][1] == pytest.approx(0.15)
+    assert loaded.minimal_norms[("sign", "mn")][5] == float("inf")

@@ -27,8 +27,9 @@ class ThreatModel:
             raise UserError(f"unknown norm '{self.norm}'; known: {', '.join(NORMS)}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
             raise UserError(f"eps must be a number, got {self.eps!r}")
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise UserError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        # eps = inf is the budget of a minimal-norm attack run once for a whole curve
+        if math.isnan(self.eps) or self.eps < 0:
+            raise UserError(f"eps must be a number >= 0, got {self.eps!r}")
         lo, hi = self.bounds
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise UserError(f"bounds must be finite with low < high, got {self.bounds!r}")

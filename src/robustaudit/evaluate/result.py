@@ -60,13 +60,19 @@ class ResultMatrix:
     is :data:`WORST_CASE` hold the per-sample worst case over all attacks at that eps (a sample counts
     as robust only if it survives every attack). ``provenance`` records versions, device, seed, the full
     configuration and the weights' sha256; ``checks`` holds sanity verdicts (dicts with ``id``,
-    ``model``, ``status``, ``message``).
+    ``model``, ``status``, ``message``). ``robust_ids`` maps ``(model, attack, eps)`` to the sorted ids
+    of the samples still robust in that cell: what paired, per-sample comparisons between attacks or
+    between runs need.
     """
 
     records: pd.DataFrame
     provenance: dict[str, Any] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    robust_ids: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
+    #: ``(model, attack) -> {sample id: smallest adversarial norm}`` for minimal-norm attacks
+    #: (``inf`` where none was found), over the clean-correct samples.
+    minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
     @property
@@ -95,6 +101,21 @@ class ResultMatrix:
         if rows.empty:
             raise KeyError((model, attack, eps))
         return float(rows["robust_accuracy"].iloc[0])
+
+    def norm_summary(self) -> pd.DataFrame:
+        """Per model × minimal-norm attack: the distribution of the smallest adversarial norm.
+
+        Columns model, attack, n (clean-correct samples attacked), found (adversarial found), median,
+        q25, q75 (of the norms, ``inf`` counting as larger than any: the median is ``inf`` when fewer
+        than half were broken).
+        """
+        rows = []
+        for (model, attack), norms in self.minimal_norms.items():
+            v = np.sort(np.array(list(norms.values()), dtype=float))
+            q = (lambda p: float(v[min(len(v) - 1, int(np.floor(p * (len(v) - 1) + 0.5)))]) if len(v) else float("nan"))
+            rows.append({"model": model, "attack": attack, "n": len(v), "found": int(np.isfinite(v).sum()),
+                         "median": q(0.5), "q25": q(0.25), "q75": q(0.75)})
+        return pd.DataFrame(rows, columns=["model", "attack", "n", "found", "median", "q25", "q75"])
 
     def matrix(self, value: str = "robust_accuracy") -> pd.DataFrame:
         """Pivot: one row per model, one column per (attack, eps), cells ``value``."""
@@ -125,6 +146,15 @@ class ResultMatrix:
             "records": records,
             "checks": self.checks,
             "examples": EXAMPLES_FILE if self.examples else None,
+            "minimal_norms": [
+                {"model": m, "attack": a, **{k: _plain(v) for k, v in _summary_of(self, m, a).items()},
+                 "norms": {str(i): (nm if math.isfinite(nm) else None) for i, nm in norms.items()}}
+                for (m, a), norms in self.minimal_norms.items()
+            ],
+            "robust_ids": [
+                {"model": m, "attack": a, "eps": float(e), "ids": [int(i) for i in ids]}
+                for (m, a, e), ids in self.robust_ids.items()
+            ],
         }
 
     @classmethod
@@ -135,7 +165,12 @@ class ResultMatrix:
                 f"results file has schema_version {version!r}; this robustaudit reads {SCHEMA_VERSION}"
             )
         records = pd.DataFrame(doc.get("records", []), columns=list(COLUMNS))
-        return cls(records, doc.get("provenance", {}), [], list(doc.get("checks", [])))
+        robust = {(r["model"], r["attack"], float(r["eps"])): list(r["ids"]) for r in doc.get("robust_ids", [])}
+        minimal = {
+            (r["model"], r["attack"]): {int(i): (float("inf") if v is None else float(v)) for i, v in r["norms"].items()}
+            for r in doc.get("minimal_norms", [])
+        }
+        return cls(records, doc.get("provenance", {}), [], list(doc.get("checks", [])), robust, minimal)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``results.json`` (and ``examples.npz`` when there are examples) into ``out_dir``."""
@@ -165,6 +200,11 @@ class ResultMatrix:
         if doc.get("examples") and ex_path.is_file():
             result.examples = _load_examples(ex_path)
         return result
+
+
+def _summary_of(result: ResultMatrix, model: str, attack: str) -> dict[str, Any]:
+    row = result.norm_summary().set_index(["model", "attack"]).loc[(model, attack)]
+    return {k: row[k] for k in ("n", "found", "median", "q25", "q75")}
 
 
 def _plain(v: Any) -> Any:

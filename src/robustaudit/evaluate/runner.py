@@ -9,8 +9,7 @@ worst case over attacks is computed per sample.
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack
+from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import lp_norm
@@ -91,7 +90,9 @@ def sort_eps(eps: Sequence[float]) -> list[float]:
     """Validated, de-duplicated, ascending eps grid."""
     out: list[float] = []
     for e in eps:
-        ThreatModel("linf", e)  # validates: finite, >= 0, a number
+        ThreatModel("linf", e)  # validates: >= 0, a number
+        if e == float("inf"):
+            raise UserError("the eps grid needs finite radii (inf is only a minimal-norm attack's budget)")
         if float(e) not in out:
             out.append(float(e))
     if not out:
@@ -202,8 +203,7 @@ def run(
     bar = progress or _NoProgress()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
-    rows: list[dict[str, Any]] = []
-    examples: list[Example] = []
+    state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell)
     n = len(sample_ids)
     for entry in models:
         model = entry.module
@@ -214,32 +214,123 @@ def run(
                 bar.start(f"{entry.name}: clean", n)
                 correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar)
                 robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
+                ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm)
                 for a in attacks:
-                    bar.start(f"{entry.name}: {a.name}", len(correct_ids) * len(grid))
-                    survivors = list(correct_ids)
-                    for threat in threats:
-                        t0 = time.perf_counter()
-                        before = len(survivors)
-                        survivors, broken = _attack_survivors(
-                            entry.name, model, a, threat, survivors, samples, dev, seed, store, bar, task,
-                            want_examples=examples_per_cell if threat.eps == example_eps else 0,
-                        )
-                        seconds = time.perf_counter() - t0
-                        bar.advance(len(correct_ids) - before)  # broken earlier: not attacked again
-                        examples.extend(broken)
-                        robust_sets[threat.eps] &= set(survivors)
-                        rows.append(
-                            _record(entry.name, a.name, threat.eps, norm, n, len(correct_ids), len(survivors), seconds)
-                        )
-                        if store is not None:
-                            store.write_cell(entry.name, a.name, threat.eps, seconds, before, len(survivors))
+                    bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
+                    sweep = _minimal_norm_column if _minimal(a) else _fixed_eps_column
+                    for e, survivors in sweep(ctx, a, correct_ids, grid, state).items():
+                        robust_sets[e] &= set(survivors)
                 for e in grid:
-                    secs = sum(r["seconds"] for r in rows if r["model"] == entry.name and r["eps"] == e and r["attack"] != WORST_CASE)
-                    rows.append(_record(entry.name, WORST_CASE, e, norm, n, len(correct_ids), len(robust_sets[e]), secs))
+                    secs = sum(r["seconds"] for r in state.rows if r["model"] == entry.name and r["eps"] == e)
+                    state.add_row(ctx, WORST_CASE, e, sorted(robust_sets[e]), secs)
         finally:
             if home is not None:
                 model.to(home)
-    return ResultMatrix(pd.DataFrame(rows, columns=list(COLUMNS)), examples=examples)
+    return ResultMatrix(pd.DataFrame(state.rows, columns=list(COLUMNS)), examples=state.examples,
+                        robust_ids=state.robust_ids, minimal_norms=state.minimal_norms)
+
+
+@dataclass
+class _Cell:
+    """What every column of one model shares."""
+
+    name: str
+    model: nn.Module
+    samples: _Samples
+    dev: torch.device
+    seed: int
+    store: Store | None
+    bar: Progress
+    task: Task
+    n: int
+    n_clean: int
+    norm: str
+
+
+@dataclass
+class _RunState:
+    """What the run accumulates: matrix rows, per-sample robust ids, examples, minimal norms."""
+
+    example_eps: float
+    examples_per_cell: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    robust_ids: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
+    minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+
+    def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float) -> None:
+        self.rows.append(_record(ctx.name, attack, eps, ctx.norm, ctx.n, ctx.n_clean, len(robust), seconds))
+        self.robust_ids[(ctx.name, attack, eps)] = robust
+
+
+def _minimal(a: AttackEntry) -> bool:
+    return a.attack.kind is AttackKind.MINIMAL_NORM
+
+
+def _fixed_eps_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], grid: list[float],
+                      state: _RunState) -> dict[float, list[int]]:
+    """Sweep eps upwards, attacking only the survivors of the previous eps."""
+    survivors = list(correct_ids)
+    out: dict[float, list[int]] = {}
+    for eps in grid:
+        threat = ThreatModel(ctx.norm, eps)
+        t0 = time.perf_counter()
+        before = len(survivors)
+        want = state.examples_per_cell if eps == state.example_eps else 0
+        still: list[int] = []
+        for batch, x, y, adv, preds, _ in _attack_batches(ctx, a, threat, survivors, store_eps=eps):
+            ok = (preds == y).cpu()
+            still.extend(i for i, keep in zip(batch, ok.tolist()) if keep)
+            state.examples.extend(_examples(ctx.name, a.name, eps, x, y, adv, preds, ~ok, want - _count(state, ctx, a, eps)))
+        survivors = still
+        seconds = time.perf_counter() - t0
+        ctx.bar.advance(len(correct_ids) - before)  # broken at a smaller eps: not attacked again
+        state.add_row(ctx, a.name, eps, sorted(survivors), seconds)
+        if ctx.store is not None:
+            ctx.store.write_cell(ctx.name, a.name, eps, seconds, before, len(survivors))
+        out[eps] = survivors
+    return out
+
+
+def _minimal_norm_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], grid: list[float],
+                         state: _RunState) -> dict[float, list[int]]:
+    """One unbounded run gives each sample's smallest adversarial norm, hence the whole curve: a sample
+    is robust at eps when no adversarial was found or the smallest one is larger than eps."""
+    t0 = time.perf_counter()
+    norms: dict[int, float] = {}
+    threat = ThreatModel(ctx.norm, float("inf"))
+    found: list[tuple[int, torch.Tensor, torch.Tensor, int, int, float]] = []
+    for batch, x, y, adv, preds, pert in _attack_batches(ctx, a, threat, correct_ids, store_eps=float("inf")):
+        hit = (preds != y).cpu()
+        for k, (sid, h, nm) in enumerate(zip(batch, hit.tolist(), pert.tolist())):
+            norms[sid] = nm if h else float("inf")
+            if h and nm <= state.example_eps and len(found) < state.examples_per_cell:
+                found.append((sid, x[k].cpu(), adv[k].cpu(), int(y[k]), int(preds[k]), nm))
+    seconds = (time.perf_counter() - t0) / len(grid)  # one run serves every eps
+    state.minimal_norms[(ctx.name, a.name)] = norms
+    state.examples.extend(Example(ctx.name, a.name, state.example_eps, xc.numpy(), xa.numpy(), lab, lab, p)
+                          for _, xc, xa, lab, p, _ in found)
+    out: dict[float, list[int]] = {}
+    for eps in grid:
+        # a hair of tolerance so float32 rounding of a perturbation projected to exactly eps never
+        # counts a broken sample as robust (the safe direction)
+        robust = sorted(i for i in correct_ids if norms[i] > eps * (1 + 1e-5))
+        state.add_row(ctx, a.name, eps, robust, seconds)
+        if ctx.store is not None:
+            ctx.store.write_cell(ctx.name, a.name, eps, seconds, len(correct_ids), len(robust))
+        out[eps] = robust
+    return out
+
+
+def _count(state: _RunState, ctx: _Cell, a: AttackEntry, eps: float) -> int:
+    return sum(1 for e in state.examples if e.model == ctx.name and e.attack == a.name and e.eps == eps)
+
+
+def _examples(model, attack, eps, x, y, adv, preds, broken, want) -> list[Example]:
+    return [
+        Example(model, attack, eps, x[k].cpu().numpy(), adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]))
+        for k in broken.nonzero().flatten().tolist()[: max(0, want)]
+    ]
 
 
 def _clean_pass(name, model, samples: _Samples, dev, store, bar) -> list[int]:
@@ -269,37 +360,21 @@ def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
         raise UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
 
 
-def _attack_survivors(
-    name, model, a: AttackEntry, threat, survivors, samples: _Samples, dev, seed, store, bar, task, want_examples
-) -> tuple[list[int], list[Example]]:
-    """Attack ``survivors`` at ``threat``; return the ids still robust and up to ``want_examples`` examples."""
-    still: list[int] = []
-    examples: list[Example] = []
-    for batch in samples.batches(survivors):
-        x, y = samples.load(batch)
-        x, y = x.to(dev), y.to(dev)
-        ids = torch.tensor(batch)
-        adv = a.attack(model, x, y, threat, ids=ids, seed=seed, task=task)
+def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequence[int], *, store_eps: float
+                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Attack ``ids`` batch by batch; yields ``(batch ids, x, y, adv, adv preds, perturbation norms)``
+    after writing the batch's per-sample records to the store."""
+    norm = threat.norm if threat.norm in ("linf", "l2", "l1", "l0") else "linf"
+    for batch in ctx.samples.batches(ids):
+        x, y = ctx.samples.load(batch)
+        x, y = x.to(ctx.dev), y.to(ctx.dev)
+        adv = a.attack(ctx.model, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
         if adv.shape != x.shape or not torch.isfinite(adv).all():
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
         with torch.no_grad():
-            logits = _forward(model, adv, name)
-        preds = logits.argmax(1)
-        ok = (preds == y).cpu()
-        norms = lp_norm(adv - x, threat.norm if threat.norm in ("linf", "l2", "l1", "l0") else "linf")
-        if store is not None:
-            store.write_adv(name, a.name, threat.eps, batch, y.tolist(), preds.tolist(), norms.tolist())
-        still.extend(i for i, keep in zip(batch, ok.tolist()) if keep)
-        for k in (~ok).nonzero().flatten().tolist()[: max(0, want_examples - len(examples))]:
-            examples.append(
-                Example(name, a.name, threat.eps, x[k].cpu().numpy(), adv[k].cpu().numpy(),
-                        int(y[k]), int(y[k]), int(preds[k]))
-            )
-        bar.advance(len(batch))
-    return still, examples
-
-
-def warn_if_few(n: int) -> None:
-    """Small samples make wide intervals: say so once, where the user will see it."""
-    if n < 100:
-        warnings.warn(f"only {n} samples: 95% intervals are wide (about ±{100 / n ** 0.5:.0f} points)", stacklevel=3)
+            preds = _forward(ctx.model, adv, ctx.name).argmax(1)
+        pert = lp_norm(adv - x, norm)
+        if ctx.store is not None:
+            ctx.store.write_adv(ctx.name, a.name, store_eps, batch, y.tolist(), preds.tolist(), pert.tolist())
+        yield batch, x, y, adv, preds, pert
+        ctx.bar.advance(len(batch))

@@ -17,6 +17,7 @@ import jinja2
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.markdown import (
+    NORM_NOTE,
     STATUS_MARK,
     TITLE,
     attack_infos,
@@ -25,6 +26,7 @@ from robustaudit.reports.markdown import (
     data_items,
     headline,
     model_infos,
+    norm_rows,
     provenance_items,
     threat_items,
 )
@@ -154,6 +156,8 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "n": n,
         "summary_eps": format_eps(eps),
         "summary": summary,
+        "norm_rows": norm_rows(result),
+        "norm_note": NORM_NOTE,
         "checks": checks,
         "checks_tally": checks_tally(result.checks),
         "provenance": provenance_items(result),

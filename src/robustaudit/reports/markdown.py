@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,6 +291,26 @@ def _summary_section(result: ResultMatrix) -> str:
     )
 
 
+def norm_rows(result: ResultMatrix) -> list[list[str]]:
+    """Rows of the smallest-adversarial-norm table: model, attack, found/attacked, median, quartiles."""
+    rows = []
+    for r in result.norm_summary().itertuples(index=False):
+        fmt = lambda v: f"{v:.4g}" if math.isfinite(v) else "> budget"  # noqa: E731 - local formatter
+        rows.append([str(r.model), str(r.attack), f"{r.found}/{r.n}", fmt(r.median), f"{fmt(r.q25)} – {fmt(r.q75)}"])
+    return rows
+
+
+NORM_NOTE = ("Minimal-norm attacks search for the smallest adversarial perturbation of each clean-correct "
+             "sample: one run gives the whole robustness curve. A sample where none was found counts as "
+             "larger than any ε.")
+
+
+def _norms_section(result: ResultMatrix) -> str:
+    rows = [[md_escape(c) for c in row[:2]] + row[2:] for row in norm_rows(result)]
+    return (f"## Smallest adversarial perturbation ({md_escape(norm_label(result))})\n\n{NORM_NOTE}\n\n"
+            + _table(["model", "attack", "found", "median norm", "25%–75%"], rows, right=[2, 3, 4]))
+
+
 def _checks_section(result: ResultMatrix) -> str:
     rows = []
     for check in result.checks:
@@ -362,6 +384,8 @@ def render_markdown(result: ResultMatrix) -> str:
     else:
         parts.append(_matrix_section(result))
         parts.append(_summary_section(result))
+    if result.minimal_norms:
+        parts.append(_norms_section(result))
     if result.checks:
         parts.append(_checks_section(result))
     provenance = provenance_items(result)

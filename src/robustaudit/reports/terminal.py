@@ -313,6 +313,15 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
         table = _matrix_table(result, intervals=False)
     console.print(table)
     console.print(_summary_table(result))
+    if result.minimal_norms:
+        from robustaudit.reports.markdown import norm_rows  # the row logic lives with the other sections
+
+        norms = Table(title=f"Smallest adversarial perturbation — {norm_label(result)}", header_style="bold")
+        for col in ("model", "attack", "found", "median norm", "25%–75%"):
+            norms.add_column(col, no_wrap=col in ("model", "attack"), justify="left" if col in ("model", "attack") else "right")
+        for row in norm_rows(result):
+            norms.add_row(*(Text(c) for c in row))
+        console.print(norms)
     if result.checks:
         console.print(_checks_table(result.checks))
 
