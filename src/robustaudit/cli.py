@@ -228,7 +228,7 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
 
         for col in ("name", "kind", "norms", "settings", "summary"):
             table.add_column(col)
-        for name in names():
+        for name in names(wrappers=True):
             cls = attack_class(name)
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             table.add_row(name, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)

@@ -1,4 +1,14 @@
-"""First-order white-box attacks: FGSM and PGD (with the shared iterative engine later attacks reuse)."""
+"""First-order white-box attacks: FGSM, PGD and the iterative variants built on PGD's engine.
+
+PGD owns the loop (early stopping, active-set compaction, best iterate, restarts); the variants change
+only what the loop exposes as hooks:
+
+* ``alpha`` — the default step size (BIM, ILLC, MI-FGSM use their papers' budgets);
+* ``_step_direction(grad, norm, state)`` — the step direction, with a per-restart ``state`` dict of
+  per-sample tensors that the engine compacts with the active set (MI-FGSM keeps its momentum there);
+* ``_outcome(task, logits, y, targets)`` — when a sample is done and how to rank iterates that are not
+  (ILLC stops at the least-likely class but still prefers a misclassified iterate over a correct one).
+"""
 
 from __future__ import annotations
 
@@ -147,16 +157,23 @@ class PGD(Attack):
         best = x.clone()
         best_obj = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        # the tier of the best iterate (see _outcome); kept across restarts like best_obj
+        best_tier = torch.zeros(n, dtype=torch.long, device=x.device)
         for restart in range(self.restarts):
             # one host sync per restart: restarts only work on samples not yet broken
             todo = (~found).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=x.device)
             if todo.numel() == 0:
                 break
-            self._restart(model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found)
+            self._restart(model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found,
+                          best_tier)
         return best
 
-    def _restart(self, model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found):
-        """One restart on samples ``todo``; updates ``best``, ``best_obj``, ``found`` in place."""
+    def _restart(self, model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found,
+                 best_tier=None):
+        """One restart on samples ``todo``; updates ``best``, ``best_obj``, ``found`` (and ``best_tier``)
+        in place."""
+        if best_tier is None:
+            best_tier = torch.zeros(len(best), dtype=torch.long, device=x.device)
         alpha = self.alpha(threat.eps)
         idx = todo
         xs, ys = x[idx], y[idx]
@@ -165,30 +182,41 @@ class PGD(Attack):
             xa = random_start(xs, ids[idx.cpu()], threat, self.stream(seed, threat, restart))
         else:
             xa = xs.clone()
-        b_x, b_obj, b_found = best[idx], best_obj[idx], found[idx]
+        b_x, b_obj, b_found, b_tier = best[idx], best_obj[idx], found[idx], best_tier[idx]
         alive = torch.ones(len(idx), dtype=torch.bool, device=x.device)
+        # per-sample state of the step rule (e.g. momentum): compacted together with the active set
+        state: dict[str, torch.Tensor] = {}
 
         def record(logits: torch.Tensor, obj: torch.Tensor, point: torch.Tensor) -> None:
             # masked updates only: no host sync
-            nonlocal b_x, b_obj, b_found, alive
-            hit = success(task, logits, ys, ts) & alive & ~b_found
-            better = (obj > b_obj) & ~b_found & alive
-            take = hit | better
+            nonlocal b_x, b_obj, b_found, b_tier, alive
+            done, tier = self._outcome(task, logits, ys, ts)
+            hit = done & alive & ~b_found
+            if tier is None:
+                better = obj > b_obj
+            else:  # a higher tier wins whatever the objective; the objective ranks within a tier
+                better = (tier > b_tier) | ((tier == b_tier) & (obj > b_obj))
+            take = hit | (better & ~b_found & alive)
             b_x = torch.where(take.view(-1, *[1] * (xa.dim() - 1)), point, b_x)
             b_obj = torch.where(take, obj, b_obj)
+            if tier is not None:
+                b_tier = torch.where(take, tier, b_tier)
             b_found = b_found | hit
             if self.early_stop:
                 alive = alive & ~hit
 
+        def write_back() -> None:
+            best[idx], best_obj[idx], found[idx], best_tier[idx] = b_x, b_obj, b_found, b_tier
+
         for step in range(self.steps):
             logits, obj, grad = _input_grad(model, xa, ys, ts, task, self.loss)
             record(logits, obj, xa)
-            moved = xa + alpha * self._direction(grad, threat.norm)
+            moved = xa + alpha * self._step_direction(grad, threat.norm, state)
             moved = clip_to_bounds(xs + project(moved - xs, threat.norm, threat.eps), threat.bounds)
             xa = torch.where(alive.view(-1, *[1] * (xa.dim() - 1)), moved, xa)
             if self.early_stop and (step + 1) % self.compact_every == 0 and step + 1 < self.steps:
                 # write back, then drop the samples that are done (the one sync every few steps)
-                best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
+                write_back()
                 keep = alive.nonzero().squeeze(1)
                 if keep.numel() == 0:
                     return
@@ -196,11 +224,172 @@ class PGD(Attack):
                     idx, xs, ys, xa = idx[keep], xs[keep], ys[keep], xa[keep]
                     ts = ts[keep] if ts is not None else None
                     b_x, b_obj, b_found, alive = b_x[keep], b_obj[keep], b_found[keep], alive[keep]
+                    b_tier = b_tier[keep]
+                    state = {k: v[keep] for k, v in state.items()}
         with torch.no_grad():  # the last iterate has not been scored yet
             logits = model(xa)
             record(logits, attack_loss(task, logits, ys, ts, self.loss), xa)
-        best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
+        write_back()
 
     def _direction(self, grad: torch.Tensor, norm: str) -> torch.Tensor:
         """The step direction from the input gradient; overridden by momentum variants."""
         return ascent_direction(grad, norm)
+
+    def _step_direction(self, grad: torch.Tensor, norm: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The step direction with per-restart ``state``: a dict of tensors with one row per active
+        sample (``(n_active, ...)``), which the engine compacts whenever it drops finished samples.
+
+        The default ignores ``state`` and calls :meth:`_direction`; stateful rules (momentum) override this.
+        """
+        return self._direction(grad, norm)
+
+    def _outcome(
+        self, task: Task, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Judge iterates: ``(done (N,) bool, tier (N,) int64 or None)``.
+
+        ``done`` samples stop moving and keep this iterate. Among iterates that are not done, a higher
+        ``tier`` wins over a higher objective (``None``: rank by objective only). The default is the
+        attack's success criterion with no tiers.
+        """
+        return success(task, logits, y, targets), None
+
+
+def _renamed(exc: UserError, name: str) -> UserError:
+    """PGD's validation messages name ``pgd``; a variant's user should read its own name."""
+    return UserError(str(exc).replace("pgd:", f"{name}:", 1))
+
+
+class BIM(PGD):
+    """Basic Iterative Method (Kurakin et al. 2017): PGD from the clean input, no random start.
+
+    Each step moves ``step_size`` along the sign of the gradient (Linf; the normalised gradient for L2)
+    and is clipped to the eps-ball and the bounds. The paper's budget is 1/255 per step for
+    ``min(eps*255 + 4, 1.25*eps*255)`` steps, i.e. a total travel of about ``1.25 * eps`` — a recipe
+    tied to 8-bit images. We keep the total travel and fix the step count: ``steps=10`` and a step of
+    ``1.25 * eps / steps`` by default, so a run can reach the boundary of the ball from the clean point
+    and still move along it. Deterministic (no random draws); stops on samples once misclassified and
+    keeps the best iterate like PGD.
+
+    Settings (keyword-only): ``steps``, ``step_size`` (absolute) or ``rel_step_size`` (fraction of
+    eps), ``loss`` (``ce`` | ``margin``), ``early_stop``, ``compact_every`` — as for PGD.
+
+    Example:
+        >>> adv = BIM(steps=10)(model, x, y, ThreatModel("linf", 0.1))   # x: (N, C, H, W) -> same shape
+    """
+
+    name = "bim"
+    norms = ("linf", "l2")
+    randomized = False
+
+    def __init__(
+        self,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        rel_step_size: float | None = None,
+        loss: str = "ce",
+        early_stop: bool = True,
+        compact_every: int = 5,
+    ) -> None:
+        try:
+            super().__init__(steps=steps, restarts=1, step_size=step_size, rel_step_size=rel_step_size,
+                             random_start=False, loss=loss, early_stop=early_stop, compact_every=compact_every)
+        except UserError as exc:
+            raise _renamed(exc, self.name) from None
+
+    def alpha(self, eps: float) -> float:
+        """The absolute step: ``step_size``, else ``rel_step_size * eps``, else ``1.25 * eps / steps``."""
+        if self.step_size is None and self.rel_step_size is None:
+            return 1.25 * eps / self.steps
+        return super().alpha(eps)
+
+
+class ILLC(BIM):
+    """Iterative Least-Likely Class method (Kurakin et al. 2017): BIM towards the least-likely class.
+
+    The cross-entropy to the class the model finds least likely on the clean input is descended.
+    Success is counted as in the paper: the sample is misclassified (any wrong class). The search
+    stops on a sample once it is classified as its least-likely class; when it never gets there, a
+    misclassified iterate is preferred over a correct one, then the iterate closest to the target.
+    The least-likely class is taken over the classes other than the label (a clean prediction that is
+    already wrong could otherwise make the label itself the target). Explicit ``targets`` replace the
+    least-likely classes. Classification only. Same settings and defaults as :class:`BIM`.
+
+    Example:
+        >>> adv = ILLC()(model, x, y, ThreatModel("linf", 0.3))   # (N, C, H, W) -> same shape
+        >>> (model(adv).argmax(1) == model(x).argmin(1)).float().mean()   # most samples hit y_LL
+    """
+
+    name = "illc"
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
+        if targets is None:
+            with torch.no_grad():
+                logits = model(x)
+            targets = logits.scatter(1, y[:, None], math.inf).argmin(1)
+        return super()._run(model, x, y, threat, targets, ids, seed, task)
+
+    def _outcome(self, task, logits, y, targets):  # noqa: D102 - see PGD._outcome
+        return task.correct(logits, targets), (~task.correct(logits, y)).long()
+
+
+class MIFGSM(PGD):
+    """Momentum Iterative FGSM (Dong et al. 2018): gradient steps along an accumulated momentum.
+
+    Per step: ``g <- decay * g + grad / ||grad||_1`` (L1 norm per sample, so every step weighs the
+    same), then ``x <- clip(proj(x + step_size * dir(g)))`` with ``dir = sign`` for Linf and
+    ``g / ||g||_2`` for L2. The momentum starts at zero on every restart and is kept per sample.
+    Defaults follow the paper: ``steps=10``, ``decay=1.0``, step ``eps / steps`` (a total travel of
+    eps), no random start. Momentum makes the examples transfer better, which is why it is the usual
+    inner attack of :class:`~robustaudit.attacks.transfer.Transfer`.
+
+    Settings (keyword-only): ``steps``, ``decay``, ``step_size`` (absolute) or ``rel_step_size``
+    (fraction of eps), ``random_start``, ``restarts``, ``loss`` (``ce`` | ``margin``), ``early_stop``,
+    ``compact_every``.
+
+    Example:
+        >>> adv = MIFGSM(steps=10, decay=1.0)(model, x, y, ThreatModel("linf", 0.1))   # (N, C, H, W)
+    """
+
+    name = "mifgsm"
+    norms = ("linf", "l2")
+    #: deterministic with the default ``random_start=False``
+    randomized = False
+
+    def __init__(
+        self,
+        *,
+        steps: int = 10,
+        decay: float = 1.0,
+        step_size: float | None = None,
+        rel_step_size: float | None = None,
+        random_start: bool = False,
+        restarts: int = 1,
+        loss: str = "ce",
+        early_stop: bool = True,
+        compact_every: int = 5,
+    ) -> None:
+        check_positive("mifgsm: decay", decay, allow_zero=True)
+        try:
+            super().__init__(steps=steps, restarts=restarts, step_size=step_size, rel_step_size=rel_step_size,
+                             random_start=random_start, loss=loss, early_stop=early_stop,
+                             compact_every=compact_every)
+        except UserError as exc:
+            raise _renamed(exc, self.name) from None
+        self.decay = float(decay)
+
+    def alpha(self, eps: float) -> float:
+        """The absolute step: ``step_size``, else ``rel_step_size * eps``, else ``eps / steps``."""
+        if self.step_size is None and self.rel_step_size is None:
+            return eps / self.steps
+        return super().alpha(eps)
+
+    def _step_direction(self, grad: torch.Tensor, norm: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        # the L1 normalisation is per sample: a sample with tiny gradients still gets full-size steps
+        l1 = grad.abs().reshape(len(grad), -1).sum(dim=1).clamp_min(1e-12)
+        g = grad / l1.view(-1, *[1] * (grad.dim() - 1))
+        momentum = state.get("momentum")
+        momentum = g if momentum is None else self.decay * momentum + g
+        state["momentum"] = momentum
+        return ascent_direction(momentum, norm)

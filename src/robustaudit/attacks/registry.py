@@ -2,22 +2,56 @@
 
 Built-in attacks are listed explicitly and imported on first use, so importing the registry is cheap
 and registration never depends on import side effects.
+
+Spec grammar (the CLI's ``--attack``, TOML plans, ``audit(attacks=[...])``)::
+
+    spec     := name [":" settings] ["(" spec ")"]      wrappers take the wrapped attack in parentheses
+              | "foolbox:" CLASS [":" settings]          any foolbox attack by class name
+    settings := key "=" value ("," key "=" value)*       values: int, float, 8/255, true/false, none, text
+
+Examples: ``pgd:steps=50,restarts=2``, ``eot:k=20(pgd:steps=50)``, ``bpda(pgd)``,
+``eot:k=10(bpda(apgd))``, ``transfer:surrogate=digits-cnn+digits-cnn-pgdat,di=0.5(mifgsm)``,
+``foolbox:L2CarliniWagnerAttack:steps=200,stepsize=0.01``.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustaudit.attacks.base import Attack
 from robustaudit.core.errors import UserError, suggest, unknown
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 #: name -> "module:Class" of the attacks robustaudit ships.
 BUILTIN: dict[str, str] = {
     "fgsm": "robustaudit.attacks.gradient:FGSM",
     "pgd": "robustaudit.attacks.gradient:PGD",
+    "bim": "robustaudit.attacks.gradient:BIM",
+    "illc": "robustaudit.attacks.gradient:ILLC",
+    "mifgsm": "robustaudit.attacks.gradient:MIFGSM",
+    "apgd": "robustaudit.attacks.apgd:APGD",
+    "apgd-t": "robustaudit.attacks.apgd:APGDTargeted",
+    "square": "robustaudit.attacks.square:Square",
+    "cw": "robustaudit.attacks.minimal:CarliniWagnerL2",
+    "deepfool": "robustaudit.attacks.minimal:DeepFool",
+    "fab-t": "robustaudit.attacks.fab:FABTargeted",
+    "autoattack": "robustaudit.attacks.ensemble:AutoAttack",
+    "fast": "robustaudit.attacks.ensemble:FastEnsemble",
+}
+
+#: name -> "module:Class" of the attacks that wrap another attack (or, for ``foolbox``, a foolbox
+#: class); they are built from specs (:func:`from_spec`), not by :func:`get` with settings alone.
+WRAPPERS: dict[str, str] = {
+    "eot": "robustaudit.attacks.wrappers:EOT",
+    "bpda": "robustaudit.attacks.wrappers:BPDA",
+    "transfer": "robustaudit.attacks.transfer:Transfer",
+    "foolbox": "robustaudit.attacks.foolbox_bridge:FoolboxAttack",
 }
 
 _USER: dict[str, type[Attack]] = {}
@@ -25,7 +59,7 @@ _USER: dict[str, type[Attack]] = {}
 
 def register(name: str, cls: type[Attack]) -> type[Attack]:
     """Register a user attack class under ``name`` (an error if the name is taken)."""
-    if name in BUILTIN or name in _USER:
+    if name in BUILTIN or name in WRAPPERS or name in _USER:
         raise ValueError(f"attack '{name}' is already registered")
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
         raise TypeError(f"{cls!r} is not an Attack subclass")
@@ -33,29 +67,49 @@ def register(name: str, cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-def names() -> list[str]:
-    """All registered attack names, sorted."""
-    return sorted([*BUILTIN, *_USER])
+def names(*, wrappers: bool = False) -> list[str]:
+    """The registered attack names, sorted: each one builds with ``get(name)`` alone.
+
+    With ``wrappers=True`` also ``bpda``, ``eot``, ``foolbox`` and ``transfer``, which wrap another
+    attack and are built from specs (see :data:`WRAPPERS`); :func:`attack_class` knows them all.
+    """
+    return sorted([*BUILTIN, *_USER, *(WRAPPERS if wrappers else ())])
 
 
 def attack_class(name: str) -> type[Attack]:
     """The class registered under ``name``; :class:`UserError` with a close match when unknown."""
     if name in _USER:
         return _USER[name]
-    if name not in BUILTIN:
-        raise unknown("attack", name, names())
-    module, _, cls = BUILTIN[name].partition(":")
+    target = BUILTIN.get(name) or WRAPPERS.get(name)
+    if target is None:
+        raise unknown("attack", name, names(wrappers=True))
+    module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def valid_settings(cls: type[Attack]) -> list[str]:
-    """The keyword-only settings an attack class accepts."""
+    """The settings an attack class accepts in a spec: its keyword-only ``__init__`` parameters, or,
+    for wrappers, the names in their ``spec_settings`` class attribute."""
+    spec_settings = getattr(cls, "spec_settings", None)
+    if spec_settings is not None:
+        return list(spec_settings)
     params = inspect.signature(cls.__init__).parameters
     return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 def get(name: str, **settings: Any) -> Attack:
-    """Build attack ``name`` with ``settings``; unknown settings name the valid ones."""
+    """Build attack ``name`` with ``settings``; unknown settings name the valid ones.
+
+    ``foolbox:CLASS`` builds a foolbox attack with ``settings`` as its constructor arguments. The
+    other wrappers need the attack they wrap: build them with :func:`from_spec` or their class.
+    """
+    if name.startswith("foolbox:"):
+        from robustaudit.attacks.foolbox_bridge import FoolboxAttack
+
+        return FoolboxAttack(name.partition(":")[2], **settings)
+    if name in WRAPPERS:
+        example = "foolbox:LinfPGD:steps=10" if name == "foolbox" else _WRAPPER_EXAMPLES[name]
+        raise UserError(f"attack '{name}' wraps another attack: write it as a spec, e.g. {example}")
     cls = attack_class(name)
     valid = valid_settings(cls)
     for key in settings:
@@ -107,15 +161,138 @@ def parse_settings(text: str, *, what: str) -> dict[str, Any]:
     return out
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"pgd:steps=50,restarts=2"`` into ``("pgd", {"steps": 50, "restarts": 2})``."""
-    name, _, rest = spec.strip().partition(":")
+_WRAPPER_EXAMPLES = {
+    "eot": "eot:k=20(pgd)",
+    "bpda": "bpda(pgd)",
+    "transfer": "transfer:surrogate=digits-cnn(mifgsm)",
+}
+
+
+def _split_outer(spec: str) -> tuple[str, str | None]:
+    """``"eot:k=5(bpda(pgd))"`` -> ``("eot:k=5", "bpda(pgd)")``; ``"pgd"`` -> ``("pgd", None)``."""
+    text = spec.strip()
+    open_at = text.find("(")
+    if open_at < 0:
+        if ")" in text:
+            raise UserError(f"unbalanced parentheses in attack spec '{spec}'")
+        return text, None
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                if text[i + 1 :].strip():
+                    raise UserError(
+                        f"unexpected '{text[i + 1:].strip()}' after the wrapped attack in '{spec}'; "
+                        "settings go before the parentheses: eot:k=20(pgd)"
+                    )
+                inner = text[open_at + 1 : i].strip()
+                if not inner:
+                    raise UserError(f"empty wrapped attack '()' in '{spec}'")
+                return text[:open_at].strip(), inner
+    raise UserError(f"unbalanced parentheses in attack spec '{spec}'")
+
+
+def parse_nested(spec: str) -> tuple[str, dict[str, Any], str | None]:
+    """Split a spec into (name, settings, wrapped spec or ``None``), one level deep.
+
+    ``foolbox:CLASS:settings`` keeps the class in the name. Parentheses are balanced, so the wrapped
+    spec may itself wrap another.
+
+    Examples:
+        >>> parse_nested("eot:k=20(pgd:steps=50)")
+        ('eot', {'k': 20}, 'pgd:steps=50')
+        >>> parse_nested("eot:k=10(bpda(apgd))")
+        ('eot', {'k': 10}, 'bpda(apgd)')
+        >>> parse_nested("foolbox:L2CarliniWagnerAttack:steps=200,stepsize=0.01")
+        ('foolbox:L2CarliniWagnerAttack', {'steps': 200, 'stepsize': 0.01}, None)
+        >>> parse_nested("pgd")
+        ('pgd', {}, None)
+    """
+    head, inner = _split_outer(spec)
+    name, _, rest = head.partition(":")
+    name = name.strip()
     if not name:
         raise UserError(f"empty attack name in '{spec}'")
-    return name, parse_settings(rest, what=f"attack '{name}'")
+    if name == "foolbox":
+        cls_name, _, rest = rest.partition(":")
+        if not cls_name.strip():
+            raise UserError(f"'{spec}': name the foolbox attack class, e.g. foolbox:LinfPGD:steps=10")
+        name = f"foolbox:{cls_name.strip()}"
+    return name, parse_settings(rest, what=f"attack '{name}'"), inner
 
 
-def from_spec(spec: str) -> Attack:
-    """Build an attack from its CLI form, e.g. ``pgd:steps=50,restarts=2,step_size=0.01``."""
-    name, settings = parse_spec(spec)
-    return get(name, **settings)
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"pgd:steps=50,restarts=2"`` into ``("pgd", {"steps": 50, "restarts": 2})``.
+
+    A wrapper's spec puts the wrapped attack's spec under ``"attack"``:
+    ``"eot:k=5(pgd)"`` -> ``("eot", {"k": 5, "attack": "pgd"})``; see :func:`parse_nested`.
+    """
+    name, settings, inner = parse_nested(spec)
+    if inner is not None:
+        settings = {**settings, "attack": inner}
+    return name, settings
+
+
+def _check_spec_settings(name: str, settings: dict[str, Any], valid: list[str]) -> None:
+    for key in settings:
+        if key not in valid:
+            raise UserError(
+                f"attack '{name}' has no setting '{key}'{suggest(key, valid)}; "
+                f"valid: {', '.join(valid) or '(none)'}"
+            )
+
+
+def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = None) -> Attack:
+    """Build an attack from its CLI form, e.g. ``pgd:steps=50,restarts=2,step_size=0.01``.
+
+    Wrappers build their wrapped attack recursively: ``eot:k=10(bpda(apgd))``,
+    ``foolbox:LinfPGD:steps=10``. ``transfer:surrogate=NAME[+NAME](ATTACK)`` needs ``resolve_model``
+    (model name -> ``nn.Module``, e.g. the catalog) because attacks never load models themselves.
+
+    Example:
+        >>> attack = from_spec("eot:k=5(bpda(pgd:steps=3))")
+        >>> type(attack).__name__, type(attack.attack).__name__, attack.attack.attack.steps
+        ('EOT', 'BPDA', 3)
+    """
+    name, settings, inner = parse_nested(spec)
+    if name.startswith("foolbox:"):
+        if inner is not None:
+            raise UserError(f"'{spec}': a foolbox attack does not wrap another attack")
+        return get(name, **settings)
+    if name not in WRAPPERS or name == "foolbox":
+        attack_class(name)  # an unknown name: say so (with a close match) before anything else
+        if inner is not None:
+            raise UserError(f"attack '{name}' does not wrap another attack; remove '({inner})' from '{spec}'")
+        if name == "foolbox":
+            raise UserError(f"'{spec}': name the foolbox attack class, e.g. foolbox:LinfPGD:steps=10")
+        return get(name, **settings)
+    if inner is None:
+        raise UserError(f"attack '{name}' wraps another attack: write it as {_WRAPPER_EXAMPLES[name]}")
+    cls = attack_class(name)
+    _check_spec_settings(name, settings, valid_settings(cls))
+    if name == "transfer":
+        return _transfer(spec, settings, inner, resolve_model)
+    return cls(from_spec(inner, resolve_model=resolve_model), **settings)  # type: ignore[call-arg]
+
+
+def _transfer(spec: str, settings: dict[str, Any], inner: str,
+              resolve_model: Callable[[str], nn.Module] | None) -> Attack:
+    from robustaudit.attacks.transfer import Transfer
+
+    if resolve_model is None:
+        raise UserError(
+            f"'{spec}': a transfer attack needs its surrogate model names resolved to models; build it "
+            "through the audit (CLI, robustaudit.audit) or pass from_spec(..., resolve_model=...)"
+        )
+    surrogate = settings.get("surrogate")
+    if not isinstance(surrogate, str) or not surrogate.strip("+ "):
+        raise UserError(f"'{spec}': transfer needs surrogate=MODEL (several: surrogate=a+b)")
+    model_names = [n.strip() for n in surrogate.split("+")]
+    if any(not n for n in model_names):
+        raise UserError(f"'{spec}': empty surrogate name in '{surrogate}'")
+    surrogates = {n: resolve_model(n) for n in model_names}
+    return Transfer(from_spec(inner, resolve_model=resolve_model), surrogates,
+                    input_diversity=settings.get("di", 0.0))

@@ -166,7 +166,7 @@ def attack_entries_from(attacks: str | Attack | Sequence[str | Attack]) -> list[
         elif isinstance(item, str):
             name, settings = parse_spec(item)
             label = name if not settings else item.strip()
-            out.append(AttackEntry(label, from_spec(item)))
+            out.append(AttackEntry(label, from_spec(item, resolve_model=_surrogate)))
         else:
             raise UserError(f"an attack is a name like 'pgd' or an Attack object, got {type(item).__name__}")
     seen: dict[str, int] = {}
@@ -175,6 +175,11 @@ def attack_entries_from(attacks: str | Attack | Sequence[str | Attack]) -> list[
         if seen[entry.name] > 1:
             entry.name = f"{entry.name}#{seen[entry.name]}"
     return out
+
+
+def _surrogate(spec: str) -> nn.Module:
+    """Surrogate models of transfer attacks (``transfer:surrogate=digits-cnn(pgd)``), by model spec."""
+    return load_model(spec).module
 
 
 def _named_models(model: Any) -> list[tuple[str | None, ModelLike]]:
