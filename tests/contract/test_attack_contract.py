@@ -18,15 +18,23 @@ from robustaudit.core.norms import lp_norm
 from robustaudit.core.threat import ThreatModel
 
 # fast settings per attack for the contract (the defaults are what users get)
-FAST = {"pgd": {"steps": 10}}
+FAST = {
+    "pgd": {"steps": 10},
+    "apgd": {"steps": 10},
+    "apgd-t": {"steps": 10, "n_target_classes": 2},
+    "square": {"queries": 100},
+    "autoattack": {"steps": 10, "queries": 100, "n_target_classes": 2},
+    "fast": {"steps": 10, "targets": 2, "screen_queries": 100, "fallback_queries": 100},
+}
 EPS = {"linf": 0.15, "l2": 1.0, "l1": 4.0}
 
 
-def _by_kind(kind: AttackKind) -> list[str]:
-    return [n for n in names() if attack_class(n).kind is kind]
+def _by_kind(*kinds: AttackKind) -> list[str]:
+    return [n for n in names() if attack_class(n).kind in kinds]
 
 
-FIXED = _by_kind(AttackKind.FIXED_EPS)
+# score-based attacks (Square) keep every fixed-eps promise, without gradients
+FIXED = _by_kind(AttackKind.FIXED_EPS, AttackKind.SCORE_BASED)
 FIXED_NORMS = [(n, norm) for n in FIXED for norm in attack_class(n).norms if norm in EPS]
 
 
@@ -106,7 +114,7 @@ def test_same_seed_same_result(name, digits_cnn, digits_test):
         assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name", FIXED)
+@pytest.mark.parametrize("name", [n for n in FIXED if attack_class(n).batch_independent])
 def test_independent_of_batch_size(name, digits_cnn, digits_test):
     x, y = digits_test
     ids = torch.arange(100, 100 + len(x))
@@ -147,6 +155,7 @@ def test_unsupported_norm_is_a_user_error(name, digits_cnn, digits_test):
 
 
 def test_every_attack_has_a_kind_with_a_contract():
-    covered = {AttackKind.FIXED_EPS}
+    # minimal-norm attacks: tests/contract/test_minimal_norm_contract.py
+    covered = {AttackKind.FIXED_EPS, AttackKind.SCORE_BASED, AttackKind.MINIMAL_NORM}
     for n in names():
         assert attack_class(n).kind in covered, f"{n}: add the contract of kind {attack_class(n).kind}"

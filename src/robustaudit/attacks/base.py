@@ -43,6 +43,9 @@ class Attack(ABC):
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     #: Whether the attack draws random numbers (random start, restarts...).
     randomized: ClassVar[bool] = False
+    #: Whether a sample's result is the same whatever batch it is in (keyed randomness, per-sample
+    #: bookkeeping). The contract test holds every attack that claims it to it.
+    batch_independent: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:

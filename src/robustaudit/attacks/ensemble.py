@@ -1,0 +1,160 @@
+"""Worst-case cascades: each attack runs only on the points every earlier attack failed on.
+
+``autoattack`` is the standard AutoAttack composition (Croce & Hein 2020): APGD-CE, APGD-T over the
+top 9 target classes, FAB-T and Square with 5000 queries, each with the reference budgets, so our
+figure can be compared with published ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from robustaudit.attacks.base import Attack, AttackKind, success
+from robustaudit.core.errors import UserError
+
+
+class Ensemble(Attack):
+    """Run ``attacks`` in order as a per-sample worst-case cascade; a sample is robust only if it
+    survives every one. Returns, per sample, the first adversarial point found (else the input).
+
+    Example:
+        >>> from robustaudit.attacks.gradient import FGSM, PGD
+        >>> adv = Ensemble([FGSM(), PGD(steps=50)])(model, x, y, ThreatModel("linf", 0.1))
+    """
+
+    name = "ensemble"
+    kind = AttackKind.FIXED_EPS
+    norms = ("linf", "l2", "l1")
+    randomized = True
+
+    def __init__(self, attacks: Sequence[Attack] = ()) -> None:
+        if not attacks or not all(isinstance(a, Attack) for a in attacks):
+            raise UserError("an ensemble needs a non-empty list of attacks")
+        self.attacks = list(attacks)
+
+    def settings(self) -> dict:
+        return {"attacks": [repr(a) for a in self.attacks]}
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
+        adv = x.clone()
+        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for attack in self.attacks:
+            if threat.norm not in attack.norms:
+                continue  # e.g. an Linf-only member in an L2 ensemble
+            idx = robust.nonzero().squeeze(1)  # one host sync per member, not per step
+            if idx.numel() == 0:
+                break
+            t = targets[idx] if targets is not None else None
+            out = attack(model, x[idx], y[idx], threat, targets=t, ids=ids[idx.cpu()], seed=seed, task=task)
+            with torch.no_grad():
+                hit = success(task, model(out), y[idx], t)
+            adv[idx[hit]] = out[hit]
+            robust[idx[hit]] = False
+        return adv
+
+
+class AutoAttack(Ensemble):
+    """AutoAttack, standard version (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T (9 targets),
+    Square (5000 queries), each with one restart and 100 iterations, as a worst-case cascade.
+
+    ``steps`` and ``queries`` scale the budgets down for quick looks (the verdict is then no longer
+    comparable with published AutoAttack numbers).
+    """
+
+    name = "autoattack"
+    norms = ("linf", "l2")
+
+    def __init__(self, *, steps: int = 100, queries: int = 5000, n_target_classes: int = 9) -> None:
+        from robustaudit.attacks.apgd import APGD, APGDTargeted
+        from robustaudit.attacks.fab import FABTargeted
+        from robustaudit.attacks.square import Square
+
+        for key, value in (("steps", steps), ("queries", queries), ("n_target_classes", n_target_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"autoattack: {key} must be an integer >= 1, got {value!r}")
+        self.steps, self.queries, self.n_target_classes = steps, queries, n_target_classes
+        super().__init__([
+            APGD(steps=steps, loss="ce"),
+            APGDTargeted(steps=steps, n_target_classes=n_target_classes),
+            FABTargeted(steps=steps, n_target_classes=n_target_classes),
+            Square(queries=queries),
+        ])
+
+    def settings(self) -> dict:
+        return {"steps": self.steps, "queries": self.queries, "n_target_classes": self.n_target_classes}
+
+
+class FastEnsemble(Ensemble):
+    """Our ensemble: AutoAttack's verdict at a fraction of its cost, and never knowingly weaker.
+
+    1. APGD-CE with early exit per sample (most non-robust points fall here, at a few steps each);
+    2. APGD-T on the ``targets`` classes of highest logit (smallest margin to the true class), where
+       AutoAttack tries 9: the top targets are the ones that break points;
+    3. a black-box screen: Square with ``screen_queries`` queries on the survivors. Gradients that lie
+       (masking, obfuscation) show up here as points the screen breaks after the gradient attacks
+       failed;
+    4. if the screen broke any point, the gradients are not to be trusted on this batch: the rest of
+       the full AutoAttack (APGD-T over 9 targets, FAB-T, Square 5000) runs on the survivors.
+    """
+
+    name = "fast"
+    norms = ("linf", "l2")
+    # the fallback is decided per batch (did the screen break anything here?), so a sample's result
+    # can depend on its batch when, and only when, the fallback fires — which also warns
+    batch_independent = False
+
+    def __init__(self, *, steps: int = 100, targets: int = 3, screen_queries: int = 1000,
+                 fallback_queries: int = 5000) -> None:
+        from robustaudit.attacks.apgd import APGD, APGDTargeted
+        from robustaudit.attacks.square import Square
+
+        for key, value in (("steps", steps), ("targets", targets), ("screen_queries", screen_queries),
+                           ("fallback_queries", fallback_queries)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"fast: {key} must be an integer >= 1, got {value!r}")
+        self.steps, self.targets, self.screen_queries = steps, targets, screen_queries
+        self.fallback_queries = fallback_queries
+        super().__init__([
+            APGD(steps=steps, loss="ce"),
+            APGDTargeted(steps=steps, n_target_classes=targets),
+            Square(queries=screen_queries),
+        ])
+        self._fallback: AutoAttack | None = None
+
+    def settings(self) -> dict:
+        return {"steps": self.steps, "targets": self.targets, "screen_queries": self.screen_queries,
+                "fallback_queries": self.fallback_queries}
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
+        gradient_part = Ensemble(self.attacks[:2])
+        adv = gradient_part._run(model, x, y, threat, targets, ids, seed, task)
+        with torch.no_grad():
+            robust = ~success(task, model(adv), y, targets)
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return adv
+        t = targets[idx] if targets is not None else None
+        screen = self.attacks[2](model, x[idx], y[idx], threat, targets=t, ids=ids[idx.cpu()], seed=seed, task=task)
+        with torch.no_grad():
+            hit = success(task, model(screen), y[idx], t)
+        adv[idx[hit]] = screen[hit]
+        if bool(hit.any()):
+            # the black-box screen found what the gradients missed: do not trust them on the rest
+            warnings.warn(
+                f"fast: Square broke {int(hit.sum())} point(s) that APGD missed (possible gradient "
+                "masking); running the full AutoAttack on the survivors",
+                stacklevel=2,
+            )
+            rest = idx[~hit]
+            if rest.numel():
+                if self._fallback is None:
+                    self._fallback = AutoAttack(steps=self.steps, queries=self.fallback_queries)
+                t = targets[rest] if targets is not None else None
+                out = self._fallback(model, x[rest], y[rest], threat, targets=t, ids=ids[rest.cpu()], seed=seed, task=task)
+                with torch.no_grad():
+                    won = success(task, model(out), y[rest], t)
+                adv[rest[won]] = out[won]
+        return adv
