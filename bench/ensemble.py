@@ -77,6 +77,11 @@ def main() -> None:
             c = int((ref_robust & ~robust).sum())
             print(f"{label:42s} {robust.sum().item() / n:10.4f} {seconds:9.1f} {ref_seconds / seconds:8.2f}x {b:4d} {c:4d}")
         print("(speed-up against torchattacks AA at 100 steps; b: robust for it but broken by the reference, c: the reverse)")
+        ours_aa, _ = results["robustaudit autoattack"]
+        fast, _ = results["robustaudit fast"]
+        more = int((fast & ~ours_aa).sum())
+        print(f"fast vs robustaudit autoattack, same samples: {more} sample(s) left robust by fast but broken by "
+              f"autoattack, {int((ours_aa & ~fast).sum())} the reverse -> {'NOT WEAKER' if more == 0 else 'WEAKER'}")
 
 
 if __name__ == "__main__":

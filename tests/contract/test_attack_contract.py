@@ -24,7 +24,7 @@ FAST = {
     "apgd-t": {"steps": 10, "n_target_classes": 2},
     "square": {"queries": 100},
     "autoattack": {"steps": 10, "queries": 100, "n_target_classes": 2},
-    "fast": {"steps": 10, "targets": 2, "screen_queries": 100, "fallback_queries": 100},
+    "fast": {"steps": 10, "targets": 2, "target_steps": 5, "screen_queries": 100, "fallback_queries": 100},
 }
 EPS = {"linf": 0.15, "l2": 1.0, "l1": 4.0}
 
