@@ -1,0 +1,110 @@
+"""Sanity checks: verdicts on whether an audit's figures can be trusted (``--checks off|basic|full``).
+
+``basic`` (the default) probes each model on a small subsample and runs a few independent attacks there;
+``full`` uses a larger subsample, doubles restarts too, runs a black-box attack when the audit has none,
+and names the adaptive attacks (EOT for randomized models, BPDA or Square for dead gradients) that the
+caller re-runs over the whole audit so the report shows both figures. See ``docs/checks.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from robustaudit.attacks.base import AttackKind
+from robustaudit.checks.attacks import Context, attack_verdicts
+from robustaudit.checks.probes import Probe, probe_model
+from robustaudit.checks.verdict import LEVELS, Verdict
+from robustaudit.core.errors import UserError
+from robustaudit.core.modes import eval_mode
+from robustaudit.core.task import CLASSIFICATION, Task
+from robustaudit.data.base import ImageData
+from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry
+
+__all__ = ["LEVELS", "Probe", "Verdict", "adaptive_attacks", "check_level", "run_checks"]
+
+#: Subsample size per model and level: small enough for basic to cost a fraction of the audit.
+SUBSAMPLE = {"basic": 32, "full": 128}
+#: EOT samples per gradient of the adaptive re-run of a randomized model.
+EOT_K = 10
+
+
+def check_level(level: str) -> str:
+    """Validate ``--checks``."""
+    if level not in LEVELS:
+        raise UserError(f"unknown checks level '{level}'; use {', '.join(LEVELS)}")
+    return level
+
+
+def run_checks(
+    models: Sequence[ModelEntry],
+    data: ImageData,
+    ids: Sequence[int],
+    attacks: Sequence[AttackEntry],
+    result: ResultMatrix,
+    *,
+    level: str = "basic",
+    grid: Sequence[float],
+    norm: str,
+    device: torch.device,
+    seed: int = 0,
+    batch_size: int = 256,
+    task: Task = CLASSIFICATION,
+) -> tuple[list[Verdict], dict[str, Probe]]:
+    """Check every model of a finished audit.
+
+    Args:
+        models, data, ids, attacks, grid, norm: what the audit ran (``ids`` the audited sample ids).
+        result: the audit's matrix, with per-sample robust ids.
+    Returns:
+        The verdicts, and each model's :class:`Probe` (flags read by :func:`adaptive_attacks`).
+    """
+    check_level(level)
+    if level == "off":
+        return [], {}
+    m = min(len(ids), SUBSAMPLE[level])
+    # evenly spread over the audited ids: the first ids of a sorted folder are often one class
+    picked = [ids[int(k * len(ids) / m)] for k in range(m)]
+    x, y = data.load(picked)
+    verdicts: list[Verdict] = []
+    probes: dict[str, Probe] = {}
+    for entry in models:
+        model = entry.module
+        home = next((p.device for p in model.parameters()), None)
+        model.to(device)
+        try:
+            with eval_mode(model):
+                xd, yd = x.to(device), y.to(device)
+                probe = probe_model(entry.name, model, xd, yd, seed=seed, task=task)
+                probes[entry.name] = probe
+                verdicts.extend(probe.verdicts)
+                with torch.no_grad():
+                    clean = task.correct(model(xd), yd).cpu()
+                ctx = Context(entry.name, model, xd, yd, torch.tensor(picked), clean, len(ids), attacks, result,
+                              list(grid), norm, seed, batch_size, task, probe, level)
+                verdicts.extend(attack_verdicts(ctx))
+        finally:
+            if home is not None:
+                model.to(home)
+    return verdicts, probes
+
+
+def adaptive_attacks(probe: Probe, module: torch.nn.Module, attacks: Sequence[AttackEntry]) -> list[AttackEntry]:
+    """The attacks ``--checks full`` re-runs on a model whose probes found randomness or dead gradients:
+    EOT around each gradient attack for a randomized model; BPDA around them when the model exposes its
+    ``preprocess`` module, else Square, for dead or meaningless gradients."""
+    from robustaudit.attacks.square import Square
+    from robustaudit.attacks.wrappers import BPDA, EOT, _find_preprocess
+
+    gradient = [a for a in attacks if a.attack.kind in (AttackKind.FIXED_EPS, AttackKind.MINIMAL_NORM)]
+    out: list[AttackEntry] = []
+    if probe.randomized and probe.differentiable:
+        out += [AttackEntry(f"eot({a.name})", EOT(a.attack, k=EOT_K)) for a in gradient]
+    if probe.dead_gradients:
+        if _find_preprocess(module) is not None:
+            out += [AttackEntry(f"bpda({a.name})", BPDA(a.attack)) for a in gradient]
+        elif not any(a.attack.kind is AttackKind.SCORE_BASED for a in attacks):
+            out.append(AttackEntry("square", Square()))
+    return out

@@ -1,0 +1,190 @@
+"""Sanity checks: each planted flaw gets its verdict, and its honest twin passes.
+
+The flawed models wrap the shipped digits CNN: softmax outputs, randomness in forward, quantized inputs,
+saturated logits, test-time optimisation in forward, no input gradients at all, and a defense trained
+to mask gradients (defensive distillation at a high temperature, deployed at temperature 1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from robustaudit.checks import adaptive_attacks, run_checks
+from robustaudit.checks.verdict import Verdict, paired_status, tolerance
+from robustaudit.data.digits import digits_split
+from robustaudit.evaluate.api import attack_entries_from
+from robustaudit.evaluate.runner import ModelEntry, run
+
+EPS = (0.1, 0.2)
+
+
+def _audit_and_check(model: nn.Module, attacks=("fgsm", "pgd:steps=20"), n: int = 96, level: str = "basic"):
+    data = digits_split("test")
+    entries = [ModelEntry("m", model)]
+    atts = attack_entries_from(list(attacks))
+    ids = list(range(n))
+    result = run(entries, data, atts, EPS, ids=ids)
+    verdicts, probes = run_checks(entries, data, ids, atts, result, level=level, grid=EPS, norm="linf",
+                                  device=torch.device("cpu"))
+    return {v.id: v for v in verdicts}, probes["m"], result, atts
+
+
+def _status(verdicts: dict[str, Verdict], vid: str) -> str:
+    return verdicts[vid].status
+
+
+class Softmax(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).softmax(1)
+
+
+class Noisy(nn.Module):
+    def __init__(self, net: nn.Module, sigma: float = 0.1) -> None:
+        super().__init__()
+        self.net, self.sigma = net, sigma
+
+    def forward(self, x):
+        return self.net(x + self.sigma * torch.randn_like(x))
+
+
+class Quantize(nn.Module):
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+class Quantized(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.preprocess, self.classifier = Quantize(), net
+
+    def forward(self, x):
+        return self.classifier(self.preprocess(x))
+
+
+class Scaled(nn.Module):
+    def __init__(self, net: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+class PurifyingModel(nn.Module):
+    """Purifies the input with one gradient step on its own entropy before classifying."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        with torch.enable_grad():
+            z = x.detach().clone().requires_grad_(True)
+            p = self.net(z).softmax(1)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum()
+            g, = torch.autograd.grad(entropy, z)
+        return self.net((x - 0.01 * g.sign()).clamp(0, 1))
+
+
+class NoGradients(nn.Module):
+    """Runs the network on a copy of the input that autograd cannot see (as numpy-based code does)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.from_numpy(x.detach().cpu().numpy()))
+
+
+def test_tolerance_grows_with_n_and_paired_status():
+    assert tolerance(32) < tolerance(359) < tolerance(5000)
+    assert tolerance(32) == 3 and tolerance(359) == 14
+    assert paired_status(tolerance(100), 100) == "pass"
+    assert paired_status(tolerance(100) + 1, 100) == "warn"
+    assert paired_status(20, 100) == "fail"
+
+
+def test_honest_model_passes_every_check(digits_cnn):
+    verdicts, probe, _, _ = _audit_and_check(digits_cnn)
+    failing = {k: v.message for k, v in verdicts.items() if v.status != "pass"}
+    assert not failing
+    assert {"logits-output", "deterministic", "no-autograd-in-forward", "input-gradients", "finite-differences",
+            "eps-zero", "robust-le-clean", "monotone-eps", "large-eps", "unbounded", "iterative-vs-single-step",
+            "more-steps", "loss-gap", "random-noise", "step-reach"} <= set(verdicts)
+    assert probe.differentiable and not probe.randomized and not probe.dead_gradients
+
+
+def test_softmax_outputs_fail_the_logits_check(digits_cnn):
+    verdicts, _, _, _ = _audit_and_check(Softmax(digits_cnn), attacks=("fgsm",), n=32)
+    assert _status(verdicts, "logits-output") == "fail"
+    assert "probabilities" in verdicts["logits-output"].message
+
+
+def test_randomness_in_forward_is_flagged_and_full_reruns_with_eot(digits_cnn):
+    verdicts, probe, _, atts = _audit_and_check(Noisy(digits_cnn), attacks=("pgd:steps=10",), n=32)
+    assert _status(verdicts, "deterministic") == "fail" and probe.randomized
+    assert "eot" in verdicts["deterministic"].message
+    assert [a.name for a in adaptive_attacks(probe, Noisy(digits_cnn), atts)] == ["eot(pgd:steps=10)"]
+
+
+def test_quantized_inputs_have_dead_gradients_and_full_reruns_with_bpda(digits_cnn):
+    model = Quantized(digits_cnn)
+    verdicts, probe, _, atts = _audit_and_check(model, n=64)
+    assert _status(verdicts, "input-gradients") == "fail" and probe.dead_gradients
+    assert "bpda" in verdicts["input-gradients"].message
+    # the attack-side evidence agrees: PGD cannot leave the class even with the whole box
+    assert _status(verdicts, "unbounded") == "fail"
+    assert [a.name for a in adaptive_attacks(probe, model, atts)] == ["bpda(fgsm)", "bpda(pgd:steps=20)"]
+
+
+def test_saturated_logits_warn_and_show_a_loss_gap(digits_cnn):
+    verdicts, _, _, _ = _audit_and_check(Scaled(digits_cnn, 1e4), attacks=("pgd:steps=20",), n=96)
+    assert _status(verdicts, "input-gradients") == "warn"
+    assert "margin" in verdicts["input-gradients"].message
+    assert _status(verdicts, "loss-gap") == "fail"
+    # the honest twin: the same network at its trained scale
+    twin, _, _, _ = _audit_and_check(Scaled(digits_cnn, 1.0), attacks=("pgd:steps=20",), n=96)
+    assert _status(twin, "input-gradients") == "pass" and _status(twin, "loss-gap") == "pass"
+
+
+def test_test_time_optimisation_is_flagged(digits_cnn):
+    verdicts, _, _, _ = _audit_and_check(PurifyingModel(digits_cnn), attacks=("fgsm",), n=32)
+    assert _status(verdicts, "no-autograd-in-forward") == "fail"
+
+
+def test_model_without_gradients_gets_a_verdict_not_an_error(digits_cnn):
+    verdicts, probe, _, _ = _audit_and_check(NoGradients(digits_cnn), attacks=("square:queries=100",), n=32)
+    assert _status(verdicts, "input-gradients") == "fail" and not probe.differentiable
+
+
+def _distilled(temperature: float, epochs: int = 30) -> nn.Module:
+    """A small MLP trained on digits with softmax at ``temperature`` and deployed at temperature 1
+    (defensive distillation's student, without the teacher: the temperature is what masks gradients)."""
+    torch.manual_seed(0)
+    x, y = digits_split("train").load(range(len(digits_split("train"))))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            b = perm[i : i + 64]
+            loss = nn.functional.cross_entropy(net(x[b]) / temperature, y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_defense_trained_to_mask_gradients_is_caught():
+    masked, _, result, _ = _audit_and_check(_distilled(100.0), attacks=("pgd:steps=20",), n=96)
+    assert _status(masked, "loss-gap") == "fail" or _status(masked, "input-gradients") == "warn"
+    honest, _, _, _ = _audit_and_check(_distilled(1.0), attacks=("pgd:steps=20",), n=96)
+    assert _status(honest, "loss-gap") == "pass" and _status(honest, "input-gradients") == "pass"
