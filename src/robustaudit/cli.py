@@ -1,7 +1,9 @@
 """The ``robustaudit`` command: ``audit``, ``list``, ``report``. ``main(argv) -> int`` never raises.
 
 Exit codes: 0 done; 1 a ``--fail-under`` gate failed; 2 a user mistake (one line on stderr);
-3 an internal error (a bug: rerun with ROBUSTAUDIT_DEBUG=1 for the traceback); 4 interrupted.
+3 an internal error (a bug: rerun with ROBUSTAUDIT_DEBUG=1 for the traceback); 4 interrupted
+(Ctrl-C, or SIGTERM as CI cancellations send: finished batches stay stored and the message gives the
+command line that continues with ``--resume``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -26,10 +30,16 @@ examples:
   robustaudit audit --model torchvision:resnet18 --weights r18.pt --data imagefolder:val:size=224
   robustaudit audit --config audit.toml --device cuda --fail-under 0.5 --fail-on lower
   robustaudit audit --json > results.json
+  robustaudit audit --model digits-cnn --out run1 --resume   # continue run1 after a crash or Ctrl-C
 
 --fail-under X exits 1 when any robust accuracy (worst case included) is below X. It gates on the lower
 bound of the 95% Wilson interval by default (--fail-on lower: fails only when the data show the model is
-below X); --fail-on point gates on the point estimate instead (stricter at small n)."""
+below X); --fail-on point gates on the point estimate instead (stricter at small n).
+
+Every finished batch is stored in DIR/results.sqlite as it completes. After a crash, Ctrl-C or SIGTERM,
+the same command with --resume reuses the stored batches and gives the numbers an uninterrupted run
+gives; it refuses when the configuration, data or weights differ. An --out holding an unfinished run
+is refused without --resume or --overwrite (never silently discarded); a finished one is overwritten."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--trust-pickle", action="store_true", default=None, dest="trust_pickle",
                    help="allow loading a pickled whole model (runs code from the file: only for files you trust)")
     a.add_argument("--json", action="store_true", help="print results.json on stdout (tables go to stderr)")
+    a.add_argument("--resume", action="store_true", default=None,
+                   help="continue the unfinished run stored in --out: finished batches are reused, not recomputed")
+    a.add_argument("--overwrite", action="store_true", default=None,
+                   help="discard an unfinished run stored in --out and start over")
 
     ls = sub.add_parser("list", help="list catalog models, attacks or datasets",
                         description="List what robustaudit knows.",
@@ -102,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # pragma: no cover - broken install
         err.print(f"robustaudit: cannot import the package: {exc}")
         return EXIT_INTERNAL
+    restore = _sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
             # what a user must see, as one readable line each (not file:line noise)
@@ -123,10 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(str(exc))} "
                   "(set ROBUSTAUDIT_DEBUG=1 for the traceback, and please report it)", soft_wrap=True)
         return EXIT_INTERNAL
+    finally:
+        restore()
+
+
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (CI cancellations, ``kill``) like Ctrl-C; returns the function that restores the
+    previous handler (``main`` is also called in-process, by tests and by users' scripts)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM on this platform
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(argv: Sequence[str] | None, err) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
+    args.argv = words  # for the resume hint of an interrupted audit
     if args.command is None:
         build_parser().print_help()
         return EXIT_USAGE
@@ -156,7 +188,7 @@ def _plan_from_args(args: argparse.Namespace):
 
     base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
     overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
-                                                "fail_under", "fail_on", "trust_pickle")}
+                                                "fail_under", "fail_on", "trust_pickle", "resume", "overwrite")}
     if args.model:
         overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
     elif args.weights or args.normalize:
@@ -184,8 +216,16 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
 
     plan = _plan_from_args(args)
     out = _console(stderr=bool(args.json))
-    with _RichProgress(err) as bar:
-        result = run_plan(plan, progress=bar)
+    try:
+        with _RichProgress(err) as bar:
+            result = run_plan(plan, progress=bar)
+    except KeyboardInterrupt:
+        err.print(_interrupted(plan.out, getattr(args, "argv", [])), soft_wrap=True, markup=False)
+        return EXIT_INTERRUPTED
+    counts = result.provenance.get("resume")
+    if counts is not None:
+        err.print(f"resumed {plan.out}: {counts['reused_batches']} stored batches reused, "
+                  f"{counts['computed_batches']} computed", soft_wrap=True, markup=False)
     render_terminal(result, out)
     paths = write_reports(result, plan.out)
     out.print(f"wrote {Path(plan.out) / 'results.json'}, results.sqlite, {paths['markdown'].name}, "
@@ -203,6 +243,23 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
             return EXIT_GATE
         err.print(f"[green]PASS[/]: every robust accuracy ({'lower bound' if plan.fail_on == 'lower' else 'point estimate'}) >= {plan.fail_under:g}")
     return EXIT_OK
+
+
+def _interrupted(out_dir: str, argv: Sequence[str]) -> str:
+    """What an interrupted audit tells the user: what is kept, and the command that continues it."""
+    from robustaudit.evaluate.store import STORE_FILE, Store
+
+    path = Path(out_dir) / STORE_FILE
+    if not path.is_file():
+        return "interrupted before the first batch finished: nothing stored; rerun the same command"
+    with Store(path) as store:
+        done, finished = store.count_batches(), store.get_meta("finished", False)
+    if finished:  # stopped before this run replaced the finished one stored there, or while reusing it
+        return f"interrupted: {path} still holds a finished run (this one stored nothing new); rerun the same command"
+    # --overwrite would discard what we just kept; it excludes --resume anyway
+    words = [w for w in argv if w != "--overwrite"]
+    command = shlex.join(["robustaudit", *words, *([] if "--resume" in words else ["--resume"])])
+    return f"interrupted: {done} finished batches are stored in {path}; continue with: {command}"
 
 
 def _cmd_list(args: argparse.Namespace, err) -> int:

@@ -20,8 +20,8 @@ from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.evaluate.resume import fingerprint, open_store
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, resolve_device, run, sort_eps
-from robustaudit.evaluate.store import STORE_FILE, Store
 from robustaudit.models.loading import LoadedModel, load_model
 from robustaudit.models.wrappers import prepare
 
@@ -41,6 +41,8 @@ def audit(
     seed: int = 0,
     out: str | Path | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -54,7 +56,12 @@ def audit(
         eps: radii in pixel units of ``norm``.
         n: audit the first ``n`` samples (all by default).
         out: when given, per-sample records go to ``out/results.sqlite`` batch by batch and the
-            result to ``out/results.json``.
+            result to ``out/results.json``. An ``out`` holding an unfinished run is refused unless
+            ``resume`` or ``overwrite`` says what to do with it; a finished one is overwritten.
+        resume: continue the run stored in ``out``: finished batches are read back, not recomputed, and
+            the numbers equal an uninterrupted run's. Refused (UserError naming the part) when the
+            configuration, the data or the weights differ from the stored run's.
+        overwrite: discard an unfinished run stored in ``out`` (excludes ``resume``).
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -70,7 +77,8 @@ def audit(
               "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
               "batch_size": batch_size, "device": device, "seed": seed}
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
-                   device=device, seed=seed, out=out, progress=progress, config=config)
+                   device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
+                   overwrite=overwrite)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
@@ -83,10 +91,12 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
         # the runner then checks outputs against labels with a message about both
         loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=plan.trust_pickle)
         entries.append(_model_entry(loaded.name, loaded))
+        entries[-1].info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     _unique([e.name for e in entries], "model")
     return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
-                   out=plan.out, progress=progress, config=plan.to_dict())
+                   out=plan.out, progress=progress, config=plan.to_dict(), resume=plan.resume,
+                   overwrite=plan.overwrite)
 
 
 def execute(
@@ -103,8 +113,19 @@ def execute(
     out: str | Path | None,
     progress: Progress | None,
     config: dict[str, Any],
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> ResultMatrix:
-    """Run the matrix and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``."""
+    """Run the matrix and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
+
+    The store stays open until ``results.json`` is written and is then marked ``finished``: later
+    stages (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume`
+    for what ``resume``/``overwrite`` do with a stored run.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    if resume and out is None:
+        raise UserError("resume needs the output directory of the run to continue (out=...)")
     dev = resolve_device(device)
     grid = sort_eps(eps)
     ids = subset(data, n)
@@ -112,15 +133,18 @@ def execute(
     t0 = time.perf_counter()
     store = None
     if out is not None:
-        store = Store(Path(out) / STORE_FILE)
-        store.reset()
-        store.put_meta("config", config)
+        fp = fingerprint(entries, data, attacks, grid, n=len(ids), norm=norm, batch_size=batch_size, device=dev,
+                         seed=seed)
+        store = open_store(out, fp, config, resume=resume, overwrite=overwrite)
     try:
         result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
-                     seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid))
-    finally:
+                     seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
+                     reuse=resume)
+    except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if store is not None:
             store.close()
+        raise
+    resumed = result.provenance  # the runner's batch counts, when resuming
     result.provenance = {
         "robustaudit": _version(),
         "torch": torch.__version__,
@@ -139,9 +163,12 @@ def execute(
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
                      "settings": _jsonable(a.attack.settings())} for a in attacks],
         "example_eps": example_eps(entries, grid),
+        **resumed,
     }
     if out is not None:
         result.save(out)
+        store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
+        store.close()
     return result
 
 

@@ -1,8 +1,8 @@
 """AuditPlan: everything an audit needs, from the command line and/or a TOML file.
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
-``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``); flags given on
-the command line override the file. Models may also be tables::
+``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
+``overwrite``); flags given on the command line override the file. Models may also be tables::
 
     [[models]]
     spec = "nets.py:make_net"
@@ -59,6 +59,10 @@ class AuditPlan:
     fail_under: float | None = None
     fail_on: str = "lower"
     trust_pickle: bool = False
+    #: continue the unfinished run stored in ``out`` (see :mod:`robustaudit.evaluate.resume`)
+    resume: bool = False
+    #: discard the unfinished run stored in ``out``
+    overwrite: bool = False
 
     def validate(self) -> AuditPlan:
         """Raise :class:`UserError` on the first bad value; returns ``self``."""
@@ -82,6 +86,8 @@ class AuditPlan:
             raise UserError(f"--fail-under is an accuracy in [0, 1], got {self.fail_under}")
         if self.fail_on not in FAIL_ON:
             raise UserError(f"--fail-on must be one of {', '.join(FAIL_ON)}, got '{self.fail_on}'")
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +158,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if "eps" in doc:
         out["eps"] = parse_eps(doc.pop("eps"))
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
-             "seed": int, "fail_under": float, "trust_pickle": bool}
+             "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:

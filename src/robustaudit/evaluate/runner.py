@@ -4,12 +4,17 @@ Engine rules (DESIGN.md): attack only samples the model gets right on clean data
 to large attacking only the survivors of the previous eps (a point broken at eps_k lies in every
 larger ball, so curves are monotone by construction); write every finished batch to the store; the
 worst case over attacks is computed per sample.
+
+Resuming (``reuse=True``) reads finished batches back instead of recomputing them. That gives the same
+numbers as an uninterrupted run because everything upstream of a batch is deterministic: the clean
+predictions fix the first survivors, each eps's outcome fixes the next eps's survivors, so the resumed
+run cuts exactly the batches it cut before and finds each one, by its exact ids, in the store.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +31,7 @@ from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.metrics import wilson_interval
 from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix
-from robustaudit.evaluate.store import Store
+from robustaudit.evaluate.store import Store, tensors_sha256
 
 #: Inputs kept in host memory between attacks when they fit; larger sets are reloaded per batch.
 _CACHE_BYTES = 1 << 30
@@ -176,6 +181,7 @@ def run(
     example_eps: float | None = None,
     examples_per_cell: int = 2,
     task: Task = CLASSIFICATION,
+    reuse: bool = False,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -184,8 +190,14 @@ def run(
         data: the samples; ``ids`` selects which (default: all).
         attacks: the columns, run independently of each other (the worst case is per sample).
         eps: the radii, in pixel units of ``norm``.
+        reuse: resume: take every batch already in ``store`` from it instead of recomputing it (the
+            caller has checked that the store's run had the same configuration and weights; the data
+            is checked here, batch by batch, against the hashes of the stored clean batches).
     Returns:
-        A :class:`ResultMatrix` (``provenance`` left for the caller to fill).
+        A :class:`ResultMatrix` (``provenance`` left for the caller to fill, except, when ``reuse``,
+        ``provenance["resume"] = {"reused_batches": .., "computed_batches": ..}``).
+    Raises:
+        UserError: when ``reuse`` and a clean batch's inputs differ from the stored ones.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -193,6 +205,8 @@ def run(
         raise UserError("no model to audit")
     if not attacks:
         raise UserError("no attack to run")
+    if reuse and store is None:
+        raise ValueError("reuse=True needs the store of the run to resume")
     grid = sort_eps(eps)
     threats = [ThreatModel(norm, e) for e in grid]
     dev = torch.device(device)
@@ -203,7 +217,7 @@ def run(
     bar = progress or _NoProgress()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
-    state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell)
+    state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell, reuse=reuse)
     n = len(sample_ids)
     for entry in models:
         model = entry.module
@@ -212,9 +226,10 @@ def run(
         try:
             with eval_mode(model):
                 bar.start(f"{entry.name}: clean", n)
-                correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar)
+                correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state)
                 robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
-                ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm)
+                ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
+                            state)
                 for a in attacks:
                     bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
                     sweep = _minimal_norm_column if _minimal(a) else _fixed_eps_column
@@ -226,8 +241,11 @@ def run(
         finally:
             if home is not None:
                 model.to(home)
-    return ResultMatrix(pd.DataFrame(state.rows, columns=list(COLUMNS)), examples=state.examples,
-                        robust_ids=state.robust_ids, minimal_norms=state.minimal_norms)
+    result = ResultMatrix(pd.DataFrame(state.rows, columns=list(COLUMNS)), examples=state.examples,
+                          robust_ids=state.robust_ids, minimal_norms=state.minimal_norms)
+    if reuse:
+        result.provenance["resume"] = {"reused_batches": state.reused, "computed_batches": state.computed}
+    return result
 
 
 @dataclass
@@ -245,14 +263,19 @@ class _Cell:
     n: int
     n_clean: int
     norm: str
+    state: _RunState
 
 
 @dataclass
 class _RunState:
-    """What the run accumulates: matrix rows, per-sample robust ids, examples, minimal norms."""
+    """What the run accumulates: matrix rows, per-sample robust ids, examples, minimal norms, and how
+    many batches were read back from the store (``reused``) or computed."""
 
     example_eps: float
     examples_per_cell: int
+    reuse: bool = False
+    reused: int = 0
+    computed: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     robust_ids: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
@@ -274,16 +297,19 @@ def _fixed_eps_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], grid: 
     out: dict[float, list[int]] = {}
     for eps in grid:
         threat = ThreatModel(ctx.norm, eps)
-        t0 = time.perf_counter()
         before = len(survivors)
         want = state.examples_per_cell if eps == state.example_eps else 0
+
+        def pick(batch, x, y, adv, preds, pert, ok, eps=eps, want=want):
+            return _examples(ctx.name, a.name, eps, batch, x, y, adv, preds, ~ok, want - _count(state, ctx, a, eps))
+
         still: list[int] = []
-        for batch, x, y, adv, preds, _ in _attack_batches(ctx, a, threat, survivors, store_eps=eps):
-            ok = (preds == y).cpu()
-            still.extend(i for i, keep in zip(batch, ok.tolist()) if keep)
-            state.examples.extend(_examples(ctx.name, a.name, eps, x, y, adv, preds, ~ok, want - _count(state, ctx, a, eps)))
+        seconds = 0.0  # the cell's compute time: a reused batch counts the seconds it took when computed
+        for b in _attack_batches(ctx, a, threat, survivors, store_eps=eps, pick=pick):
+            still.extend(i for i, keep in zip(b.ids, b.correct) if keep)
+            state.examples.extend(ex for _, ex in b.examples)
+            seconds += b.seconds
         survivors = still
-        seconds = time.perf_counter() - t0
         ctx.bar.advance(len(correct_ids) - before)  # broken at a smaller eps: not attacked again
         state.add_row(ctx, a.name, eps, sorted(survivors), seconds)
         if ctx.store is not None:
@@ -296,20 +322,28 @@ def _minimal_norm_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], gri
                          state: _RunState) -> dict[float, list[int]]:
     """One unbounded run gives each sample's smallest adversarial norm, hence the whole curve: a sample
     is robust at eps when no adversarial was found or the smallest one is larger than eps."""
-    t0 = time.perf_counter()
     norms: dict[int, float] = {}
     threat = ThreatModel(ctx.norm, float("inf"))
-    found: list[tuple[int, torch.Tensor, torch.Tensor, int, int, float]] = []
-    for batch, x, y, adv, preds, pert in _attack_batches(ctx, a, threat, correct_ids, store_eps=float("inf")):
-        hit = (preds != y).cpu()
-        for k, (sid, h, nm) in enumerate(zip(batch, hit.tolist(), pert.tolist())):
-            norms[sid] = nm if h else float("inf")
-            if h and nm <= state.example_eps and len(found) < state.examples_per_cell:
-                found.append((sid, x[k].cpu(), adv[k].cpu(), int(y[k]), int(preds[k]), nm))
-    seconds = (time.perf_counter() - t0) / len(grid)  # one run serves every eps
+    found: list[Example] = []
+
+    def pick(batch, x, y, adv, preds, pert, ok):
+        # the first examples_per_cell samples broken within example_eps, counting earlier batches'
+        picked: list[tuple[int, Example]] = []
+        for k, (sid, h, nm) in enumerate(zip(batch, (~ok).tolist(), pert.tolist())):
+            if h and nm <= state.example_eps and len(found) + len(picked) < state.examples_per_cell:
+                picked.append((sid, Example(ctx.name, a.name, state.example_eps, x[k].cpu().numpy(),
+                                            adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]))))
+        return picked
+
+    total = 0.0
+    for b in _attack_batches(ctx, a, threat, correct_ids, store_eps=float("inf"), pick=pick):
+        for sid, ok, nm in zip(b.ids, b.correct, b.norms):
+            norms[sid] = float("inf") if ok else nm
+        found.extend(ex for _, ex in b.examples)
+        total += b.seconds
+    seconds = total / len(grid)  # one run serves every eps
     state.minimal_norms[(ctx.name, a.name)] = norms
-    state.examples.extend(Example(ctx.name, a.name, state.example_eps, xc.numpy(), xa.numpy(), lab, lab, p)
-                          for _, xc, xa, lab, p, _ in found)
+    state.examples.extend(found)
     out: dict[float, list[int]] = {}
     for eps in grid:
         # a hair of tolerance so float32 rounding of a perturbation projected to exactly eps never
@@ -326,18 +360,32 @@ def _count(state: _RunState, ctx: _Cell, a: AttackEntry, eps: float) -> int:
     return sum(1 for e in state.examples if e.model == ctx.name and e.attack == a.name and e.eps == eps)
 
 
-def _examples(model, attack, eps, x, y, adv, preds, broken, want) -> list[Example]:
+def _examples(model, attack, eps, batch, x, y, adv, preds, broken, want) -> list[tuple[int, Example]]:
     return [
-        Example(model, attack, eps, x[k].cpu().numpy(), adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]))
+        (batch[k], Example(model, attack, eps, x[k].cpu().numpy(), adv[k].cpu().numpy(), int(y[k]), int(y[k]),
+                           int(preds[k])))
         for k in broken.nonzero().flatten().tolist()[: max(0, want)]
     ]
 
 
-def _clean_pass(name, model, samples: _Samples, dev, store, bar) -> list[int]:
+def _clean_pass(name, model, samples: _Samples, dev, store: Store | None, bar, state: _RunState) -> list[int]:
     correct: list[int] = []
     first = True
     for batch in samples.batches(samples.ids):
+        # always loaded, even when stored: hashing what we load is the resume's data check, and the
+        # attacks need the inputs cached anyway
         x, y = samples.load(batch)
+        digest = tensors_sha256(x, y) if store is not None else None
+        stored = store.clean_batch(name, batch) if state.reuse and store is not None else None
+        if stored is not None:
+            if stored[0] != digest:
+                raise UserError(
+                    f"cannot resume {store.path.parent}: data changed since the stored run (samples "
+                    f"{batch[0]}..{batch[-1]} differ); rerun with --overwrite to start over")
+            state.reused += 1
+            correct.extend(i for i, p, t in zip(batch, stored[1], y.tolist()) if p == t)
+            bar.advance(len(batch))
+            continue
         with torch.no_grad():
             logits = _forward(model, x.to(dev), name)
         if first:
@@ -345,7 +393,8 @@ def _clean_pass(name, model, samples: _Samples, dev, store, bar) -> list[int]:
             first = False
         preds = logits.argmax(1).cpu()
         if store is not None:
-            store.write_clean(name, batch, y.tolist(), preds.tolist())
+            store.write_clean(name, batch, y.tolist(), preds.tolist(), data_sha256=digest)
+        state.computed += 1
         correct.extend(i for i, ok in zip(batch, (preds == y).tolist()) if ok)
         bar.advance(len(batch))
     return correct
@@ -360,12 +409,35 @@ def _forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
         raise UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
 
 
-def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequence[int], *, store_eps: float
-                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Attack ``ids`` batch by batch; yields ``(batch ids, x, y, adv, adv preds, perturbation norms)``
-    after writing the batch's per-sample records to the store."""
+@dataclass
+class _Batch:
+    """The outcome of one attacked batch, computed or read back from the store."""
+
+    ids: list[int]
+    correct: list[bool]  # adversarial prediction == label: the sample survived
+    norms: list[float]  # norm of the perturbation
+    seconds: float
+    examples: list[tuple[int, Example]]  # (sample id, example) picked for the report
+
+
+#: ``pick(batch ids, x, y, adv, adv preds, pert norms, survived) -> [(sample id, Example)]``
+Picker = Callable[..., list[tuple[int, Example]]]
+
+
+def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequence[int], *, store_eps: float,
+                    pick: Picker) -> Iterator[_Batch]:
+    """Attack ``ids`` batch by batch; yields each batch's outcome after writing its per-sample records
+    and the examples ``pick`` chose to the store, in one commit. When resuming, a batch the store holds
+    (same model, attack, eps and exact ids) is read back instead of attacked."""
     norm = threat.norm if threat.norm in ("linf", "l2", "l1", "l0") else "linf"
     for batch in ctx.samples.batches(ids):
+        stored = ctx.store.adv_batch(ctx.name, a.name, store_eps, batch) if ctx.state.reuse and ctx.store is not None else None
+        if stored is not None:
+            ctx.state.reused += 1
+            yield _Batch(batch, stored.correct, stored.norms, stored.seconds, stored.examples)
+            ctx.bar.advance(len(batch))
+            continue
+        t0 = time.perf_counter()
         x, y = ctx.samples.load(batch)
         x, y = x.to(ctx.dev), y.to(ctx.dev)
         adv = a.attack(ctx.model, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
@@ -374,7 +446,12 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         with torch.no_grad():
             preds = _forward(ctx.model, adv, ctx.name).argmax(1)
         pert = lp_norm(adv - x, norm)
+        ok = (preds == y).cpu()
+        examples = pick(batch, x, y, adv, preds, pert, ok)
+        seconds = time.perf_counter() - t0
         if ctx.store is not None:
-            ctx.store.write_adv(ctx.name, a.name, store_eps, batch, y.tolist(), preds.tolist(), pert.tolist())
-        yield batch, x, y, adv, preds, pert
+            ctx.store.write_adv(ctx.name, a.name, store_eps, batch, y.tolist(), preds.tolist(), pert.tolist(),
+                                seconds=seconds, examples=examples)
+        ctx.state.computed += 1
+        yield _Batch(batch, ok.tolist(), pert.tolist(), seconds, examples)
         ctx.bar.advance(len(batch))

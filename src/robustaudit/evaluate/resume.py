@@ -1,0 +1,195 @@
+"""Crash-safe runs: what must match to resume a stored run, and when an ``--out`` may be written.
+
+A run's *fingerprint* is everything its numbers depend on, minus what only changes how they are shown
+(``out``, ``fail_under``, ``fail_on``, ``trust_pickle``, the ``resume``/``overwrite`` switches): the
+robustaudit and torch versions and the store layout (a resumed run mixes old and new batches, so both
+halves must come from the same code), the device (GPU kernels round differently from CPU ones), the
+data set's name and size, ``n``, the eps grid, the norm, the batch size (batches are keyed by their
+exact ids), the seed, each attack's class and settings, and each model's name, normalization and
+weights: the sha256 of the file they were read from, or of the ``state_dict`` for a module handed
+over in Python. The data's *content* is not part of it: the clean pass hashes every batch it loads
+anyway and compares with the stored batch (``runner._clean_pass``), which costs no extra read pass.
+
+Policy for an ``--out`` that already holds a store:
+
+- no store: a run starts; ``resume`` is a UserError (nothing to resume);
+- a finished run (``results.json`` written): a run overwrites it, as it always did; ``resume`` reuses
+  every batch and rewrites the same numbers;
+- an unfinished run with finished batches: a run refuses (one line: pass ``resume`` or ``overwrite``),
+  so work is never lost silently; ``overwrite`` discards it; ``resume`` continues it when the
+  fingerprints match and otherwise names the first part that differs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustaudit.core.errors import UserError
+from robustaudit.data.base import ImageData
+from robustaudit.evaluate.result import EXAMPLES_FILE, RESULTS_FILE
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry
+from robustaudit.evaluate.store import STORE_FILE, STORE_VERSION, Store, state_dict_sha256
+
+__all__ = ["fingerprint", "fingerprint_difference", "open_store"]
+
+
+def fingerprint(
+    models: Sequence[ModelEntry],
+    data: ImageData,
+    attacks: Sequence[AttackEntry],
+    grid: Sequence[float],
+    *,
+    n: int,
+    norm: str,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, Any]:
+    """The JSON-able identity of a run's numbers (see the module docstring for what is in it and why).
+
+    ``n`` is the number of samples audited (after capping at the data's size); ``device`` the resolved
+    device, so ``auto`` and ``cpu`` on a machine without a GPU are the same run.
+    """
+    from robustaudit import __version__
+
+    return {
+        "robustaudit": __version__,
+        "torch": torch.__version__,
+        "store": STORE_VERSION,
+        "device": device_label(device),
+        "data": {"name": data.name, "size": len(data), "sample_shape": list(data.sample_shape),
+                 "num_classes": data.num_classes},
+        "n": int(n),
+        "eps": [float(e) for e in grid],
+        "norm": norm,
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "attacks": [{"name": a.name, "class": type(a.attack).__name__, "settings": _settings(a)} for a in attacks],
+        "models": [{"name": m.name, "normalize": m.info.get("normalize"), "weights": _weights(m)} for m in models],
+    }
+
+
+def device_label(device: torch.device) -> str:
+    """``cpu``, ``mps`` or ``cuda (GPU name)``: two cards of one model give the same numbers, whatever
+    their index."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _weights(entry: ModelEntry) -> str:
+    sha = entry.info.get("weights_sha256")
+    # a file's hash also covers what a state_dict misses (TorchScript code); a module handed over in
+    # Python, or built without a weights file, is identified by its tensors
+    return f"file:{sha}" if sha else f"state_dict:{state_dict_sha256(entry.module)}"
+
+
+def _settings(entry: AttackEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in entry.attack.settings().items():
+        if not isinstance(value, (int, float, str, bool, type(None))):
+            # reprs of user callables carry a memory address that changes with every process
+            value = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+        out[key] = value
+    return out
+
+
+def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first part that differs between two fingerprints, as a phrase for a one-line message
+    (``"the eps grid differs (stored [0.1, 0.2], now [0.1, 0.3])"``), or ``None`` when they match."""
+    if stored == current:
+        return None
+    plain = {"robustaudit": "the robustaudit version", "torch": "the torch version", "store": "the store layout",
+             "device": "the device", "n": "n (the number of samples)", "eps": "the eps grid", "norm": "the norm",
+             "batch_size": "the batch size", "seed": "the seed"}
+    for key, what in plain.items():
+        if stored.get(key) != current.get(key):
+            return f"{what} differs (stored {_show(stored.get(key))}, now {_show(current.get(key))})"
+    if stored.get("data") != current.get("data"):
+        s, c = stored.get("data") or {}, current.get("data") or {}
+        return (f"the data differs (stored {s.get('name')}, {s.get('size')} samples of {s.get('sample_shape')}; "
+                f"now {c.get('name')}, {c.get('size')} samples of {c.get('sample_shape')})")
+    s_models, c_models = stored.get("models") or [], current.get("models") or []
+    names = [m.get("name") for m in s_models], [m.get("name") for m in c_models]
+    if names[0] != names[1]:
+        return f"the models differ (stored {names[0]}, now {names[1]})"
+    for s, c in zip(s_models, c_models):
+        if s.get("weights") != c.get("weights"):
+            return (f"the weights of model '{c['name']}' differ (sha256 stored {_short(s.get('weights'))}, "
+                    f"now {_short(c.get('weights'))})")
+        if s.get("normalize") != c.get("normalize"):
+            return (f"the normalization of model '{c['name']}' differs (stored {_show(s.get('normalize'))}, "
+                    f"now {_show(c.get('normalize'))})")
+    s_attacks, c_attacks = stored.get("attacks") or [], current.get("attacks") or []
+    names = [a.get("name") for a in s_attacks], [a.get("name") for a in c_attacks]
+    if names[0] != names[1]:
+        return f"the attacks differ (stored {names[0]}, now {names[1]})"
+    for s, c in zip(s_attacks, c_attacks):
+        if s != c:
+            changed = sorted(k for k in set(s.get("settings", {})) | set(c.get("settings", {}))
+                             if s.get("settings", {}).get(k) != c.get("settings", {}).get(k))
+            detail = ", ".join(f"{k}: {_show(s['settings'].get(k))} -> {_show(c['settings'].get(k))}" for k in changed)
+            return f"the settings of attack '{c['name']}' differ ({detail or 'class ' + str(c.get('class'))})"
+    keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    return f"the configuration differs ({', '.join(keys)})"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _short(weights: str | None) -> str:
+    if not weights:
+        return "none"
+    kind, _, sha = weights.partition(":")
+    return f"{sha[:12]}… ({'file' if kind == 'file' else 'state_dict'})"
+
+
+def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool
+               ) -> Store:
+    """Open ``out/results.sqlite`` for a run with fingerprint ``fp``, applying the policy of the module
+    docstring; the store comes back ready to write (fresh, or holding the run to continue).
+
+    Raises:
+        UserError: ``resume`` and ``overwrite`` together; ``resume`` with nothing (or something else)
+            stored; an unfinished run in ``out`` without ``resume`` or ``overwrite``.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    out = Path(out)
+    path = out / STORE_FILE
+    if resume and not path.is_file():
+        raise UserError(f"--resume: {out} holds no stored run (no {STORE_FILE}); run without --resume to start one")
+    store = Store(path)
+    try:
+        if resume:
+            stored = store.get_meta("fingerprint")
+            if stored is None:
+                raise UserError(f"--resume: {path} holds no resumable run (written by an older robustaudit?); "
+                                "rerun with --overwrite to start over")
+            diff = fingerprint_difference(stored, fp)
+            if diff is not None:
+                raise UserError(f"cannot resume {out}: {diff}; rerun with --overwrite to start over, "
+                                "or give another --out")
+            store.put_meta("config", config)  # presentation keys (out, fail_under...) may have changed
+            return store
+        done = store.count_batches()
+        if not overwrite and done and not store.get_meta("finished", False):
+            raise UserError(f"{out} holds an unfinished run ({done} batches done); pass --resume to continue "
+                            "it or --overwrite to discard it")
+        store.reset()
+        # results of the discarded run would otherwise sit next to the new run's store until it finishes
+        for name in (RESULTS_FILE, EXAMPLES_FILE):
+            (out / name).unlink(missing_ok=True)
+        store.put_meta("fingerprint", fp)
+        store.put_meta("config", config)
+        store.put_meta("finished", False)
+        return store
+    except BaseException:
+        store.close()
+        raise
