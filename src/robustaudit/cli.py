@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished run stored in --out: finished batches are reused, not recomputed")
     a.add_argument("--overwrite", action="store_true", default=None,
                    help="discard an unfinished run stored in --out and start over")
+    a.add_argument("--checks", choices=["off", "basic", "full"], default=None,
+                   help="sanity checks of the figures: basic (default, a fraction of the audit's time), full "
+                   "(more checks, EOT/BPDA/Square re-runs where needed) or off; see docs/checks.md")
 
     ls = sub.add_parser("list", help="list catalog models, attacks or datasets",
                         description="List what robustaudit knows.",
@@ -188,7 +191,7 @@ def _plan_from_args(args: argparse.Namespace):
 
     base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
     overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
-                                                "fail_under", "fail_on", "trust_pickle", "resume", "overwrite")}
+                                                "fail_under", "fail_on", "trust_pickle", "resume", "overwrite", "checks")}
     if args.model:
         overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
     elif args.weights or args.normalize:

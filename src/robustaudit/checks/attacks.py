@@ -179,7 +179,10 @@ def _independent_sweep(ctx: Context) -> list[Verdict]:
     a = _iterative(ctx) or (fixed[0] if fixed else None)
     if a is None:
         return []
-    robust = [ctx.robust_after(a.attack, e) for e in ctx.grid]
+    # at the smallest eps the audit itself attacked every clean-correct sample, independently of any
+    # other eps: only the clean errors need attacking there
+    first = ctx.audit_robust(a.name, ctx.grid[0]) | ctx.robust_after(a.attack, ctx.grid[0], (~ctx.clean).nonzero().flatten())
+    robust = [first] + [ctx.robust_after(a.attack, e) for e in ctx.grid[1:]]
     revived = int(sum(int((r & ~ctx.clean).sum()) for r in robust))
     out = [Verdict("robust-le-clean", ctx.name, "pass" if revived == 0 else "fail",
                    f"{a.name} never turned a misclassified sample correct" if revived == 0 else
@@ -278,8 +281,9 @@ def _more_effort(ctx: Context) -> list[Verdict]:
     if a is None:
         return []
     eps = ctx.probe_eps()
-    rows = ctx.correct_rows
     base = ctx.audit_robust(a.name, eps)
+    n = len(ctx.correct_rows)
+    rows = base.nonzero().flatten()  # only what the audit left standing can be newly broken
     settings = a.attack.settings()
     changes = [("steps", {"steps": 2 * settings["steps"]})]
     if ctx.level == "full" and isinstance(settings.get("restarts"), int):
@@ -291,7 +295,6 @@ def _more_effort(ctx: Context) -> list[Verdict]:
             continue
         robust = ctx.robust_after(stronger, eps, rows)
         newly = int((base[rows] & ~robust[rows]).sum())
-        n = len(rows)
         status = paired_status(newly, n)
         message = (f"{a.name} with {what} doubled breaks {share(newly, n)} more samples at eps={eps:g}")
         if status != "pass":
@@ -311,11 +314,11 @@ def _loss_gap(ctx: Context) -> list[Verdict]:
     if variant is None:
         return []
     eps = ctx.probe_eps()
-    rows = ctx.correct_rows
     base = ctx.audit_robust(a.name, eps)
+    rows = base.nonzero().flatten()  # only what the audit left standing can show a gap
     robust = ctx.robust_after(variant, eps, rows)
     gap = int((base[rows] & ~robust[rows]).sum())
-    n = len(rows)
+    n = len(ctx.correct_rows)
     status = paired_status(gap, n)
     message = f"{a.name} with loss={other} breaks {share(gap, n)} samples that loss={loss} missed at eps={eps:g}"
     if status != "pass":

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-LEVELS: tuple[str, ...] = ("off", "basic", "full")
+from robustaudit.evaluate.plan import CHECK_LEVELS as LEVELS
+
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail")
 DOC = "docs/checks.md"
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from robustaudit.attacks.base import Attack
 from robustaudit.attacks.registry import from_spec, parse_spec
+from robustaudit.checks import check_level
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset
@@ -22,6 +23,7 @@ from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, resolve_device, run, sort_eps
+from robustaudit.evaluate.store import Store
 from robustaudit.models.loading import LoadedModel, load_model
 from robustaudit.models.wrappers import prepare
 
@@ -43,6 +45,7 @@ def audit(
     progress: Progress | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    checks: str = "basic",
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -62,6 +65,9 @@ def audit(
             the numbers equal an uninterrupted run's. Refused (UserError naming the part) when the
             configuration, the data or the weights differ from the stored run's.
         overwrite: discard an unfinished run stored in ``out`` (excludes ``resume``).
+        checks: sanity checks after the matrix: ``off``, ``basic`` (a fraction of the audit's time) or
+            ``full`` (more samples and checks, adaptive EOT/BPDA/Square re-runs); verdicts in
+            ``result.checks`` (see docs/checks.md).
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -75,10 +81,10 @@ def audit(
     grid = [float(eps)] if isinstance(eps, (int, float)) else list(eps)
     config = {"models": [e.name for e in entries], "data": image_data.name,
               "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
-              "batch_size": batch_size, "device": device, "seed": seed}
+              "batch_size": batch_size, "device": device, "seed": seed, "checks": checks}
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
-                   overwrite=overwrite)
+                   overwrite=overwrite, checks=checks)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
@@ -95,7 +101,7 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
     _unique([e.name for e in entries], "model")
     return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
-                   out=plan.out, progress=progress, config=plan.to_dict(), resume=plan.resume,
+                   out=plan.out, progress=progress, config=plan.to_dict(), resume=plan.resume, checks=plan.checks,
                    overwrite=plan.overwrite)
 
 
@@ -115,8 +121,9 @@ def execute(
     config: dict[str, Any],
     resume: bool = False,
     overwrite: bool = False,
+    checks: str = "basic",
 ) -> ResultMatrix:
-    """Run the matrix and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
+    """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
 
     The store stays open until ``results.json`` is written and is then marked ``finished``: later
     stages (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume`
@@ -126,6 +133,7 @@ def execute(
         raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
     if resume and out is None:
         raise UserError("resume needs the output directory of the run to continue (out=...)")
+    check_level(checks)
     dev = resolve_device(device)
     grid = sort_eps(eps)
     ids = subset(data, n)
@@ -140,11 +148,15 @@ def execute(
         result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
                      seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
                      reuse=resume)
+        t_checks = time.perf_counter()
+        added = _sanity_checks(checks, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
+                               seed=seed, batch_size=batch_size, store=store, progress=progress, reuse=resume)
+        t_checks = time.perf_counter() - t_checks
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if store is not None:
             store.close()
         raise
-    resumed = result.provenance  # the runner's batch counts, when resuming
+    resumed = result.provenance  # the runner's batch counts (when resuming) and skipped attacks
     result.provenance = {
         "robustaudit": _version(),
         "torch": torch.__version__,
@@ -161,8 +173,11 @@ def execute(
         "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
         "models": [{"name": e.name, **e.info} for e in entries],
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
-                     "settings": _jsonable(a.attack.settings())} for a in attacks],
+                     "settings": _jsonable(a.attack.settings())} for a in attacks]
+        + [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value, "model": model,
+            "added_by": "checks", "settings": _jsonable(a.attack.settings())} for model, a in added],
         "example_eps": example_eps(entries, grid),
+        "checks": {"level": checks, "seconds": round(t_checks, 3)},
         **resumed,
     }
     if out is not None:
@@ -170,6 +185,39 @@ def execute(
         store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
         store.close()
     return result
+
+
+def _sanity_checks(level: str, result: ResultMatrix, entries: list[ModelEntry], data: ImageData, ids: list[int],
+                   attacks: list[AttackEntry], *, grid: list[float], norm: str, device: torch.device, seed: int,
+                   batch_size: int, store: Store | None, progress: Progress | None,
+                   reuse: bool) -> list[tuple[str, AttackEntry]]:
+    """Fill ``result.checks``; at ``full``, run the adaptive attacks the probes call for over the whole
+    audit and merge their columns. Returns the added ``(model, attack)`` columns."""
+    if level == "off":
+        return []
+    from robustaudit.checks import adaptive_attacks, run_checks
+
+    if progress is not None:
+        progress.start("sanity checks", 1)
+    verdicts, probes = run_checks(entries, data, ids, attacks, result, level=level, grid=grid, norm=norm,
+                                  device=device, seed=seed, batch_size=batch_size)
+    added: list[tuple[str, AttackEntry]] = []
+    if level == "full":
+        for entry in entries:
+            extra = adaptive_attacks(probes[entry.name], entry.module, attacks) if entry.name in probes else []
+            if not extra:
+                continue
+            more = run([entry], data, extra, grid, norm=norm, ids=ids, batch_size=batch_size, device=device,
+                       seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
+                       reuse=reuse)
+            result.add_columns(more)
+            added += [(entry.name, a) for a in extra]
+            counts = more.provenance.get("resume")
+            if counts and "resume" in result.provenance:
+                for key, value in counts.items():
+                    result.provenance["resume"][key] += value
+    result.checks = [v.to_dict() for v in verdicts]
+    return added
 
 
 def example_eps(entries: Sequence[ModelEntry], grid: Sequence[float]) -> float:

@@ -2,7 +2,7 @@
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
 ``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
-``overwrite``); flags given on the command line override the file. Models may also be tables::
+``overwrite``, ``checks``); flags given on the command line override the file. Models may also be tables::
 
     [[models]]
     spec = "nets.py:make_net"
@@ -31,6 +31,8 @@ DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat")
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
 FAIL_ON: tuple[str, ...] = ("point", "lower")
+#: Sanity-check levels (kept here, torch-free, for validation; robustaudit.checks runs them).
+CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
 
 
 @dataclass
@@ -63,6 +65,8 @@ class AuditPlan:
     resume: bool = False
     #: discard the unfinished run stored in ``out``
     overwrite: bool = False
+    #: sanity checks after the matrix: off, basic, full (docs/checks.md)
+    checks: str = "basic"
 
     def validate(self) -> AuditPlan:
         """Raise :class:`UserError` on the first bad value; returns ``self``."""
@@ -88,6 +92,9 @@ class AuditPlan:
             raise UserError(f"--fail-on must be one of {', '.join(FAIL_ON)}, got '{self.fail_on}'")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+        if self.checks not in CHECK_LEVELS:
+            raise UserError(f"--checks must be one of {', '.join(CHECK_LEVELS)}, got '{self.checks}'"
+                            f"{suggest(self.checks, CHECK_LEVELS)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +165,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if "eps" in doc:
         out["eps"] = parse_eps(doc.pop("eps"))
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
-             "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool}
+             "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
+             "checks": str}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from robustaudit.core.errors import UserError
+from robustaudit.evaluate.metrics import wilson_interval
 
 SCHEMA_VERSION = 1
 WORST_CASE = "worst-case"
@@ -133,6 +134,29 @@ class ResultMatrix:
         if column is None:
             raise UserError(f"bound must be 'point' or 'lower', got {bound!r}")
         return self.records[self.records[column] < threshold].reset_index(drop=True)
+
+    def add_columns(self, other: ResultMatrix) -> None:
+        """Merge the attack columns of ``other`` (a run of more attacks on some of the same models, same
+        samples and eps) into this matrix, and recompute those models' worst case over every column."""
+        extra = other.records[other.records["attack"] != WORST_CASE]
+        self.records = pd.concat([self.records, extra], ignore_index=True)
+        self.robust_ids.update({k: v for k, v in other.robust_ids.items() if k[1] != WORST_CASE})
+        self.minimal_norms.update(other.minimal_norms)
+        self.examples.extend(other.examples)
+        for model in dict.fromkeys(extra["model"]):
+            for idx in self.records.index[(self.records["model"] == model) & (self.records["attack"] == WORST_CASE)]:
+                row = self.records.loc[idx]
+                eps = float(row["eps"])
+                robust = set.intersection(*(set(ids) for (m, a, e), ids in self.robust_ids.items()
+                                            if m == model and a != WORST_CASE and e == eps))
+                n = int(row["n"])
+                lo, hi = wilson_interval(len(robust), n)
+                self.records.loc[idx, ["n_robust", "robust_accuracy", "ci_low", "ci_high"]] = [
+                    len(robust), len(robust) / n if n else float("nan"), lo, hi]
+                self.records.loc[idx, "seconds"] = float(self.records.loc[
+                    (self.records["model"] == model) & (self.records["attack"] != WORST_CASE)
+                    & np.isclose(self.records["eps"], eps), "seconds"].sum())
+                self.robust_ids[(model, WORST_CASE, eps)] = sorted(robust)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,9 @@ run cuts exactly the batches it cut before and finds each one, by its exact ids,
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -230,10 +232,16 @@ def run(
                 robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
                 ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
                             state)
-                for a in attacks:
+                queue = list(attacks)
+                for a in queue:
                     bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
                     sweep = _minimal_norm_column if _minimal(a) else _fixed_eps_column
-                    for e, survivors in sweep(ctx, a, correct_ids, grid, state).items():
+                    try:
+                        column = sweep(ctx, a, correct_ids, grid, state)
+                    except NoInputGradients as exc:
+                        _skip_gradient_attack(entry.name, a, exc, queue, state)
+                        continue
+                    for e, survivors in column.items():
                         robust_sets[e] &= set(survivors)
                 for e in grid:
                     secs = sum(r["seconds"] for r in state.rows if r["model"] == entry.name and r["eps"] == e)
@@ -245,7 +253,38 @@ def run(
                           robust_ids=state.robust_ids, minimal_norms=state.minimal_norms)
     if reuse:
         result.provenance["resume"] = {"reused_batches": state.reused, "computed_batches": state.computed}
+    if state.skipped:
+        result.provenance["skipped"] = state.skipped
     return result
+
+
+class NoInputGradients(Exception):
+    """A gradient attack met a model whose output has no gradient with respect to its input."""
+
+
+#: What autograd says when the input is not part of the output's graph (numpy or ``.detach()`` in forward).
+_NO_GRAD = re.compile(r"does not require grad|not have been used in the graph|numpy\(\) on Tensor that requires grad"
+                      r"|does not have a grad_fn")
+
+
+def _skip_gradient_attack(model: str, a: AttackEntry, exc: NoInputGradients, queue: list[AttackEntry],
+                          state: _RunState) -> None:
+    """A model without input gradients is still a valid audit target: its gradient attacks are skipped
+    (their column stays empty for this model) and, unless the audit already has one, the black-box
+    Square attack takes their place."""
+    from robustaudit.attacks.square import Square
+
+    state.skipped.append({"model": model, "attack": a.name, "reason": str(exc)})
+    for key in [k for k in state.robust_ids if k[:2] == (model, a.name)]:  # a partial column, if any
+        del state.robust_ids[key]
+    state.rows = [r for r in state.rows if (r["model"], r["attack"]) != (model, a.name)]
+    state.examples = [e for e in state.examples if (e.model, e.attack) != (model, a.name)]
+    black_box = any(q.attack.kind in (AttackKind.SCORE_BASED, AttackKind.DECISION_BASED) for q in queue)
+    note = ""
+    if not black_box:
+        queue.append(AttackEntry("square", Square()))
+        note = "; running the black-box attack 'square' instead"
+    warnings.warn(f"model '{model}' has no input gradients ({exc}): attack '{a.name}' skipped{note}", stacklevel=2)
 
 
 @dataclass
@@ -280,6 +319,7 @@ class _RunState:
     examples: list[Example] = field(default_factory=list)
     robust_ids: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
     minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float) -> None:
         self.rows.append(_record(ctx.name, attack, eps, ctx.norm, ctx.n, ctx.n_clean, len(robust), seconds))
@@ -440,7 +480,12 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         t0 = time.perf_counter()
         x, y = ctx.samples.load(batch)
         x, y = x.to(ctx.dev), y.to(ctx.dev)
-        adv = a.attack(ctx.model, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+        try:
+            adv = a.attack(ctx.model, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+        except RuntimeError as exc:
+            if _NO_GRAD.search(str(exc)):
+                raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
+            raise
         if adv.shape != x.shape or not torch.isfinite(adv).all():
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
         with torch.no_grad():

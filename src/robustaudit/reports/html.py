@@ -21,7 +21,6 @@ from robustaudit.reports.markdown import (
     STATUS_MARK,
     TITLE,
     attack_infos,
-    checks_tally,
     config_json,
     data_items,
     headline,
@@ -31,6 +30,7 @@ from robustaudit.reports.markdown import (
     threat_items,
 )
 from robustaudit.reports.terminal import (
+    checks_tally,
     CI_LABEL,
     DASH,
     WORST_CASE_MEANING,

@@ -17,6 +17,7 @@ from robustaudit.reports.terminal import (
     CI_LABEL,
     DASH,
     WORST_CASE_MEANING,
+    checks_tally,
     format_cell,
     format_eps,
     format_percent,
@@ -207,15 +208,6 @@ def headline(result: ResultMatrix) -> str:
     if prov.get("finished_at"):
         parts.append(f"finished {prov['finished_at']}")
     return " · ".join(parts)
-
-
-def checks_tally(checks: Sequence[dict[str, Any]]) -> str:
-    """``"3 pass, 1 warn, 0 fail"``."""
-    counts = {s: 0 for s in ("pass", "warn", "fail")}
-    for check in checks:
-        status = str(check.get("status"))
-        counts[status] = counts.get(status, 0) + 1
-    return ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 # ------------------------------------------------------------------------------------ markdown

@@ -323,7 +323,13 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
             norms.add_row(*(Text(c) for c in row))
         console.print(norms)
     if result.checks:
-        console.print(_checks_table(result.checks))
+        # the terminal shows what needs attention; every verdict is in report.md / report.html
+        attention = [c for c in result.checks if c.get("status") != "pass"]
+        if attention:
+            console.print(_checks_table(attention))
+        level = result.provenance.get("checks", {}).get("level")
+        console.print(f"Sanity checks{f' ({level})' if level else ''}: {checks_tally(result.checks)}"
+                      + ("" if attention else " — every figure passed") + "; details in report.md, see docs/checks.md")
 
 
 def _matrix_table(result: ResultMatrix, *, intervals: bool) -> Table:
@@ -383,6 +389,15 @@ def _summary_table(result: ResultMatrix) -> Table:
             Text(format_cell(row.adversarial)),
         )
     return table
+
+
+def checks_tally(checks: list[dict[str, Any]]) -> str:
+    """``"3 pass, 1 warn, 0 fail"``."""
+    counts = {s: 0 for s in ("pass", "warn", "fail")}
+    for check in checks:
+        status = str(check.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 def _checks_table(checks: list[dict[str, Any]]) -> Table:
