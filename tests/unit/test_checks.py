@@ -188,3 +188,32 @@ def test_defense_trained_to_mask_gradients_is_caught():
     assert _status(masked, "loss-gap") == "fail" or _status(masked, "input-gradients") == "warn"
     honest, _, _, _ = _audit_and_check(_distilled(1.0), attacks=("pgd:steps=20",), n=96)
     assert _status(honest, "loss-gap") == "pass" and _status(honest, "input-gradients") == "pass"
+
+
+def test_full_level_reruns_a_randomized_model_with_eot_and_reports_both_figures(digits_cnn):
+    from robustaudit import audit
+
+    result = audit({"noisy": Noisy(digits_cnn, sigma=0.05)}, "digits", attacks=["pgd:steps=10"], eps=[0.2], n=48,
+                   checks="full", device="cpu")
+    assert {"pgd:steps=10", "eot(pgd:steps=10)"} <= set(result.attacks)
+    plain = result.robust_accuracy("noisy", "pgd:steps=10", 0.2)
+    eot = result.robust_accuracy("noisy", "eot(pgd:steps=10)", 0.2)
+    worst = result.robust_accuracy("noisy", "worst-case", 0.2)
+    assert worst <= min(plain, eot)
+    ids = result.robust_ids
+    assert set(ids[("noisy", "worst-case", 0.2)]) == set(ids[("noisy", "pgd:steps=10", 0.2)]) & set(
+        ids[("noisy", "eot(pgd:steps=10)", 0.2)])
+    assert any(a.get("added_by") == "checks" for a in result.provenance["attacks"])
+    assert {c["id"]: c["status"] for c in result.checks}["deterministic"] == "fail"
+
+
+def test_audit_of_a_model_without_gradients_runs_square_in_place_of_pgd(digits_cnn):
+    from robustaudit import audit
+
+    with pytest.warns(UserWarning, match="no input gradients"):
+        result = audit({"nograd": NoGradients(digits_cnn)}, "digits", attacks=["fgsm", "pgd:steps=5"], eps=[0.2],
+                       n=32, checks="basic", device="cpu")
+    assert result.attacks == ["square"]
+    assert [s["attack"] for s in result.provenance["skipped"]] == ["fgsm", "pgd:steps=5"]
+    assert result.robust_accuracy("nograd", "square", 0.2) < 0.5  # the undefended CNN falls to Square too
+    assert {c["id"]: c["status"] for c in result.checks}["input-gradients"] == "fail"

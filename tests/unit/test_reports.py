@@ -215,6 +215,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
         "Attacks",
         "Robust accuracy",
         "Clean vs adversarial accuracy",
+        "Differences within noise",
         "Sanity checks",
         "Provenance",
     ]
@@ -394,3 +395,32 @@ def test_single_attack_without_worst_case_rows_is_its_own_worst_case(result):
     result.records = r[r["attack"] == "pgd"].reset_index(drop=True)
     summary = render_markdown(result).split("## Clean vs adversarial")[1].split("\n## ")[0]
     assert _expected_cell("small-cnn-at", "pgd", 1) in summary
+
+
+def _two_models(robust_a: list[int], robust_b: list[int], n: int = 100):
+    import pandas as pd
+
+    from robustaudit.evaluate.result import COLUMNS, WORST_CASE, ResultMatrix
+    from robustaudit.evaluate.runner import _record
+
+    rows = [_record(m, WORST_CASE, 0.1, "linf", n, n, len(r), 1.0) for m, r in (("a", robust_a), ("b", robust_b))]
+    return ResultMatrix(pd.DataFrame(rows, columns=list(COLUMNS)),
+                        robust_ids={("a", WORST_CASE, 0.1): robust_a, ("b", WORST_CASE, 0.1): robust_b})
+
+
+def test_rows_within_noise_are_named_and_significant_differences_are_not():
+    from robustaudit.reports.markdown import render_markdown
+    from robustaudit.reports.terminal import ties
+
+    # 5 discordant samples, all one way: two-sided exact p = 2 / 2**5 = 0.0625 -> cannot be told apart
+    close = _two_models(list(range(50)), list(range(45)))
+    (tie,) = ties(close)
+    assert (tie.first, tie.second, tie.n) == ("a", "b", 100) and tie.p_value == 0.0625
+    assert "cannot be told apart at n=100" in render_markdown(close)
+    # 6 discordant samples, all one way: p = 2 / 64 = 0.03125 -> a real difference
+    far = _two_models(list(range(50)), list(range(44)))
+    assert ties(far) == []
+    assert "differs significantly" in render_markdown(far)
+    # equal totals can still be different samples: 10 each way is no evidence of a difference
+    swapped = _two_models(list(range(50)), list(range(10, 60)))
+    assert ties(swapped)[0].p_value == 1.0

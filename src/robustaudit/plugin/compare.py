@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from robustaudit.core.errors import UserError, suggest
+from robustaudit.evaluate.metrics import binomial_tail
 from robustaudit.plugin.tables import eps_text, pct, row_key, text_table, useful_records
 
 SESSION_FORMAT = "robustaudit-pytest-session"
@@ -95,31 +96,6 @@ def parse_gate(text: str) -> CompareGate:
     if relative:
         return CompareGate(field, "relative", number / 100, f"{field}:{value}")
     return CompareGate(field, "absolute", number, f"{field}:{value}")
-
-
-def binomial_tail(b: int, c: int) -> float:
-    """One-sided exact p-value ``P(X >= b)`` for ``X ~ Binomial(b + c, 1/2)``; 1.0 when ``b + c == 0``.
-
-    Exact integer arithmetic (``math.comb`` for the first term, the ratio ``C(m, k+1) = C(m, k)(m-k)/(k+1)``
-    for the next ones), divided once at the end: no loss of precision for any sample size an audit has.
-    Only the shorter tail is summed (``P(X >= b) = 1 - P(X < b)``, still in exact integers), so 10,000
-    discordant samples cost milliseconds.
-    """
-    if b < 0 or c < 0:
-        raise ValueError(f"counts must be >= 0, got b={b}, c={c}")
-    m = b + c
-    if m == 0:
-        return 1.0
-
-    def tail(lo: int, hi: int) -> int:  # sum of C(m, k) for lo <= k <= hi
-        term, total = math.comb(m, lo), 0
-        for k in range(lo, hi + 1):
-            total += term
-            term = term * (m - k) // (k + 1)
-        return total
-
-    upper = tail(b, m) if b > m - b else (1 << m) - (tail(0, b - 1) if b > 0 else 0)
-    return upper / (1 << m)
 
 
 def load_session(path: str | Path) -> dict[str, Any]:

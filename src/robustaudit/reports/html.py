@@ -30,6 +30,8 @@ from robustaudit.reports.markdown import (
     threat_items,
 )
 from robustaudit.reports.terminal import (
+    TIE_ALPHA,
+    ties,
     checks_tally,
     CI_LABEL,
     DASH,
@@ -156,6 +158,8 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "n": n,
         "summary_eps": format_eps(eps),
         "summary": summary,
+        "ties": [t.sentence() for t in ties(result)],
+        "tie_alpha": TIE_ALPHA,
         "norm_rows": norm_rows(result),
         "norm_note": NORM_NOTE,
         "checks": checks,

@@ -16,6 +16,7 @@ from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.terminal import (
     CI_LABEL,
     DASH,
+    TIE_ALPHA,
     WORST_CASE_MEANING,
     checks_tally,
     format_cell,
@@ -28,6 +29,7 @@ from robustaudit.reports.terminal import (
     sample_count,
     summary_eps,
     summary_rows,
+    ties,
     training_label,
 )
 
@@ -303,6 +305,16 @@ def _norms_section(result: ResultMatrix) -> str:
             + _table(["model", "attack", "found", "median norm", "25%–75%"], rows, right=[2, 3, 4]))
 
 
+def _ties_section(result: ResultMatrix) -> str:
+    found = ties(result)
+    head = ("## Differences within noise\n\nEvery figure is measured on the same samples, so rows are "
+            f"compared per sample (exact McNemar test, two-sided, α={TIE_ALPHA:g}).")
+    if not found:
+        return head + " Every pair of models, and every pair of attacks on one model, differs significantly."
+    return head + " These pairs cannot be told apart at this n:\n\n" + "\n".join(
+        f"- {md_escape(t.sentence())}" for t in found)
+
+
 def _checks_section(result: ResultMatrix) -> str:
     rows = []
     for check in result.checks:
@@ -376,6 +388,7 @@ def render_markdown(result: ResultMatrix) -> str:
     else:
         parts.append(_matrix_section(result))
         parts.append(_summary_section(result))
+        parts.append(_ties_section(result))
     if result.minimal_norms:
         parts.append(_norms_section(result))
     if result.checks:

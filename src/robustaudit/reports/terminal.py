@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from robustaudit.core.threat import NORMS
-from robustaudit.evaluate.metrics import wilson_interval
+from robustaudit.evaluate.metrics import paired_p_value, wilson_interval
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 
 #: What a missing or undefined number is shown as.
@@ -167,6 +167,65 @@ def parse_trained_for(trained_for: str | None) -> tuple[str | None, float] | Non
 
 
 # --------------------------------------------------------------------------------------- matrix
+@dataclass(frozen=True)
+class Tie:
+    """Two rows at one eps whose robust accuracies the sample cannot tell apart."""
+
+    eps: float
+    first: str
+    second: str
+    p_value: float
+    n: int
+
+    def sentence(self) -> str:
+        return (f"{self.first} and {self.second} at ε={format_eps(self.eps)} cannot be told apart at n={self.n} "
+                f"(paired exact test, p={self.p_value:.2g})")
+
+
+#: Two rows differ when a paired two-sided test rejects "no difference" at this level.
+TIE_ALPHA = 0.05
+
+
+def ties(result: ResultMatrix, *, alpha: float = TIE_ALPHA) -> list[Tie]:
+    """Pairs of rows measured on the same samples whose robust accuracies do not differ significantly.
+
+    Compared: every pair of models on their worst case (or their single attack) at each eps, and every
+    pair of attacks of one model at each eps. Uses the per-sample robust ids (exact McNemar test), so
+    results saved without them yield nothing.
+    """
+    out: list[Tie] = []
+    ids = result.robust_ids
+    if not ids:
+        return out
+    for eps in result.eps_values:
+        def key(model: str, attack: str) -> tuple[str, str, float] | None:
+            return next((k for k in ids if k[0] == model and k[1] == attack and math.isclose(k[2], eps)), None)
+
+        def n_of(model: str) -> int:
+            rows = result.records[result.records["model"] == model]
+            return int(rows["n"].iloc[0]) if not rows.empty else 0
+
+        heads = []
+        for model in result.models:
+            attacks = [a for a in result.attacks if key(model, a) is not None]
+            head = key(model, WORST_CASE) or (key(model, attacks[0]) if len(attacks) == 1 else None)
+            if head is not None:
+                heads.append((model, head))
+            pairs = [(key(model, a), key(model, b)) for i, a in enumerate(attacks) for b in attacks[i + 1:]]
+            for ka, kb in pairs:
+                p = paired_p_value(set(ids[ka]), set(ids[kb]))
+                if p >= alpha:
+                    out.append(Tie(eps, f"{model} / {ka[1]}", f"{model} / {kb[1]}", p, n_of(model)))
+        for i, (ma, ka) in enumerate(heads):
+            for mb, kb in heads[i + 1:]:
+                if n_of(ma) != n_of(mb):
+                    continue
+                p = paired_p_value(set(ids[ka]), set(ids[kb]))
+                if p >= alpha:
+                    out.append(Tie(eps, ma, mb, p, n_of(ma)))
+    return out
+
+
 def _rows_of(result: ResultMatrix, model: str, attack: str) -> pd.DataFrame:
     r = result.records
     return r[(r["model"] == model) & (r["attack"] == attack)]
@@ -313,6 +372,10 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
         table = _matrix_table(result, intervals=False)
     console.print(table)
     console.print(_summary_table(result))
+    eps = summary_eps(result)
+    same = [t for t in ties(result) if math.isclose(t.eps, eps) and " / " not in t.first]
+    for tie in same:  # the terminal names model ties at the table's eps; report.md lists them all
+        console.print(f"[yellow]note:[/] {tie.sentence()}")
     if result.minimal_norms:
         from robustaudit.reports.markdown import norm_rows  # the row logic lives with the other sections
 
