@@ -32,18 +32,23 @@ if TYPE_CHECKING:
 
 PROFILE_NAMES = ("smoke", "ci", "full")  # robustaudit.plugin.settings.PROFILES, checked by a test
 GATE_NAMES = ("point", "lower")
+CHECK_LEVELS = ("off", "basic", "full")  # robustaudit.plugin.settings.CHECK_LEVELS, checked by a test
 MARKER = "robustness"
 MARKER_HELP = (
     "robustness(attack=..., eps=..., min_accuracy=..., bound=..., norm=..., n=..., steps=..., restarts=..., "
-    "seed=..., device=..., batch_size=...): defaults of the robustness fixture's audit() and assert_robust()"
+    "seed=..., device=..., batch_size=..., checks=..., allow_failed_checks=...): defaults of the robustness "
+    "fixture's audit() and assert_robust()"
 )
 
 #: (option, ini key, metavar / choices, help). Options override the ini keys of [tool.pytest.ini_options].
 _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--robust-profile", "robust_profile", PROFILE_NAMES,
-     ("cost of every audit: smoke (n=64, pgd steps=10, 1 restart), ci (n=256, steps=50, 1 restart; the "
-      "default), full (all samples, steps=100, 5 restarts). Steps and restarts apply to attacks given by "
-      "bare name.")),
+     ("cost of every audit: smoke (n=64, pgd steps=10, 1 restart, no sanity checks), ci (n=256, steps=50, "
+      "1 restart, basic checks; the default), full (all samples, steps=100, 5 restarts, full checks). Steps "
+      "and restarts apply to attacks given by bare name.")),
+    ("--robust-checks", "robust_checks", CHECK_LEVELS,
+     ("sanity checks after every audit: off, basic or full (default: the profile's). A failing check "
+      "fails assert_robust() unless allow_failed_checks=True; see docs/checks.md. A marker's checks= wins.")),
     ("--robust-device", "robust_device", "DEVICE",
      ("device of the audits: auto (the default: CUDA when available), cpu, cuda, cuda:N. A marker's "
       "device= wins.")),
@@ -95,9 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def robustness(request: pytest.FixtureRequest) -> Robustness:
     """Audit models from a test and gate their robust accuracy (see ``docs/pytest-plugin.md``).
 
-    ``robustness.audit(model, data, attacks=..., eps=..., n=...)`` returns the ResultMatrix with an
-    ``assert_robust(min_accuracy=..., bound=...)`` method; defaults come from the
-    ``@pytest.mark.robustness(...)`` marker, then the ``--robust-*`` options and their ini keys.
+    ``robustness.audit(model, data, attacks=..., eps=..., n=..., checks=...)`` returns the ResultMatrix
+    with an ``assert_robust(min_accuracy=..., bound=..., allow_failed_checks=...)`` method, which also fails
+    on a failing sanity check; defaults come from the ``@pytest.mark.robustness(...)`` marker, then the
+    ``--robust-*`` options and their ini keys.
     """
     from robustaudit.plugin.fixture import ItemRecord, Robustness
 
@@ -135,12 +141,17 @@ class RobustSession:
         self.tests: dict[str, dict[str, Any]] = {}  # nodeid -> payload (controller / single process)
         profile = config.option.robust_profile or config.getini("robust_profile") or "ci"
         gate = config.option.robust_gate or config.getini("robust_gate") or "point"
+        # None: each audit runs its profile's level; argparse checked the option, the ini is checked here
+        checks = config.option.robust_checks or config.getini("robust_checks") or None
         if profile not in PROFILE_NAMES:
             raise pytest.UsageError(f"robust_profile: unknown profile {profile!r}; known: {', '.join(PROFILE_NAMES)}")
         if gate not in GATE_NAMES:
             raise pytest.UsageError(f"robust_gate must be 'point' or 'lower', got {gate!r}")
+        if checks is not None and checks not in CHECK_LEVELS:
+            raise pytest.UsageError(f"robust_checks must be one of {', '.join(CHECK_LEVELS)}, got {checks!r}")
         self.profile = profile
         self.gate = gate
+        self.checks: str | None = checks
         self.device = config.option.robust_device or config.getini("robust_device") or None
         self.save_path = _path_option(config, "robust_save")
         self.report_dir = _path_option(config, "robust_report")
@@ -169,7 +180,8 @@ class RobustSession:
         if self._options is None:
             from robustaudit.plugin.settings import SessionOptions
 
-            self._options = SessionOptions(profile=self.profile, device=self.device, gate=self.gate)
+            self._options = SessionOptions(profile=self.profile, device=self.device, gate=self.gate,
+                                           checks=self.checks)
         return self._options
 
     def marker_of(self, item: pytest.Item) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from robustaudit.plugin.compare import (
     parse_gate,
 )
 from robustaudit.plugin.settings import (
+    CHECK_LEVELS,
     MARKER_KEYS,
     PROFILES,
     SessionOptions,
@@ -151,10 +152,16 @@ def test_useful_records_keeps_worst_case_of_several_attacks():
 
 # ------------------------------------------------------------------------------ settings
 def test_profiles_match_the_light_module():
+    from robustaudit.evaluate.plan import CHECK_LEVELS as ENGINE_LEVELS
+
     assert tuple(PROFILES) == pytest_plugin.PROFILE_NAMES
+    assert CHECK_LEVELS == pytest_plugin.CHECK_LEVELS == ENGINE_LEVELS
     assert (PROFILES["smoke"].n, PROFILES["smoke"].steps, PROFILES["smoke"].restarts) == (64, 10, 1)
     assert (PROFILES["ci"].n, PROFILES["ci"].steps, PROFILES["ci"].restarts) == (256, 50, 1)
     assert (PROFILES["full"].n, PROFILES["full"].steps, PROFILES["full"].restarts) == (None, 100, 5)
+    assert {name: p.checks for name, p in PROFILES.items()} == {"smoke": "off", "ci": "basic", "full": "full"}
+    assert PROFILES["ci"].describe() == "ci (n=256, steps=50, restarts=1, checks=basic)"
+    assert PROFILES["smoke"].describe("full") == "smoke (n=64, steps=10, restarts=1, checks=full)"
 
 
 def test_unknown_marker_key_names_the_valid_ones():
@@ -177,6 +184,9 @@ def test_unknown_marker_key_names_the_valid_ones():
         ({"steps": 2.5}, "integer >= 1"),
         ({"norm": "l3"}, "norm must be one of"),
         ({"attacks": [3]}, "an attack is a name"),
+        ({"checks": "fulll"}, r"checks must be one of off, basic, full, got 'fulll' \(did you mean 'full'\?\)"),
+        ({"checks": True}, "checks must be one of off, basic, full"),
+        ({"allow_failed_checks": "yes"}, "allow_failed_checks must be True or False"),
     ],
 )
 def test_bad_marker_values(kwargs, message):
@@ -200,6 +210,19 @@ def test_precedence_call_then_marker_then_options_then_profile():
     assert s.steps_explicit and not s.restarts_explicit
     assert (s.device, s.bound, s.profile) == ("cpu", "lower", "full")
     assert resolve(SessionOptions(profile="smoke"), {}, {}).n == 64
+
+
+def test_checks_precedence_call_marker_option_profile():
+    marker = validate({"checks": "full", "allow_failed_checks": True}, where="m")
+    smoke, ci = SessionOptions(profile="smoke"), SessionOptions(profile="ci", checks="off")
+    assert resolve(smoke, {}, {}).checks == "off"  # the profile's level
+    assert resolve(SessionOptions(profile="full"), {}, {}).checks == "full"
+    assert resolve(ci, {}, {}).checks == "off"  # the option (or ini) beats the profile's basic
+    assert resolve(ci, marker, {}).checks == "full"  # the marker beats the option
+    assert resolve(ci, marker, {"checks": "basic"}).checks == "basic"  # the call beats the marker
+    assert resolve(ci, marker, {}).allow_failed_checks is True
+    assert resolve(ci, {}, {}).allow_failed_checks is False
+    assert resolve(ci, marker, {}).plain()["checks"] == "full"
     with pytest.raises(UserError, match="keyword arguments only"):
         merge_markers([(("pgd",), {})], where="m")
 

@@ -53,14 +53,14 @@ def test_passing_and_failing_thresholds(project):
         "*gated on the point estimate (the measured robust accuracy)*",
         "*model      attack  eps  n   clean  robust  95% CI",
         "*DigitsCNN  pgd     0.1  64  *%  *%   [[]*–*[]]",
-        "*settings: profile smoke, n=64, steps=10, restarts=1, seed=0, device=cpu",
+        "*settings: profile smoke, n=64, steps=10, restarts=1, seed=0, device=cpu, checks=off",
     ])
     result.stdout.fnmatch_lines(["*lower 95% bound of robust accuracy below min_accuracy=*",
                                  "*gated on the lower 95% Wilson bound (ci_low)*"])
     # the terminal summary: every test's row and its gate verdict
     result.stdout.fnmatch_lines([
         "*= robustness =*",
-        "profile smoke (n=64, steps=10, restarts=1); assert_robust gates on the point estimate by default*",
+        "profile smoke (n=64, steps=10, restarts=1, checks=off); assert_robust gates on the point estimate by default*",
         "test * model * attack * eps * n * clean * robust * 95% CI * gate",
         "test_gates.py::test_classifier_is_robust * DigitsCNN * pgd * 0.1 * 64 * min 60.0% point: pass",
         "test_gates.py::test_point_gate_fails * min 99.0% point: FAIL",
@@ -94,7 +94,7 @@ def test_bad_marker_is_a_setup_error_naming_the_valid_keys(project):
     result.stdout.fnmatch_lines([
         "*ERROR at setup of test_typo*",
         ("@pytest.mark.robustness: unknown key 'epsilon' (did you mean 'eps'?); valid keys: attack, attacks, eps, "
-         "norm, n, min_accuracy, bound, steps, restarts, seed, device, batch_size"),
+         "norm, n, min_accuracy, bound, steps, restarts, seed, device, batch_size, checks, allow_failed_checks"),
     ])
     result.stdout.fnmatch_lines(["*takes keyword arguments only*",
                                  "*min_accuracy is a fraction in [[]0, 1[]], got 60 (did you mean 0.6?)"])
@@ -107,6 +107,7 @@ def test_help_shows_the_robust_options(pytester):
     result.stdout.fnmatch_lines([
         "robustness audits (robustaudit):",
         "*--robust-profile={smoke,ci,full}*",
+        "*--robust-checks={off,basic,full}*",
         "*--robust-device=DEVICE*",
         "*--robust-gate={point,lower}*",
         "*--robust-save=PATH*",
@@ -114,7 +115,7 @@ def test_help_shows_the_robust_options(pytester):
         "*--robust-compare-fail=EXPR*",
         "*--robust-report=DIR*",
     ])
-    for ini in ("robust_profile", "robust_device", "robust_gate", "robust_save", "robust_compare",
+    for ini in ("robust_profile", "robust_checks", "robust_device", "robust_gate", "robust_save", "robust_compare",
                 "robust_compare_fail", "robust_report"):
         result.stdout.fnmatch_lines([f"  {ini} (*"])
     result = pytester.runpytest("--markers", "-p", "no:benchmark")

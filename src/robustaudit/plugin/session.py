@@ -30,6 +30,9 @@ from robustaudit.plugin.compare import (
 from robustaudit.plugin.settings import PROFILES
 from robustaudit.plugin.tables import (
     MATRIX_HEADERS,
+    attention,
+    check_line,
+    checks_tally,
     matrix_rows,
     pct,
     row_key,
@@ -75,20 +78,26 @@ def plain(obj: Any) -> Any:
 
 
 def finish_report(session: RobustSession, record: ItemRecord, report: pytest.TestReport) -> None:
-    """Attach the test's figures to its call report, enforce a marker's ``min_accuracy`` that the test
-    never checked, and apply the ``--robust-compare-fail`` gates.
+    """Attach the test's figures to its call report, enforce a marker's ``min_accuracy`` (and with it the
+    failing-check gate) that the test never checked, and apply the ``--robust-compare-fail`` gates.
 
     A gate or compare failure turns a passed report into a failed one with the message as its
     ``longrepr``; on an already failed report it is added as a report section.
     """
     from robustaudit.core.errors import UserError
-    from robustaudit.plugin.fixture import evaluate_gate, gate_message
+    from robustaudit.plugin.fixture import (
+        evaluate_gate,
+        gate_checks_failed,
+        gate_message,
+    )
 
     failures: list[tuple[str, str]] = []
     marker_min = record.marker.get("min_accuracy")
     if marker_min is not None and not record.gates and report.outcome != "skipped":
         # the marker asked for a threshold and the test never called assert_robust(): enforce it here,
-        # so a min_accuracy on a marker can never be silently ignored
+        # so a min_accuracy on a marker can never be silently ignored. The gate is the whole of
+        # assert_robust(): a failing sanity check (unless the marker allows it) fails the test too, or a
+        # forgotten call would let a figure through that the checks call too high
         for i, result in enumerate(record.audits):
             try:
                 gate = evaluate_gate(result, marker_min)
@@ -97,7 +106,8 @@ def finish_report(session: RobustSession, record: ItemRecord, report: pytest.Tes
                 continue
             record.gates.append({"audit": i, "implicit": True, **gate})
             if not gate["passed"]:
-                failures.append(("robustaudit gate", "min_accuracy of @pytest.mark.robustness, checked after the "
+                what = "min_accuracy" + (" and sanity checks" if gate_checks_failed(gate) else "")
+                failures.append(("robustaudit gate", f"{what} of @pytest.mark.robustness, checked after the "
                                  "test (it did not call assert_robust):\n" + gate_message(result, gate)))
     payload = record.payload()
     if session.baseline is not None:
@@ -121,7 +131,9 @@ def finish_report(session: RobustSession, record: ItemRecord, report: pytest.Tes
 
 # --------------------------------------------------------------------------- on the controller
 def _gate_cell(payload: Mapping[str, Any], audit: int, key: tuple[str, str, float]) -> str:
-    """The verdict of the last gate of ``audit`` that covered row ``key``: ``'min 60.0% point: pass'``."""
+    """The verdict of the last gate of ``audit`` that covered row ``key``: ``'min 60.0% point: pass'``,
+    with ``'; checks: FAIL'`` when a failing sanity check of the row's model failed that gate (``'; checks:
+    allowed'`` when ``allow_failed_checks`` let it pass)."""
     for gate in reversed(payload.get("gates", [])):
         if gate.get("audit") != audit:
             continue
@@ -129,7 +141,10 @@ def _gate_cell(payload: Mapping[str, Any], audit: int, key: tuple[str, str, floa
         if key in keys:
             failing = {row_key({"model": k[0], "attack": k[1], "eps": k[2]}) for k in gate.get("failing", [])}
             verdict = _FAIL if key in failing else _PASS
-            return f"min {pct(gate['min_accuracy'])} {gate['bound']}: {verdict}"
+            cell = f"min {pct(gate['min_accuracy'])} {gate['bound']}: {verdict}"
+            if any(c.get("model") in (None, key[0]) for c in gate.get("failed_checks", [])):
+                cell += "; checks: allowed" if gate.get("allow_failed_checks") else f"; checks: {_FAIL}"
+            return cell
     return "-"
 
 
@@ -139,7 +154,7 @@ def session_rows(tests: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     for nodeid, payload in tests.items():
         audits = payload.get("audits", [])
         for i, audit in enumerate(audits):
-            test = nodeid if len(audits) == 1 else f"{nodeid} [audit {i + 1}]"
+            test = _audit_name(nodeid, i, len(audits))
             records = useful_records(audit.get("records", []))
             for rec, cells in zip(records, matrix_rows(records)):
                 rows.append([test, *cells, _gate_cell(payload, i, row_key(rec))])
@@ -147,11 +162,53 @@ def session_rows(tests: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
 
 
 SESSION_HEADERS: tuple[str, ...] = ("test", *MATRIX_HEADERS, "gate")
+CHECK_HEADERS: tuple[str, ...] = ("test", "status", "check", "model", "message", "doc")
+
+
+def _audit_name(nodeid: str, index: int, count: int) -> str:
+    return nodeid if count == 1 else f"{nodeid} [audit {index + 1}]"
+
+
+def _audit_level(audit: Mapping[str, Any]) -> str:
+    """The sanity-check level an audit ran: the plugin's setting, else the engine's provenance."""
+    level = (audit.get("settings") or {}).get("checks")
+    if level is None:
+        level = ((audit.get("provenance") or {}).get("checks") or {}).get("level")
+    return str(level) if level is not None else "-"
+
+
+def _tally(audit: Mapping[str, Any]) -> str:
+    """``'checks basic: 11 pass, 1 warn, 0 fail'`` (``'checks off: none run'``)."""
+    checks = audit.get("checks") or []
+    return f"checks {_audit_level(audit)}: " + (checks_tally(checks) if checks else "none run")
+
+
+def checks_summary(tests: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """Per audit ``(name, tally)`` (:func:`_tally`), and one row per verdict that did not pass
+    (``CHECK_HEADERS``), failures first."""
+    tallies: list[tuple[str, str]] = []
+    rows: list[list[str]] = []
+    for nodeid, payload in tests.items():
+        audits = payload.get("audits", [])
+        for i, audit in enumerate(audits):
+            name = _audit_name(nodeid, i, len(audits))
+            tallies.append((name, _tally(audit)))
+            for c in attention(audit.get("checks") or []):
+                model = c.get("model")
+                rows.append([name, str(c.get("status")), str(c.get("id")), "-" if model is None else str(model),
+                             str(c.get("message")), str(c.get("doc") or "-")])
+    return tallies, rows
+
+
+def _session_checks(session: RobustSession) -> str:
+    return session.checks or PROFILES[session.profile].checks
 
 
 def _headline(session: RobustSession) -> str:
-    return (f"profile {PROFILES[session.profile].describe()}; assert_robust gates on the "
-            f"{'point estimate' if session.gate == 'point' else 'lower 95% bound'} by default (--robust-gate)")
+    profile = PROFILES[session.profile]
+    return (f"profile {profile.describe(session.checks)}; assert_robust gates on the "
+            f"{'point estimate' if session.gate == 'point' else 'lower 95% bound'} by default (--robust-gate) "
+            "and fails on a failing sanity check (--robust-checks)")
 
 
 def _compare_rows(tests: Mapping[str, Mapping[str, Any]]) -> tuple[list[list[str]], dict[str, int]]:
@@ -185,6 +242,7 @@ def terminal_summary(session: RobustSession, tr: Any) -> None:
     tr.write_line(_headline(session))
     if session.tests:
         tr.write_line(text_table(SESSION_HEADERS, session_rows(session.tests), indent=""))
+        _terminal_checks(session, tr)
     else:
         tr.write_line("no test ran a robustness audit")
     if session.baseline is not None:
@@ -209,10 +267,25 @@ def terminal_summary(session: RobustSession, tr: Any) -> None:
         tr.write_line(f"{what}: {path}")
 
 
+def _terminal_checks(session: RobustSession, tr: Any) -> None:
+    """Sanity checks: one tally line per audit, then each verdict that did not pass with its doc link.
+    A failing one is red (it failed its test's gate unless allowed), a warning yellow."""
+    tr.write_line("")
+    tr.write_line("sanity checks (a fail fails assert_robust unless allow_failed_checks=True; see docs/checks.md):")
+    for nodeid, payload in session.tests.items():
+        audits = payload.get("audits", [])
+        for i, audit in enumerate(audits):
+            tr.write_line(f"  {_audit_name(nodeid, i, len(audits))}: {_tally(audit)}")
+            for c in attention(audit.get("checks") or []):
+                failed = c.get("status") == "fail"
+                tr.write_line("    " + check_line(c), red=failed, yellow=not failed)
+
+
 def session_doc(session: RobustSession, exitstatus: int | None = None) -> dict[str, Any]:
     """The ``--robust-save`` document (plain JSON). ``tests`` maps each nodeid to its outcome, its audits
-    (``ResultMatrix.to_dict()`` each: records, robust_ids, provenance, plus the plugin's settings), the
-    gates it evaluated and, with ``--robust-compare``, the comparison."""
+    (``ResultMatrix.to_dict()`` each: records, robust_ids, sanity-check verdicts ``checks``, provenance,
+    plus the plugin's settings), the gates it evaluated and, with ``--robust-compare``, the comparison.
+    ``checks`` at the top is the session's default level (``--robust-checks``, else the profile's)."""
     from robustaudit import __version__
 
     return {
@@ -224,6 +297,7 @@ def session_doc(session: RobustSession, exitstatus: int | None = None) -> dict[s
         "platform": platform.platform(),
         "profile": session.profile,
         "gate": session.gate,
+        "checks": _session_checks(session),
         "exitstatus": None if exitstatus is None else int(exitstatus),
         "compare": None if session.baseline is None else {
             "baseline": session.compare_path, "gates": [g.text for g in session.compare_gates]},
@@ -305,7 +379,9 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _td(cell: str) -> str:
-    css = "fail" if _FAIL in cell or cell == "failed" else ("pass" if cell.endswith(_PASS) or cell in ("ok", "passed") else "")
+    css = ("fail" if _FAIL in cell or cell in ("failed", "fail")
+           else "warn" if cell == "warn"
+           else "pass" if cell.endswith(_PASS) or cell in ("ok", "passed") else "")
     return f'<td class="{css}">{html.escape(cell)}</td>' if css else f"<td>{html.escape(cell)}</td>"
 
 
@@ -325,6 +401,14 @@ def render_session_markdown(doc: Mapping[str, Any], *, headline: str = "", links
         parts.append("## Results\n\nRobust accuracy in % with its 95% Wilson interval; gate: the threshold, "
                      "what was gated (point estimate or lower bound) and the verdict.\n\n"
                      + _md_table(SESSION_HEADERS, session_rows(tests), code_first=True))
+    if tests:
+        tallies, rows = checks_summary(tests)
+        text = ("## Sanity checks\n\nA `fail` means the figure is probably too high and fails the test's "
+                "gate (unless `allow_failed_checks=True`); a `warn` asks to read it with care. See "
+                "robustaudit's `docs/checks.md`.\n\n" + "\n".join(f"- {_md_code(n)}: {_md(t)}" for n, t in tallies))
+        if rows:
+            text += "\n\n" + _md_table(CHECK_HEADERS, rows, code_first=True)
+        parts.append(text)
     if doc.get("compare"):
         rows, counts = _compare_rows(tests)
         gates = ", ".join(doc["compare"]["gates"]) or "none"
@@ -341,6 +425,7 @@ def render_session_markdown(doc: Mapping[str, Any], *, headline: str = "", links
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2rem auto;padding:0 1rem;color:#1f2328}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}th,td{border:1px solid #d1d9e0;padding:.3rem .6rem;
 text-align:left}th{background:#f6f8fa}td.fail{color:#d1242f;font-weight:600}td.pass{color:#1a7f37}
+td.warn{color:#9a6700;font-weight:600}
 .note{color:#59636e}"""
 
 
@@ -355,6 +440,15 @@ def render_session_html(doc: Mapping[str, Any], *, headline: str = "", links: Ma
         parts += ["<h2>Results</h2>",
                   '<p class="note">Robust accuracy in % with its 95% Wilson interval.</p>',
                   _html_table(SESSION_HEADERS, session_rows(tests))]
+        tallies, rows = checks_summary(tests)
+        parts += ["<h2>Sanity checks</h2>",
+                  ('<p class="note">A fail means the figure is probably too high and fails the test\'s gate '
+                   "(unless allow_failed_checks=True); a warn asks to read it with care. See robustaudit's "
+                   "docs/checks.md.</p>"),
+                  "<ul>" + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in tallies)
+                  + "</ul>"]
+        if rows:
+            parts.append(_html_table(CHECK_HEADERS, rows))
     if doc.get("compare"):
         rows, _ = _compare_rows(tests)
         parts += ["<h2>Compared with the baseline</h2>",

@@ -33,6 +33,8 @@ MARKER_KEYS: tuple[str, ...] = (
     "seed",
     "device",
     "batch_size",
+    "checks",
+    "allow_failed_checks",
 )
 #: What a gate may compare against the threshold: the measured accuracy or its lower 95% bound.
 BOUNDS: tuple[str, ...] = ("point", "lower")
@@ -41,6 +43,9 @@ DEFAULT_PROFILE = "ci"
 DEFAULT_DEVICE = "auto"
 DEFAULT_SEED = 0
 DEFAULT_BATCH_SIZE = 256
+#: Levels of the sanity checks that follow every audit (``robustaudit.evaluate.plan.CHECK_LEVELS``, not
+#: imported: this module stays torch-free; a test holds the two equal).
+CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
 
 
 @dataclass(frozen=True)
@@ -49,23 +54,27 @@ class Profile:
 
     ``n`` caps the samples per audit (``None``: all); ``steps`` and ``restarts`` apply to attacks given
     by bare name (``"pgd"``) that have those settings. An attack written with inline settings
-    (``"pgd:steps=7"``) keeps its own.
+    (``"pgd:steps=7"``) keeps its own. ``checks`` is the level of the sanity checks after each audit
+    (:data:`CHECK_LEVELS`): a smoke run skips them, since they cost about a fifth of an audit.
     """
 
     name: str
     n: int | None
     steps: int
     restarts: int
+    checks: str
 
-    def describe(self) -> str:
+    def describe(self, checks: str | None = None) -> str:
+        """``'ci (n=256, steps=50, restarts=1, checks=basic)'``; ``checks`` shows a level that overrides
+        the profile's (``--robust-checks``)."""
         n = "all" if self.n is None else str(self.n)
-        return f"{self.name} (n={n}, steps={self.steps}, restarts={self.restarts})"
+        return f"{self.name} (n={n}, steps={self.steps}, restarts={self.restarts}, checks={checks or self.checks})"
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", 64, 10, 1),
-    "ci": Profile("ci", 256, 50, 1),
-    "full": Profile("full", None, 100, 5),
+    "smoke": Profile("smoke", 64, 10, 1, "off"),
+    "ci": Profile("ci", 256, 50, 1, "basic"),
+    "full": Profile("full", None, 100, 5, "full"),
 }
 
 #: ``n="all"`` in a marker or call: every sample, overriding the profile's cap.
@@ -90,6 +99,8 @@ class Settings:
     batch_size: int
     min_accuracy: float | None
     bound: str
+    checks: str  # sanity-check level of robustaudit.audit (CHECK_LEVELS)
+    allow_failed_checks: bool  # assert_robust() passes despite a failing sanity check
 
     def plain(self) -> dict[str, Any]:
         """JSON-able view (attack objects by repr) for the session file and the summary."""
@@ -110,6 +121,7 @@ class SessionOptions:
     profile: str = DEFAULT_PROFILE
     device: str | None = None
     gate: str = DEFAULT_BOUND
+    checks: str | None = None  # None: the profile's level
 
 
 def validate(kwargs: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -160,6 +172,12 @@ def validate(kwargs: Mapping[str, Any], *, where: str) -> dict[str, Any]:
             if not isinstance(value, str) or not value.strip():
                 raise UserError(f"{where}: device must be a string such as 'cpu', 'cuda' or 'auto', got {value!r}")
             out["device"] = value.strip()
+        elif key == "checks":
+            out["checks"] = check_checks(value, f"{where}: checks")
+        elif key == "allow_failed_checks":
+            if not isinstance(value, bool):
+                raise UserError(f"{where}: allow_failed_checks must be True or False, got {value!r}")
+            out["allow_failed_checks"] = value
     return out
 
 
@@ -203,12 +221,22 @@ def resolve(options: SessionOptions, marker: Mapping[str, Any], call: Mapping[st
         batch_size=pick("batch_size", DEFAULT_BATCH_SIZE),
         min_accuracy=pick("min_accuracy", None),
         bound=pick("bound", options.gate),
+        checks=pick("checks", options.checks or profile.checks),
+        allow_failed_checks=pick("allow_failed_checks", False),
     )
 
 
 def check_profile(value: str, what: str) -> str:
     if value not in PROFILES:
         raise UserError(f"{what}: unknown profile '{value}'{suggest(value, PROFILES)}; known: {', '.join(PROFILES)}")
+    return value
+
+
+def check_checks(value: Any, what: str) -> str:
+    """A sanity-check level (:data:`CHECK_LEVELS`); a :class:`UserError` naming the valid ones."""
+    if not isinstance(value, str) or value not in CHECK_LEVELS:
+        hint = suggest(value, CHECK_LEVELS) if isinstance(value, str) else ""
+        raise UserError(f"{what} must be one of {', '.join(CHECK_LEVELS)}, got {value!r}{hint}")
     return value
 
 

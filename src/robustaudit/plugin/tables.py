@@ -76,3 +76,31 @@ def matrix_rows(records: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 MATRIX_HEADERS: tuple[str, ...] = ("model", "attack", "eps", "n", "clean", "robust", "95% CI")
+
+
+# --------------------------------------------------------------------------- sanity-check verdicts
+#: Verdict statuses, mildest first (robustaudit.checks.verdict.STATUSES, not imported: torch).
+CHECK_STATUSES: tuple[str, ...] = ("pass", "warn", "fail")
+
+
+def checks_tally(checks: Sequence[Mapping[str, Any]]) -> str:
+    """``'11 pass, 1 warn, 0 fail'`` over verdict dicts (``ResultMatrix.checks``)."""
+    counts = dict.fromkeys(CHECK_STATUSES, 0)
+    for check in checks:
+        status = str(check.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def attention(checks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The verdicts a reader must see: every one that did not pass, failures first."""
+    order = {s: i for i, s in enumerate(reversed(CHECK_STATUSES))}
+    return sorted((c for c in checks if c.get("status") != "pass"), key=lambda c: order.get(str(c.get("status")), -1))
+
+
+def check_line(check: Mapping[str, Any]) -> str:
+    """``'fail  logits-output  [Net]  outputs are probabilities ... (docs/checks.md#logits-output)'``."""
+    model = check.get("model")
+    doc = check.get("doc")
+    return (f"{check.get('status')}  {check.get('id')}  [{model if model is not None else 'audit'}]  "
+            f"{check.get('message')}" + (f" ({doc})" if doc else ""))
