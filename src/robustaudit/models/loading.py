@@ -178,6 +178,9 @@ def _resolve(
         return _from_torchvision(spec, weights, num_classes)
     path = Path(spec)
     if path.is_file():
+        card = _checkpoint_card(path)
+        if card is not None:
+            return _from_checkpoint_card(path, card, weights, num_classes)
         return _from_model_file(path, weights, num_classes, trust_pickle)
     if path.is_dir():
         raise UserError(
@@ -246,6 +249,48 @@ def _from_catalog(
     )
     _load_state_dict(model, _read_state_dict(weights), weights)
     return model, "catalog", name, file_sha256(weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints with a model card (written by `robustaudit train`)
+
+
+def _checkpoint_card(path: Path) -> dict[str, Any] | None:
+    """The model card ``CKPT.json`` beside a state_dict checkpoint ``CKPT``, when it names an
+    architecture; ``None`` otherwise (the file is then loaded as any other model file)."""
+    import json
+
+    card_file = path.with_name(path.name + ".json")
+    if path.suffix.lower() == ".json" or not card_file.is_file():
+        return None
+    try:
+        card = json.loads(card_file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"model card '{card_file}' is not readable JSON: {_first_line(err)}") from None
+    if not isinstance(card, dict) or not isinstance(card.get("architecture"), str):
+        return None
+    return card
+
+
+def _from_checkpoint_card(
+    path: Path, card: dict[str, Any], weights: Path | None, num_classes: int | None
+) -> tuple[nn.Module, str, str, str | None]:
+    """Rebuild the card's architecture and load ``path`` into it (strictly), after checking the
+    checkpoint's sha256 against the card's."""
+    if weights is not None:
+        raise UserError(f"'{path}' is a checkpoint with a model card: it is the weights; drop --weights {weights}")
+    digest = file_sha256(path)
+    expected = card.get("sha256")
+    if isinstance(expected, str) and expected != digest:
+        raise UserError(
+            f"checkpoint '{path}' has sha256 {digest[:12]}…, but its card '{path.name}.json' expects "
+            f"{expected[:12]}…: the file was replaced or the card belongs to another file"
+        )
+    arch = card["architecture"]
+    if arch == str(path) or arch.endswith(".json"):
+        raise UserError(f"model card '{path.name}.json' names itself as its architecture")
+    model, source, _, _ = _resolve(arch, path, num_classes, False)
+    return model, source, path.stem, digest
 
 
 # --------------------------------------------------------------------------------------------------
