@@ -402,11 +402,11 @@ def _add_train_parser(sub) -> None:
 def _cmd_train(args: argparse.Namespace, err) -> int:
     """``robustaudit train``: one epoch per progress step, then the card's numbers."""
     from robustaudit.core.errors import UserError
-    from robustaudit.data.registry import parse_spec
-    from robustaudit.defenses.checkpoint import train_checkpoint
+    from robustaudit.defenses.checkpoint import require_train_split, train_checkpoint
     from robustaudit.defenses.training import TrainConfig, defense_class, parse_defense
     from robustaudit.evaluate.plan import parse_eps
 
+    data_name = require_train_split(args.data)
     name, settings = parse_defense(args.defense)
     cls = defense_class(name)
     if args.beta is not None:
@@ -422,7 +422,7 @@ def _cmd_train(args: argparse.Namespace, err) -> int:
         if len(values) != 1:
             raise UserError(f"--eps takes one training radius, got {args.eps!r}")
         eps = float(values[0])
-    elif parse_spec(args.data)[0] == "digits":
+    elif data_name == "digits":
         eps = 0.2
     else:
         raise UserError(f"give --eps: the training radius of '{name}' and of the final PGD evaluation")
