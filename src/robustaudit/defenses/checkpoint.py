@@ -123,6 +123,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     return clean / len(y), robust / len(y)
 
 
+def require_train_split(data: str) -> str:
+    """The data set's name, when it has a train and a test split; a UserError otherwise."""
+    from robustaudit.data.registry import parse_spec
+
+    name = parse_spec(data)[0]
+    if name in _SINGLE_SPLIT:
+        raise UserError(f"dataset '{name}' has a single split; train needs a train and a test split "
+                        "(digits, cifar10:ROOT, mnist:ROOT)")
+    return name
+
+
 def train_checkpoint(
     arch: str,
     data: str,
@@ -138,7 +149,7 @@ def train_checkpoint(
     architecture that does not fit the data.
     """
     import robustaudit
-    from robustaudit.data.registry import open_dataset, parse_spec
+    from robustaudit.data.registry import open_dataset
     from robustaudit.models.loading import file_sha256
 
     out = Path(out)
@@ -146,10 +157,7 @@ def train_checkpoint(
         raise UserError(f"--out '{out}' must end in {', '.join(CHECKPOINT_SUFFIXES)} (a state_dict checkpoint)")
     if out.is_dir():
         raise UserError(f"--out '{out}' is a directory; give a checkpoint file name")
-    name = parse_spec(data)[0]
-    if name in _SINGLE_SPLIT:
-        raise UserError(f"dataset '{name}' has a single split; train needs a train and a test split "
-                        "(digits, cifar10:ROOT, mnist:ROOT)")
+    require_train_split(data)
     train_data, test_data = open_dataset(data, split="train"), open_dataset(data, split="test")
     torch.manual_seed(config.seed)  # the architecture's initial weights
     model, arch_spec = build_architecture(arch, train_data.num_classes, dropout)
