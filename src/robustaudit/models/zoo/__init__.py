@@ -17,6 +17,8 @@ _WEIGHTS = Path(__file__).parent.parent / "weights"
 _SHA256 = {
     "digits-cnn": "aedfd32c6ef0873f0a29feb113929477572d728242995b8e739091f92697b658",
     "digits-cnn-pgdat": "1e6c37ca6a330527ca2f1b3207812b2187853d77fdb8bb3dfd7b2f82c66399a9",
+    "digits-cnn-trades": "13d6f8d5ab8badce79f09ebf0878162ed4884c34b196fb1e02621aba28bbedc7",
+    "digits-cnn-ls": "e23170a2f4d8169724fcb86c1648549467864a0d4ab3115ea9144e221cb48980",
 }
 
 
@@ -38,6 +40,20 @@ def register_builtin(register: Callable) -> None:
             ThreatModel("linf", 0.2),
             _SHA256["digits-cnn-pgdat"],
             "DigitsCNN, PGD adversarial training (Madry et al.) at Linf eps=0.2 on sklearn digits",
+        ),
+        (
+            "digits-cnn-trades",
+            "trades",
+            ThreatModel("linf", 0.2),
+            _SHA256["digits-cnn-trades"],
+            "DigitsCNN, TRADES (Zhang et al., beta=6) at Linf eps=0.2 on sklearn digits",
+        ),
+        (
+            "digits-cnn-ls",
+            "label-smoothing",
+            None,
+            _SHA256["digits-cnn-ls"],
+            "DigitsCNN, label smoothing 0.1 (a regularizer, not adversarial training) on sklearn digits",
         ),
     ):
         meta = _manifest(name)
