@@ -88,7 +88,9 @@ def ascend(
 def _rel_step(value: float | None, steps: int, name: str) -> float:
     if value is None:
         return 2.5 / steps  # as our PGD: the run can cross the ball and still move along its surface
-    return check_weight(f"{name}: rel_step_size", value) or 2.5 / steps
+    if check_weight(f"{name}: rel_step_size", value) == 0:
+        raise UserError(f"{name}: rel_step_size must be > 0")
+    return float(value)
 
 
 # ---------------------------------------------------------------------------------------- defenses
