@@ -274,16 +274,22 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
     table = Table(show_lines=False)
     if args.what == "models":
         from robustaudit.models.catalog import get_card, model_names
+        from robustaudit.reports.terminal import format_count
 
-        for col in ("name", "data", "input", "classes", "training", "clean acc", "description"):
-            table.add_column(col)
+        for col in ("name", "data", "input", "classes", "training", "clean acc", "params", "MACs/input",
+                    "description"):
+            table.add_column(col, justify="right" if col in ("params", "MACs/input") else "left")
         for name in model_names():
             c = get_card(name)
             acc = c.reported.get("clean_accuracy")
+            params, macs = _architecture_cost(c)
             table.add_row(name, c.dataset, "×".join(map(str, c.input_shape)), str(c.num_classes),
                           c.defense + (f" ({c.trained_for})" if c.trained_for else ""),
-                          f"{acc:.3f}" if acc is not None else "—", c.description)
+                          f"{acc:.3f}" if acc is not None else "—", f"{params:,}" if params is not None else "—",
+                          format_count(macs) if macs is not None else "—", c.description)
         console.print(table)
+        console.print("MACs per input from PyTorch's FLOP counter (FLOPs = 2 × MACs; convolutions and matmuls "
+                      "only, element-wise ops not counted): see docs/cost.md.")
         console.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, .pt2 and TorchScript files.")
     elif args.what == "attacks":
         from robustaudit.attacks.registry import attack_class, names, valid_settings
@@ -305,6 +311,22 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
             table.add_row(name, text)
         console.print(table)
     return EXIT_OK
+
+
+def _architecture_cost(card) -> tuple[int | None, int | None]:
+    """Parameters and MACs per input of a catalog entry's architecture (built without its weights: the
+    counts do not depend on them); ``None`` for a figure that cannot be measured."""
+    from robustaudit.evaluate.cost import count_parameters, flops_per_input
+
+    try:
+        model = card.builder()
+    except Exception:  # noqa: BLE001 - a listing shows what it can
+        return None, None
+    try:
+        macs = flops_per_input(model, card.input_shape) // 2
+    except Exception:  # noqa: BLE001
+        macs = None
+    return count_parameters(model)[0], macs
 
 
 def _cmd_report(args: argparse.Namespace, err) -> int:

@@ -19,6 +19,7 @@ from robustaudit.checks import check_level
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset
+from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
@@ -46,6 +47,7 @@ def audit(
     resume: bool = False,
     overwrite: bool = False,
     checks: str = "basic",
+    cost: bool = True,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -68,6 +70,9 @@ def audit(
         checks: sanity checks after the matrix: ``off``, ``basic`` (a fraction of the audit's time) or
             ``full`` (more samples and checks, adaptive EOT/BPDA/Square re-runs); verdicts in
             ``result.checks`` (see docs/checks.md).
+        cost: measure each model's cost (parameters, MACs/FLOPs per input, latency, peak memory: see
+            docs/cost.md) into ``provenance["models"][i]["cost"]``; ``False`` leaves the block out. The
+            passes and seconds each attack cell spent are in the records either way.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -81,10 +86,10 @@ def audit(
     grid = [float(eps)] if isinstance(eps, (int, float)) else list(eps)
     config = {"models": [e.name for e in entries], "data": image_data.name,
               "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
-              "batch_size": batch_size, "device": device, "seed": seed, "checks": checks}
+              "batch_size": batch_size, "device": device, "seed": seed, "checks": checks, "cost": cost}
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
-                   overwrite=overwrite, checks=checks)
+                   overwrite=overwrite, checks=checks, cost=cost)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
@@ -122,8 +127,12 @@ def execute(
     resume: bool = False,
     overwrite: bool = False,
     checks: str = "basic",
+    cost: bool = True,
 ) -> ResultMatrix:
     """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
+
+    With ``cost``, each model's cost is measured (see :mod:`robustaudit.evaluate.cost`): on a CPU audit
+    the memory probes start with the audit and run beside it; the rest is measured after the checks.
 
     The store stays open until ``results.json`` is written and is then marked ``finished``: later
     stages (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume`
@@ -144,7 +153,12 @@ def execute(
         fp = fingerprint(entries, data, attacks, grid, n=len(ids), norm=norm, batch_size=batch_size, device=dev,
                          seed=seed)
         store = open_store(out, fp, config, resume=resume, overwrite=overwrite)
+    # the largest batch the audit runs: the batch size that latency and memory are stated for
+    cost_batch = min(batch_size, len(ids))
+    probe = None
     try:
+        if cost and dev.type == "cpu":
+            probe = MemoryProbe([(e.name, e.module) for e in entries], data.sample_shape, cost_batch)
         result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
                      seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
                      reuse=resume)
@@ -152,7 +166,12 @@ def execute(
         added = _sanity_checks(checks, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
                                seed=seed, batch_size=batch_size, store=store, progress=progress, reuse=resume)
         t_checks = time.perf_counter() - t_checks
+        t_cost = time.perf_counter()
+        costs = _model_costs(entries, data, cost_batch, dev, probe) if cost else {}
+        t_cost = time.perf_counter() - t_cost
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
+        if probe is not None:
+            probe.close()
         if store is not None:
             store.close()
         raise
@@ -171,13 +190,16 @@ def execute(
         "data": {"name": data.name, "n": len(ids), "num_classes": data.num_classes,
                  "sample_shape": list(data.sample_shape), "class_names": data.class_names},
         "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
-        "models": [{"name": e.name, **e.info} for e in entries],
+        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
+                   for e in entries],
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
                      "settings": _jsonable(a.attack.settings())} for a in attacks]
         + [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value, "model": model,
             "added_by": "checks", "settings": _jsonable(a.attack.settings())} for model, a in added],
         "example_eps": example_eps(entries, grid),
         "checks": {"level": checks, "seconds": round(t_checks, 3)},
+        **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch, "flop_counter": FLOP_COUNTER}}
+           if cost else {}),
         **resumed,
     }
     if out is not None:
@@ -185,6 +207,15 @@ def execute(
         store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
         store.close()
     return result
+
+
+def _model_costs(entries: list[ModelEntry], data: ImageData, batch_size: int, device: torch.device,
+                 probe: MemoryProbe | None) -> dict[str, dict[str, Any]]:
+    """Each model's ``cost`` block: the memory probes' figures (CPU) collected, the rest measured now,
+    one model at a time on ``device``."""
+    memory = probe.collect() if probe is not None else {}
+    return {e.name: model_cost(e.module, data.sample_shape, batch_size, device, memory.get(e.name))
+            for e in entries}
 
 
 def _sanity_checks(level: str, result: ResultMatrix, entries: list[ModelEntry], data: ImageData, ids: list[int],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ WORST_CASE = "worst-case"
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.npz"
 
-#: Columns of :attr:`ResultMatrix.records`, one row per model × attack × eps.
+#: Columns of :attr:`ResultMatrix.records`, one row per model × attack × eps. The cost columns (after
+#: ``seconds``, added without a schema change: older files read them as missing) say what the cell
+#: spent: ``n_attacked`` samples (survivors of the previous eps; for the worst case, samples at least
+#: one attack attacked), the forward / backward passes the attacks pushed through the model (in
+#: samples: a batch of B counts B), and the same per attacked sample (NaN when none was attacked).
 COLUMNS: tuple[str, ...] = (
     "model",
     "attack",
@@ -36,7 +41,14 @@ COLUMNS: tuple[str, ...] = (
     "ci_low",
     "ci_high",
     "seconds",
+    "n_attacked",
+    "forward_passes",
+    "backward_passes",
+    "forward_passes_per_attacked_sample",
+    "backward_passes_per_attacked_sample",
 )
+#: The cost columns a worst-case row sums over its attack columns.
+_SUMMED = ("seconds", "forward_passes", "backward_passes")
 
 
 @dataclass
@@ -153,9 +165,18 @@ class ResultMatrix:
                 lo, hi = wilson_interval(len(robust), n)
                 self.records.loc[idx, ["n_robust", "robust_accuracy", "ci_low", "ci_high"]] = [
                     len(robust), len(robust) / n if n else float("nan"), lo, hi]
-                self.records.loc[idx, "seconds"] = float(self.records.loc[
-                    (self.records["model"] == model) & (self.records["attack"] != WORST_CASE)
-                    & np.isclose(self.records["eps"], eps), "seconds"].sum())
+                cells = self.records[(self.records["model"] == model) & (self.records["attack"] != WORST_CASE)
+                                     & np.isclose(self.records["eps"], eps)]
+                for column in _SUMMED:
+                    self.records.loc[idx, column] = float(cells[column].sum())
+                grid = sorted(float(e) for e in self.records.loc[self.records["model"] == model, "eps"].unique())
+                below = [e for e in grid if e < eps and not math.isclose(e, eps)]
+                attacked = worst_case_attacked(cells.to_dict(orient="records"), self.robust_ids,
+                                               below[-1] if below else None)
+                self.records.loc[idx, "n_attacked"] = attacked
+                for kind in ("forward", "backward"):
+                    self.records.loc[idx, f"{kind}_passes_per_attacked_sample"] = (
+                        float(self.records.loc[idx, f"{kind}_passes"]) / attacked if attacked else float("nan"))
                 self.robust_ids[(model, WORST_CASE, eps)] = sorted(robust)
 
     # ------------------------------------------------------------------ JSON
@@ -224,6 +245,35 @@ class ResultMatrix:
         if doc.get("examples") and ex_path.is_file():
             result.examples = _load_examples(ex_path)
         return result
+
+
+def worst_case_attacked(cells: Sequence[Mapping[str, Any]],
+                        robust_ids: Mapping[tuple[str, str, float], Sequence[int]], previous_eps: float | None) -> int:
+    """How many samples the attack columns ``cells`` (records of one model at one eps) attacked between
+    them: the worst-case row's ``n_attacked``.
+
+    A column that attacked every clean-correct sample (the first eps, a minimal-norm run) attacked them
+    all; otherwise each fixed-eps column attacked exactly its survivors of ``previous_eps`` (the grid
+    value below), whose ids are in ``robust_ids``, and the union is counted.
+    """
+    cells = [c for c in cells if c.get("attack") != WORST_CASE]
+    if not cells:
+        return 0
+    n_clean = int(cells[0]["n_clean_correct"])
+    if previous_eps is None or any(_count(c.get("n_attacked")) >= n_clean for c in cells):
+        return n_clean
+    union: set[int] = set()
+    for c in cells:
+        union.update(robust_ids.get((c["model"], c["attack"], previous_eps), ()))
+    return len(union)
+
+
+def _count(v: Any) -> float:
+    try:
+        out = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return out
 
 
 def _summary_of(result: ResultMatrix, model: str, attack: str) -> dict[str, Any]:

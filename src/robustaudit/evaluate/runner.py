@@ -31,8 +31,9 @@ from robustaudit.core.norms import lp_norm
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
+from robustaudit.evaluate.cost import PassCounter, split_evenly
 from robustaudit.evaluate.metrics import wilson_interval
-from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix
+from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix, worst_case_attacked
 from robustaudit.evaluate.store import Store, tensors_sha256
 
 #: Inputs kept in host memory between attacks when they fit; larger sets are reloaded per batch.
@@ -156,13 +157,22 @@ def _check_outputs(logits: Any, data: ImageData, model: str) -> None:
         raise UserError(f"model '{model}' returned NaN or infinite logits on clean data")
 
 
-def _record(model, attack, eps, norm, n, n_clean, n_robust, seconds) -> dict[str, Any]:
+def _record(model, attack, eps, norm, n, n_clean, n_robust, seconds, n_attacked=None, forward=None,
+            backward=None) -> dict[str, Any]:
+    """One row of the records (:data:`COLUMNS`); cost figures left ``None`` are missing (NaN)."""
     lo, hi = wilson_interval(n_robust, n)
+    nan = float("nan")
+
+    def per(passes):
+        return passes / n_attacked if passes is not None and n_attacked else nan
+
     return dict(
         zip(
             COLUMNS,
-            (model, attack, float(eps), norm, n, n_clean, n_robust, n_clean / n if n else float("nan"),
-             n_robust / n if n else float("nan"), lo, hi, float(seconds)),
+            (model, attack, float(eps), norm, n, n_clean, n_robust, n_clean / n if n else nan,
+             n_robust / n if n else nan, lo, hi, float(seconds), nan if n_attacked is None else int(n_attacked),
+             nan if forward is None else int(forward), nan if backward is None else int(backward), per(forward),
+             per(backward)),
         )
     )
 
@@ -197,7 +207,10 @@ def run(
             is checked here, batch by batch, against the hashes of the stored clean batches).
     Returns:
         A :class:`ResultMatrix` (``provenance`` left for the caller to fill, except, when ``reuse``,
-        ``provenance["resume"] = {"reused_batches": .., "computed_batches": ..}``).
+        ``provenance["resume"] = {"reused_batches": .., "computed_batches": ..}``). Each row also says
+        what it cost: ``n_attacked`` samples, the ``forward_passes`` / ``backward_passes`` the attack
+        spent on them (counted by :class:`~robustaudit.evaluate.cost.PassCounter`; the runner's own
+        scoring forward is not counted) and ``seconds``; a reused batch counts what it cost when computed.
     Raises:
         UserError: when ``reuse`` and a clean batch's inputs differ from the stored ones.
     """
@@ -231,7 +244,7 @@ def run(
                 correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state)
                 robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
                 ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
-                            state)
+                            state, PassCounter(model))
                 queue = list(attacks)
                 for a in queue:
                     bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
@@ -243,9 +256,13 @@ def run(
                         continue
                     for e, survivors in column.items():
                         robust_sets[e] &= set(survivors)
-                for e in grid:
-                    secs = sum(r["seconds"] for r in state.rows if r["model"] == entry.name and r["eps"] == e)
-                    state.add_row(ctx, WORST_CASE, e, sorted(robust_sets[e]), secs)
+                for k, e in enumerate(grid):
+                    # the worst case cost what its columns cost; it attacked every sample one of them did
+                    cells = [r for r in state.rows if r["model"] == entry.name and r["eps"] == e]
+                    attacked = worst_case_attacked(cells, state.robust_ids, grid[k - 1] if k else None)
+                    state.add_row(ctx, WORST_CASE, e, sorted(robust_sets[e]), sum(r["seconds"] for r in cells),
+                                  attacked, sum(r["forward_passes"] for r in cells),
+                                  sum(r["backward_passes"] for r in cells))
         finally:
             if home is not None:
                 model.to(home)
@@ -303,6 +320,8 @@ class _Cell:
     n_clean: int
     norm: str
     state: _RunState
+    #: the model as attacks get it: counts their forward and backward passes
+    counter: PassCounter
 
 
 @dataclass
@@ -321,8 +340,10 @@ class _RunState:
     minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
-    def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float) -> None:
-        self.rows.append(_record(ctx.name, attack, eps, ctx.norm, ctx.n, ctx.n_clean, len(robust), seconds))
+    def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float, attacked: int,
+                forward: int, backward: int) -> None:
+        self.rows.append(_record(ctx.name, attack, eps, ctx.norm, ctx.n, ctx.n_clean, len(robust), seconds,
+                                 attacked, forward, backward))
         self.robust_ids[(ctx.name, attack, eps)] = robust
 
 
@@ -344,16 +365,20 @@ def _fixed_eps_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], grid: 
             return _examples(ctx.name, a.name, eps, batch, x, y, adv, preds, ~ok, want - _count(state, ctx, a, eps))
 
         still: list[int] = []
-        seconds = 0.0  # the cell's compute time: a reused batch counts the seconds it took when computed
+        # the cell's compute time and passes: a reused batch counts what it cost when computed
+        seconds, forward, backward = 0.0, 0, 0
         for b in _attack_batches(ctx, a, threat, survivors, store_eps=eps, pick=pick):
             still.extend(i for i, keep in zip(b.ids, b.correct) if keep)
             state.examples.extend(ex for _, ex in b.examples)
             seconds += b.seconds
+            forward += b.forward
+            backward += b.backward
         survivors = still
         ctx.bar.advance(len(correct_ids) - before)  # broken at a smaller eps: not attacked again
-        state.add_row(ctx, a.name, eps, sorted(survivors), seconds)
+        state.add_row(ctx, a.name, eps, sorted(survivors), seconds, before, forward, backward)
         if ctx.store is not None:
-            ctx.store.write_cell(ctx.name, a.name, eps, seconds, before, len(survivors))
+            ctx.store.write_cell(ctx.name, a.name, eps, seconds, before, len(survivors), forward_passes=forward,
+                                 backward_passes=backward)
         out[eps] = survivors
     return out
 
@@ -375,23 +400,29 @@ def _minimal_norm_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], gri
                                             adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]))))
         return picked
 
-    total = 0.0
+    total, forward, backward = 0.0, 0, 0
     for b in _attack_batches(ctx, a, threat, correct_ids, store_eps=float("inf"), pick=pick):
         for sid, ok, nm in zip(b.ids, b.correct, b.norms):
             norms[sid] = float("inf") if ok else nm
         found.extend(ex for _, ex in b.examples)
         total += b.seconds
-    seconds = total / len(grid)  # one run serves every eps
+        forward += b.forward
+        backward += b.backward
+    # one run serves every eps: its seconds and passes are spread evenly over the eps rows, so that a
+    # row sum (the column's cost) is the run's cost
+    seconds = total / len(grid)
+    forwards, backwards = split_evenly(forward, len(grid)), split_evenly(backward, len(grid))
     state.minimal_norms[(ctx.name, a.name)] = norms
     state.examples.extend(found)
     out: dict[float, list[int]] = {}
-    for eps in grid:
+    for k, eps in enumerate(grid):
         # a hair of tolerance so float32 rounding of a perturbation projected to exactly eps never
         # counts a broken sample as robust (the safe direction)
         robust = sorted(i for i in correct_ids if norms[i] > eps * (1 + 1e-5))
-        state.add_row(ctx, a.name, eps, robust, seconds)
+        state.add_row(ctx, a.name, eps, robust, seconds, len(correct_ids), forwards[k], backwards[k])
         if ctx.store is not None:
-            ctx.store.write_cell(ctx.name, a.name, eps, seconds, len(correct_ids), len(robust))
+            ctx.store.write_cell(ctx.name, a.name, eps, seconds, len(correct_ids), len(robust),
+                                 forward_passes=forwards[k], backward_passes=backwards[k])
         out[eps] = robust
     return out
 
@@ -458,6 +489,8 @@ class _Batch:
     norms: list[float]  # norm of the perturbation
     seconds: float
     examples: list[tuple[int, Example]]  # (sample id, example) picked for the report
+    forward: int = 0  # samples the attack pushed through the model's forward
+    backward: int = 0  # samples of outputs a gradient flowed back through
 
 
 #: ``pick(batch ids, x, y, adv, adv preds, pert norms, survived) -> [(sample id, Example)]``
@@ -474,14 +507,17 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         stored = ctx.store.adv_batch(ctx.name, a.name, store_eps, batch) if ctx.state.reuse and ctx.store is not None else None
         if stored is not None:
             ctx.state.reused += 1
-            yield _Batch(batch, stored.correct, stored.norms, stored.seconds, stored.examples)
+            yield _Batch(batch, stored.correct, stored.norms, stored.seconds, stored.examples, stored.forward_passes,
+                         stored.backward_passes)
             ctx.bar.advance(len(batch))
             continue
         t0 = time.perf_counter()
         x, y = ctx.samples.load(batch)
         x, y = x.to(ctx.dev), y.to(ctx.dev)
+        ctx.counter.take()  # from zero: what an interrupted batch counted is not this one's
         try:
-            adv = a.attack(ctx.model, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+            # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
+            adv = a.attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
         except RuntimeError as exc:
             if _NO_GRAD.search(str(exc)):
                 raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
@@ -490,13 +526,14 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
         with torch.no_grad():
             preds = _forward(ctx.model, adv, ctx.name).argmax(1)
+        forward, backward = ctx.counter.take()
         pert = lp_norm(adv - x, norm)
         ok = (preds == y).cpu()
         examples = pick(batch, x, y, adv, preds, pert, ok)
         seconds = time.perf_counter() - t0
         if ctx.store is not None:
             ctx.store.write_adv(ctx.name, a.name, store_eps, batch, y.tolist(), preds.tolist(), pert.tolist(),
-                                seconds=seconds, examples=examples)
+                                seconds=seconds, examples=examples, forward_passes=forward, backward_passes=backward)
         ctx.state.computed += 1
-        yield _Batch(batch, ok.tolist(), pert.tolist(), seconds, examples)
+        yield _Batch(batch, ok.tolist(), pert.tolist(), seconds, examples, forward, backward)
         ctx.bar.advance(len(batch))

@@ -9,11 +9,14 @@ WAL mode keeps a committed transaction through a process crash. Tables:
   did not change.
 - ``adv(model, attack, eps, sample_id, pred, correct, pert_norm)`` — only samples actually attacked;
   a sample broken at a smaller eps is broken at every larger one and is not attacked again.
-- ``adv_batches(model, attack, eps, ids, seconds)`` — one per attacked batch, written with its ``adv``
-  and ``examples`` rows, so a batch is either wholly stored or not at all.
+- ``adv_batches(model, attack, eps, ids, seconds, forward_passes, backward_passes)`` — one per attacked
+  batch, written with its ``adv`` and ``examples`` rows, so a batch is either wholly stored or not at
+  all; it keeps what the batch cost (seconds, and the samples the attack pushed forward and back through
+  the model), so a resumed run reports the cost of the uninterrupted one.
 - ``examples(model, attack, eps, sample_id, ...)`` — the report's example images picked from a batch
   (``x``/``adv`` as ``.npy`` bytes), so a batch reused on resume gives back its examples too.
-- ``cells(model, attack, eps, seconds, n_attacked, n_robust)`` — a finished model × attack × eps.
+- ``cells(model, attack, eps, seconds, n_attacked, n_robust, forward_passes, backward_passes)`` — a
+  finished model × attack × eps.
 - ``meta(key, value)`` — JSON values: ``config``, ``fingerprint`` (what must match to resume),
   ``finished`` (true once ``results.json`` is written), and whatever later stages add.
 
@@ -38,8 +41,8 @@ import torch
 from robustaudit.evaluate.result import Example
 
 STORE_FILE = "results.sqlite"
-#: Bumped when the tables change meaning; part of the resume fingerprint.
-STORE_VERSION = 2
+#: Bumped when the tables change meaning; part of the resume fingerprint. 3: pass counts per batch/cell.
+STORE_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,14 +57,16 @@ CREATE TABLE IF NOT EXISTS clean_batches (
     model TEXT NOT NULL, ids TEXT NOT NULL, data_sha256 TEXT NOT NULL, PRIMARY KEY (model, ids));
 CREATE TABLE IF NOT EXISTS adv_batches (
     model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, ids TEXT NOT NULL,
-    seconds REAL NOT NULL, PRIMARY KEY (model, attack, eps, ids));
+    seconds REAL NOT NULL, forward_passes INTEGER NOT NULL, backward_passes INTEGER NOT NULL,
+    PRIMARY KEY (model, attack, eps, ids));
 CREATE TABLE IF NOT EXISTS examples (
     model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, sample_id INTEGER NOT NULL,
     example_eps REAL NOT NULL, x BLOB NOT NULL, adv BLOB NOT NULL, label INTEGER NOT NULL,
     clean_pred INTEGER NOT NULL, pred INTEGER NOT NULL, PRIMARY KEY (model, attack, eps, sample_id));
 CREATE TABLE IF NOT EXISTS cells (
     model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, seconds REAL NOT NULL,
-    n_attacked INTEGER NOT NULL, n_robust INTEGER NOT NULL, PRIMARY KEY (model, attack, eps));
+    n_attacked INTEGER NOT NULL, n_robust INTEGER NOT NULL, forward_passes INTEGER NOT NULL,
+    backward_passes INTEGER NOT NULL, PRIMARY KEY (model, attack, eps));
 """
 
 
@@ -79,6 +84,9 @@ class StoredBatch:
     seconds: float
     #: ``(sample id, example)`` pairs picked from this batch for the report
     examples: list[tuple[int, Example]] = field(default_factory=list)
+    #: samples the attack pushed through the model's forward, and back through it
+    forward_passes: int = 0
+    backward_passes: int = 0
 
 
 def batch_key(ids: Sequence[int]) -> str:
@@ -138,10 +146,13 @@ class Store:
         self._db.commit()
 
     def reset(self) -> None:
-        """Forget earlier records (a fresh run in an existing ``--out``)."""
+        """Forget earlier records (a fresh run in an existing ``--out``). The tables are made anew, so a
+        store written by an older layout gets the current one."""
         with self._db:
             for table in _TABLES:
-                self._db.execute(f"DELETE FROM {table}")
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
 
     def put_meta(self, key: str, value: Any) -> None:
         """Store a JSON-able ``value`` under ``key`` (replaces an earlier one)."""
@@ -195,9 +206,12 @@ class Store:
         *,
         seconds: float | None = None,
         examples: Sequence[tuple[int, Example]] = (),
+        forward_passes: int = 0,
+        backward_passes: int = 0,
     ) -> None:
         """One attacked batch: per-sample rows, the report examples picked from it and, given
-        ``seconds``, the batch record, in one commit (a batch is stored whole or not at all)."""
+        ``seconds``, the batch record with its cost (``seconds``, forward and backward passes in
+        samples), in one commit (a batch is stored whole or not at all)."""
         rows = [
             (model, attack, float(eps), int(i), int(p), int(t == p), float(nm))
             for i, t, p, nm in zip(ids, labels, preds, norms)
@@ -211,13 +225,15 @@ class Store:
             self._db.executemany("INSERT OR REPLACE INTO adv VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", shots)
             if seconds is not None:
-                self._db.execute("INSERT OR REPLACE INTO adv_batches VALUES (?, ?, ?, ?, ?)",
-                                 (model, attack, float(eps), batch_key(ids), float(seconds)))
+                self._db.execute("INSERT OR REPLACE INTO adv_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (model, attack, float(eps), batch_key(ids), float(seconds), int(forward_passes),
+                                  int(backward_passes)))
 
     def adv_batch(self, model: str, attack: str, eps: float, ids: Sequence[int]) -> StoredBatch | None:
         """The stored attacked batch with exactly these ids, or ``None`` when it was not finished."""
         row = self._db.execute(
-            "SELECT seconds FROM adv_batches WHERE model = ? AND attack = ? AND eps = ? AND ids = ?",
+            "SELECT seconds, forward_passes, backward_passes FROM adv_batches "
+            "WHERE model = ? AND attack = ? AND eps = ? AND ids = ?",
             (model, attack, float(eps), batch_key(ids))).fetchone()
         if row is None:
             return None
@@ -236,6 +252,8 @@ class Store:
             seconds=row[0],
             examples=[(sid, Example(model, attack, e, _from_npy(x), _from_npy(a), lab, cp, p))
                       for sid, e, x, a, lab, cp, p in shots],
+            forward_passes=int(row[1]),
+            backward_passes=int(row[2]),
         )
 
     def _select_in(self, sql: str, params: Sequence[Any], ids: Sequence[int]) -> list[tuple]:
@@ -243,12 +261,15 @@ class Store:
         return self._db.execute(f"{sql} AND sample_id IN ({batch_key(ids)})", params).fetchall()
 
     def write_cell(
-        self, model: str, attack: str, eps: float, seconds: float, n_attacked: int, n_robust: int
+        self, model: str, attack: str, eps: float, seconds: float, n_attacked: int, n_robust: int, *,
+        forward_passes: int = 0, backward_passes: int = 0,
     ) -> None:
+        """A finished model × attack × eps with its cost (seconds, passes in samples)."""
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
-                (model, attack, float(eps), float(seconds), int(n_attacked), int(n_robust)),
+                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model, attack, float(eps), float(seconds), int(n_attacked), int(n_robust), int(forward_passes),
+                 int(backward_passes)),
             )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

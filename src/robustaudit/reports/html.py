@@ -17,13 +17,20 @@ import jinja2
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.markdown import (
+    ATTACK_COST_NOTE,
+    MODEL_COST_HEADERS,
     NORM_NOTE,
     STATUS_MARK,
     TITLE,
+    attack_cost_headers,
+    attack_cost_rows,
     attack_infos,
     config_json,
+    has_cost,
     data_items,
     headline,
+    model_cost_note,
+    model_cost_rows,
     model_infos,
     norm_rows,
     provenance_items,
@@ -41,6 +48,7 @@ from robustaudit.reports.terminal import (
     format_eps,
     format_percent,
     format_seconds,
+    has_passes,
     matrix_rows,
     norm_label,
     sample_count,
@@ -132,15 +140,18 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         }
         for c in result.checks
     ]
-    curves = examples = None
+    curves = examples = scatter = None
     if images:
         # matplotlib costs about half a second to import; only a page with results pays for it,
         # and `import robustaudit.reports` stays cheap for the CLI and the pytest plugin.
-        from robustaudit.reports.plots import accuracy_curves_png, examples_png
+        from robustaudit.reports.plots import accuracy_curves_png, cost_scatter_png, examples_png
 
         curves = _data_uri(accuracy_curves_png(result)) if not result.records.empty else None
         grid_png = examples_png(result)
         examples = _data_uri(grid_png) if grid_png is not None else None
+        scatter_png = cost_scatter_png(result)
+        scatter = _data_uri(scatter_png) if scatter_png is not None else None
+    model_costs = model_cost_rows(result)
     n = sample_count(result)
     return {
         "title": TITLE,
@@ -168,6 +179,14 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "config": config_json(result),
         "curves": curves,
         "examples": examples,
+        "has_cost": has_cost(result),
+        "model_cost_headers": MODEL_COST_HEADERS,
+        "model_costs": model_costs,
+        "model_cost_note": model_cost_note(result) if model_costs else "",
+        "attack_cost_headers": attack_cost_headers(result),
+        "attack_costs": attack_cost_rows(result) if has_passes(result) else [],
+        "attack_cost_note": ATTACK_COST_NOTE,
+        "cost_scatter": scatter,
         "dash": DASH,
     }
 
@@ -176,7 +195,8 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
     """The full report as a self-contained HTML page.
 
     Same sections as the Markdown report (threat model, data, models, attacks, matrix,
-    clean-vs-adversarial table, checks, provenance), plus the accuracy curves and the grid of
-    example images inline as base64 PNGs. ``images=False`` leaves both out (no matplotlib).
+    clean-vs-adversarial table, cost, checks, provenance), plus the accuracy curves, the grid of
+    example images and the robustness-vs-cost scatter inline as base64 PNGs. ``images=False`` leaves
+    them out (no matplotlib).
     """
     return _environment().get_template(TEMPLATE).render(**_context(result, images=images))

@@ -12,17 +12,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.terminal import (
     CI_LABEL,
     DASH,
+    FLOP_NOTE,
+    PASSES_NOTE,
     TIE_ALPHA,
     WORST_CASE_MEANING,
     checks_tally,
+    cost_caption,
+    cost_rows,
+    format_bytes,
     format_cell,
+    format_count,
     format_eps,
+    format_latency,
+    format_parameters,
+    format_passes,
     format_percent,
     format_seconds,
+    has_passes,
     matrix_rows,
     model_cards,
     norm_label,
@@ -315,6 +327,90 @@ def _ties_section(result: ResultMatrix) -> str:
         f"- {md_escape(t.sentence())}" for t in found)
 
 
+MODEL_COST_HEADERS = ("model", "parameters", "MACs / input", "FLOPs / input", "latency / batch", "peak memory")
+
+
+def model_cost_rows(result: ResultMatrix) -> list[list[str]]:
+    """Rows of the model-cost table (plain strings): model, parameters, MACs and FLOPs per input,
+    median latency per batch, peak memory."""
+    return [[r.model, format_parameters(r), format_count(r.macs), format_count(r.flops), format_latency(r.latency),
+             format_bytes(r.memory)] for r in cost_rows(result)]
+
+
+def model_cost_note(result: ResultMatrix) -> str:
+    """The sentence under the model-cost table: the FLOP counter's convention, where latency and memory
+    were measured (and why a figure is missing), how CPU memory is measured."""
+    rows = cost_rows(result)
+    where = cost_caption(rows)
+    return (f"{FLOP_NOTE}. {where[:1].upper()}{where[1:]}. On a CPU the peak memory is measured in a process of its own "
+            "per model (a TorchScript trace loaded and run once), on CUDA as the peak allocated around one "
+            "forward plus the weights; see docs/cost.md.")
+
+
+def attack_cost_headers(result: ResultMatrix) -> list[str]:
+    return ["model", "attack", *(f"ε={format_eps(e)}" for e in result.eps_values), "per sample", "seconds"]
+
+
+def attack_cost_rows(result: ResultMatrix) -> list[list[str]]:
+    """Rows of the attack-cost table: per model × attack, each eps's forward/backward passes per attacked
+    sample with the number attacked (``"48.7/47.7 · 64"``), then the whole grid's passes per
+    clean-correct sample, and seconds."""
+    out = []
+    r = result.records
+    for row in matrix_rows(result):
+        rows = r[(r["model"] == row.model) & (r["attack"] == row.attack)]
+        cells = []
+        for eps in result.eps_values:
+            hit = rows[np.isclose(rows["eps"].astype(float), eps)]
+            if hit.empty:
+                cells.append(DASH)
+                continue
+            h = hit.iloc[0]
+            attacked = h.get("n_attacked")
+            text = format_passes(_float(h.get("forward_passes_per_attacked_sample")),
+                                 _float(h.get("backward_passes_per_attacked_sample")))
+            if _float(attacked) == _float(attacked):  # not NaN
+                text = f"{text} · {int(attacked)}" if text != DASH else f"none attacked · {int(attacked)}"
+            cells.append(text)
+        out.append([row.model, row.attack, *cells, format_passes(row.forward, row.backward),
+                    format_seconds(row.seconds)])
+    return out
+
+
+ATTACK_COST_NOTE = (
+    "Each ε cell: forward/backward passes per attacked sample · samples attacked (a larger ε attacks only "
+    "the survivors of the smaller one, and early stopping drops a sample once it is broken, so both shrink); "
+    "per sample: the whole grid's passes per clean-correct sample. A minimal-norm run serves every ε: its "
+    "passes and seconds are spread evenly over the ε columns. " + PASSES_NOTE[0].upper() + PASSES_NOTE[1:] + "."
+)
+
+
+def has_cost(result: ResultMatrix) -> bool:
+    """Whether the result carries model costs or pass counts (a Cost section is worth showing)."""
+    return bool(cost_rows(result)) or has_passes(result)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cost_section(result: ResultMatrix) -> str:
+    parts = ["## Cost"]
+    rows = model_cost_rows(result)
+    if rows:
+        parts.append("### Models\n\n" + model_cost_note(result) + "\n\n" + _table(
+            MODEL_COST_HEADERS, [[md_escape(c) for c in row] for row in rows], right=[1, 2, 3, 4, 5]))
+    if has_passes(result):
+        headers = attack_cost_headers(result)
+        parts.append("### Attacks\n\n" + ATTACK_COST_NOTE + "\n\n" + _table(
+            headers, [[md_escape(c) for c in row] for row in attack_cost_rows(result)],
+            right=list(range(2, len(headers)))))
+    return "\n\n".join(parts)
+
+
 def _checks_section(result: ResultMatrix) -> str:
     rows = []
     for check in result.checks:
@@ -339,7 +435,8 @@ def render_markdown(result: ResultMatrix) -> str:
     """The full report as GitHub-flavoured Markdown.
 
     Sections: title, threat model, data, models, attacks, the robust-accuracy matrix, the
-    clean-vs-adversarial table, sanity checks (when there are any) and provenance with the full
+    clean-vs-adversarial table, model and attack cost (when measured), sanity checks (when there are
+    any) and provenance with the full
     configuration as a fenced JSON block. Curves and example images are in the HTML report only
     (GitHub strips inline images from job summaries).
     """
@@ -391,6 +488,8 @@ def render_markdown(result: ResultMatrix) -> str:
         parts.append(_ties_section(result))
     if result.minimal_norms:
         parts.append(_norms_section(result))
+    if has_cost(result):
+        parts.append(_cost_section(result))
     if result.checks:
         parts.append(_checks_section(result))
     provenance = provenance_items(result)

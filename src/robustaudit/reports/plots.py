@@ -1,4 +1,5 @@
-"""Figures for the HTML report, as PNG bytes: accuracy-vs-eps curves and example images.
+"""Figures for the HTML report, as PNG bytes: accuracy-vs-eps curves, example images and robustness
+against model cost.
 
 Figures are built with :class:`matplotlib.figure.Figure` and rendered by ``FigureCanvasAgg``
 directly, never through ``pyplot``: pyplot keeps global figure state and picks a backend for the
@@ -14,13 +15,17 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 from robustaudit.evaluate.result import WORST_CASE, Example, ResultMatrix
 from robustaudit.reports.terminal import (
     clean_cell,
+    cost_rows,
     format_eps,
     matrix_rows,
     norm_label,
+    summary_eps,
+    summary_rows,
 )
 
 #: Resolution of every figure: enough for a screen, small enough to keep reports light.
@@ -180,3 +185,60 @@ def examples_png(result: ResultMatrix, max_rows: int = 8) -> bytes | None:
             fontsize=7,
         )
     return _png(fig)
+
+
+def cost_scatter_png(result: ResultMatrix) -> bytes | None:
+    """Robust accuracy against model cost, as PNG bytes; None when no model has a cost figure.
+
+    Two panels, one point per model: the worst-case robust accuracy at the summary eps (the
+    clean-vs-adversarial table's, with its 95% Wilson interval as an error bar) against FLOPs per input,
+    and against the median latency per batch. A model missing a figure is left out of that panel; the
+    x axis is logarithmic when the models span more than a factor of ten.
+    """
+    rows = {r.model: r for r in cost_rows(result)}
+    eps = summary_eps(result)
+    points = [(s, rows[s.model]) for s in summary_rows(result, eps) if s.model in rows and s.adversarial is not None]
+    panels = (
+        ("FLOPs per input", lambda r: r.flops),
+        (f"latency per batch of {_batch_of(rows.values())} (ms)", lambda r: 1000.0 * r.latency),
+    )
+    if not any(math.isfinite(get(r)) for _, r in points for _, get in panels):
+        return None
+    fig = Figure(figsize=(8.0, 3.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True, squeeze=False)[0]
+    colour = {m: f"C{i % 10}" for i, m in enumerate(result.models)}
+    for ax, (label, get) in zip(axes, panels, strict=True):
+        xs = []
+        for summary, row in points:
+            x, cell = get(row), summary.adversarial
+            if not (math.isfinite(x) and math.isfinite(cell.accuracy)):
+                continue
+            xs.append(x)
+            err = None
+            if math.isfinite(cell.low) and math.isfinite(cell.high):
+                err = [[max(0.0, cell.accuracy - cell.low)], [max(0.0, cell.high - cell.accuracy)]]
+            ax.errorbar([x], [cell.accuracy], yerr=err, fmt="o", color=colour.get(row.model, "grey"),
+                        capsize=3, label=_label(row.model))
+            ax.annotate(_label(row.model), (x, cell.accuracy), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+            ax.set_xlim(min(xs) / 2, max(xs) * 3)  # room for the labels right of the points
+        elif xs:
+            # a cost is a ratio scale: from zero, so 5.2 vs 5.3 ms does not look like a factor of ten
+            ax.set_xlim(0.0, 1.35 * max(xs) if max(xs) > 0 else 1.0)
+        if get is panels[0][1]:  # FLOPs: 4.9 M rather than an offset "1e6" in the corner
+            ax.xaxis.set_major_formatter(EngFormatter(sep=" "))
+        ax.set_xlabel(label, fontsize=9)
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0].set_ylabel(f"{WORST_CASE} robust accuracy", fontsize=9)
+    fig.suptitle(f"Robustness vs cost at ε={format_eps(eps)} ({_label(norm_label(result))}); "
+                 "bars: 95% Wilson interval", fontsize=10)
+    return _png(fig)
+
+
+def _batch_of(rows) -> str:
+    batches = sorted({r.latency_batch for r in rows if r.latency_batch is not None})
+    return ", ".join(str(b) for b in batches) or "?"

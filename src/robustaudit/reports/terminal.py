@@ -61,13 +61,19 @@ class Cell:
 
 @dataclass(frozen=True)
 class MatrixRow:
-    """One model × attack row of the matrix; ``cells`` is aligned with ``result.eps_values``."""
+    """One model × attack row of the matrix; ``cells`` is aligned with ``result.eps_values``.
+
+    ``forward`` / ``backward``: the passes the row's attack(s) spent over the whole eps grid per
+    clean-correct sample (NaN for results without pass counts).
+    """
 
     model: str
     attack: str
     clean: float
     cells: tuple[Cell | None, ...]
     seconds: float
+    forward: float = math.nan
+    backward: float = math.nan
 
     @property
     def worst_case(self) -> bool:
@@ -131,6 +137,45 @@ def format_eps(eps: float) -> str:
 def format_seconds(seconds: float) -> str:
     """Wall time with one decimal; NaN -> ``—``."""
     return f"{seconds:.1f}" if _finite(seconds) else DASH
+
+
+def format_passes(forward: float, backward: float) -> str:
+    """Forward / backward passes per sample: ``"48.7/47.7"`` (whole numbers from 100 on); ``—`` when
+    unknown."""
+    if not (_finite(forward) and _finite(backward)):
+        return DASH
+    fmt = (lambda v: f"{v:.0f}") if max(forward, backward) >= 100 else (lambda v: f"{v:.1f}")
+    return f"{fmt(forward)}/{fmt(backward)}"
+
+
+def format_count(n: Any) -> str:
+    """A large count with an SI prefix and three significant digits: ``2444544 -> "2.44 M"``; ``—``
+    when unknown."""
+    if not _finite(n):
+        return DASH
+    n = float(n)
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {prefix}"
+    return f"{n:.0f}"
+
+
+def format_bytes(n: Any) -> str:
+    """Bytes in binary units: ``15814656 -> "15.1 MiB"``; ``—`` when unknown."""
+    if not _finite(n):
+        return DASH
+    n = float(n)
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_latency(seconds: Any) -> str:
+    """A latency in milliseconds, three significant digits: ``0.00519 -> "5.19 ms"``; ``—`` when unknown."""
+    if not _finite(seconds):
+        return DASH
+    return f"{1000.0 * float(seconds):.3g} ms"
 
 
 # ------------------------------------------------------------------------------------ provenance
@@ -267,9 +312,105 @@ def matrix_rows(result: ResultMatrix) -> list[MatrixRow]:
                     cells=tuple(_cell_at(rows, eps) for eps in grid),
                     # Worst-case rows may carry no time of their own; NaN then, not a fake 0.0.
                     seconds=float(seconds.sum()) if seconds.notna().any() else math.nan,
+                    forward=_per_clean_sample(rows, "forward_passes"),
+                    backward=_per_clean_sample(rows, "backward_passes"),
                 )
             )
     return out
+
+
+def _per_clean_sample(rows: pd.DataFrame, column: str) -> float:
+    """A pass count summed over the rows (the eps grid) per clean-correct sample; NaN when unknown."""
+    if column not in rows:
+        return math.nan
+    values = pd.to_numeric(rows[column], errors="coerce")
+    n_clean = _first_finite(rows["n_clean_correct"])
+    if values.isna().any() or not (math.isfinite(n_clean) and n_clean > 0):
+        return math.nan
+    return float(values.sum()) / n_clean
+
+
+def has_passes(result: ResultMatrix) -> bool:
+    """Whether the records count passes (results written before pass counting do not)."""
+    r = result.records
+    return "forward_passes" in r and bool(pd.to_numeric(r["forward_passes"], errors="coerce").notna().any())
+
+
+# ------------------------------------------------------------------------------------------ cost
+#: How every rendering states what the FLOP counter counts.
+FLOP_NOTE = (
+    "MACs and FLOPs per input from PyTorch's counter (torch.utils.flop_counter.FlopCounterMode), which "
+    "reports FLOPs = 2 × MACs for convolutions and matrix products and does not count element-wise ops "
+    "(activations, normalization, pooling, additions)"
+)
+#: How every rendering explains the pass counts.
+PASSES_NOTE = (
+    "passes: samples the attack pushed forward / backward through the model (counted by a wrapper around "
+    "the model it is given; the runner's own scoring forward is not counted)"
+)
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One model's cost, from ``provenance['models'][i]['cost']`` (NaN / None where not measured)."""
+
+    model: str
+    parameters: float
+    trainable: float
+    macs: float
+    flops: float
+    latency: float  # median seconds per batch
+    latency_batch: int | None
+    memory: float  # peak bytes
+    memory_batch: int | None
+    device: str
+    threads: int | None
+    errors: dict[str, str]
+
+
+def cost_rows(result: ResultMatrix) -> list[CostRow]:
+    """The models that carry a ``cost`` block, in matrix order."""
+    out = []
+    for name, card in model_cards(result).items():
+        cost = card.get("cost")
+        if not isinstance(cost, dict):
+            continue
+        latency = cost.get("latency") if isinstance(cost.get("latency"), dict) else {}
+        memory = cost.get("peak_memory") if isinstance(cost.get("peak_memory"), dict) else {}
+        errors = cost.get("errors") if isinstance(cost.get("errors"), dict) else {}
+        out.append(CostRow(
+            model=name, parameters=_num(cost.get("parameters")), trainable=_num(cost.get("trainable_parameters")),
+            macs=_num(cost.get("macs_per_input")), flops=_num(cost.get("flops_per_input")),
+            latency=_num(latency.get("median_seconds_per_batch")), latency_batch=latency.get("batch_size"),
+            memory=_num(memory.get("bytes")), memory_batch=memory.get("batch_size"),
+            device=str(latency.get("device") or DASH), threads=latency.get("threads"),
+            errors={str(k): str(v) for k, v in errors.items()},
+        ))
+    order = {m: i for i, m in enumerate(result.models)}
+    return sorted(out, key=lambda r: order.get(r.model, len(order)))
+
+
+def format_parameters(row: CostRow) -> str:
+    """``"159,626"``, with the trainable count when it differs: ``"159,626 (650 trainable)"``."""
+    if not _finite(row.parameters):
+        return DASH
+    text = f"{int(row.parameters):,}"
+    if _finite(row.trainable) and row.trainable != row.parameters:
+        text += f" ({int(row.trainable):,} trainable)"
+    return text
+
+
+def cost_caption(rows: list[CostRow]) -> str:
+    """Where and at what batch latency and memory were measured, and the reasons for missing figures."""
+    batches = {r.latency_batch for r in rows} | {r.memory_batch for r in rows}
+    batches.discard(None)
+    devices = {r.device for r in rows}
+    threads = {r.threads for r in rows} - {None}
+    where = ", ".join(sorted(devices)) + (f", {(t := threads.pop())} thread{'' if t == 1 else 's'}" if len(threads) == 1 else "")
+    text = (f"latency: median per batch of {', '.join(str(b) for b in sorted(batches)) or DASH} under no_grad "
+            f"({where}), warm-up excluded; peak memory: the model alone at that batch")
+    missing = [f"{r.model}: {what} not measured ({why})" for r in rows for what, why in r.errors.items()]
+    return text + (". " + "; ".join(missing) if missing else "")
 
 
 def summary_eps(result: ResultMatrix) -> float:
@@ -372,6 +513,9 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
         table = _matrix_table(result, intervals=False)
     console.print(table)
     console.print(_summary_table(result))
+    costs = cost_rows(result)
+    if costs:
+        console.print(_cost_table(costs))
     eps = summary_eps(result)
     same = [t for t in ties(result) if math.isclose(t.eps, eps) and " / " not in t.first]
     for tie in same:  # the terminal names model ties at the table's eps; report.md lists them all
@@ -413,6 +557,11 @@ def _matrix_table(result: ResultMatrix, *, intervals: bool) -> Table:
     table.add_column("clean", justify="right", no_wrap=True)
     for eps in result.eps_values:
         table.add_column(f"ε={format_eps(eps)}", justify="right", no_wrap=True)
+    passes = has_passes(result)
+    if passes:
+        table.add_column("fwd/bwd", justify="right", no_wrap=True)
+        table.caption = (caption + "; fwd/bwd: forward/backward passes per clean-correct sample over the ε grid, "
+                         "as the attacks spent them (survivors only, early stopping)")
     table.add_column("seconds", justify="right")
 
     rows = matrix_rows(result)
@@ -426,6 +575,7 @@ def _matrix_table(result: ResultMatrix, *, intervals: bool) -> Table:
             Text(format_percent(row.clean)),
             *(Text(format_cell(c) if intervals else format_percent(c.accuracy if c else None))
               for c in row.cells),
+            *([Text(format_passes(row.forward, row.backward))] if passes else []),
             Text(format_seconds(row.seconds)),
             style="bold" if row.worst_case else None,
             # A rule before the worst case and after each model keeps the groups apart.
@@ -451,6 +601,18 @@ def _summary_table(result: ResultMatrix) -> Table:
             Text(row.clean.text),
             Text(format_cell(row.adversarial)),
         )
+    return table
+
+
+def _cost_table(rows: list[CostRow]) -> Table:
+    table = Table(title="Model cost", caption=cost_caption(rows) + "; FLOPs = 2 × MACs (convolutions and "
+                  "matmuls only: docs/cost.md)", header_style="bold")
+    table.add_column("model", no_wrap=True)
+    for col in ("params", "MACs/input", "latency", "peak memory"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(Text(r.model), Text(format_parameters(r)), Text(format_count(r.macs)),
+                      Text(format_latency(r.latency)), Text(format_bytes(r.memory)))
     return table
 
 
