@@ -430,7 +430,7 @@ def _cmd_train(args: argparse.Namespace, err) -> int:
 
     data_name = require_train_split(args.data)
     name, settings = parse_defense(args.defense)
-    cls = defense_class(name)
+    defense_class(name)  # an unknown name fails first, with a suggestion
     if args.beta is not None:
         if name not in ("trades", "mart"):
             raise UserError(f"--beta is the robust-term weight of trades and mart, not of '{name}'")
@@ -460,8 +460,7 @@ def _cmd_train(args: argparse.Namespace, err) -> int:
     config = TrainConfig(defense=name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, eps=eps, norm=args.norm,
                          eps_warmup=max(1, args.eps_warmup), seed=args.seed, settings=settings, augment=args.augment)
-    config.build()  # bad settings fail before any data is read
-    total = cls(**{k: v for k, v in settings.items() if k == "replays"}).epochs(args.epochs) if name == "free-at" else args.epochs
+    total = config.build().epochs(args.epochs)  # bad settings fail here, before any data is read
     with _EpochProgress(err, total, f"train {name}") as bar:
         result = train_checkpoint(args.model, args.data, config, args.out, dropout=args.dropout, on_epoch=bar.epoch)
     for note in result.log.events:
