@@ -374,3 +374,29 @@ def test_pgd_at_and_trades_beat_standard_training_under_pgd():
     assert robust["standard"] < 0.05
     assert robust["pgd-at"] > robust["standard"] + 0.25, robust
     assert robust["trades"] > robust["standard"] + 0.25, robust
+
+
+def test_cli_train_a_factory_in_a_file_and_load_it_from_another_folder(tmp_path, monkeypatch, capsys):
+    from robustaudit.cli import main
+    from robustaudit.models.loading import load_model
+
+    (tmp_path / "nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "nets.py:tiny", "--epochs", "2", "--defense", "fast-at:guard_size=0",
+                 "--out", "tiny.pt"]) == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "tiny.pt.json").read_text())
+    assert card["architecture"] == f"{(tmp_path / 'nets.py').resolve()}:tiny"  # absolute: loads from anywhere
+    assert card["settings"] == {"alpha": 1.25, "guard_size": 0, "guard_drop": 0.2}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_model(str(tmp_path / "tiny.pt"))
+    assert loaded.source == "callable" and loaded.module(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    # dropout needs an architecture that has one
+    assert main(["train", "--model", str(tmp_path / "nets.py") + ":tiny", "--dropout", "0.2", "--epochs", "1",
+                 "--out", str(tmp_path / "d.pt")]) == 2
+    assert "--dropout" in capsys.readouterr().err

@@ -86,11 +86,12 @@ def build_architecture(spec: str, num_classes: int, dropout: float | None = None
         left, _, attr = spec.rpartition(":")
         if left.endswith(".py") and Path(left).is_file():
             saved = f"{Path(left).resolve()}:{attr}"
+    # torchvision builders take the data's classes unless the spec sets them; factories build their own
+    classes = num_classes if spec.startswith("torchvision:") and "num_classes=" not in spec else None
     with warnings.catch_warnings():
         # "no weights (random initialization)" is the point here
         warnings.filterwarnings("ignore", message=".*has no weights.*")
-        model, _, _, _ = loading._resolve(spec_run, None, num_classes if spec.startswith("torchvision:") and
-                                          "num_classes=" not in spec else None, False)
+        model, _, _, _ = loading._resolve(spec_run, None, classes, False)
     return model, saved
 
 
