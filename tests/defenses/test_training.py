@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,13 @@ from robustaudit.core.errors import UserError
 from robustaudit.core.threat import ThreatModel
 from robustaudit.defenses import training
 from robustaudit.defenses.adversarial import mart_loss, trades_loss
-from robustaudit.defenses.training import DEFENSES, TrainConfig, make_defense, parse_defense, train
+from robustaudit.defenses.training import (
+    DEFENSES,
+    TrainConfig,
+    make_defense,
+    parse_defense,
+    train,
+)
 from robustaudit.models.zoo.digits import DigitsCNN
 
 
@@ -58,7 +65,7 @@ def test_every_defense_trains_and_changes_the_weights(name, digits_slice):
     log = train(model, x, y, _tiny(name))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before), f"{name} left {set(before) - set(changed)} untouched"
-    assert len(log.loss) == 1 and all(v == v and v > 0 for v in log.loss)  # finite, positive
+    assert len(log.loss) == 1 and all(math.isfinite(v) and v > 0 for v in log.loss)
     assert 0.0 <= log.accuracy[0] <= 1.0
     assert not model.training
 
@@ -154,7 +161,7 @@ def test_trades_inner_maximisation_stays_in_the_ball_and_raises_the_kl(digits_sl
     assert (adv - x).abs().max().item() <= 0.2 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
         p = F.softmax(model(x), 1)
-        kl = lambda z: F.kl_div(F.log_softmax(model(z), 1), p, reduction="sum").item()  # noqa: E731
+        kl = lambda z: F.kl_div(F.log_softmax(model(z), 1), p, reduction="sum").item()
         assert kl(adv) > 10 * kl(x + 0.001 * torch.randn_like(x))
 
 

@@ -22,7 +22,12 @@ from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal
 from robustaudit.core.threat import ThreatModel
-from robustaudit.defenses.training import BatchContext, Defense, check_steps, check_weight
+from robustaudit.defenses.training import (
+    BatchContext,
+    Defense,
+    check_steps,
+    check_weight,
+)
 
 # ----------------------------------------------------------------------------------------- formulas
 
