@@ -146,7 +146,7 @@ def _step_reach(ctx: Context) -> list[Verdict]:
     for a in ctx.attacks:
         alpha: Callable[[float], float] | None = getattr(a.attack, "alpha", None)
         steps = a.attack.settings().get("steps")
-        if alpha is None or not isinstance(steps, int):
+        if not callable(alpha) or not isinstance(steps, int):  # APGD's alpha is its momentum, not a step
             continue
         short = [e for e in ctx.grid if e > 0 and steps * alpha(e) < e * (1 - 1e-9)]
         if short:
