@@ -48,6 +48,9 @@ def audit(
     overwrite: bool = False,
     checks: str = "basic",
     cost: bool = True,
+    defense: str | Sequence[str] | None = None,
+    defense_fpr: float = 0.05,
+    defense_data: Any = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -73,6 +76,14 @@ def audit(
         cost: measure each model's cost (parameters, MACs/FLOPs per input, latency, peak memory: see
             docs/cost.md) into ``provenance["models"][i]["cost"]``; ``False`` leaves the block out. The
             passes and seconds each attack cell spent are in the records either way.
+        defense: detectors to wrap every model in (``"squeeze"``, ``"metzen"``, ``"mahalanobis"``, or a
+            list / comma-separated string): each adds ``MODEL+DETECTOR`` rows with the plain and the
+            detector-aware adaptive attack (see :mod:`robustaudit.evaluate.detection`) and a
+            ``provenance["detection"]`` block (AUROC, TPR, FPR, defended accuracy).
+        defense_fpr: the clean false-positive rate the detectors' thresholds are set at, on clean
+            validation data held out of the fitting split.
+        defense_data: the data detectors are fitted on (a spec, opened at its train split, or data like
+            ``data``); default: the train split of ``data``.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -87,14 +98,26 @@ def audit(
     config = {"models": [e.name for e in entries], "data": image_data.name,
               "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
               "batch_size": batch_size, "device": device, "seed": seed, "checks": checks, "cost": cost}
+    if defense is not None:
+        config.update(defense=defense if isinstance(defense, str) else ",".join(defense), defense_fpr=defense_fpr,
+                      defense_data=defense_data if isinstance(defense_data, (str, type(None))) else "python")
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
-                   overwrite=overwrite, checks=checks, cost=cost)
+                   overwrite=overwrite, checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr,
+                   defense_data=defense_data)
 
 
-def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
-    """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec."""
+def run_plan(plan: AuditPlan, *, progress: Progress | None = None, defense: str | None = None,
+             defense_fpr: float = 0.05, defense_data: str | None = None) -> ResultMatrix:
+    """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec.
+
+    ``defense``, ``defense_fpr``, ``defense_data``: detectors, as in :func:`audit` (``--defense``).
+    """
     plan.validate()
+    if defense is not None:  # a misspelt detector fails before any model is loaded or attacked
+        from robustaudit.defenses.detection import parse_detectors
+
+        parse_detectors(defense)
     image_data = open_dataset(plan.data)
     entries = []
     for m in plan.models:
@@ -104,10 +127,13 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
         entries.append(_model_entry(loaded.name, loaded))
         entries[-1].info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     _unique([e.name for e in entries], "model")
+    config = plan.to_dict()
+    if defense is not None:
+        config.update(defense=defense, defense_fpr=defense_fpr, defense_data=defense_data)
     return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
-                   out=plan.out, progress=progress, config=plan.to_dict(), resume=plan.resume, checks=plan.checks,
-                   overwrite=plan.overwrite)
+                   out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,
+                   overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data)
 
 
 def execute(
@@ -128,6 +154,9 @@ def execute(
     overwrite: bool = False,
     checks: str = "basic",
     cost: bool = True,
+    defense: str | Sequence[str] | None = None,
+    defense_fpr: float = 0.05,
+    defense_data: Any = None,
 ) -> ResultMatrix:
     """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
 
@@ -137,7 +166,17 @@ def execute(
     The store stays open until ``results.json`` is written and is then marked ``finished``: later
     stages (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume`
     for what ``resume``/``overwrite`` do with a stored run.
+
+    With ``defense`` (detector names), the detectors are fitted and evaluated after the checks (see
+    :mod:`robustaudit.evaluate.detection`); their rows join the matrix. They are recomputed on resume
+    (fits come from the detector cache).
     """
+    if defense is not None:
+        from robustaudit.defenses.detection import parse_detectors
+
+        defense = parse_detectors(defense)
+        if not 0.0 < float(defense_fpr) < 1.0:
+            raise UserError(f"--defense-fpr must be in (0, 1), got {defense_fpr!r}")
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
     if resume and out is None:
@@ -166,6 +205,11 @@ def execute(
         added = _sanity_checks(checks, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
                                seed=seed, batch_size=batch_size, store=store, progress=progress, reuse=resume)
         t_checks = time.perf_counter() - t_checks
+        t_detect = time.perf_counter()
+        detection = _detectors(defense, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
+                               seed=seed, batch_size=batch_size, progress=progress, fpr=float(defense_fpr),
+                               defense_data=defense_data) if defense else None
+        t_detect = time.perf_counter() - t_detect
         t_cost = time.perf_counter()
         costs = _model_costs(entries, data, cost_batch, dev, probe) if cost else {}
         t_cost = time.perf_counter() - t_cost
@@ -198,6 +242,7 @@ def execute(
             "added_by": "checks", "settings": _jsonable(a.attack.settings())} for model, a in added],
         "example_eps": example_eps(entries, grid),
         "checks": {"level": checks, "seconds": round(t_checks, 3)},
+        **({"detection": {**detection, "seconds": round(t_detect, 3)}} if detection is not None else {}),
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch, "flop_counter": FLOP_COUNTER}}
            if cost else {}),
         **resumed,
@@ -216,6 +261,23 @@ def _model_costs(entries: list[ModelEntry], data: ImageData, batch_size: int, de
     memory = probe.collect() if probe is not None else {}
     return {e.name: model_cost(e.module, data.sample_shape, batch_size, device, memory.get(e.name))
             for e in entries}
+
+
+def _detectors(names: list[str], result: ResultMatrix, entries: list[ModelEntry], data: ImageData, ids: list[int],
+               attacks: list[AttackEntry], *, grid: list[float], norm: str, device: torch.device, seed: int,
+               batch_size: int, progress: Progress | None, fpr: float, defense_data: Any) -> dict[str, Any]:
+    """Fit and evaluate the detectors; append their ``MODEL+DETECTOR`` rows to ``result``; return the
+    ``provenance["detection"]`` block."""
+    import pandas as pd
+
+    from robustaudit.evaluate.detection import evaluate_detection
+
+    records, robust, block = evaluate_detection(entries, data, ids, attacks, grid, detectors=names, fpr=fpr,
+                                                defense_data=defense_data, norm=norm, device=device, seed=seed,
+                                                batch_size=batch_size, progress=progress)
+    result.records = pd.concat([result.records, records], ignore_index=True)
+    result.robust_ids.update(robust)
+    return block
 
 
 def _sanity_checks(level: str, result: ResultMatrix, entries: list[ModelEntry], data: ImageData, ids: list[int],
