@@ -95,12 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checks", choices=["off", "basic", "full"], default=None,
                    help="sanity checks of the figures: basic (default, a fraction of the audit's time), full "
                    "(more checks, EOT/BPDA/Square re-runs where needed) or off; see docs/checks.md")
+    a.add_argument("--defense", metavar="NAME[,NAME]",
+                   help="wrap every model in detectors: squeeze, metzen, mahalanobis; adds MODEL+DETECTOR rows under "
+                   "the plain and a detector-aware adaptive attack (see `robustaudit list defenses`)")
+    a.add_argument("--defense-fpr", type=float, default=0.05, dest="defense_fpr", metavar="F",
+                   help="clean false-positive rate the detector thresholds are set at, on held-out clean data (default 0.05)")
+    a.add_argument("--defense-data", metavar="D", dest="defense_data",
+                   help="data the detectors are fitted on, at its train split (default: the train split of --data)")
 
-    ls = sub.add_parser("list", help="list catalog models, attacks or datasets",
+    ls = sub.add_parser("list", help="list catalog models, attacks, datasets or defenses",
                         description="List what robustaudit knows.",
                         epilog="examples:\n  robustaudit list models\n  robustaudit list attacks",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ls.add_argument("what", choices=["models", "attacks", "datasets"])
+    ls.add_argument("what", choices=["models", "attacks", "datasets", "defenses"])
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
@@ -223,7 +230,8 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
     out = _console(stderr=bool(args.json))
     try:
         with _RichProgress(err) as bar:
-            result = run_plan(plan, progress=bar)
+            result = run_plan(plan, progress=bar, defense=args.defense, defense_fpr=args.defense_fpr,
+                              defense_data=args.defense_data)
     except KeyboardInterrupt:
         err.print(_interrupted(plan.out, getattr(args, "argv", [])), soft_wrap=True, markup=False)
         return EXIT_INTERRUPTED
@@ -302,6 +310,8 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
             table.add_row(name, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
         console.print(table)
         console.print("Settings go inline: --attack pgd:steps=100,restarts=2")
+    elif args.what == "defenses":
+        _list_defenses(console, table)
     else:
         from robustaudit.data.registry import dataset_names
 
@@ -311,6 +321,23 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
             table.add_row(name, text)
         console.print(table)
     return EXIT_OK
+
+
+def _list_defenses(console, table) -> None:
+    """Training-time defenses (``robustaudit train --defense``) and detectors (``audit --defense``)."""
+    from robustaudit.defenses.detection import detector_class, detector_names
+    from robustaudit.defenses.training import defense_class, defense_names
+
+    for col in ("name", "kind", "used by", "summary"):
+        table.add_column(col)
+    for name in defense_names():
+        doc = (defense_class(name).__doc__ or "").strip().splitlines()
+        table.add_row(name, "training", "robustaudit train --defense", doc[0] if doc else "")
+    for name in detector_names():
+        table.add_row(name, "detector", "robustaudit audit --defense", detector_class(name).headline)
+    console.print(table)
+    console.print("Detectors are fitted on the train split (or --defense-data), thresholded at --defense-fpr on "
+                  "held-out clean data, and evaluated under the plain and a detector-aware adaptive attack.")
 
 
 def _architecture_cost(card) -> tuple[int | None, int | None]:
