@@ -42,8 +42,11 @@ from robustaudit.reports.terminal import (
     checks_tally,
     CI_LABEL,
     DASH,
+    DETECTION_HEADERS,
     WORST_CASE_MEANING,
     Cell,
+    detection_notes,
+    detection_rows,
     format_cell,
     format_eps,
     format_percent,
@@ -188,6 +191,9 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "attack_cost_note": ATTACK_COST_NOTE,
         "cost_scatter": scatter,
         "dash": DASH,
+        "detection_headers": list(DETECTION_HEADERS),
+        "detection_rows": detection_rows(result),
+        "detection_notes": detection_notes(result),
     }
 
 

@@ -411,6 +411,15 @@ def _cost_section(result: ResultMatrix) -> str:
     return "\n\n".join(parts)
 
 
+def _detection_section(result: ResultMatrix) -> str:
+    from robustaudit.reports.terminal import DETECTION_HEADERS, detection_notes, detection_rows
+
+    notes = detection_notes(result)
+    return ("## Detectors\n\n" + "\n".join(f"- {md_escape(line)}" for line in notes) + "\n\n"
+            + _table(list(DETECTION_HEADERS), [[md_escape(c) for c in row] for row in detection_rows(result)],
+                     right=list(range(2, len(DETECTION_HEADERS)))))
+
+
 def _checks_section(result: ResultMatrix) -> str:
     rows = []
     for check in result.checks:
@@ -488,6 +497,8 @@ def render_markdown(result: ResultMatrix) -> str:
         parts.append(_ties_section(result))
     if result.minimal_norms:
         parts.append(_norms_section(result))
+    if result.provenance.get("detection"):
+        parts.append(_detection_section(result))
     if has_cost(result):
         parts.append(_cost_section(result))
     if result.checks:

@@ -186,7 +186,12 @@ def model_cards(result: ResultMatrix) -> dict[str, dict[str, Any]]:
 
 
 def training_label(result: ResultMatrix, model: str) -> str:
-    """Training from the card: ``"pgd-at (linf eps=0.2)"``, ``"linf eps=0.2"`` or ``—``."""
+    """Training from the card: ``"pgd-at (linf eps=0.2)"``, ``"linf eps=0.2"`` or ``—``; a detector row
+    (``MODEL+DETECTOR``) reads ``"<the model's training> + squeeze detector"``."""
+    fitted = {d.get("row"): d for d in detection_block(result).get("detectors", []) if isinstance(d, dict)}
+    if model in fitted:
+        base = training_label(result, str(fitted[model].get("model")))
+        return f"{base if base != DASH else 'standard'} + {fitted[model].get('detector')} detector"
     card = model_cards(result).get(model, {})
     defense, trained_for = card.get("defense"), card.get("trained_for")
     if defense and trained_for:
@@ -212,6 +217,62 @@ def parse_trained_for(trained_for: str | None) -> tuple[str | None, float] | Non
 
 
 # --------------------------------------------------------------------------------------- matrix
+def detection_block(result: ResultMatrix) -> dict[str, Any]:
+    """``provenance['detection']`` (empty when the audit ran no detector)."""
+    block = result.provenance.get("detection")
+    return block if isinstance(block, dict) else {}
+
+
+#: Headers of the detection table (terminal, Markdown, HTML): one line per model × detector × attack × eps.
+DETECTION_HEADERS = ("model + detector", "attack", "ε", "clean FPR", "AUROC plain / adaptive",
+                     "TPR plain / adaptive", "defended plain", "defended adaptive", "gap")
+
+
+def _ratio(v: Any) -> str:
+    return f"{float(v):.3f}" if _finite(v) else DASH
+
+
+def detection_rows(result: ResultMatrix) -> list[list[str]]:
+    """The detection table's rows, strings, from ``provenance['detection']['rows']``: plain and adaptive
+    side by side (the gap between them is the headline); defended accuracies in % with 95% intervals."""
+    rows = detection_block(result).get("rows", [])
+    plain = {(r["row"], r["attack"], float(r["eps"])): r for r in rows if not r.get("adaptive")}
+    adaptive = {(r["row"], r["attack"], float(r["eps"])): r for r in rows if r.get("adaptive")}
+    out = []
+    for key, p in plain.items():
+        a = adaptive.get(key, {})
+        gap = (float(p["defended_accuracy"]) - float(a["defended_accuracy"])) if a else float("nan")
+
+        def defended(r: dict[str, Any]) -> str:
+            if not r:
+                return DASH
+            return f"{format_percent(r['defended_accuracy'])} [{format_percent(r['ci_low'])}–{format_percent(r['ci_high'])}]"
+
+        out.append([key[0], key[1], format_eps(key[2]),
+                    f"{format_percent(p.get('fpr_clean'))}% (target {format_percent(p.get('fpr_target'))}%)",
+                    f"{_ratio(p.get('auroc'))} / {_ratio(a.get('auroc'))}",
+                    f"{_ratio(p.get('tpr'))} / {_ratio(a.get('tpr'))}",
+                    defended(p), defended(a), f"{100 * gap:.1f} pts" if math.isfinite(gap) else DASH])
+    return out
+
+
+def detection_notes(result: ResultMatrix) -> list[str]:
+    """One line per fitted detector (what it looks at, its threshold), then how the figures are read."""
+    block = detection_block(result)
+    lines = [f"{d.get('row')}: {d.get('description')}; threshold {float(d.get('threshold')):.4g} at "
+             f"{format_percent(d.get('fpr_target'))}% FPR on clean data held out of the fitting data ({d.get('fit_data')})"
+             for d in block.get("detectors", []) if isinstance(d, dict)]
+    if block:
+        lines.append(DETECTION_NOTE)
+    return lines
+
+
+DETECTION_NOTE = ("defended: an adversarial input counts when rejected or still correctly classified, over all n; "
+                  "AUROC/TPR: clean test inputs vs the adversarial ones that fool the classifier; adaptive: PGD on "
+                  "classifier margin + detector score together (BPDA through squeezers), success = misclassified "
+                  "AND accepted, per sample the worse of it and the plain attack")
+
+
 @dataclass(frozen=True)
 class Tie:
     """Two rows at one eps whose robust accuracies the sample cannot tell apart."""
@@ -520,6 +581,15 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
     same = [t for t in ties(result) if math.isclose(t.eps, eps) and " / " not in t.first]
     for tie in same:  # the terminal names model ties at the table's eps; report.md lists them all
         console.print(f"[yellow]note:[/] {tie.sentence()}")
+    if detection_rows(result):
+        det = Table(title="Detectors: plain vs adaptive attack", header_style="bold",
+                    caption="\n".join(detection_notes(result)))
+        for col in DETECTION_HEADERS:
+            det.add_column(col, no_wrap=col in ("model + detector", "attack"),
+                           justify="left" if col in ("model + detector", "attack") else "right")
+        for row in detection_rows(result):
+            det.add_row(*(Text(c) for c in row))
+        console.print(det)
     if result.minimal_norms:
         from robustaudit.reports.markdown import norm_rows  # the row logic lives with the other sections
 
