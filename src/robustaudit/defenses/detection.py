@@ -141,15 +141,17 @@ class Detector(ABC):
         return type(self).summary.format(**self.settings())
 
     # ----------------------------------------------------------------- shared
-    def score(self, x: torch.Tensor, *, differentiable: bool = False, batch_size: int = 512) -> torch.Tensor:
+    def score(self, x: torch.Tensor, *, differentiable: bool = False, batch_size: int = 512,
+              logits: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``(N,)`` for ``x`` ``(N, C, H, W)``: higher means more likely adversarial.
 
         ``differentiable=True`` keeps the graph to ``x`` (non-differentiable steps through BPDA) and runs
-        in one batch; otherwise scores are computed without grad, ``batch_size`` at a time.
+        in one batch, reusing ``logits`` ``(N, K)`` of ``x`` when given (a detector that needs them then
+        skips a forward pass); otherwise scores are computed without grad, ``batch_size`` at a time.
         """
         with eval_mode(self.model):
             if differentiable:
-                return self._score(x, None, True)
+                return self._score(x, logits, True)
             with torch.no_grad():
                 return torch.cat([self._score(x[i:i + batch_size], None, False)
                                   for i in range(0, len(x), batch_size)]) if len(x) else x.new_zeros(0)
@@ -558,7 +560,7 @@ class DetectorAwarePGD:
                     logits = model(xa)
                     true = logits.gather(1, ya[:, None]).squeeze(1)
                     other = logits.masked_fill(F.one_hot(ya, logits.shape[1]).bool(), -math.inf).amax(1)
-                    s = detector.score(xa, differentiable=True)
+                    s = detector.score(xa, differentiable=True, logits=logits)
                     over = F.relu((s - detector.threshold) / detector.scale + self.margin)
                     obj = (other - true).clamp_max(self.kappa) - self.lam * over
                     (grad,) = torch.autograd.grad(obj.sum(), xa)
