@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -48,7 +49,32 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         from robustaudit.core.errors import UserError
 
-        raise UserError(f"{message} (see `{self.prog} --help`)")
+        raise UserError(f"{message}{self._close_match(message)} (see `{self.prog} --help`)")
+
+    def _close_match(self, message: str) -> str:
+        """A did-you-mean for argparse's two messages about names: a bad choice, an unknown flag."""
+        from robustaudit.core.errors import suggest
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice is not None:
+            choices = [c.strip().strip("'\"") for c in choice.group(2).split(",")]
+            return suggest(choice.group(1).lower(), choices)
+        if message.startswith("unrecognized arguments:"):
+            flags = self._all_flags()
+            for word in message.partition(":")[2].split():
+                if word.startswith("--"):
+                    hint = suggest(word.partition("=")[0], flags)
+                    if hint:
+                        return hint
+        return ""
+
+    def _all_flags(self) -> list[str]:
+        # unknown flags are reported by the top-level parser, which does not own the subcommands' flags
+        parsers = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+        return sorted({flag for p in parsers for flag in p._option_string_actions if flag.startswith("--")})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,23 +156,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore = _sigterm_as_interrupt()
     try:
         with warnings.catch_warnings():
+            # deprecation notices are for developers (a dependency importing another's old name), not
+            # for someone running an audit; Python hides them outside __main__, test runners do not
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             # what a user must see, as one readable line each (not file:line noise)
             warnings.showwarning = lambda message, *rest, **kw: err.print(
-                f"[yellow]warning:[/] {_one_line(str(message))}", soft_wrap=True)
+                f"[yellow]warning:[/] {_plain(str(message))}", soft_wrap=True)
             return _dispatch(argv, err)
     except UserError as exc:
-
-        err.print(f"[bold red]error:[/] {_one_line(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_plain(str(exc))}", soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished batches are in the output directory's results.sqlite")
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # --help / --version
-        return int(exc.code or 0)
+    except SystemExit as exc:  # --help/--version return in _dispatch: this one came from a user's code
+        err.print(f"[bold red]error:[/] the user's code called sys.exit({_plain(repr(exc.code))}) while "
+                  "robustaudit ran it (a model's forward or factory?); raise an exception instead", soft_wrap=True)
+        return EXIT_USAGE
     except Exception as exc:  # a bug of ours: one line, the traceback on request
         if os.environ.get("ROBUSTAUDIT_DEBUG"):
             traceback.print_exc()
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(str(exc))} "
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_plain(str(exc))} "
                   "(set ROBUSTAUDIT_DEBUG=1 for the traceback, and please report it)", soft_wrap=True)
         return EXIT_INTERNAL
     finally:
@@ -168,7 +199,10 @@ def _sigterm_as_interrupt():
 
 def _dispatch(argv: Sequence[str] | None, err) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(words)
+    try:
+        args = build_parser().parse_args(words)
+    except SystemExit as exc:  # --help, --version: argparse's way to say "done"
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     args.argv = words  # for the resume hint of an interrupted audit
     if args.command is None:
         build_parser().print_help()
@@ -193,6 +227,14 @@ def _console(*, stderr: bool = False):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _plain(text: str) -> str:
+    """``text`` on one line, with rich markup escaped: messages quote paths, specs and TOML tables
+    ("[[models]]", "data/[train]"), which rich would otherwise take for style tags and drop."""
+    from rich.markup import escape
+
+    return escape(_one_line(text))
 
 
 def _plan_from_args(args: argparse.Namespace):
@@ -227,6 +269,10 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
     from robustaudit.reports.terminal import render_terminal
 
     plan = _plan_from_args(args)
+    try:  # validate() refused the paths that cannot be a folder; this catches the rest (read-only mounts)
+        Path(plan.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise_usage(f"cannot create --out '{plan.out}': {exc.strerror or exc}")
     out = _console(stderr=bool(args.json))
     try:
         with _RichProgress(err) as bar:

@@ -130,7 +130,7 @@ def test_tensor_data_rejects_bad_input(x, y, kwargs, match):
 def test_bad_pixels_are_named_by_sample():
     x = torch.full((4, 1, 5, 5), 0.5)
     x[2, 0, 1, 1] = float("nan")
-    with pytest.raises(UserError, match=r"^mine: sample 2 has NaN or Inf pixels \(1 such samples\)$"):
+    with pytest.raises(UserError, match=r"^mine: sample 2 has NaN or Inf pixels \(1 NaN pixels in 1 of 4 samples\)$"):
         TensorData(x, torch.zeros(4, dtype=torch.int64), name="mine")
     x[2, 0, 1, 1] = 0.5
     x[3] = 200.0

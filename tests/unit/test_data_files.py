@@ -301,3 +301,59 @@ def test_tensor_files_bad_inputs(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(UserError, match="cannot read .*junk.npz"):
         open_dataset(f"tensors:{tmp_path / 'junk.npz'}")
+
+
+def test_cifar10_labels_are_not_coerced(tmp_path):
+    folder = _write_cifar(tmp_path)
+    for labels, match in (
+        ([0.7, 1], r"'labels' must be integer class indices; label 0 is 0\.7 \(float\)"),
+        ([True, 1], r"label 0 is True \(bool\)"),
+        ([2**70, 1], r"integer class indices in int64 range"),
+        ([0], r"2 images but 1 labels"),
+    ):
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f, protocol=2)
+        with pytest.raises(UserError, match=match):
+            open_dataset(f"cifar10:{tmp_path}")
+    # protocol 2 writes empty pixel bytes as bytes(): read, then refused for what it is
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f, protocol=2)
+    with pytest.raises(UserError, match=r"cifar10:.*: no images"):
+        open_dataset(f"cifar10:{tmp_path}")
+
+
+def test_mnist_header_sizes_do_not_overflow(tmp_path):
+    _write_mnist(tmp_path, "t10k", 3, gz=False)
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">BBBB3I", 0, 0, 8, 3, *[2**32 - 1] * 3) + bytes(16))
+    with pytest.raises(UserError, match=r"header says .* = 79228162458924105385300197375 bytes, file holds 16"):
+        open_dataset(f"mnist:{tmp_path}")
+
+
+def test_tensor_files_odd_arrays(tmp_path):
+    x = np.random.RandomState(0).rand(3, 1, 4, 4)
+    np.savez(tmp_path / "be.npz", x=x.astype(">f4"), y=np.array([0, 1, 2], ">i8"))
+    xb, yb = open_dataset(f"tensors:{tmp_path / 'be.npz'}").load([0, 1, 2])  # big-endian: converted
+    assert torch.allclose(xb, torch.from_numpy(x).float()) and yb.tolist() == [0, 1, 2]
+    for name, arrays, match in (
+        ("s.npz", {"x": np.array(["a", "b"]), "y": np.array([0, 1])}, r"x is a numpy array of dtype <U1"),
+        ("t.npz", {"x": np.zeros((2, 1, 4, 4), "datetime64[s]"), "y": np.array([0, 1])}, "datetime64"),
+        ("z.npz", {"x": np.float32(0.5), "y": np.array([0])}, r"got 0-D \(\)"),
+        ("c.npz", {"x": x, "y": np.arange(3), "class_names": np.array("abc")}, "'class_names' must be a list"),
+        ("f.npz", {"x": x, "y": np.array([0.0, 1.5, 2.0])},
+         r"got float64 with non-integer values \(sample 1 has label 1\.5; 1 such labels\)"),
+        ("n.npz", {"x": np.where(x > 0.9, np.nan, x), "y": np.arange(3)}, r"NaN or Inf pixels \(\d+ NaN pixels in"),
+    ):
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(UserError, match=match):
+            open_dataset(f"tensors:{tmp_path / name}")
+    for name, entries, match in (
+        ("sp.pt", {"x": torch.rand(2, 1, 4, 4).to_sparse(), "y": torch.tensor([0, 1])}, "sparse_coo tensor"),
+        ("m.pt", {"x": torch.empty(2, 1, 4, 4, device="meta"), "y": torch.tensor([0, 1])}, "'meta' device"),
+    ):
+        torch.save(entries, tmp_path / name)
+        with pytest.raises(UserError, match=match):
+            open_dataset(f"tensors:{tmp_path / name}")
+    (tmp_path / "e.pt").write_bytes(b"e")  # torch.load raises IndexError on it
+    with pytest.raises(UserError, match=r"cannot read .*e\.pt: not a torch.save file"):
+        open_dataset(f"tensors:{tmp_path / 'e.pt'}")

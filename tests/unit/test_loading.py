@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import types
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
-from robustaudit.models.loading import LoadedModel, file_sha256, load_model
+from robustaudit.models.loading import LoadedModel, card_path, check_card, file_sha256, load_model
 from robustaudit.models.wrappers import ExportedModule, LogitsOutput, Normalize
 
 # The tiny net every file-based test uses: (N, 1, 8, 8) -> (N, 3). Written to a file for the
@@ -600,3 +601,64 @@ def test_real_catalog_model_loads_with_its_card_sha():
     assert loaded.weights_sha256 == card.sha256 == file_sha256(card.weights_path)
     x = torch.rand(2, *card.input_shape, generator=torch.Generator().manual_seed(7))
     assert outputs(loaded, x).shape == (2, card.num_classes)
+
+
+# ------------------------------------------------------------------------------------ model cards
+
+
+def test_weights_are_checked_against_their_card(tmp_path, net_file, reference):
+    weights = tmp_path / "w.safetensors"
+    save_file(reference.state_dict(), str(weights))
+    card = tmp_path / "w.safetensors.json"
+    assert card_path(weights) == card
+    assert check_card(weights) is None  # no card: nothing to check
+    # the format of the shipped manifests (robustaudit/models/weights/<name>.json)
+    card.write_text(json.dumps({"name": "w", "sha256": file_sha256(weights).upper(), "reported": {}}))
+    assert check_card(weights) == file_sha256(weights)
+    assert load_model(f"{net_file}:build", weights=str(weights)).weights_sha256 == file_sha256(weights)
+
+    card.write_text(json.dumps({"name": "w", "sha256": "ab" * 32}))
+    with pytest.raises(UserError, match=r"w\.safetensors' has sha256 [0-9a-f]{12}…, but its card "
+                                        r"'w\.safetensors\.json' expects abababababab…: refused"):
+        load_model(f"{net_file}:build", weights=str(weights))
+    card.write_text(json.dumps({"sha256": "not a digest"}))
+    with pytest.raises(UserError, match=r'"sha256" must be 64 hex digits'):
+        check_card(weights)
+    card.write_text("{oops")
+    with pytest.raises(UserError, match=r"cannot read the model card '.*w\.safetensors\.json'"):
+        check_card(weights)
+    card.write_text(json.dumps({"name": "w"}))  # a card without a digest has nothing to check
+    assert check_card(weights) is None
+
+
+def test_a_model_file_is_checked_against_its_card(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), path)
+    (tmp_path / "whole.pt.json").write_text(json.dumps({"sha256": "0" * 64}))
+    # refused before unpickling, even with trust_pickle: a replaced file never runs
+    with pytest.raises(UserError, match=r"but its card 'whole\.pt\.json' expects 000000000000…"):
+        load_model(str(path), trust_pickle=True)
+
+
+def test_tampered_catalog_weights_are_refused(tmp_path, monkeypatch):
+    from robustaudit.models import catalog
+
+    data = bytearray((catalog.WEIGHTS_DIR / "digits-cnn.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "digits-cnn.pt").write_bytes(bytes(data))
+    monkeypatch.setattr(catalog, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(UserError, match=r"but the card of 'digits-cnn' expects aedfd32c6ef0…: "
+                                        r"the file is corrupted or was replaced"):
+        load_model("digits-cnn")
+
+
+def test_corrupt_files_are_not_called_pickles(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(7, 256)))
+    with pytest.raises(UserError, match=r"neither a zip archive \(torch\.save\) nor a pickle"):
+        load_model(str(noise))
+    whole = tmp_path / "whole.pt"
+    torch.save(nn.Linear(2, 2), whole)
+    whole.write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(UserError, match=r"a zip archive cut short or damaged"):
+        load_model(str(whole))

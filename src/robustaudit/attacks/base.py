@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -146,8 +147,11 @@ def attack_loss(
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise :class:`UserError` unless ``value`` is a positive (or non-negative) number."""
+    """Raise :class:`UserError` unless ``value`` is a finite positive (or non-negative) number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{name} must be a number, got {value!r}")
+    # NaN passes every comparison below and inf breaks the JSON results: both are refused here
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from robustaudit.attacks.base import Attack, AttackKind
+from robustaudit.attacks.registry import check_types
 from robustaudit.core.errors import UserError, suggest
 from robustaudit.core.norms import lp_norm
 
@@ -102,6 +103,8 @@ class FoolboxAttack(Attack):
                     f"foolbox attack '{name}' has no setting '{key}'{suggest(key, valid)}; "
                     f"valid: {', '.join(valid) or '(none)'}"
                 )
+        # foolbox stores settings unchecked and fails mid-attack with a TypeError: check them here
+        check_types(f"foolbox attack '{name}'", cls.__init__, settings, numbers=True)
         built = dict(settings)
         if isinstance(built.get("distance"), str):
             built["distance"] = self._distance(fb, built["distance"])

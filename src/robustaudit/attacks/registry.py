@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -118,10 +119,41 @@ def get(name: str, **settings: Any) -> Attack:
                 f"attack '{name}' has no setting '{key}'{suggest(key, valid)}; "
                 f"valid: {', '.join(valid) or '(none)'}"
             )
+    check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
     try:
         return cls(**settings)
     except TypeError as exc:  # wrong value types that the class did not catch itself
         raise UserError(f"attack '{name}': {exc}") from None
+
+
+def check_types(what: str, init: Callable[..., Any], settings: dict[str, Any], *, numbers: bool) -> None:
+    """Refuse a setting whose value has another type than its parameter's default.
+
+    A switch (a ``bool`` default) takes true or false only: classes store ``bool(value)``, so
+    ``random_start=maybe`` would quietly mean True. With ``numbers``, an ``int`` default also takes only
+    integers and a ``float`` default only numbers, for classes that do not validate their settings
+    themselves (foolbox's, which fail mid-attack instead).
+    """
+    try:
+        params = inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in settings.items():
+        param = params.get(key)
+        default = param.default if param is not None else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{what}: {key} is a switch: true or false, got {value!r}")
+        elif not numbers:
+            continue
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{what}: {key} must be an integer, got {value!r}")
+        elif isinstance(default, float) and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise UserError(f"{what}: {key} must be a finite number, got {value!r}")
 
 
 def parse_value(text: str) -> Any:
@@ -273,6 +305,7 @@ def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = N
         raise UserError(f"attack '{name}' wraps another attack: write it as {_WRAPPER_EXAMPLES[name]}")
     cls = attack_class(name)
     _check_spec_settings(name, settings, valid_settings(cls))
+    check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
     if name == "transfer":
         return _transfer(spec, settings, inner, resolve_model)
     return cls(from_spec(inner, resolve_model=resolve_model), **settings)  # type: ignore[call-arg]

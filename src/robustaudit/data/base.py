@@ -39,18 +39,45 @@ def _sample(position: int, ids: Sequence[int] | None, describe: Describe | None 
 
 
 def _to_tensor(value: object, what: str, where: str) -> torch.Tensor:
+    """``value`` as a dense tensor holding data; anything else (strings, sparse or meta tensors,
+    non-numeric arrays) is a :class:`UserError` here rather than a torch error deep inside a check."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return _plain_tensor(value.detach(), what, where)
     if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise UserError(f"{where}: {what} is a numpy object array; expected a numeric array")
-        return torch.from_numpy(np.ascontiguousarray(value))
+        # bool, integers, floats, complex: what torch can hold. Strings, dates, records and objects not.
+        if value.dtype.kind not in "biufc":
+            raise UserError(
+                f"{where}: {what} is a numpy array of dtype {value.dtype}; expected a numeric array"
+            )
+        if not value.dtype.isnative:  # e.g. '>f4' from a big-endian machine: torch refuses it
+            value = value.astype(value.dtype.newbyteorder("="))
+        # ascontiguousarray turns 0-d into 1-d: keep the shape so rank messages tell the truth
+        array = np.ascontiguousarray(value).reshape(value.shape)
+        try:
+            return torch.from_numpy(array)
+        except TypeError:  # a numeric dtype torch lacks (float128, complex256)
+            raise UserError(
+                f"{where}: {what} has numpy dtype {value.dtype}, which torch cannot hold; "
+                "save float32 images and int64 labels"
+            ) from None
     try:
-        return torch.as_tensor(value)
+        return _plain_tensor(torch.as_tensor(value), what, where)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(
             f"{where}: {what} must be a tensor or numpy array, got {type(value).__name__}"
         ) from exc
+
+
+def _plain_tensor(t: torch.Tensor, what: str, where: str) -> torch.Tensor:
+    if t.is_meta:
+        raise UserError(f"{where}: {what} is a tensor on the 'meta' device, which holds no values")
+    if t.is_quantized:
+        raise UserError(f"{where}: {what} is a quantized tensor; save t.dequantize() instead")
+    if t.layout != torch.strided:
+        raise UserError(
+            f"{where}: {what} is a {str(t.layout).replace('torch.', '')} tensor; save a dense one (t.to_dense())"
+        )
+    return t
 
 
 def check_images(
@@ -82,14 +109,21 @@ def check_images(
         )
     if n == 0:
         raise UserError(f"{where}: no images (empty batch)")
+    if 0 in (c, h, w):
+        raise UserError(f"{where}: images of shape {_shape(x)} hold no pixels (a dimension of size 0)")
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
     flat = x.reshape(n, -1)
-    bad = ~torch.isfinite(flat).all(dim=1)
+    finite = torch.isfinite(flat)
+    bad = ~finite.all(dim=1)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
+        nan = int(torch.isnan(flat).sum())
+        inf = int((~finite).sum()) - nan
+        counts = " and ".join(f"{k} {kind}" for k, kind in ((nan, "NaN"), (inf, "Inf")) if k)
         raise UserError(
-            f"{where}: {_sample(first, ids, describe)} has NaN or Inf pixels ({int(bad.sum())} such samples)"
+            f"{where}: {_sample(first, ids, describe)} has NaN or Inf pixels ({counts} pixels "
+            f"in {int(bad.sum())} of {n} samples)"
         )
     lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     out = (lo < -RANGE_TOLERANCE) | (hi > 1 + RANGE_TOLERANCE)
@@ -119,11 +153,23 @@ def check_labels(
     With ``num_classes=None`` only the lower bound is checked (the caller infers ``max(y) + 1``).
     """
     y = _to_tensor(y, "y", where)
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+    dtype = str(y.dtype).replace("torch.", "")
+    if y.is_floating_point():
+        values = y.reshape(-1).double()
+        whole = torch.isfinite(values) & (values == values.round())
+        if values.numel() and not bool(whole.all()):
+            pos = int((~whole).nonzero()[0, 0])
+            # the sample is only meaningful for 1-D labels; for other shapes the rank check below speaks
+            at = f"{_sample(pos, ids, describe)} has label {float(values[pos]):g}; " if y.ndim == 1 else ""
+            raise UserError(
+                f"{where}: labels must be integer class indices, got {dtype} with non-integer values "
+                f"({at}{int((~whole).sum())} such labels)"
+            )
         raise UserError(
-            f"{where}: labels must be integer class indices, got dtype {str(y.dtype).replace('torch.', '')}"
-            + (" (use y.long() if they are whole numbers)" if y.is_floating_point() else "")
+            f"{where}: labels must be integer class indices, got dtype {dtype} (use y.long(): they are whole numbers)"
         )
+    if y.dtype == torch.bool or y.is_complex():
+        raise UserError(f"{where}: labels must be integer class indices, got dtype {dtype}")
     if y.ndim != 1:
         hint = "; one-hot labels? use y.argmax(1)" if y.ndim == 2 and y.shape[1] > 1 else ""
         raise UserError(f"{where}: labels must be 1-D (N,), got shape {_shape(y)}{hint}")
@@ -311,6 +357,8 @@ class DatasetData(ImageData):
         try:
             item = self.dataset[index]
         except OSError as exc:  # unreadable / truncated image files (PIL raises OSError subclasses)
+            if type(exc).__name__ == "UnidentifiedImageError":  # PIL's text quotes a file object's repr
+                raise UserError(f"{where}: cannot read it: not an image file, or a corrupt one") from exc
             raise UserError(f"{where}: cannot read it: {exc}") from exc
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise UserError(f"{where}: dataset items must be (image, label) pairs, got {type(item).__name__}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -25,15 +26,22 @@ SUFFIXES = (".pt", ".pth", ".npz")
 def _read(path: Path) -> dict:
     if path.suffix in (".pt", ".pth"):
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch's note about validating sparse tensors; a sparse x is refused with one line anyway
+                warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            if not _could_be_pickle(path):
+                raise UserError(
+                    f"cannot read {path}: not a torch.save file (neither a zip archive nor a pickle), or corrupt"
+                ) from exc
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # wording differs across torch versions
             what = f" ({found.group(1)})" if found else ""
             raise UserError(
                 f"{path}: refused: it holds Python objects{what}, not only tensors; "
                 "save plain tensors with torch.save({'x': x, 'y': y}, path)"
             ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.load on arbitrary bytes raises anything (IndexError...)
             raise UserError(f"cannot read {path}: not a torch.save file, or truncated") from exc
         if isinstance(obj, (tuple, list)) and len(obj) == 2:
             obj = {"x": obj[0], "y": obj[1]}
@@ -53,6 +61,15 @@ def _read(path: Path) -> dict:
         raise UserError(f"cannot read {path}: not an .npz file or truncated ({exc})") from exc
 
 
+def _could_be_pickle(path: Path) -> bool:
+    """A ``torch.save`` zip archive, or a stream opening with pickle's PROTO opcode (the legacy format):
+    only those can hold Python objects; anything else is a corrupt file, not a refused one."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def open_tensors(path: str | Path, *, name: str | None = None) -> TensorData:
     """Images and labels from a ``.pt`` or ``.npz`` file: ``x`` ``(N, C, H, W)``, ``y`` ``(N,)``."""
     path = Path(path).expanduser()
@@ -67,9 +84,7 @@ def open_tensors(path: str | Path, *, name: str | None = None) -> TensorData:
             f"{path}: missing key(s) {', '.join(missing)}; expected 'x' (N, C, H, W) and 'y' (N,), "
             f"found {sorted(map(str, obj))}"
         )
-    names = obj.get("class_names")
-    if names is not None:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in list(names)]
+    names = _class_names(obj.get("class_names"), path)
     return TensorData(
         obj["x"],
         obj["y"],
@@ -77,3 +92,15 @@ def open_tensors(path: str | Path, *, name: str | None = None) -> TensorData:
         num_classes=len(names) if names else None,
         class_names=names,
     )
+
+
+def _class_names(value: object, path: Path) -> list[str] | None:
+    """The optional ``class_names`` entry as a list of strings: a list/tuple or a 1-D array of them."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(n, (str, bytes, int)) for n in value):
+        shown = f"{type(value).__name__}" + (f" of shape {value.shape}" if isinstance(value, np.ndarray) else "")
+        raise UserError(f"{path}: 'class_names' must be a list of strings (one per class), got {shown}")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in value]

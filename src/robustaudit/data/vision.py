@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import io
+import math
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,9 @@ _PICKLE_ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
+    # protocol 2 writes an empty bytes object (the pixels of an empty batch) as bytes(): see _empty_bytes
+    ("__builtin__", "bytes"),
+    ("builtins", "bytes"),
 }
 
 
@@ -97,6 +101,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise _Refused(f"refused to load global '{module}.{name}'")
         if module == "_codecs":
             return _latin1_encode
+        if name == "bytes":
+            return _empty_bytes
         return _numpy_attr(module, name)
 
 
@@ -105,6 +111,13 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if encoding not in ("latin1", "latin-1"):
         raise _Refused(f"refused codec '{encoding}'")
     return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    # only the no-argument call is needed; bytes(10**12) from a hostile file would allocate a terabyte
+    if args:
+        raise _Refused("refused call of bytes() with arguments")
+    return b""
 
 
 def _unpickle(path: Path) -> dict:
@@ -157,13 +170,28 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise UserError(f"{path}: expected key 'data' holding uint8 pixels of shape (N, 3072), got {got}")
-    if not isinstance(labels, (list, tuple, np.ndarray)) or len(labels) != len(data):
+    if not isinstance(labels, (list, tuple, np.ndarray)):
         raise UserError(f"{path}: expected key 'labels' with one label per image ({len(data)})")
+    if len(labels) != len(data):
+        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels; expected one label per image")
+    return data.reshape(-1, 3, 32, 32), _cifar_labels(labels, path)
+
+
+def _cifar_labels(labels: list | tuple | np.ndarray, path: Path) -> np.ndarray:
+    """The ``labels`` entry as int64 ``(N,)``; floats (even 3.0), bools and the rest are refused, since
+    ``np.asarray(labels, dtype=int64)`` would silently truncate 0.7 to 0 and take True as 1. The
+    elements are checked as stored: ``np.asarray([True, 1])`` would already have made True an int."""
+    flat = labels.reshape(-1).tolist() if isinstance(labels, np.ndarray) else list(labels)
+    bad = next((i for i, v in enumerate(flat) if isinstance(v, bool) or not isinstance(v, int)), None)
+    if bad is not None:
+        raise UserError(
+            f"{path}: 'labels' must be integer class indices; label {bad} is {flat[bad]!r:.40} "
+            f"({type(flat[bad]).__name__})"
+        )
     try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise UserError(f"{path}: 'labels' must be integers") from exc
-    return data.reshape(-1, 3, 32, 32), y
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:  # Python ints beyond int64
+        raise UserError(f"{path}: 'labels' must be integer class indices in int64 range") from None
 
 
 def open_cifar10(root: str | Path, split: str = "test", *, name: str | None = None) -> ByteImageData:
@@ -213,7 +241,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             f"(unsigned bytes, {ndim} dimensions), got 0x{raw[:4].hex() or 'empty'}"
         )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # Python ints: np.prod would wrap around on a hostile header
     if len(raw) - header != expected:
         raise UserError(
             f"{path} is truncated or corrupt: header says {'x'.join(map(str, dims))} = {expected} bytes, "

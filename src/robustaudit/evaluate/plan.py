@@ -13,6 +13,8 @@ TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``,
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -95,6 +97,10 @@ class AuditPlan:
         if self.checks not in CHECK_LEVELS:
             raise UserError(f"--checks must be one of {', '.join(CHECK_LEVELS)}, got '{self.checks}'"
                             f"{suggest(self.checks, CHECK_LEVELS)}")
+        if not -(2**63) <= self.seed < 2**63:  # torch generators take 64-bit seeds
+            raise UserError(f"--seed must fit in 64 bits (|seed| < 2**63), got {self.seed}")
+        _check_device(self.device)
+        _check_out(self.out)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +110,42 @@ class AuditPlan:
         """A copy with every non-``None`` entry of ``overrides`` applied (CLI flags over the file)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **changes)
+
+
+#: What ``--device`` takes; whether the device exists is checked when the audit starts.
+_DEVICE = re.compile(r"(auto|cpu|cuda|mps)(:\d+)?")
+_DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+#: Names people reach for that torch spells differently.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps"}
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device string that is no device at all, with a close match; existence is the runner's."""
+    if _DEVICE.fullmatch(device):
+        return
+    base = device.partition(":")[0].strip().lower()
+    close = _DEVICE_ALIASES.get(base)
+    hint = f" (did you mean '{close}'?)" if close else suggest(base, _DEVICE_NAMES)
+    raise UserError(f"unknown device '{device}'{hint}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_out(out: str) -> None:
+    """Refuse an output directory that cannot be one, before any model runs: an empty path, an existing
+    file, a path under a file, or a folder that cannot be written."""
+    if not out.strip():
+        raise UserError("--out is empty; give the directory the results go to")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a directory")
+    parent = path
+    while not parent.exists():  # the deepest existing ancestor is the one that gets written
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--out '{out}' cannot be created: '{parent}' is a file")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out '{out}' cannot be written: no write permission on '{parent}'")
 
 
 def parse_eps(value: str | float | int | list[Any]) -> list[float]:
@@ -137,6 +179,8 @@ _KEYS = {f.name for f in dataclasses.fields(AuditPlan)} | {"model", "weights", "
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read an audit TOML file into AuditPlan keyword arguments (validated types)."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file '{path}' is a directory; give the TOML file")
     if not p.is_file():
         raise UserError(f"config file '{path}' not found")
     try:
@@ -145,16 +189,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read config '{path}': {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config '{path}' is not valid TOML: {exc}") from None
-    doc = dict(doc.get("audit", doc))  # allow an [audit] table or top-level keys
+    if "audit" in doc:  # an [audit] table, or top-level keys: not both (one of them would be ignored)
+        table, others = doc["audit"], sorted(k for k in doc if k != "audit")
+        if not isinstance(table, Mapping):
+            raise UserError(f"config '{path}': 'audit' must be a table ([audit]), got {table!r}")
+        if others:
+            raise UserError(f"config '{path}': key '{others[0]}' is outside the [audit] table; "
+                            "put every key under [audit], or use no [audit] table")
+        doc = table
+    doc = dict(doc)
     for key in doc:
         if key not in _KEYS:
             raise UserError(f"config '{path}': unknown key '{key}'{suggest(key, sorted(_KEYS))}")
     out: dict[str, Any] = {}
     models = doc.pop("models", None)
     if models is not None:
-        if not isinstance(models, list) or not all(isinstance(m, Mapping) and "spec" in m for m in models):
-            raise UserError(f"config '{path}': [[models]] entries need a 'spec' key")
-        out["models"] = [ModelSpec(str(m["spec"]), m.get("weights"), m.get("normalize")) for m in models]
+        out["models"] = _model_tables(models, path)
     if "model" in doc:
         specs = _str_list(doc.pop("model"), "model", path)
         weights = _str_list(doc.pop("weights", []), "weights", path)
@@ -176,6 +226,29 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise UserError(f"config '{path}': '{key}' must be {want.__name__}, got {value!r}")
         out[key] = value
+    return out
+
+
+_MODEL_KEYS = ("spec", "weights", "normalize")
+
+
+def _model_tables(models: Any, path: str | Path) -> list[ModelSpec]:
+    """``[[models]]`` tables: each with a string ``spec``, optional string ``weights``/``normalize``."""
+    if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
+        raise UserError(f"config '{path}': 'models' must be [[models]] tables, each with a 'spec' key")
+    out = []
+    for i, table in enumerate(models):
+        for key in table:
+            if key not in _MODEL_KEYS:
+                raise UserError(f"config '{path}': [[models]] entry {i + 1} has unknown key '{key}'"
+                                f"{suggest(key, _MODEL_KEYS)}; known: {', '.join(_MODEL_KEYS)}")
+        if "spec" not in table:
+            raise UserError(f"config '{path}': [[models]] entry {i + 1} needs a 'spec' key")
+        for key in _MODEL_KEYS:
+            if key in table and not isinstance(table[key], str):
+                raise UserError(f"config '{path}': [[models]] entry {i + 1}: '{key}' must be a string, "
+                                f"got {table[key]!r}")
+        out.append(ModelSpec(table["spec"], table.get("weights"), table.get("normalize")))
     return out
 
 

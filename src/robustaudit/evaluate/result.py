@@ -238,9 +238,16 @@ class ResultMatrix:
             raise UserError(f"no {RESULTS_FILE} in '{out_dir}': is it the --out directory of a run?")
         try:
             doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read '{path}': {exc}") from None
-        result = cls.from_dict(doc)
+        if not isinstance(doc, dict):
+            raise UserError(f"'{path}' is not a robustaudit results file (a JSON {type(doc).__name__}, not an object)")
+        try:
+            result = cls.from_dict(doc)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited or foreign file
+            raise UserError(f"'{path}' is not a valid robustaudit results file ({type(exc).__name__}: {exc})") from None
         ex_path = path.parent / EXAMPLES_FILE
         if doc.get("examples") and ex_path.is_file():
             result.examples = _load_examples(ex_path)

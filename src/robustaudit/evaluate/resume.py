@@ -23,6 +23,7 @@ Policy for an ``--out`` that already holds a store:
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,11 @@ def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, r
     path = out / STORE_FILE
     if resume and not path.is_file():
         raise UserError(f"--resume: {out} holds no stored run (no {STORE_FILE}); run without --resume to start one")
-    store = Store(path)
+    try:
+        store = Store(path)
+    except sqlite3.DatabaseError as exc:  # a corrupt or foreign file where the store should be
+        raise UserError(f"{path} is not a robustaudit results store ({exc}); delete it or give another --out"
+                        ) from None
     try:
         if resume:
             stored = store.get_meta("fingerprint")

@@ -35,6 +35,7 @@ from robustaudit.evaluate.cost import PassCounter, split_evenly
 from robustaudit.evaluate.metrics import wilson_interval
 from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix, worst_case_attacked
 from robustaudit.evaluate.store import Store, tensors_sha256
+from robustaudit.models.wrappers import raised_by_model
 
 #: Inputs kept in host memory between attacks when they fit; larger sets are reloaded per batch.
 _CACHE_BYTES = 1 << 30
@@ -518,9 +519,15 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         try:
             # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
             adv = a.attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
-        except RuntimeError as exc:
-            if _NO_GRAD.search(str(exc)):
+        except UserError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, RuntimeError) and _NO_GRAD.search(str(exc)):
                 raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
+            if raised_by_model(exc, ctx.model):  # the user's model failed on the attack's input, not the attack
+                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward during attack "
+                                f"'{a.name}': {first}") from None
             raise
         if adv.shape != x.shape or not torch.isfinite(adv).all():
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")

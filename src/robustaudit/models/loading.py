@@ -18,7 +18,9 @@ an existing file                    TorchScript (``torch.jit.save``), ``torch.ex
 ==================================  =====================================================
 
 ``weights`` (a ``.safetensors`` file or a ``torch.save``\\ d state_dict) is loaded strictly into the
-first, second and last two forms; TorchScript and ``.pt2`` files carry their own.
+first, second and last two forms; TorchScript and ``.pt2`` files carry their own. A checkpoint
+``FILE`` with a model card ``FILE.json`` holding ``"sha256"`` is checked against it before it is read
+(:func:`check_card`), and refused when they differ.
 
 Example::
 
@@ -34,6 +36,8 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import json
+import logging
 import os
 import pickle
 import re
@@ -54,7 +58,7 @@ from robustaudit.core.errors import UserError, suggest, unknown
 from robustaudit.models.wrappers import ExportedModule, parse_normalize, prepare
 from robustaudit.models.wrappers import _describe as _type_name
 
-__all__ = ["LoadedModel", "file_sha256", "load_model"]
+__all__ = ["LoadedModel", "card_path", "check_card", "file_sha256", "load_model"]
 
 _TORCHVISION = "torchvision:"
 # File endings that mark a spec as a path, so a missing file is reported as such (not as an
@@ -112,6 +116,52 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+#: The model card beside a checkpoint: ``FILE.json`` for ``FILE`` (e.g. ``net.safetensors.json``).
+CARD_SUFFIX = ".json"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def card_path(path: str | os.PathLike[str]) -> Path:
+    """Where the model card of the checkpoint ``path`` lives: ``path`` + ``.json``."""
+    return Path(str(path) + CARD_SUFFIX)
+
+
+def check_card(path: str | os.PathLike[str]) -> str | None:
+    """Verify ``path`` against the ``"sha256"`` of its model card, if it has one.
+
+    The card is ``FILE.json`` beside ``FILE``, in the format of the shipped
+    ``robustaudit/models/weights/<name>.json`` manifests (``name``, ``sha256``, ``torch``, ``train``,
+    ``reported``...); only ``sha256`` is read here. Returns the verified hex digest, or ``None`` when
+    there is no card or it records no ``sha256``.
+
+    Raises:
+        UserError: the card is not a JSON object, its ``sha256`` is not 64 hex digits, or the file's
+            digest differs from it (a corrupted or replaced checkpoint).
+    """
+    card = card_path(path)
+    if not card.is_file():
+        return None
+    try:
+        doc = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"cannot read the model card '{card}' of '{path}': {_first_line(err)}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"model card '{card}' must be a JSON object with a \"sha256\" key, got {_type_name(doc)}")
+    expected = doc.get("sha256")
+    if expected is None:
+        return None
+    if not isinstance(expected, str) or not _SHA256_HEX.fullmatch(expected.strip().lower()):
+        raise UserError(f"model card '{card}': \"sha256\" must be 64 hex digits, got {expected!r:.80}")
+    expected = expected.strip().lower()
+    digest = file_sha256(path)
+    if digest != expected:
+        raise UserError(
+            f"'{path}' has sha256 {digest[:12]}…, but its card '{card.name}' expects {expected[:12]}…: "
+            "refused: the file was corrupted or replaced, or the card belongs to another file"
+        )
+    return digest
+
+
 def load_model(
     spec: str,
     *,
@@ -153,6 +203,8 @@ def load_model(
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     stats = parse_normalize(normalize) if normalize is not None else None
     weights_path = _existing_file(weights, "weights file") if weights is not None else None
+    if weights_path is not None:
+        check_card(weights_path)  # before anything reads the file: a replaced file is never unpickled
 
     model, source, name, sha = _resolve(text, weights_path, num_classes, trust_pickle)
     module = prepare(model, normalize=stats)
@@ -279,13 +331,7 @@ def _from_checkpoint_card(
     checkpoint's sha256 against the card's."""
     if weights is not None:
         raise UserError(f"'{path}' is a checkpoint with a model card: it is the weights; drop --weights {weights}")
-    digest = file_sha256(path)
-    expected = card.get("sha256")
-    if isinstance(expected, str) and expected != digest:
-        raise UserError(
-            f"checkpoint '{path}' has sha256 {digest[:12]}…, but its card '{path.name}.json' expects "
-            f"{expected[:12]}…: the file was replaced or the card belongs to another file"
-        )
+    digest = check_card(path) or file_sha256(path)
     arch = card["architecture"]
     if arch == str(path) or arch.endswith(".json"):
         raise UserError(f"model card '{path.name}.json' names itself as its architecture")
@@ -441,6 +487,7 @@ def _infer_num_classes(
 def _from_model_file(
     path: Path, weights: Path | None, num_classes: int | None, trust_pickle: bool
 ) -> tuple[nn.Module, str, str, str | None]:
+    check_card(path)
     kind = _sniff(path)
     if kind == "python":
         raise UserError(
@@ -526,8 +573,9 @@ def _load_torchscript(path: Path) -> nn.Module:
 
 def _load_export(path: Path) -> nn.Module:
     try:
-        program = torch.export.load(str(path))
-        graph = program.module()
+        with _quiet_logger("torch.export"):
+            program = torch.export.load(str(path))
+            graph = program.module()
     except Exception as err:  # noqa: BLE001 - any failure here is a bad file, reported in one line
         raise UserError(
             f"could not load torch.export archive '{path}': {_first_line(err)}"
@@ -535,11 +583,29 @@ def _load_export(path: Path) -> nn.Module:
     return ExportedModule(graph, str(path))
 
 
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    # torch.export logs a warning WITH a traceback before it retries a corrupt archive another way;
+    # the one-line error below says what went wrong, so the traceback is noise on the user's stderr
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _torch_load_safe(path: Path, role: str) -> Any:
     """``torch.load(weights_only=True)``; returns ``None`` when the file holds other pickled objects."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _could_be_pickle(path):
+            raise UserError(
+                f"could not read {role} '{path}' (corrupt, truncated or not a PyTorch file?): "
+                "it is neither a zip archive (torch.save) nor a pickle"
+            ) from None
         if "weights only load failed" in str(err).lower():
             return None
         raise UserError(
@@ -547,10 +613,31 @@ def _torch_load_safe(path: Path, role: str) -> Any:
             f"{_first_line(err)}"
         ) from None
     except Exception as err:  # noqa: BLE001 - truncated zips, bad magic numbers, EOF: all a bad file
+        if _broken_zip(path):  # torch's own words for it are about miniz and its central directory
+            raise UserError(
+                f"could not read {role} '{path}' (corrupt, truncated or not a PyTorch file?): "
+                "a zip archive cut short or damaged (torch.save, TorchScript and .pt2 files are zip archives)"
+            ) from None
         raise UserError(
             f"could not read {role} '{path}' (corrupt, truncated or not a PyTorch file?): "
             f"{_first_line(err)}"
         ) from None
+
+
+def _broken_zip(path: Path) -> bool:
+    """A file that starts like a zip archive but cannot be opened as one (cut short, or damaged)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def _could_be_pickle(path: Path) -> bool:
+    """Whether ``path`` may hold pickled objects: a zip archive (``torch.save``) or a stream that opens
+    with pickle's PROTO opcode (the legacy format); random bytes are then "corrupt", not "a pickle"."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _pickled_classes(path: Path) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "Normalize",
     "parse_normalize",
     "prepare",
+    "raised_by_model",
 ]
 
 # Only statistics that are standard and unambiguous; CIFAR-10's std, for one, circulates in two
@@ -236,7 +238,21 @@ class LogitsOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: the model's input, e.g. ``(N, C, H, W)``; returns the logits tensor."""
-        return _logits(self.model(x))
+        logits = _logits(self.model(x))
+        # Shape and dtype checks cost no device sync. Without them a model that returns argmax
+        # labels fails deep inside a loss function, and one that returns the wrong number of rows
+        # is silently broadcast against the labels into wrong accuracies.
+        if not logits.is_floating_point():
+            raise UserError(
+                f"the model returned {str(logits.dtype).replace('torch.', '')} outputs; it must return "
+                "float logits (N, K), not class indices or one-hot integers"
+            )
+        if isinstance(x, torch.Tensor) and x.ndim >= 1 and logits.ndim >= 1 and logits.shape[0] != x.shape[0]:
+            raise UserError(
+                f"the model returned {logits.shape[0]} rows of logits (shape {tuple(logits.shape)}) for a "
+                f"batch of {x.shape[0]} inputs; the first dimension must be the batch"
+            )
+        return logits
 
 
 def prepare(
@@ -308,3 +324,18 @@ class ExportedModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}"
+
+
+def raised_by_model(exc: BaseException, model: nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the ``forward`` of one of ``model``'s own modules.
+
+    Tells "the user's model failed on the input an attack gave it" (a user error: say so in one line)
+    apart from a bug in the attack that called it. robustaudit's wrappers are looked through: an
+    exception that only passed through :class:`LogitsOutput` or :class:`Normalize` is not the model's.
+    """
+    ours = (LogitsOutput, Normalize)
+    theirs = {id(m) for m in model.modules() if not isinstance(m, ours)}
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_name == "forward" and id(frame.f_locals.get("self")) in theirs:
+            return True
+    return False

@@ -1,0 +1,725 @@
+"""Hostile inputs through ``main(argv)``: every bad file, model, argument and config file gets ONE line
+on stderr and exit code 2, never a traceback.
+
+``CASES`` is the source of truth of the table in docs/errors.md: one row per case, in this order
+(input, example, what robustaudit says, exit code). Files are written in their real on-disk formats
+(``torch.save``, ``np.savez``, CIFAR-10 python pickles, MNIST idx(.gz), PNG/JPEG in class folders).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import textwrap
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+from safetensors.torch import save_file
+
+from robustaudit.cli import main
+
+# Every audit is tiny: the whole module stays well under 30 s on a 2-core CPU.
+SMALL = ["--n", "8", "--eps", "0.1", "--checks", "off"]
+GOOD_X = np.random.RandomState(0).rand(10, 1, 8, 8).astype(np.float32)
+GOOD_Y = np.arange(10) % 10
+
+
+def audit(tmp: Path, *extra: str, model: str | None = "digits-cnn", attack: str | None = "fgsm") -> list[str]:
+    """``audit`` argv with a fresh --out; ``model``/``attack`` None leaves them to ``extra`` (or the config)."""
+    argv = ["audit", "--out", str(tmp / "out"), *SMALL]
+    if model is not None:
+        argv += ["--model", model]
+    if attack is not None:
+        argv += ["--attack", attack]
+    return [*argv, *extra]
+
+
+# ------------------------------------------------------------------------------------ file writers
+
+
+def pt_file(tmp: Path, name: str = "d.pt", **entries: object) -> str:
+    path = tmp / name
+    torch.save(entries, path)
+    return f"tensors:{path}"
+
+
+def npz_file(tmp: Path, name: str = "d.npz", **arrays: object) -> str:
+    path = tmp / name
+    np.savez(path, **arrays)
+    return f"tensors:{path}"
+
+
+def raw_file(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def cut(path: Path) -> Path:
+    """Keep the first half of ``path``: a download or copy that stopped midway."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def cut_spec(spec: str) -> str:
+    """``cut`` the file of a ``tensors:FILE`` spec."""
+    cut(Path(spec.partition(":")[2]))
+    return spec
+
+
+def with_nan(x: np.ndarray, value: float = float("nan")) -> np.ndarray:
+    x = x.copy()
+    x[2, 0, 3, 3] = value
+    x[5, 0, 0, :2] = value
+    return x
+
+
+def cifar(tmp: Path, batch: object = None, *, raw: bytes | None = None, meta: object = None) -> str:
+    """``ROOT/cifar-10-batches-py/test_batch`` pickled as the original python-2 files (protocol 2)."""
+    folder = tmp / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    if batch is None and raw is None:
+        batch = {b"data": np.zeros((10, 3072), np.uint8), b"labels": list(range(10))}
+    if raw is not None:
+        (folder / "test_batch").write_bytes(raw)
+    else:
+        (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    if meta is not None:
+        (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return f"cifar10:{tmp / 'cifar'}"
+
+
+def idx(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """An MNIST idx file: magic ``00 00 type ndim``, big-endian sizes, then the data."""
+    return struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def mnist(tmp: Path, images: bytes | None = None, labels: bytes | None = None, *, gz: bool = False) -> str:
+    raw = tmp / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = images if images is not None else idx(np.zeros((10, 28, 28), np.uint8))
+    labels = labels if labels is not None else idx(np.arange(10, dtype=np.uint8))
+    for stem, data in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        if gz:
+            with gzip.open(raw / f"{stem}.gz", "wb") as f:
+                f.write(data)
+        else:
+            (raw / stem).write_bytes(data)
+    return f"mnist:{tmp / 'mnist'}"
+
+
+def png_bytes(size: int = 8, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.RandomState(size).randint(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def folder(tmp: Path, files: dict[str, bytes], *, fill: int = 10) -> str:
+    """``ROOT/<class>/<image>``: ``files`` first (sorted names), then good 8x8 PNGs up to ``fill`` images,
+    so ``--n 8`` never warns about a small data set before the bad file is read."""
+    root = tmp / "images"
+    for rel, data in files.items():
+        raw_file(root, rel, data)
+    for i in range(fill - len(files)):
+        raw_file(root, f"b/z{i}.png", png_bytes(8))
+    return f"imagefolder:{root}"
+
+
+NET_SOURCE = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import torch.nn as nn
+
+
+    class Net(nn.Module):
+        def __init__(self, k=10):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(64, k)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+
+    def build():
+        return Net()
+
+
+    def three_classes():
+        return Net(3)
+
+
+    class Raises(Net):
+        def forward(self, x):
+            raise ValueError("boom")
+
+
+    class InPlace(nn.Module):
+        # scales its input in place: fine on clean data, refused by autograd on an attack's input
+        def __init__(self):
+            super().__init__()
+            from robustaudit.models.catalog import create_model
+            self.net = create_model("digits-cnn")
+
+        def forward(self, x):
+            x.mul_(1.0)
+            return self.net(x)
+
+
+    class Exits(Net):
+        def forward(self, x):
+            sys.exit(3)
+
+
+    class NaNs(Net):
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * float("nan")
+
+
+    class Labels(Net):
+        def forward(self, x):
+            return self.fc(x.flatten(1)).argmax(1)
+
+
+    class OneRow(Net):
+        def forward(self, x):
+            return self.fc(x.flatten(1))[:1]
+
+
+    class Text(Net):
+        def forward(self, x):
+            return "logits"
+
+
+    def raises():
+        return Raises()
+
+
+    def in_place():
+        return InPlace()
+
+
+    def exits():
+        return Exits()
+
+
+    def nans():
+        return NaNs()
+
+
+    def labels():
+        return Labels()
+
+
+    def one_row():
+        return OneRow()
+
+
+    def text():
+        return Text()
+
+
+    def not_a_module():
+        return 42
+
+
+    def factory_fails():
+        raise RuntimeError("factory failed")
+
+
+    def needs_args(depth):
+        return Net()
+    """
+)
+
+
+def net(tmp: Path, attr: str) -> str:
+    path = tmp / "nets.py"
+    path.write_text(NET_SOURCE)
+    return f"{path}:{attr}"
+
+
+def linear_weights(tmp: Path, name: str = "w.pt", k: int = 10) -> Path:
+    """A state_dict that fits ``nets.py:build``, saved as ``torch.save`` or ``.safetensors``."""
+    state = {"fc.weight": torch.zeros(k, 64), "fc.bias": torch.zeros(k)}
+    path = tmp / name
+    if name.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def tampered_card(tmp: Path) -> Path:
+    """Weights whose card ``w.pt.json`` (the format of the shipped manifests) records another sha256."""
+    path = linear_weights(tmp)
+    (tmp / "w.pt.json").write_text('{"name": "w", "sha256": "' + "0" * 64 + '", "reported": {}}')
+    return path
+
+
+def tampered_catalog(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the shipped weights with one byte flipped, put where the catalog looks for them."""
+    from robustaudit.models import catalog
+
+    weights = tmp / "weights"
+    weights.mkdir()
+    for name in ("digits-cnn.pt", "digits-cnn-pgdat.pt"):
+        data = bytearray((catalog.WEIGHTS_DIR / name).read_bytes())
+        data[-100] ^= 0xFF
+        (weights / name).write_bytes(bytes(data))
+    monkeypatch.setattr(catalog, "WEIGHTS_DIR", weights)
+
+
+def torchscript(tmp: Path) -> Path:
+    """Half of a TorchScript file."""
+    path = tmp / "net.pt"
+    with warnings.catch_warnings():  # torch deprecates its TorchScript API; users still have such files
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), torch.rand(1, 1, 8, 8)),
+                       str(path))
+    return cut(path)
+
+
+def pickled_model(tmp: Path) -> Path:
+    path = tmp / "whole.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), path)
+    return path
+
+
+def store_file(tmp: Path) -> None:
+    raw_file(tmp, "out/results.sqlite", b"this is not an SQLite database" * 40)
+
+
+def config(tmp: Path, text: str | bytes, *, model: str | None = None) -> list[str]:
+    path = tmp / "audit.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return audit(tmp, "--config", str(path), model=model, attack=None)
+
+
+# ---------------------------------------------------------------------------------------- the cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: what it is, how a user would write it, and the phrase its message must hold."""
+
+    group: str  # files / models / arguments / configuration
+    what: str  # the table's "input" column
+    example: str  # the table's "example" column
+    argv: Callable[..., list[str]]  # (tmp_path, monkeypatch) -> argv
+    phrase: str
+
+
+def C(group: str, what: str, example: str, argv: Callable[..., list[str]], phrase: str) -> Case:
+    return Case(group, what, example, argv, phrase)
+
+
+def _a(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
+    return lambda tmp, monkeypatch: build(tmp)
+
+
+F, M, A, T = "files", "models", "arguments", "configuration"
+X, Y = GOOD_X, GOOD_Y
+CLASSES = np.array([str(i) for i in range(10)])
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ tensor files (.pt, .npz)
+    C(F, "tensors .pt: truncated", "half of a `torch.save` file",
+      _a(lambda t: audit(t, "--data", cut_spec(pt_file(t, x=torch.from_numpy(X), y=torch.from_numpy(Y))))),
+      "not a torch.save file, or truncated"),
+    C(F, "tensors .pt: wrong format", "a text file named `d.pt`",
+      _a(lambda t: audit(t, "--data", f"tensors:{raw_file(t, 'd.pt', b'x,y')}")), "not a torch.save file"),
+    C(F, "tensors .pt: Python objects inside", "`{'x': x, 'y': y, 'fn': os.getcwd}`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.from_numpy(Y), fn=os.getcwd))),
+      "refused: it holds Python objects"),
+    C(F, "tensors .pt: NaN pixels", "`x[2, 0, 3, 3] = nan` (and 2 more)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(with_nan(X)), y=torch.from_numpy(Y)))),
+      "has NaN or Inf pixels (3 NaN pixels in 2 of 10 samples)"),
+    C(F, "tensors .pt: Inf pixels", "`x[2, 0, 3, 3] = inf` (and 2 more)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(with_nan(X, float("inf"))), y=torch.from_numpy(Y)))),
+      "(3 Inf pixels in 2 of 10 samples)"),
+    C(F, "tensors .pt: wrong shape, 3-D", "`x` of shape (10, 8, 8)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X[:, 0]), y=torch.from_numpy(Y)))),
+      "for grayscale (N, H, W) use x.unsqueeze(1)"),
+    C(F, "tensors .pt: wrong shape, channels last", "`x` of shape (10, 9, 9, 3)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.rand(10, 9, 9, 3), y=torch.from_numpy(Y)))),
+      "look channels-last"),
+    C(F, "tensors .pt: empty data set", "`x` of shape (0, 1, 8, 8)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.zeros(0, 1, 8, 8), y=torch.zeros(0, dtype=torch.long)))),
+      "no images"),
+    C(F, "tensors .pt: labels out of range", "label 12 with a 10-class model",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.tensor([12] * 10)))),
+      "has 10 outputs but data"),
+    C(F, "tensors .pt: negative labels", "`y[3] = -1`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.tensor([0, 1, 2, -1, 4, 5, 6, 7, 8, 9])))),
+      "sample 3 has negative label -1"),
+    C(F, "tensors .pt: labels not integers", "`y = arange(10) + 0.5`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.arange(10) + 0.5))),
+      "non-integer values (sample 0 has label 0.5; 10 such labels)"),
+    C(F, "tensors .pt: labels whole floats", "`y = arange(10).float()`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.arange(10).float()))),
+      "use y.long()"),
+    C(F, "tensors .pt: one-hot labels", "`y` of shape (10, 10)",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.eye(10, dtype=torch.long)))),
+      "one-hot labels? use y.argmax(1)"),
+    C(F, "tensors .pt: x and y of different lengths", "10 images, 7 labels",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.arange(7)))),
+      "10 images but 7 labels"),
+    C(F, "tensors .pt: uint8 pixels", "`x` uint8 in [0, 255]",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy((X * 255).astype(np.uint8)), y=torch.from_numpy(Y)))),
+      "use x.float() / 255"),
+    C(F, "tensors .pt: float pixels in [0, 255]", "`x * 255` as float32",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X * 255), y=torch.from_numpy(Y)))),
+      "divide by 255"),
+    C(F, "tensors .pt: key missing", "`{'x': x}`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X)))), "missing key(s) y"),
+    C(F, "tensors .pt: not a dict", "`torch.save(x, path)`",
+      _a(lambda t: audit(t, "--data", f"tensors:{_save(t / 'd.pt', torch.from_numpy(X))}")), "expected a dict with keys 'x' and 'y'"),
+    C(F, "tensors .pt: sparse images", "`x.to_sparse()`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X).to_sparse(), y=torch.from_numpy(Y)))),
+      "x is a sparse_coo tensor"),
+    C(F, "tensors .pt: meta tensors", "`torch.empty(..., device='meta')`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.empty(10, 1, 8, 8, device="meta"), y=torch.from_numpy(Y)))),
+      "on the 'meta' device"),
+    C(F, "tensors .pt: images not an array", "`{'x': 'abc', 'y': y}`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x="abc", y=torch.from_numpy(Y)))), "x must be a tensor or numpy array"),
+    C(F, "tensors .pt: bad class_names", "`class_names = 5`",
+      _a(lambda t: audit(t, "--data", pt_file(t, x=torch.from_numpy(X), y=torch.from_numpy(Y), class_names=5))),
+      "'class_names' must be a list of strings"),
+    C(F, "tensors: unknown suffix", "`--data tensors:d.csv`",
+      _a(lambda t: audit(t, "--data", f"tensors:{t / 'd.csv'}")), "expected a .pt or .npz file"),
+    C(F, "tensors: missing file", "`--data tensors:nope.pt`",
+      _a(lambda t: audit(t, "--data", f"tensors:{t / 'nope.pt'}")), "does not exist"),
+    C(F, "tensors .npz: truncated", "half of an `np.savez` file",
+      _a(lambda t: audit(t, "--data", cut_spec(npz_file(t, x=X, y=Y)))),
+      "not an .npz file or truncated"),
+    C(F, "tensors .npz: wrong format", "a pickle named `d.npz`",
+      _a(lambda t: audit(t, "--data", f"tensors:{raw_file(t, 'd.npz', pickle.dumps({'x': 1}))}")),
+      "expected a zip archive from np.savez"),
+    C(F, "tensors .npz: NaN pixels", "`x[2, 0, 3, 3] = nan` (and 2 more)",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=with_nan(X), y=Y))), "(3 NaN pixels in 2 of 10 samples)"),
+    C(F, "tensors .npz: wrong shape, 2-D", "`x` of shape (10, 64)",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X.reshape(10, 64), y=Y))), "images must be 4-D (N, C, H, W), got 2-D"),
+    C(F, "tensors .npz: empty data set", "`x` of shape (0, 1, 8, 8)",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X[:0], y=Y[:0]))), "no images"),
+    C(F, "tensors .npz: labels out of range", "label 12 with `class_names` of 10",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X, y=np.full(10, 12), class_names=CLASSES))),
+      "sample 0 has label 12, outside [0, 10) for 10 classes"),
+    C(F, "tensors .npz: labels not integers", "`y = arange(10) / 3`",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X, y=np.arange(10) / 3))), "non-integer values (sample 1 has label 0.333333"),
+    C(F, "tensors .npz: x and y of different lengths", "10 images, 9 labels",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X, y=Y[:9]))), "10 images but 9 labels"),
+    C(F, "tensors .npz: object arrays", "`x` of dtype object",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=np.array([object()] * 2, dtype=object), y=Y[:2]))),
+      "object arrays are refused"),
+    C(F, "tensors .npz: strings", "`x` of dtype `<U3`",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=np.array(["abc"] * 10), y=Y))), "expected a numeric array"),
+    C(F, "tensors .npz: bad class_names", "`class_names = array('abc')` (0-d)",
+      _a(lambda t: audit(t, "--data", npz_file(t, x=X, y=Y, class_names=np.array("abc")))),
+      "'class_names' must be a list of strings"),
+    # --------------------------------------------------------------------- CIFAR-10 python pickles
+    C(F, "CIFAR-10: truncated batch", "half of `test_batch`",
+      _a(lambda t: audit(t, "--data", cifar(t, raw=pickle.dumps({b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 10}, protocol=2)[:4000]))),
+      "truncated or not a python pickle"),
+    C(F, "CIFAR-10: wrong format", "an `.npz` renamed `test_batch`",
+      _a(lambda t: audit(t, "--data", cifar(t, raw=b"PK\x03\x04" + bytes(200)))), "truncated or not a python pickle"),
+    C(F, "CIFAR-10: hostile pickle", "`test_batch` that calls `os.system`",
+      _a(lambda t: audit(t, "--data", cifar(t, raw=b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."))),
+      "refused to load global 'posix.system'"),
+    C(F, "CIFAR-10: float pixels with NaN", "`data` float32 (10, 3072), NaN",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.full((10, 3072), np.nan, np.float32), b"labels": [0] * 10}))),
+      "expected key 'data' holding uint8 pixels of shape (N, 3072), got float32"),
+    C(F, "CIFAR-10: wrong shape", "`data` of shape (10, 1024)",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.zeros((10, 1024), np.uint8), b"labels": [0] * 10}))),
+      "got uint8 (10, 1024)"),
+    C(F, "CIFAR-10: empty batch", "`data` of shape (0, 3072)",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}))), "no images"),
+    C(F, "CIFAR-10: labels out of range", "label 10",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.zeros((10, 3072), np.uint8), b"labels": [10] * 10}))),
+      "has label 10, outside [0, 10)"),
+    C(F, "CIFAR-10: labels not integers", "`labels = [0.5, ...]`",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.zeros((10, 3072), np.uint8), b"labels": [0.5] * 10}))),
+      "'labels' must be integer class indices; label 0 is 0.5 (float)"),
+    C(F, "CIFAR-10: x and y of different lengths", "10 images, 9 labels",
+      _a(lambda t: audit(t, "--data", cifar(t, {b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 9}))),
+      "10 images but 9 labels"),
+    C(F, "CIFAR-10: not a dict", "a pickled list",
+      _a(lambda t: audit(t, "--data", cifar(t, [1, 2, 3]))), "expected a pickled dict"),
+    C(F, "CIFAR-10: bad batches.meta", "`label_names = 5`",
+      _a(lambda t: audit(t, "--data", cifar(t, meta={b"label_names": 5}))), "expected key 'label_names'"),
+    C(F, "CIFAR-10: no batches", "an empty folder",
+      _a(lambda t: audit(t, "--data", f"cifar10:{t}")), "no CIFAR-10 data under"),
+    C(F, "CIFAR-10: missing root", "`--data cifar10:nope`",
+      _a(lambda t: audit(t, "--data", f"cifar10:{t / 'nope'}")), "does not exist"),
+    # ------------------------------------------------------------------------- MNIST idx(.gz)
+    C(F, "MNIST: truncated idx", "images file cut by 100 bytes",
+      _a(lambda t: audit(t, "--data", mnist(t, idx(np.zeros((10, 28, 28), np.uint8))[:-100]))),
+      "is truncated or corrupt: header says 10x28x28 = 7840 bytes, file holds 7740"),
+    C(F, "MNIST: truncated .gz", "first 30 bytes of the .gz",
+      _a(lambda t: audit(t, "--data", _cut_gz(mnist(t, gz=True)))), "cannot read MNIST file"),
+    C(F, "MNIST: wrong format", "a PNG named `t10k-images-idx3-ubyte`",
+      _a(lambda t: audit(t, "--data", mnist(t, png_bytes()))), "is not an MNIST idx file"),
+    C(F, "MNIST: float pixels", "idx of type 0x0D (float32)",
+      _a(lambda t: audit(t, "--data", mnist(t, idx(np.zeros((10, 28, 28), ">f4"), 0x0D)))), "expected magic 0x00000803"),
+    C(F, "MNIST: header lies about the size", "dims 2^32-1 x 2^32-1 x 2^32-1",
+      _a(lambda t: audit(t, "--data", mnist(t, struct.pack(">BBBB3I", 0, 0, 8, 3, *[2**32 - 1] * 3) + bytes(16)))),
+      "is truncated or corrupt"),
+    C(F, "MNIST: empty", "0 images, 0 labels",
+      _a(lambda t: audit(t, "--data", mnist(t, idx(np.zeros((0, 28, 28), np.uint8)), idx(np.zeros(0, np.uint8))))), "no images"),
+    C(F, "MNIST: labels out of range", "label 12",
+      _a(lambda t: audit(t, "--data", mnist(t, labels=idx(np.full(10, 12, np.uint8))))), "has label 12, outside [0, 10)"),
+    C(F, "MNIST: x and y of different lengths", "10 images, 9 labels",
+      _a(lambda t: audit(t, "--data", mnist(t, labels=idx(np.zeros(9, np.uint8))))), "has 10 images but t10k-labels-idx1-ubyte has 9 labels"),
+    C(F, "MNIST: missing files", "`--data mnist:EMPTY_DIR`",
+      _a(lambda t: audit(t, "--data", f"mnist:{t}")), "no MNIST file t10k-images-idx3-ubyte"),
+    # --------------------------------------------------------------------------- ImageFolder
+    C(F, "ImageFolder: corrupt image", "`a/1.png` holding garbage after the PNG signature",
+      _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": b"\x89PNG\r\n\x1a\n not really"}))), "cannot read it"),
+    C(F, "ImageFolder: truncated image", "half of a JPEG",
+      _a(lambda t: audit(t, "--data", folder(t, {"a/1.jpg": half(png_bytes(64, "JPEG"))}))), "image file is truncated"),
+    C(F, "ImageFolder: empty image file", "`a/1.png` of 0 bytes",
+      _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": b""}))), "cannot read it: not an image file"),
+    C(F, "ImageFolder: images of different sizes", "8x8 and 9x9 PNGs",
+      _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": png_bytes(9)}))), "images must all have one size"),
+    C(F, "ImageFolder: no images", "class folders with `.txt` files only",
+      _a(lambda t: audit(t, "--data", f"imagefolder:{raw_file(t, 'im/a/x.txt', b'hi').parent.parent}")), "no images under"),
+    C(F, "ImageFolder: missing root", "`--data imagefolder:nope`",
+      _a(lambda t: audit(t, "--data", f"imagefolder:{t / 'nope'}")), "does not exist or is not a folder"),
+    C(F, "ImageFolder: bad size", "`imagefolder:ROOT:size=0`",
+      _a(lambda t: audit(t, "--data", folder(t, {}) + ":size=0")), "size must be a positive integer, got '0'"),
+    C(F, "ImageFolder: unknown setting", "`imagefolder:ROOT:sz=32`",
+      _a(lambda t: audit(t, "--data", folder(t, {}) + ":sz=32")), "(did you mean 'size'?)"),
+    C(F, "data: unknown data set", "`--data digitz`",
+      _a(lambda t: audit(t, "--data", "digitz")), "unknown dataset 'digitz' (did you mean 'digits'?)"),
+    C(F, "data: location missing", "`--data cifar10`",
+      _a(lambda t: audit(t, "--data", "cifar10")), "needs a location"),
+    # -------------------------------------------------------------------------------- models
+    C(M, "wrong output size", "`nets.py:three_classes` (3 logits) on digits (10 classes)",
+      _a(lambda t: audit(t, model=net(t, "three_classes"))), "has 3 outputs but data 'digits' has 10 classes"),
+    C(M, "returns class indices", "forward returns `logits.argmax(1)`",
+      _a(lambda t: audit(t, model=net(t, "labels"))), "returned int64 outputs; it must return float logits"),
+    C(M, "returns the wrong number of rows", "forward returns `logits[:1]`",
+      _a(lambda t: audit(t, model=net(t, "one_row"))), "returned 1 rows of logits (shape (1, 10)) for a batch of 8"),
+    C(M, "returns something else", "forward returns a string",
+      _a(lambda t: audit(t, model=net(t, "text"))), "the model returned str"),
+    C(M, "raises in forward", "`raise ValueError('boom')`",
+      _a(lambda t: audit(t, model=net(t, "raises"))), "raised ValueError in forward: boom"),
+    C(M, "raises in forward during the attack", "`x.mul_(1.0)` on the input (autograd refuses it)",
+      _a(lambda t: audit(t, model=net(t, "in_place"))), "in forward during attack 'fgsm'"),
+    C(M, "calls sys.exit in forward", "`sys.exit(3)`",
+      _a(lambda t: audit(t, model=net(t, "exits"))), "called sys.exit(3)"),
+    C(M, "returns NaN", "logits `* nan`",
+      _a(lambda t: audit(t, model=net(t, "nans"))), "returned NaN or infinite logits"),
+    C(M, "factory returns a non-module", "`def not_a_module(): return 42`",
+      _a(lambda t: audit(t, model=net(t, "not_a_module"))), "returned int, expected torch.nn.Module"),
+    C(M, "factory raises", "`raise RuntimeError('factory failed')`",
+      _a(lambda t: audit(t, model=net(t, "factory_fails"))), "raised RuntimeError: factory failed"),
+    C(M, "factory needs arguments", "`def needs_args(depth)`",
+      _a(lambda t: audit(t, model=net(t, "needs_args"))), "needs arguments (depth)"),
+    C(M, "file.py with a syntax error", "`def f(:`",
+      _a(lambda t: audit(t, model=f"{raw_file(t, 'bad.py', b'def f(:')}:f")), "syntax error in"),
+    C(M, "file.py that fails to import", "`import no_such_module_xyz`",
+      _a(lambda t: audit(t, model=f"{raw_file(t, 'imp.py', b'import no_such_module_xyz')}:f")),
+      "raised ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    C(M, "missing callable", "`nets.py:biuld`",
+      _a(lambda t: audit(t, model=net(t, "biuld"))), "has no callable 'biuld' (did you mean 'build'?)"),
+    C(M, "missing file.py", "`--model nope.py:build`",
+      _a(lambda t: audit(t, model=f"{t / 'nope.py'}:build")), "not found"),
+    C(M, "unknown catalog model", "`--model digits-cnnn`",
+      _a(lambda t: audit(t, model="digits-cnnn")), "did you mean 'digits-cnn'?"),
+    C(M, "unknown torchvision architecture", "`--model torchvision:resnett18`",
+      _a(lambda t: audit(t, model="torchvision:resnett18")), "did you mean 'resnet18'?"),
+    C(M, "model spec is a folder", "`--model ./models/`",
+      _a(lambda t: audit(t, model=str(t))), "is a directory"),
+    C(M, "state_dict that does not fit (keys)", "`--model digits-cnn --weights linear.pt`",
+      _a(lambda t: audit(t, "--weights", str(linear_weights(t)))), "do not fit the model: keys 10 missing"),
+    C(M, "state_dict that does not fit (shapes)", "3-class weights for the 10-class net",
+      _a(lambda t: audit(t, "--weights", str(linear_weights(t, k=3)), model=net(t, "build"))),
+      "'fc.weight' has shape (3, 64) in the file but (10, 64) in the model"),
+    C(M, "truncated .pt weights", "half of a `torch.save` state_dict",
+      _a(lambda t: audit(t, "--weights", str(cut(linear_weights(t))), model=net(t, "build"))),
+      "(corrupt, truncated or not a PyTorch file?): a zip archive cut short"),
+    C(M, "truncated .safetensors weights", "half of a `.safetensors` file",
+      _a(lambda t: audit(t, "--weights", str(cut(linear_weights(t, "w.safetensors"))), model=net(t, "build"))),
+      "corrupt or truncated safetensors?"),
+    C(M, "weights file of random bytes", "`--weights noise.pt`",
+      _a(lambda t: audit(t, "--weights", str(raw_file(t, "noise.pt", bytes(range(7, 256)))), model=net(t, "build"))),
+      "neither a zip archive (torch.save) nor a pickle"),
+    C(M, "missing weights file", "`--weights nope.pt`",
+      _a(lambda t: audit(t, "--weights", str(t / "nope.pt"))), "weights file '"),
+    C(M, "weights whose sha256 does not match their card", "`w.pt` with a card `w.pt.json` of another sha256",
+      _a(lambda t: audit(t, "--weights", str(tampered_card(t)), model=net(t, "build"))),
+      "but its card 'w.pt.json' expects 000000000000…: refused"),
+    C(M, "tampered catalog weights", "one byte of the shipped `digits-cnn.pt` flipped",
+      lambda t, monkeypatch: (tampered_catalog(t, monkeypatch), audit(t))[1],
+      "but the card of 'digits-cnn' expects"),
+    C(M, "truncated TorchScript model", "half of a `torch.jit.save` file",
+      _a(lambda t: audit(t, model=str(torchscript(t)))), "a zip archive cut short or damaged"),
+    C(M, "corrupt torch.export model", "a `.pt2` of zeros",
+      _a(lambda t: audit(t, model=str(raw_file(t, "m.pt2", bytes(64))))), "could not load torch.export archive"),
+    C(M, "pickled whole model", "`torch.save(model, 'whole.pt')` without --trust-pickle",
+      _a(lambda t: audit(t, model=str(pickled_model(t)))), "pass --trust-pickle if you trust its source"),
+    C(M, "bad normalization", "`--normalize mean=abc`",
+      _a(lambda t: audit(t, "--normalize", "mean=abc")), "is not a number"),
+    C(M, "normalization for 3 channels on 1", "`--normalize mean=.5,.5,.5,std=.2,.2,.2`",
+      _a(lambda t: audit(t, "--normalize", "mean=.5,.5,.5,std=.2,.2,.2")), "normalize has 3 channels"),
+    # ----------------------------------------------------------------------------- arguments
+    C(A, "unknown flag", "`--epz 0.1`", _a(lambda t: audit(t, "--epz", "0.1")), "(did you mean '--eps'?)"),
+    C(A, "unknown command", "`robustaudit audti`", _a(lambda t: ["audti"]), "(did you mean 'audit'?)"),
+    C(A, "unknown norm", "`--norm linff`", _a(lambda t: audit(t, "--norm", "linff")), "(did you mean 'linf'?)"),
+    C(A, "unknown attack", "`--attack pgdd`", _a(lambda t: audit(t, attack="pgdd")), "unknown attack 'pgdd' (did you mean 'pgd'?)"),
+    C(A, "unknown attack setting", "`--attack pgd:stepz=3`",
+      _a(lambda t: audit(t, attack="pgd:stepz=3")), "has no setting 'stepz' (did you mean 'steps'?)"),
+    C(A, "eps negative", "`--eps=-1`", _a(lambda t: audit(t, "--eps=-1")), "eps must be >= 0"),
+    C(A, "eps NaN", "`--eps nan`", _a(lambda t: audit(t, "--eps", "nan")), "eps must be finite"),
+    C(A, "eps infinite", "`--eps inf`", _a(lambda t: audit(t, "--eps", "inf")), "eps must be finite"),
+    C(A, "eps not a number", "`--eps abc`", _a(lambda t: audit(t, "--eps", "abc")), "cannot parse eps 'abc'"),
+    C(A, "eps divides by zero", "`--eps 1/0`", _a(lambda t: audit(t, "--eps", "1/0")), "cannot parse eps '1/0'"),
+    C(A, "eps list with a hole", "`--eps 0.1,,0.2`", _a(lambda t: audit(t, "--eps", "0.1,,0.2")), "cannot parse eps ''"),
+    C(A, "device that is not there", "`--device cuda:7`", _a(lambda t: audit(t, "--device", "cuda:7")), "'cuda:7'"),
+    C(A, "device that is no device", "`--device gpu`", _a(lambda t: audit(t, "--device", "gpu")), "unknown device 'gpu' (did you mean 'cuda'?)"),
+    C(A, "device in capitals", "`--device CPU`", _a(lambda t: audit(t, "--device", "CPU")), "(did you mean 'cpu'?)"),
+    C(A, "attack steps zero", "`--attack pgd:steps=0`", _a(lambda t: audit(t, attack="pgd:steps=0")), "steps must be an integer >= 1, got 0"),
+    C(A, "attack unknown setting", "`--attack pgd:foo=1`", _a(lambda t: audit(t, attack="pgd:foo=1")), "attack 'pgd' has no setting 'foo'"),
+    C(A, "attack steps not a number", "`--attack pgd:steps=abc`", _a(lambda t: audit(t, attack="pgd:steps=abc")), "got 'abc'"),
+    C(A, "attack step size NaN", "`--attack pgd:step_size=nan`", _a(lambda t: audit(t, attack="pgd:step_size=nan")), "step_size must be a finite number"),
+    C(A, "attack switch not a boolean", "`--attack pgd:random_start=maybe`",
+      _a(lambda t: audit(t, attack="pgd:random_start=maybe")), "random_start is a switch: true or false"),
+    C(A, "attack setting without value", "`--attack pgd:steps=`", _a(lambda t: audit(t, attack="pgd:steps=")), "expected key=value"),
+    C(A, "attack setting twice", "`--attack pgd:steps=3,steps=4`", _a(lambda t: audit(t, attack="pgd:steps=3,steps=4")), "given twice"),
+    C(A, "wrapper without its attack", "`--attack eot`", _a(lambda t: audit(t, attack="eot")), "wraps another attack"),
+    C(A, "unbalanced parentheses", "`--attack eot(pgd`", _a(lambda t: audit(t, attack="eot(pgd")), "unbalanced parentheses"),
+    C(A, "attack for another norm", "`--attack cw` with linf", _a(lambda t: audit(t, attack="cw:steps=2")), "supports norms l2, not 'linf'"),
+    C(A, "foolbox setting of the wrong type", "`--attack foolbox:LinfPGD:steps=abc`",
+      _a(lambda t: audit(t, attack="foolbox:LinfPGD:steps=abc")), "steps must be an integer, got 'abc'"),
+    C(A, "--n zero", "`--n 0`", _a(lambda t: audit(t, "--n", "0")), "--n must be >= 1, got 0"),
+    C(A, "--n negative", "`--n=-5`", _a(lambda t: audit(t, "--n=-5")), "--n must be >= 1, got -5"),
+    C(A, "--n not a number", "`--n abc`", _a(lambda t: audit(t, "--n", "abc")), "invalid int value: 'abc'"),
+    C(A, "--batch-size zero", "`--batch-size 0`", _a(lambda t: audit(t, "--batch-size", "0")), "--batch-size must be >= 1, got 0"),
+    C(A, "--batch-size negative", "`--batch-size=-1`", _a(lambda t: audit(t, "--batch-size=-1")), "--batch-size must be >= 1, got -1"),
+    C(A, "--seed beyond 64 bits", "`--seed 18446744073709551616`",
+      _a(lambda t: audit(t, "--seed", str(2**64))), "--seed must fit in 64 bits"),
+    C(A, "--fail-under outside [0, 1]", "`--fail-under 7`", _a(lambda t: audit(t, "--fail-under", "7")), "accuracy in [0, 1]"),
+    C(A, "--out is a file", "`--out results.json`",
+      _a(lambda t: audit(t, "--out", str(raw_file(t, "f.txt", b"x")))), "is a file, not a directory"),
+    C(A, "--out is empty", "`--out ''`", _a(lambda t: audit(t, "--out", "")), "--out is empty"),
+    C(A, "--out holds a corrupt store", "`results.sqlite` of text",
+      _a(lambda t: (store_file(t), audit(t))[1]), "is not a robustaudit results store"),
+    C(A, "--resume with --overwrite", "`--resume --overwrite`",
+      _a(lambda t: audit(t, "--resume", "--overwrite")), "exclude each other"),
+    C(A, "--weights for two models", "`--model a --model b --weights w.pt`",
+      _a(lambda t: audit(t, "--model", "digits-cnn-pgdat", "--weights", str(linear_weights(t)))), "give one --weights per --model"),
+    C(A, "report of a folder without results", "`robustaudit report empty/`",
+      _a(lambda t: ["report", str(t)]), "no results.json in"),
+    C(A, "report of a foreign JSON file", "`results.json` holding `[1, 2]`",
+      _a(lambda t: ["report", str(raw_file(t, "r/results.json", b"[1, 2]").parent)]), "is not a robustaudit results file"),
+    C(A, "list of an unknown kind", "`robustaudit list modles`", _a(lambda t: ["list", "modles"]), "(did you mean 'models'?)"),
+    # ------------------------------------------------------------------------- configuration
+    C(T, "config: missing file", "`--config nope.toml`",
+      _a(lambda t: audit(t, "--config", str(t / "nope.toml"), model=None, attack=None)), "not found"),
+    C(T, "config: a folder", "`--config ./`",
+      _a(lambda t: audit(t, "--config", str(t), model=None, attack=None)), "is a directory"),
+    C(T, "config: bad TOML syntax", "`model = [`", _a(lambda t: config(t, "model = [\n")), "is not valid TOML"),
+    C(T, "config: not UTF-8", "bytes `ff fe 00`", _a(lambda t: config(t, b"\xff\xfe\x00")), "cannot read config"),
+    C(T, "config: unknown key", "`modle = 'digits-cnn'`",
+      _a(lambda t: config(t, "modle = 'digits-cnn'\n")), "unknown key 'modle' (did you mean 'model'?)"),
+    C(T, "config: wrong type (int)", "`n = '5'`", _a(lambda t: config(t, "n = '5'\n")), "'n' must be int, got '5'"),
+    C(T, "config: wrong type (bool)", "`trust_pickle = 'yes'`",
+      _a(lambda t: config(t, "trust_pickle = 'yes'\n")), "'trust_pickle' must be bool"),
+    C(T, "config: wrong type (eps)", "`eps = true`", _a(lambda t: config(t, "eps = true\n")), "cannot parse eps True"),
+    C(T, "config: wrong type (model)", "`model = 5`", _a(lambda t: config(t, "model = 5\n")), "'model' must be a string or a list of strings"),
+    C(T, "config: [audit] not a table", "`audit = 5`", _a(lambda t: config(t, "audit = 5\n")), "'audit' must be a table"),
+    C(T, "config: keys outside [audit]", "`eps = 0.1` above `[audit]`",
+      _a(lambda t: config(t, "eps = 0.1\n[audit]\nn = 3\n")), "key 'eps' is outside the [audit] table"),
+    C(T, "config: [[models]] unknown key", "`[[models]]` with `wieghts = ...`",
+      _a(lambda t: config(t, "[[models]]\nspec = 'digits-cnn'\nwieghts = 'w.pt'\n")),
+      "[[models]] entry 1 has unknown key 'wieghts' (did you mean 'weights'?)"),
+    C(T, "config: [[models]] without spec", "`[[models]]` with `weights` only",
+      _a(lambda t: config(t, "[[models]]\nweights = 'w.pt'\n")), "[[models]] entry 1 needs a 'spec' key"),
+    C(T, "config: [[models]] spec not a string", "`spec = 5`",
+      _a(lambda t: config(t, "[[models]]\nspec = 5\n")), "'spec' must be a string, got 5"),
+    C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
+    C(T, "config: bad device", "`device = 'gpu'`",
+      _a(lambda t: config(t, "device = 'gpu'\n", model="digits-cnn")), "(did you mean 'cuda'?)"),
+    C(T, "config: weights without a model", "`weights = 'w.pt'`",
+      _a(lambda t: config(t, "weights = 'w.pt'\n")), "'weights' must come with 'model'"),
+]
+
+
+def _save(path: Path, obj: object) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _cut_gz(spec: str) -> str:
+    gz = Path(spec.partition(":")[2]) / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:30])
+    return spec
+
+
+def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one non-empty line on stderr (rich prints with soft_wrap=True: no wrapping)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.group}: {c.what}" for c in CASES])
+def test_hostile_input_gets_one_line_and_exit_2(case: Case, tmp_path: Path, capsys, monkeypatch) -> None:
+    if case.what == "device that is not there" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    argv = case.argv(tmp_path, monkeypatch)
+    assert main(argv) == 2, capsys.readouterr().err
+    line = stderr_line(capsys)
+    assert line.startswith("error: ") and case.phrase in line, line
+
+
+def test_every_group_is_covered() -> None:
+    groups = {c.group for c in CASES}
+    assert groups == {F, M, A, T}
+    assert len({c.what for c in CASES}) == len(CASES)  # one row per input in docs/errors.md
+
+
+# ------------------------------------------------------------ what must still work after the refusals
+
+
+def test_pickled_model_loads_with_trust_pickle(tmp_path: Path, capsys) -> None:
+    path = pickled_model(tmp_path)
+    assert main(audit(tmp_path, "--trust-pickle", model=str(path))) == 0, capsys.readouterr().err
+
+
+def test_weights_matching_their_card_load(tmp_path: Path, capsys) -> None:
+    from robustaudit.models.loading import file_sha256
+
+    weights = linear_weights(tmp_path)
+    (tmp_path / "w.pt.json").write_text('{"name": "w", "sha256": "%s"}' % file_sha256(weights))
+    assert main(audit(tmp_path, "--weights", str(weights), "--json", model=net(tmp_path, "build"))) == 0
+    doc = __import__("json").loads(capsys.readouterr().out)
+    assert doc["provenance"]["models"][0]["weights_sha256"] == file_sha256(weights)
+
+
+def test_big_endian_arrays_are_read(tmp_path: Path, capsys) -> None:
+    spec = npz_file(tmp_path, x=X.astype(">f4"), y=Y.astype(">i8"))
+    assert main(audit(tmp_path, "--data", spec)) == 0, capsys.readouterr().err
