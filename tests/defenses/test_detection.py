@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from robustaudit.attacks.gradient import PGD
+from robustaudit.core.errors import UserError
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.registry import open_dataset
 from robustaudit.defenses.detection import (
@@ -24,7 +25,6 @@ from robustaudit.defenses.detection import (
     median_filter,
     parse_detectors,
 )
-from robustaudit.core.errors import UserError
 from robustaudit.evaluate.detection import auroc
 from robustaudit.models.loading import load_model
 

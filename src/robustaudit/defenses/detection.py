@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from robustaudit.attacks.base import Attack
 from robustaudit.attacks.wrappers import BPDAFunction
@@ -438,7 +438,7 @@ def split_for_fit(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``(fit, validation)`` of a fitting split of ``n`` samples: a seeded permutation, the last
     :data:`VALIDATION_SHARE` held out for the threshold (never fitted on)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(VALIDATION_SHARE * n)))
+    n_val = max(1, round(VALIDATION_SHARE * n))
     return order[: n - n_val].sort().values, order[n - n_val:].sort().values
 
 
@@ -481,7 +481,7 @@ def fit_detector(
             det.threshold, det.scale = float(saved["_threshold"]), float(saved["_scale"])
             det.fpr = fpr
             return det
-        except Exception:  # noqa: BLE001 - a cache is a convenience: refit on anything unreadable
+        except Exception:  # noqa: BLE001, S110 - a cache is a convenience: refit on anything unreadable
             pass
     fit_idx, val_idx = split_for_fit(len(x), seed)
     with eval_mode(model):

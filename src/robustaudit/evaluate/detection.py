@@ -31,7 +31,12 @@ from robustaudit.attacks.base import AttackKind
 from robustaudit.core.errors import UserError
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData, as_image_data
-from robustaudit.defenses.detection import DetectorAwarePGD, describe, fit_detector, parse_detectors
+from robustaudit.defenses.detection import (
+    DetectorAwarePGD,
+    describe,
+    fit_detector,
+    parse_detectors,
+)
 from robustaudit.evaluate.metrics import wilson_interval
 from robustaudit.evaluate.result import COLUMNS, WORST_CASE
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
