@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(more checks, EOT/BPDA/Square re-runs where needed) or off; see docs/checks.md")
     a.add_argument("--defense", metavar="NAME[,NAME]",
                    help="wrap every model in detectors: squeeze, metzen, mahalanobis; adds MODEL+DETECTOR rows under "
-                   "the plain and a detector-aware adaptive attack (see `robustaudit list defenses`)")
+                   "the plain and a detector-aware adaptive attack (see `robustaudit list defenses`); the embedded "
+                   "default audit uses squeeze, 'none' turns that off")
     a.add_argument("--defense-fpr", type=float, default=0.05, dest="defense_fpr", metavar="F",
                    help="clean false-positive rate the detector thresholds are set at, on held-out clean data (default 0.05)")
     a.add_argument("--defense-data", metavar="D", dest="defense_data",
@@ -263,6 +264,17 @@ def raise_usage(message: str) -> None:
     raise UserError(message)
 
 
+#: The detector of the embedded default audit (no --model, no --config): the default covers every kind of row.
+DEFAULT_DEFENSE = "squeeze"
+
+
+def _defense(args: argparse.Namespace) -> str | None:
+    """``--defense``; ``none`` turns detectors off; the embedded default audit gets :data:`DEFAULT_DEFENSE`."""
+    if args.defense is not None:
+        return None if args.defense.strip().lower() == "none" else args.defense
+    return DEFAULT_DEFENSE if not args.model and not args.config else None
+
+
 def _cmd_audit(args: argparse.Namespace, err) -> int:
     from robustaudit.evaluate.api import run_plan
     from robustaudit.reports import write_reports
@@ -276,7 +288,7 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
     out = _console(stderr=bool(args.json))
     try:
         with _RichProgress(err) as bar:
-            result = run_plan(plan, progress=bar, defense=args.defense, defense_fpr=args.defense_fpr,
+            result = run_plan(plan, progress=bar, defense=_defense(args), defense_fpr=args.defense_fpr,
                               defense_data=args.defense_data)
     except KeyboardInterrupt:
         err.print(_interrupted(plan.out, getattr(args, "argv", [])), soft_wrap=True, markup=False)

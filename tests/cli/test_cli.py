@@ -30,14 +30,20 @@ def test_small_audit_writes_four_files(tmp_path, capsys):
     assert doc["schema_version"] == 1
     prov = doc["provenance"]
     assert prov["seed"] == 0 and prov["device"].startswith("cpu") and prov["torch"] == torch.__version__
-    assert [m["name"] for m in prov["models"]] == ["digits-cnn", "digits-cnn-pgdat"]
+    assert [m["name"] for m in prov["models"]] == ["digits-cnn", "digits-cnn-pgdat", "digits-cnn-trades", "digits-cnn-ls"]
     assert all(len(m["weights_sha256"]) == 64 for m in prov["models"])
     recs = doc["records"]
-    assert len(recs) == 2 * 3 * 2  # models × (2 attacks + worst case) × eps
+    plain = [r for r in recs if "+" not in r["model"]]
+    detected = [r for r in recs if r["model"].endswith("+squeeze")]  # the default audit's detector rows
+    assert len(plain) == 4 * 3 * 2  # models × (2 attacks + worst case) × eps
+    assert len(detected) == 4 * 5 * 2  # models × (2 attacks, 2 adaptive attacks, worst case) × eps
+    assert len(recs) == len(plain) + len(detected)
     for r in recs:
         assert isinstance(r["eps"], float) and isinstance(r["robust_accuracy"], float) and r["n"] == 40
         assert r["ci_low"] <= r["robust_accuracy"] <= r["ci_high"]
-        assert r["robust_accuracy"] <= r["clean_accuracy"]
+        # a detector row's defended accuracy counts rejected adversarial inputs as defended, so only
+        # the plain rows are bounded by clean accuracy
+        assert r["robust_accuracy"] <= r["clean_accuracy"] or "+" in r["model"]
     std = {(r["attack"], r["eps"]): r["robust_accuracy"] for r in recs if r["model"] == "digits-cnn"}
     adv = {(r["attack"], r["eps"]): r["robust_accuracy"] for r in recs if r["model"] == "digits-cnn-pgdat"}
     assert adv[("worst-case", 0.2)] > std[("worst-case", 0.2)] + 0.2

@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from robustaudit.core.errors import UserError, suggest
 from robustaudit.core.threat import NORMS
 
-DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat")
+DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat", "digits-cnn-trades", "digits-cnn-ls")
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
 FAIL_ON: tuple[str, ...] = ("point", "lower")
