@@ -33,3 +33,14 @@ def digits_cnn_pgdat():
     from robustaudit.models.catalog import create_model
 
     return create_model("digits-cnn-pgdat")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests that compare numbers across runs (they are compared at one thread
+    count; subprocesses get OMP_NUM_THREADS=1), and because two threads on a loaded 2-core machine
+    spin-wait tens of times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,14 +26,7 @@ SMALL = ["audit", "--model", "digits-cnn", "--attack", "fgsm", "--attack", "pgd:
          "--n", "48", "--batch-size", "16", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # numbers are compared across runs at one thread count (subprocesses get OMP_NUM_THREADS=1), and
-    # two threads on a loaded 2-core machine spin-wait tens of times slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _numbers(out: Path) -> tuple:

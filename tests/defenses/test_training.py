@@ -27,13 +27,7 @@ from robustaudit.defenses.training import (
 from robustaudit.models.zoo.digits import DigitsCNN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # numbers compared across runs: one thread (two spin-wait on the shared 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

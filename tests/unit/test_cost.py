@@ -27,13 +27,7 @@ from robustaudit.evaluate.runner import AttackEntry, ModelEntry, run
 from robustaudit.evaluate.store import Store
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two threads on the shared 2-core machine spin-wait tens of times slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_conv() -> nn.Module:
@@ -71,8 +65,10 @@ def test_default_audit_carries_every_cost_field(tmp_path, capsys):
     from robustaudit.cli import EXIT_OK, main
 
     out = tmp_path / "run"
-    # the default models, attacks and eps grid; sanity checks off: they are not what is tested here
-    assert main(["audit", "--n", "32", "--device", "cpu", "--checks", "off", "--out", str(out)]) == EXIT_OK
+    # two of the default models with the default attacks and eps grid; sanity checks and the default
+    # detector off: they are not what is tested here
+    assert main(["audit", "--model", "digits-cnn", "--model", "digits-cnn-pgdat", "--n", "32", "--device", "cpu",
+                 "--checks", "off", "--defense", "none", "--out", str(out)]) == EXIT_OK
     terminal = capsys.readouterr().out
     assert "fwd/bwd" in terminal and "Model cost" in terminal and "2.44 M" in terminal
     doc = json.loads((out / "results.json").read_text())

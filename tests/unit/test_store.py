@@ -18,14 +18,7 @@ from robustaudit.evaluate.runner import AttackEntry, ModelEntry, run
 from robustaudit.evaluate.store import Store, batch_key, state_dict_sha256, tensors_sha256
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tests compare numbers across runs at one thread count, and two threads on a loaded 2-core
-    # machine spin-wait tens of times slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_adv_batch_round_trip_with_examples(tmp_path):
