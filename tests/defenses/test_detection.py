@@ -132,6 +132,13 @@ def test_cli_writes_detection_rows(tmp_path):
     block = doc["provenance"]["detection"]
     assert block["fpr"] == 0.05 and {r["adaptive"] for r in block["rows"]} == {False, True}
     assert all(0.5 < r["auroc"] <= 1 for r in block["rows"])
+    # squeezing scores the batch through the classifier once more per squeezer: it adds latency
+    (fitted,) = block["detectors"]
+    latency = fitted["latency"]
+    assert latency["batch_size"] == 64 and latency["bare_seconds_per_batch"] > 0
+    assert latency["defended_seconds_per_batch"] > latency["bare_seconds_per_batch"]
+    assert latency["added_seconds_per_batch"] == latency["defended_seconds_per_batch"] - latency["bare_seconds_per_batch"]
+    assert "adds " in (out / "report.md").read_text()
     assert "Detectors" in (out / "report.md").read_text() and "Detectors" in (out / "report.html").read_text()
 
 

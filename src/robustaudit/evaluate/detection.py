@@ -128,7 +128,9 @@ def evaluate_detection(
             label = f"{entry.name}+{name}"
             fitted.append({"model": entry.name, "detector": name, "row": label, "description": describe(det),
                            "settings": det.settings(), "threshold": det.threshold, "fpr_target": fpr,
-                           "fit_data": fit_set.name, "fit_n": len(fx), "seconds": round(fit_seconds, 3)})
+                           "fit_data": fit_set.name, "fit_n": len(fx), "seconds": round(fit_seconds, 3),
+                           "latency": detector_latency(model, det, data.sample_shape, min(batch_size, len(ids)),
+                                                       device)})
             x, y = x_all.to(device), y_all.to(device)
             clean_scores = det.score(x, batch_size=batch_size).cpu()
             with torch.no_grad():
@@ -193,6 +195,32 @@ def evaluate_detection(
                                       **adaptive.settings()},
              "detectors": fitted, "rows": figures, "skipped_attacks": skipped}
     return pd.DataFrame(rows, columns=list(COLUMNS)), robust, block
+
+
+class _Defended(torch.nn.Module):
+    """What a deployment runs: the classifier's logits and the detector's score of the same batch."""
+
+    def __init__(self, model: torch.nn.Module, det: Any) -> None:
+        super().__init__()
+        self.model, self.det = model, det
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        self.det.score(x, batch_size=len(x))
+        return logits
+
+
+def detector_latency(model: torch.nn.Module, det: Any, sample_shape: Sequence[int], batch_size: int,
+                     device: torch.device) -> dict[str, Any]:
+    """Median seconds per batch of the bare model and of model + detector score (same batch, same
+    device, warm-up excluded), and the latency the detector adds."""
+    from robustaudit.evaluate.cost import measure_latency
+
+    bare = measure_latency(model, sample_shape, batch_size, device)
+    defended = measure_latency(_Defended(model, det), sample_shape, batch_size, device)
+    added = defended["median_seconds_per_batch"] - bare["median_seconds_per_batch"]
+    return {"batch_size": batch_size, "bare_seconds_per_batch": bare["median_seconds_per_batch"],
+            "defended_seconds_per_batch": defended["median_seconds_per_batch"], "added_seconds_per_batch": added}
 
 
 def _judge(det, model, adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

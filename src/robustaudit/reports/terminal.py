@@ -261,10 +261,17 @@ def detection_notes(result: ResultMatrix) -> list[str]:
     block = detection_block(result)
     lines = [f"{d.get('row')}: {d.get('description')}; threshold {float(d.get('threshold')):.4g} at "
              f"{format_percent(d.get('fpr_target'))}% FPR on clean data held out of the fitting data ({d.get('fit_data')})"
-             for d in block.get("detectors", []) if isinstance(d, dict)]
+             + _added_latency(d.get("latency")) for d in block.get("detectors", []) if isinstance(d, dict)]
     if block:
         lines.append(DETECTION_NOTE)
     return lines
+
+
+def _added_latency(latency: Any) -> str:
+    if not isinstance(latency, dict) or latency.get("added_seconds_per_batch") is None:
+        return ""
+    return (f"; adds {1000 * float(latency['added_seconds_per_batch']):.1f} ms per batch of {latency.get('batch_size')} "
+            f"to the bare model's {1000 * float(latency['bare_seconds_per_batch']):.1f} ms")
 
 
 DETECTION_NOTE = ("defended: an adversarial input counts when rejected or still correctly classified, over all n; "
