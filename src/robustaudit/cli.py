@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wrap every model in detectors: squeeze, metzen, mahalanobis; adds MODEL+DETECTOR rows under "
                    "the plain and a detector-aware adaptive attack (see `robustaudit list defenses`); the embedded "
                    "default audit uses squeeze, 'none' turns that off")
-    a.add_argument("--defense-fpr", type=float, default=0.05, dest="defense_fpr", metavar="F",
+    a.add_argument("--defense-fpr", type=float, default=None, dest="defense_fpr", metavar="F",
                    help="clean false-positive rate the detector thresholds are set at, on held-out clean data (default 0.05)")
     a.add_argument("--defense-data", metavar="D", dest="defense_data",
                    help="data the detectors are fitted on, at its train split (default: the train split of --data)")
@@ -255,6 +255,7 @@ def _plan_from_args(args: argparse.Namespace):
         overrides["attacks"] = list(args.attack)
     if args.eps is not None:
         overrides["eps"] = parse_eps(args.eps)
+    overrides.update(defense=_defense(args), defense_fpr=args.defense_fpr, defense_data=args.defense_data)
     return base.with_overrides(overrides).validate()
 
 
@@ -269,9 +270,10 @@ DEFAULT_DEFENSE = "squeeze"
 
 
 def _defense(args: argparse.Namespace) -> str | None:
-    """``--defense``; ``none`` turns detectors off; the embedded default audit gets :data:`DEFAULT_DEFENSE`."""
+    """``--defense`` (``none`` kept: it must override a config file's detectors); the embedded default audit
+    (no --model, no --config) gets :data:`DEFAULT_DEFENSE`; otherwise ``None`` (the config file decides)."""
     if args.defense is not None:
-        return None if args.defense.strip().lower() == "none" else args.defense
+        return args.defense
     return DEFAULT_DEFENSE if not args.model and not args.config else None
 
 
@@ -288,8 +290,7 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
     out = _console(stderr=bool(args.json))
     try:
         with _RichProgress(err) as bar:
-            result = run_plan(plan, progress=bar, defense=_defense(args), defense_fpr=args.defense_fpr,
-                              defense_data=args.defense_data)
+            result = run_plan(plan, progress=bar)
     except KeyboardInterrupt:
         err.print(_interrupted(plan.out, getattr(args, "argv", [])), soft_wrap=True, markup=False)
         return EXIT_INTERRUPTED

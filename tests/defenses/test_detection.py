@@ -148,3 +148,19 @@ def test_cli_bad_defense_name_is_a_one_line_usage_error(capsys):
     assert main(["audit", "--defense", "squeez", "--n", "8"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'squeeze'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_toml_names_detectors_and_the_command_line_can_turn_them_off(tmp_path):
+    from robustaudit.cli import main
+
+    config = tmp_path / "audit.toml"
+    config.write_text('model = "digits-cnn"\nattack = "fgsm"\neps = [0.2]\nn = 32\nchecks = "off"\n'
+                      'defense = "squeeze"\ndefense_fpr = 0.1\n')
+    out = tmp_path / "run"
+    assert main(["audit", "--config", str(config), "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in doc["records"]} == {"digits-cnn", "digits-cnn+squeeze"}
+    assert doc["provenance"]["detection"]["fpr"] == 0.1
+    assert main(["audit", "--config", str(config), "--defense", "none", "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in doc["records"]} == {"digits-cnn"}

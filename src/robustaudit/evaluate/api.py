@@ -107,13 +107,11 @@ def audit(
                    defense_data=defense_data)
 
 
-def run_plan(plan: AuditPlan, *, progress: Progress | None = None, defense: str | None = None,
-             defense_fpr: float = 0.05, defense_data: str | None = None) -> ResultMatrix:
-    """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec.
-
-    ``defense``, ``defense_fpr``, ``defense_data``: detectors, as in :func:`audit` (``--defense``).
-    """
+def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
+    """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec;
+    ``plan.defense`` names detectors as ``defense`` does in :func:`audit`."""
     plan.validate()
+    defense, defense_fpr, defense_data = plan.detectors, plan.defense_fpr, plan.defense_data
     if defense is not None:  # a misspelt detector fails before any model is loaded or attacked
         from robustaudit.defenses.detection import parse_detectors
 
@@ -128,8 +126,6 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None, defense: str 
         entries[-1].info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     _unique([e.name for e in entries], "model")
     config = plan.to_dict()
-    if defense is not None:
-        config.update(defense=defense, defense_fpr=defense_fpr, defense_data=defense_data)
     return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
                    out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,

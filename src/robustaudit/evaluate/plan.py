@@ -2,7 +2,8 @@
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
 ``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
-``overwrite``, ``checks``); flags given on the command line override the file. Models may also be tables::
+``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``); flags given on the command line
+override the file. Models may also be tables::
 
     [[models]]
     spec = "nets.py:make_net"
@@ -69,6 +70,17 @@ class AuditPlan:
     overwrite: bool = False
     #: sanity checks after the matrix: off, basic, full (docs/checks.md)
     checks: str = "basic"
+    #: detectors wrapped around every model (``squeeze,metzen``); ``None`` or ``"none"``: no detector
+    defense: str | None = None
+    #: clean false-positive rate the detector thresholds are set at
+    defense_fpr: float = 0.05
+    #: data the detectors are fitted on (its train split); default: the train split of ``data``
+    defense_data: str | None = None
+
+    @property
+    def detectors(self) -> str | None:
+        """``defense`` with ``"none"`` read as no detector."""
+        return None if self.defense is None or self.defense.strip().lower() == "none" else self.defense
 
     def validate(self) -> AuditPlan:
         """Raise :class:`UserError` on the first bad value; returns ``self``."""
@@ -216,7 +228,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         out["eps"] = parse_eps(doc.pop("eps"))
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
              "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
-             "checks": str}
+             "checks": str, "defense": str, "defense_fpr": float, "defense_data": str}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:
