@@ -15,11 +15,12 @@ import torch
 from robustaudit.attacks.base import AttackKind
 from robustaudit.checks.attacks import Context, attack_verdicts
 from robustaudit.checks.probes import Probe, probe_model
-from robustaudit.checks.verdict import LEVELS, Verdict
+from robustaudit.checks.verdict import Verdict
 from robustaudit.core.errors import UserError
-from robustaudit.core.modes import eval_mode
+from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.data.base import ImageData
+from robustaudit.evaluate.plan import CHECK_LEVELS as LEVELS
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
@@ -72,22 +73,16 @@ def run_checks(
     probes: dict[str, Probe] = {}
     for entry in models:
         model = entry.module
-        home = next((p.device for p in model.parameters()), None)
-        model.to(device)
-        try:
-            with eval_mode(model):
-                xd, yd = x.to(device), y.to(device)
-                probe = probe_model(entry.name, model, xd, yd, seed=seed, task=task)
-                probes[entry.name] = probe
-                verdicts.extend(probe.verdicts)
-                with torch.no_grad():
-                    clean = task.correct(model(xd), yd).cpu()
-                ctx = Context(entry.name, model, xd, yd, torch.tensor(picked), clean, len(ids), attacks, result,
-                              list(grid), norm, seed, batch_size, task, probe, level)
-                verdicts.extend(attack_verdicts(ctx))
-        finally:
-            if home is not None:
-                model.to(home)
+        with on_device(model, device), eval_mode(model):
+            xd, yd = x.to(device), y.to(device)
+            probe = probe_model(entry.name, model, xd, yd, seed=seed, task=task)
+            probes[entry.name] = probe
+            verdicts.extend(probe.verdicts)
+            with torch.no_grad():
+                clean = task.correct(model(xd), yd).cpu()
+            ctx = Context(entry.name, model, xd, yd, torch.tensor(picked), clean, len(ids), attacks, result,
+                          list(grid), norm, seed, batch_size, task, probe, level)
+            verdicts.extend(attack_verdicts(ctx))
     return verdicts, probes
 
 

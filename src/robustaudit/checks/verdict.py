@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from robustaudit.evaluate.plan import CHECK_LEVELS as LEVELS
-
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail")
 DOC = "docs/checks.md"
 

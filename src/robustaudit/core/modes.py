@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.nn as nn
 
 
@@ -22,3 +23,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def on_device(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """Move ``model`` to ``device`` and back to where its parameters were on exit (a caller's model is
+    left where the caller had it, even when the audit fails)."""
+    home = next((p.device for p in model.parameters()), None)
+    model.to(device)
+    try:
+        yield model
+    finally:
+        if home is not None:
+            model.to(home)
+

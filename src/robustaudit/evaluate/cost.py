@@ -33,14 +33,13 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from robustaudit.core.modes import eval_mode
+from robustaudit.core.modes import eval_mode, on_device
 
 #: How the report names the FLOP counter and its convention (stored beside the figures).
 FLOP_COUNTER = ("torch.utils.flop_counter.FlopCounterMode: FLOPs = 2 x MACs of convolutions and matrix "
@@ -406,18 +405,12 @@ class MemoryProbe:
 def _trace(module: nn.Module, shape: list[int], path: str) -> None:
     """Trace ``module`` on the CPU at input ``shape`` into a TorchScript file (the module is put back
     where it was)."""
-    home = next((p.device for p in module.parameters()), None)
-    module.to("cpu")
-    try:
-        with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
-            # torch.jit.trace is deprecated in favour of torch.export, and warns about any Python
-            # value it bakes in; neither matters for a one-shot memory measurement at a fixed shape
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, _batch(shape[1:], shape[0], "cpu"), check_trace=False)
-            traced.save(path)
-    finally:
-        if home is not None:
-            module.to(home)
+    with on_device(module, "cpu"), eval_mode(module), torch.no_grad(), warnings.catch_warnings():
+        # torch.jit.trace is deprecated in favour of torch.export, and warns about any Python
+        # value it bakes in; neither matters for a one-shot memory measurement at a fixed shape
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, _batch(shape[1:], shape[0], "cpu"), check_trace=False)
+        traced.save(path)
 
 
 def _failed(reason: str) -> dict[str, Any]:
@@ -441,7 +434,7 @@ def model_cost(model: nn.Module, sample_shape: Sequence[int], batch_size: int, d
     errors: dict[str, str] = {}
     cost: dict[str, Any] = {"parameters": total, "trainable_parameters": trainable, "macs_per_input": None,
                             "flops_per_input": None, "flop_counter": FLOP_COUNTER}
-    with _on(model, device):
+    with on_device(model, device):
         try:
             flops = flops_per_input(model, sample_shape, device)
             cost.update(macs_per_input=flops // 2, flops_per_input=flops)
@@ -478,17 +471,6 @@ def model_cost(model: nn.Module, sample_shape: Sequence[int], batch_size: int, d
     cost["defense"] = None
     cost["errors"] = errors
     return cost
-
-
-@contextmanager
-def _on(model: nn.Module, device: torch.device) -> Iterator[None]:
-    home = next((p.device for p in model.parameters()), None)
-    model.to(device)
-    try:
-        yield
-    finally:
-        if home is not None:
-            model.to(home)
 
 
 def _device_label(device: torch.device) -> str:

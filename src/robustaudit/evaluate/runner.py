@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.core.errors import UserError
-from robustaudit.core.modes import eval_mode
+from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.core.threat import ThreatModel
@@ -224,7 +224,7 @@ def run(
     if reuse and store is None:
         raise ValueError("reuse=True needs the store of the run to resume")
     grid = sort_eps(eps)
-    threats = [ThreatModel(norm, e) for e in grid]
+    ThreatModel(norm, grid[0])  # an unknown norm fails here, before any model runs
     dev = torch.device(device)
     sample_ids = list(range(len(data))) if ids is None else list(ids)
     if not sample_ids:
@@ -237,36 +237,30 @@ def run(
     n = len(sample_ids)
     for entry in models:
         model = entry.module
-        home = next((p.device for p in model.parameters()), None)
-        model.to(dev)
-        try:
-            with eval_mode(model):
-                bar.start(f"{entry.name}: clean", n)
-                correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state)
-                robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
-                ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
-                            state, PassCounter(model))
-                queue = list(attacks)
-                for a in queue:
-                    bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
-                    sweep = _minimal_norm_column if _minimal(a) else _fixed_eps_column
-                    try:
-                        column = sweep(ctx, a, correct_ids, grid, state)
-                    except NoInputGradients as exc:
-                        _skip_gradient_attack(entry.name, a, exc, queue, state)
-                        continue
-                    for e, survivors in column.items():
-                        robust_sets[e] &= set(survivors)
-                for k, e in enumerate(grid):
-                    # the worst case cost what its columns cost; it attacked every sample one of them did
-                    cells = [r for r in state.rows if r["model"] == entry.name and r["eps"] == e]
-                    attacked = worst_case_attacked(cells, state.robust_ids, grid[k - 1] if k else None)
-                    state.add_row(ctx, WORST_CASE, e, sorted(robust_sets[e]), sum(r["seconds"] for r in cells),
-                                  attacked, sum(r["forward_passes"] for r in cells),
-                                  sum(r["backward_passes"] for r in cells))
-        finally:
-            if home is not None:
-                model.to(home)
+        with on_device(model, dev), eval_mode(model):
+            bar.start(f"{entry.name}: clean", n)
+            correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state)
+            robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
+            ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
+                        state, PassCounter(model))
+            queue = list(attacks)
+            for a in queue:
+                bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
+                sweep = _minimal_norm_column if _minimal(a) else _fixed_eps_column
+                try:
+                    column = sweep(ctx, a, correct_ids, grid, state)
+                except NoInputGradients as exc:
+                    _skip_gradient_attack(entry.name, a, exc, queue, state)
+                    continue
+                for e, survivors in column.items():
+                    robust_sets[e] &= set(survivors)
+            for k, e in enumerate(grid):
+                # the worst case cost what its columns cost; it attacked every sample one of them did
+                cells = [r for r in state.rows if r["model"] == entry.name and r["eps"] == e]
+                attacked = worst_case_attacked(cells, state.robust_ids, grid[k - 1] if k else None)
+                state.add_row(ctx, WORST_CASE, e, sorted(robust_sets[e]), sum(r["seconds"] for r in cells),
+                              attacked, sum(r["forward_passes"] for r in cells),
+                              sum(r["backward_passes"] for r in cells))
     result = ResultMatrix(pd.DataFrame(state.rows, columns=list(COLUMNS)), examples=state.examples,
                           robust_ids=state.robust_ids, minimal_norms=state.minimal_norms)
     if reuse:
