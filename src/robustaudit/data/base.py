@@ -213,13 +213,17 @@ class ImageData(ABC):
     """A labelled image set addressable by index. Images float32 in [0,1], shape (C,H,W); labels int64.
 
     Attributes: ``name`` (e.g. ``"digits"``, ``"cifar10:/path"``), ``num_classes``, ``class_names``
-    (a list of ``num_classes`` strings, or None), ``sample_shape`` ``(C, H, W)``.
+    (a list of ``num_classes`` strings, or None), ``sample_shape`` ``(C, H, W)``, ``task``
+    (``"classification"``; a segmentation set says ``"segmentation"``, its labels are masks
+    ``(B, H, W)`` and ``ignore_index`` marks the pixels that count nowhere).
     """
 
     name: str
     num_classes: int
     class_names: list[str] | None
     sample_shape: tuple[int, int, int]
+    task: str = "classification"
+    ignore_index: int | None = None
 
     @abstractmethod
     def __len__(self) -> int: ...
