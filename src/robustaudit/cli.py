@@ -510,7 +510,8 @@ def _add_train_parser(sub) -> None:
 def _cmd_train(args: argparse.Namespace, err) -> int:
     """``robustaudit train``: one epoch per progress step, then the card's numbers."""
     from robustaudit.core.errors import UserError
-    from robustaudit.defenses.checkpoint import require_train_split, train_checkpoint
+    from robustaudit.data.registry import require_train_split
+    from robustaudit.defenses.checkpoint import train_checkpoint
     from robustaudit.defenses.training import TrainConfig, defense_class, parse_defense
     from robustaudit.evaluate.plan import parse_eps
 

@@ -12,7 +12,8 @@ import enum
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn as nn
@@ -123,6 +124,58 @@ class Attack(ABC):
     def stream(self, seed: int, threat: ThreatModel, restart: int) -> int:
         """The random-stream key of one restart: (seed, attack, eps, restart); sample ids come on top."""
         return stream_key(seed, self.name, threat.norm, threat.eps, restart)
+
+
+class TrainingData(Protocol):
+    """What a universal attack is fitted on: a labelled set addressable by index (an ``ImageData``)."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``(B, C, H, W)`` in [0, 1] and labels ``(B,)`` (or masks ``(B, H, W)``)."""
+        ...
+
+
+class FitProgress(Protocol):
+    """What a fit reports its progress to (the runner passes its progress bar)."""
+
+    def start(self, description: str, total: int) -> None: ...
+
+    def advance(self, amount: int) -> None: ...
+
+
+class UniversalAttack(Attack):
+    """A two-phase attack: ``fit`` learns one artifact (a patch, a universal perturbation, a generator)
+    on *training* data against one model at one threat model; the returned attack applies it.
+
+    The runner fits once per (model, attack, eps) on the audit's training split, never on the audited
+    samples, and attacks the audited samples with the fitted attack (whose kind is ``FIXED_EPS``: one
+    pass, inside the ball). Calling an unfitted universal attack is an error: fitting on the very
+    images it is evaluated on would measure a per-image attack, not the universal one.
+    """
+
+    kind: ClassVar[AttackKind] = AttackKind.UNIVERSAL
+
+    @abstractmethod
+    def fit(
+        self,
+        model: nn.Module,
+        train: TrainingData,
+        threat: ThreatModel,
+        *,
+        seed: int = 0,
+        task: Task = CLASSIFICATION,
+        device: torch.device | str = "cpu",
+        progress: FitProgress | None = None,
+    ) -> Attack:
+        """Fit against ``model`` (eval mode, on ``device``) on ``train``; return the fitted attack.
+
+        The fitted attack may offer ``save(path)`` (the runner's caller writes the artifact under
+        ``--out``) and must be deterministic given ``seed``.
+        """
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):
+        raise UserError(f"attack '{self.name}' is universal: fit it on training data first (attack.fit(...))")
 
 
 def success(task: Task, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

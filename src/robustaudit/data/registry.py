@@ -137,3 +137,32 @@ def open_dataset(spec: str, *, split: str = "test") -> ImageData:
             raise UserError(f"dataset '{name}' takes no settings, got '{key}'")
     canonical = name if root is None else f"{name}:{root}" + "".join(f":{k}={v}" for k, v in settings.items())
     return entry.open(root, split, settings, canonical)
+
+
+#: data sets with one split only: nothing to train or fit on apart from what is audited
+_SINGLE_SPLIT = ("imagefolder", "tensors")
+
+
+def require_train_split(data: str) -> str:
+    """The data set's name, when it has a train and a test split; a UserError otherwise."""
+    name = parse_spec(data)[0]
+    if name in _SINGLE_SPLIT:
+        raise UserError(f"dataset '{name}' has a single split; train needs a train and a test split "
+                        "(digits, cifar10:ROOT, mnist:ROOT)")
+    return name
+
+
+def train_split_of(data: ImageData, given: object, *, flag: str, purpose: str) -> ImageData:
+    """What to fit on: ``given`` (a spec, opened at its train split, or data in any form ``audit``
+    takes), else the train split of ``data``'s spec; a UserError naming ``flag`` when there is none.
+    ``purpose`` starts the message (``"detectors are fitted"``)."""
+    from robustaudit.data.base import as_image_data
+
+    if given is not None:
+        return open_dataset(given, split="train") if isinstance(given, str) else as_image_data(given)
+    try:
+        require_train_split(data.name)
+        return open_dataset(data.name, split="train")
+    except UserError:
+        raise UserError(f"{purpose} on a training split and '{data.name}' has none that robustaudit "
+                        f"can open: give one with {flag}") from None

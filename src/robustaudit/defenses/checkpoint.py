@@ -28,12 +28,12 @@ import torch.nn as nn
 
 from robustaudit.core.errors import UserError
 from robustaudit.core.threat import ThreatModel
+from robustaudit.data.registry import require_train_split
 from robustaudit.defenses.training import TrainConfig, TrainLog, train
 
 CARD_FORMAT = "robustaudit-card/1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 #: data sets with one split only: training and testing on the same samples would report nothing
-_SINGLE_SPLIT = ("imagefolder", "tensors")
 EVAL_N = 500
 EVAL_STEPS = 20
 
@@ -122,17 +122,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         with torch.no_grad():
             robust += int((model(adv).argmax(1) == yb).sum())
     return clean / len(y), robust / len(y)
-
-
-def require_train_split(data: str) -> str:
-    """The data set's name, when it has a train and a test split; a UserError otherwise."""
-    from robustaudit.data.registry import parse_spec
-
-    name = parse_spec(data)[0]
-    if name in _SINGLE_SPLIT:
-        raise UserError(f"dataset '{name}' has a single split; train needs a train and a test split "
-                        "(digits, cifar10:ROOT, mnist:ROOT)")
-    return name
 
 
 def train_checkpoint(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -13,12 +14,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack
+from robustaudit.attacks.base import Attack, UniversalAttack
 from robustaudit.attacks.registry import from_spec, parse_spec
 from robustaudit.checks import check_level
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData, as_image_data, subset
-from robustaudit.data.registry import open_dataset
+from robustaudit.data.registry import open_dataset, train_split_of
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
@@ -51,6 +52,7 @@ def audit(
     defense: str | Sequence[str] | None = None,
     defense_fpr: float = 0.05,
     defense_data: Any = None,
+    train_data: Any = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -84,6 +86,8 @@ def audit(
             validation data held out of the fitting split.
         defense_data: the data detectors are fitted on (a spec, opened at its train split, or data like
             ``data``); default: the train split of ``data``.
+        train_data: what universal attacks (patches, universal perturbations, learned generators) are
+            fitted on, in the forms ``defense_data`` takes; default: the train split of ``data``.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -101,10 +105,12 @@ def audit(
     if defense is not None:
         config.update(defense=defense if isinstance(defense, str) else ",".join(defense), defense_fpr=defense_fpr,
                       defense_data=defense_data if isinstance(defense_data, (str, type(None))) else "python")
+    if train_data is not None:
+        config["train_data"] = train_data if isinstance(train_data, str) else "python"
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
                    overwrite=overwrite, checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr,
-                   defense_data=defense_data)
+                   defense_data=defense_data, train_data=train_data)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
@@ -153,6 +159,7 @@ def execute(
     defense: str | Sequence[str] | None = None,
     defense_fpr: float = 0.05,
     defense_data: Any = None,
+    train_data: Any = None,
 ) -> ResultMatrix:
     """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
 
@@ -196,7 +203,7 @@ def execute(
             probe = MemoryProbe([(e.name, e.module) for e in entries], data.sample_shape, cost_batch)
         result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
                      seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
-                     reuse=resume)
+                     reuse=resume, train_data=_fit_split(data, attacks, train_data))
         t_checks = time.perf_counter()
         added = _sanity_checks(checks, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
                                seed=seed, batch_size=batch_size, store=store, progress=progress, reuse=resume)
@@ -216,6 +223,9 @@ def execute(
             store.close()
         raise
     resumed = result.provenance  # the runner's batch counts (when resuming) and skipped attacks
+    fitted = resumed.pop("fitted", {})  # objects: their artifacts are saved, not serialised
+    if out is not None:
+        _save_fitted(fitted, resumed.get("fits", []), Path(out))
     result.provenance = {
         "robustaudit": _version(),
         "torch": torch.__version__,
@@ -248,6 +258,29 @@ def execute(
         store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
         store.close()
     return result
+
+
+def _fit_split(data: ImageData, attacks: list[AttackEntry], given: Any) -> ImageData | None:
+    """The training data universal attacks are fitted on, opened only when one is in the audit."""
+    if not any(isinstance(a.attack, UniversalAttack) for a in attacks):
+        return None
+    return train_split_of(data, given, flag="--train-data (train_data=)", purpose="universal attacks are fitted")
+
+
+def _save_fitted(fitted: dict[tuple[str, str, float], Attack], fits: list[dict[str, Any]], out: Path) -> None:
+    """Write each fitted attack's artifact (when it has ``save``) under ``out/artifacts``; its path
+    goes into the matching ``fits`` entry, relative to ``out``."""
+    for (model, attack, eps), fitted_attack in fitted.items():
+        save = getattr(fitted_attack, "save", None)
+        if save is None:
+            continue
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{model}-{attack}-eps{eps:g}")
+        path = out / "artifacts" / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(path)
+        for fit in fits:
+            if (fit["model"], fit["attack"], fit["eps"]) == (model, attack, eps):
+                fit["artifact"] = str(path.relative_to(out))
 
 
 def _model_costs(entries: list[ModelEntry], data: ImageData, batch_size: int, device: torch.device,

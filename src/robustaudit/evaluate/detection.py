@@ -28,9 +28,8 @@ import pandas as pd
 import torch
 
 from robustaudit.attacks.base import AttackKind
-from robustaudit.core.errors import UserError
 from robustaudit.core.threat import ThreatModel
-from robustaudit.data.base import ImageData, as_image_data
+from robustaudit.data.base import ImageData
 from robustaudit.defenses.detection import (
     DetectorAwarePGD,
     describe,
@@ -66,18 +65,9 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 def fit_data_for(data: ImageData, defense_data: str | ImageData | None) -> ImageData:
     """The split detectors are fitted on: ``defense_data`` when given, else the train split of the
     audit's data set (by its registry spec)."""
-    from robustaudit.data.registry import open_dataset
+    from robustaudit.data.registry import train_split_of
 
-    if defense_data is not None:
-        return open_dataset(defense_data, split="train") if isinstance(defense_data, str) else as_image_data(defense_data)
-    from robustaudit.defenses.checkpoint import require_train_split
-
-    try:
-        require_train_split(data.name)
-        return open_dataset(data.name, split="train")
-    except UserError:
-        raise UserError(f"detectors are fitted on a training split and '{data.name}' has none that robustaudit "
-                        "can open: give one with --defense-data (defense_data=)") from None
+    return train_split_of(data, defense_data, flag="--defense-data (defense_data=)", purpose="detectors are fitted")
 
 
 def evaluate_detection(

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack, AttackKind
+from robustaudit.attacks.base import Attack, AttackKind, UniversalAttack
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
@@ -195,6 +195,7 @@ def run(
     examples_per_cell: int = 2,
     task: Task = CLASSIFICATION,
     reuse: bool = False,
+    train_data: ImageData | None = None,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -206,6 +207,10 @@ def run(
         reuse: resume: take every batch already in ``store`` from it instead of recomputing it (the
             caller has checked that the store's run had the same configuration and weights; the data
             is checked here, batch by batch, against the hashes of the stored clean batches).
+        train_data: what universal attacks (patches, universal perturbations, generators) are fitted
+            on, once per model and eps, before their first batch needs computing; required when one
+            is in ``attacks``. The fitted attacks are in ``provenance["fitted"]`` (objects, for the
+            caller to save and drop) with their seconds in ``provenance["fits"]``.
     Returns:
         A :class:`ResultMatrix` (``provenance`` left for the caller to fill, except, when ``reuse``,
         ``provenance["resume"] = {"reused_batches": .., "computed_batches": ..}``). Each row also says
@@ -223,6 +228,10 @@ def run(
         raise UserError("no attack to run")
     if reuse and store is None:
         raise ValueError("reuse=True needs the store of the run to resume")
+    universal = [a.name for a in attacks if isinstance(a.attack, UniversalAttack)]
+    if universal and train_data is None:
+        raise UserError(f"attack '{universal[0]}' is fitted on training data: give a data set with a train split "
+                        "(or training data) to fit it on")
     grid = sort_eps(eps)
     ThreatModel(norm, grid[0])  # an unknown norm fails here, before any model runs
     dev = torch.device(device)
@@ -233,7 +242,8 @@ def run(
     bar = progress or _NoProgress()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
-    state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell, reuse=reuse)
+    state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell, reuse=reuse,
+                      train_data=train_data)
     n = len(sample_ids)
     for entry in models:
         model = entry.module
@@ -267,6 +277,9 @@ def run(
         result.provenance["resume"] = {"reused_batches": state.reused, "computed_batches": state.computed}
     if state.skipped:
         result.provenance["skipped"] = state.skipped
+    if state.fitted:
+        result.provenance["fitted"] = state.fitted
+        result.provenance["fits"] = state.fits
     return result
 
 
@@ -334,6 +347,10 @@ class _RunState:
     robust_ids: dict[tuple[str, str, float], list[int]] = field(default_factory=dict)
     minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    train_data: ImageData | None = None
+    #: universal attacks fitted per (model, attack, eps), and what each fit cost
+    fitted: dict[tuple[str, str, float], Attack] = field(default_factory=dict)
+    fits: list[dict[str, Any]] = field(default_factory=list)
 
     def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float, attacked: int,
                 forward: int, backward: int) -> None:
@@ -506,13 +523,15 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
                          stored.backward_passes)
             ctx.bar.advance(len(batch))
             continue
+        # fitted lazily: a resumed run whose batches are all stored never fits again
+        attack = _fitted(ctx, a, threat) if isinstance(a.attack, UniversalAttack) else a.attack
         t0 = time.perf_counter()
         x, y = ctx.samples.load(batch)
         x, y = x.to(ctx.dev), y.to(ctx.dev)
         ctx.counter.take()  # from zero: what an interrupted batch counted is not this one's
         try:
             # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
-            adv = a.attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+            adv = attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
         except UserError:
             raise
         except Exception as exc:
@@ -538,3 +557,30 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         ctx.state.computed += 1
         yield _Batch(batch, ok.tolist(), pert.tolist(), seconds, examples, forward, backward)
         ctx.bar.advance(len(batch))
+
+
+def _fitted(ctx: _Cell, a: AttackEntry, threat: ThreatModel) -> Attack:
+    """The universal attack ``a`` fitted against this model at ``threat`` on the training data (once)."""
+    key = (ctx.name, a.name, threat.eps)
+    if key not in ctx.state.fitted:
+        universal = a.attack
+        assert isinstance(universal, UniversalAttack) and ctx.state.train_data is not None  # run() checked
+        t0 = time.perf_counter()
+        ctx.counter.take()
+        try:
+            fitted = universal.fit(ctx.counter, ctx.state.train_data, threat, seed=ctx.seed, task=ctx.task,
+                                   device=ctx.dev, progress=ctx.bar)
+        except UserError:
+            raise
+        except Exception as exc:
+            if raised_by_model(exc, ctx.model):
+                raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward while fitting "
+                                f"'{a.name}': {exc}") from None
+            raise
+        forward, backward = ctx.counter.take()
+        ctx.state.fitted[key] = fitted
+        ctx.state.fits.append({"model": ctx.name, "attack": a.name, "eps": threat.eps,
+                               "seconds": round(time.perf_counter() - t0, 3), "forward_passes": forward,
+                               "backward_passes": backward})
+        ctx.bar.start(f"{ctx.name}: {a.name}", ctx.n_clean)
+    return ctx.state.fitted[key]
