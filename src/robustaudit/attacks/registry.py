@@ -27,7 +27,7 @@ from robustaudit.attacks.base import Attack
 from robustaudit.core.errors import UserError, suggest, unknown
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from torch import nn
 
 #: name -> "module:Class" of the attacks robustaudit ships.
 BUILTIN: dict[str, str] = {
@@ -45,6 +45,18 @@ BUILTIN: dict[str, str] = {
     "autoattack": "robustaudit.attacks.ensemble:AutoAttack",
     "fast": "robustaudit.attacks.ensemble:FastEnsemble",
 }
+
+#: name -> "module:Class" of the attacks serving the segmentation task (``attacks.get(name,
+#: task="segmentation")``); under that task ``pgd`` is pixel-wise PGD. Kept apart from :data:`BUILTIN`
+#: so classification names, listings and contract tests are unchanged.
+SEGMENTATION: dict[str, str] = {
+    "pgd": "robustaudit.attacks.segmentation:PixelPGD",
+    "segpgd": "robustaudit.attacks.segmentation:SegPGD",
+    "cospgd": "robustaudit.attacks.segmentation:CosPGD",
+    "dag": "robustaudit.attacks.segmentation:DAG",
+    "seg-uap": "robustaudit.attacks.segmentation:SegUAP",
+}
+TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 #: name -> "module:Class" of the attacks that wrap another attack (or, for ``foolbox``, a foolbox
 #: class); they are built from specs (:func:`from_spec`), not by :func:`get` with settings alone.
@@ -68,22 +80,49 @@ def register(name: str, cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-def names(*, wrappers: bool = False) -> list[str]:
-    """The registered attack names, sorted: each one builds with ``get(name)`` alone.
+def names(*, wrappers: bool = False, task: str = "classification") -> list[str]:
+    """The registered attack names of ``task``, sorted: each one builds with ``get(name, task=task)`` alone.
 
-    With ``wrappers=True`` also ``bpda``, ``eot``, ``foolbox`` and ``transfer``, which wrap another
-    attack and are built from specs (see :data:`WRAPPERS`); :func:`attack_class` knows them all.
+    With ``wrappers=True`` (classification) also ``bpda``, ``eot``, ``foolbox`` and ``transfer``, which
+    wrap another attack and are built from specs (see :data:`WRAPPERS`); :func:`attack_class` knows them all.
     """
+    _check_task(task)
+    if task == "segmentation":
+        return sorted([*SEGMENTATION, *_USER])
     return sorted([*BUILTIN, *_USER, *(WRAPPERS if wrappers else ())])
 
 
-def attack_class(name: str) -> type[Attack]:
-    """The class registered under ``name``; :class:`UserError` with a close match when unknown."""
+def tasks_of(name: str) -> list[str]:
+    """The tasks an attack name serves (``[]`` for an unknown name)."""
+    out = []
+    if name in BUILTIN or name in WRAPPERS or name in _USER or name.startswith("foolbox:"):
+        out.append("classification")
+    if name in SEGMENTATION or name in _USER:
+        out.append("segmentation")
+    return out
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise UserError(f"unknown task '{task}'{suggest(task, TASKS)}; use {', '.join(TASKS)}")
+
+
+def attack_class(name: str, *, task: str = "classification") -> type[Attack]:
+    """The class registered under ``name`` for ``task``; :class:`UserError` with a close match when unknown,
+    and a one-line refusal when the name serves the other task only."""
+    _check_task(task)
     if name in _USER:
         return _USER[name]
-    target = BUILTIN.get(name) or WRAPPERS.get(name)
+    table = SEGMENTATION if task == "segmentation" else {**BUILTIN, **WRAPPERS}
+    target = table.get(name)
     if target is None:
-        raise unknown("attack", name, names(wrappers=True))
+        if task == "segmentation" and "classification" in tasks_of(name):
+            raise UserError(f"attack '{name}' attacks classifiers, not segmentation models; segmentation "
+                            f"attacks: {', '.join(names(task='segmentation'))}")
+        if task == "classification" and name in SEGMENTATION:
+            raise UserError(f"attack '{name}' attacks segmentation models: use segmentation data or --task "
+                            "segmentation")
+        raise unknown("attack", name, names(wrappers=True, task=task))
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -98,12 +137,21 @@ def valid_settings(cls: type[Attack]) -> list[str]:
     return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def get(name: str, **settings: Any) -> Attack:
-    """Build attack ``name`` with ``settings``; unknown settings name the valid ones.
+def get(name: str, *, task: str = "classification", **settings: Any) -> Attack:
+    """Build attack ``name`` of ``task`` with ``settings``; unknown settings name the valid ones.
 
     ``foolbox:CLASS`` builds a foolbox attack with ``settings`` as its constructor arguments. The
     other wrappers need the attack they wrap: build them with :func:`from_spec` or their class.
+    Under ``task="segmentation"`` the names are :data:`SEGMENTATION`'s (``pgd`` is pixel-wise PGD).
     """
+    if task != "classification":
+        cls = attack_class(name, task=task)
+        _check_spec_settings(name, settings, valid_settings(cls))
+        check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
+        try:
+            return cls(**settings)
+        except TypeError as exc:
+            raise UserError(f"attack '{name}': {exc}") from None
     if name.startswith("foolbox:"):
         from robustaudit.attacks.foolbox_bridge import FoolboxAttack
 
@@ -277,7 +325,8 @@ def _check_spec_settings(name: str, settings: dict[str, Any], valid: list[str]) 
             )
 
 
-def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = None) -> Attack:
+def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = None,
+              task: str = "classification") -> Attack:
     """Build an attack from its CLI form, e.g. ``pgd:steps=50,restarts=2,step_size=0.01``.
 
     Wrappers build their wrapped attack recursively: ``eot:k=10(bpda(apgd))``,
@@ -290,6 +339,11 @@ def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = N
         ('EOT', 'BPDA', 3)
     """
     name, settings, inner = parse_nested(spec)
+    if task != "classification":
+        attack_class(name, task=task)  # unknown, or serving the other task: one line
+        if inner is not None:
+            raise UserError(f"attack '{name}' does not wrap another attack; remove '({inner})' from '{spec}'")
+        return get(name, task=task, **settings)
     if name.startswith("foolbox:"):
         if inner is not None:
             raise UserError(f"'{spec}': a foolbox attack does not wrap another attack")
