@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean false-positive rate the detector thresholds are set at, on held-out clean data (default 0.05)")
     a.add_argument("--defense-data", metavar="D", dest="defense_data",
                    help="data the detectors are fitted on, at its train split (default: the train split of --data)")
+    a.add_argument("--train-data", metavar="D", dest="train_data",
+                   help="data universal attacks (patch, atn, advgan) are fitted on, at its train split "
+                   "(default: the train split of --data)")
 
     ls = sub.add_parser("list", help="list catalog models, attacks, datasets or defenses",
                         description="List what robustaudit knows.",
@@ -243,7 +246,8 @@ def _plan_from_args(args: argparse.Namespace):
 
     base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
     overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
-                                                "fail_under", "fail_on", "trust_pickle", "resume", "overwrite", "checks")}
+                                                "fail_under", "fail_on", "trust_pickle", "resume", "overwrite", "checks",
+                                                "train_data")}
     if args.model:
         overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
     elif args.weights or args.normalize:
@@ -343,16 +347,18 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
         from robustaudit.models.catalog import get_card, model_names
         from robustaudit.reports.terminal import format_count
 
-        for col in ("name", "data", "input", "classes", "training", "clean acc", "params", "MACs/input",
+        for col in ("name", "task", "data", "input", "classes", "training", "clean", "params", "MACs/input",
                     "description"):
             table.add_column(col, justify="right" if col in ("params", "MACs/input") else "left")
         for name in model_names():
             c = get_card(name)
-            acc = c.reported.get("clean_accuracy")
+            # classification models report clean accuracy, segmentation models clean mIoU
+            acc = c.reported.get("clean_miou" if c.task == "segmentation" else "clean_accuracy")
             params, macs = _architecture_cost(c)
-            table.add_row(name, c.dataset, "×".join(map(str, c.input_shape)), str(c.num_classes),
+            table.add_row(name, c.task, c.dataset, "×".join(map(str, c.input_shape)), str(c.num_classes),
                           c.defense + (f" ({c.trained_for})" if c.trained_for else ""),
-                          f"{acc:.3f}" if acc is not None else "—", f"{params:,}" if params is not None else "—",
+                          (f"{'mIoU ' if c.task == 'segmentation' else ''}{acc:.3f}") if acc is not None else "—",
+                          f"{params:,}" if params is not None else "—",
                           format_count(macs) if macs is not None else "—", c.description)
         console.print(table)
         console.print("MACs per input from PyTorch's FLOP counter (FLOPs = 2 × MACs; convolutions and matmuls "

@@ -135,7 +135,8 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
     return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
                    out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,
-                   overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data)
+                   overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
+                   train_data=plan.train_data)
 
 
 def execute(

@@ -2,7 +2,7 @@
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
 ``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
-``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``); flags given on the command line
+``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``); flags given on the command line
 override the file. Models may also be tables::
 
     [[models]]
@@ -76,6 +76,9 @@ class AuditPlan:
     defense_fpr: float = 0.05
     #: data the detectors are fitted on (its train split); default: the train split of ``data``
     defense_data: str | None = None
+    #: data universal attacks (patch, UAP, learned generators) are fitted on (its train split);
+    #: default: the train split of ``data``
+    train_data: str | None = None
 
     @property
     def detectors(self) -> str | None:
@@ -228,7 +231,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         out["eps"] = parse_eps(doc.pop("eps"))
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
              "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
-             "checks": str, "defense": str, "defense_fpr": float, "defense_data": str}
+             "checks": str, "defense": str, "defense_fpr": float, "defense_data": str,
+             "train_data": str}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:
