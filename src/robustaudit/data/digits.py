@@ -75,3 +75,43 @@ def digits_split(split: str = "test") -> TensorData:
         num_classes=10,
         class_names=[str(c) for c in range(10)],
     )
+
+
+#: Side of the upsampled digits: large enough for patches and physical-world transforms (an 8×8 image
+#: has no room for a patch that is not most of the digit).
+DIGITS32_SIZE = 32
+
+
+@functools.lru_cache(maxsize=1)
+def _arrays32() -> np.ndarray:
+    """All 1797 digits upsampled to ``(1797, 1, 32, 32)`` float32 in [0, 1]. Read-only."""
+    import torch.nn.functional as F
+
+    x, _ = _arrays()
+    # bilinear with half-pixel centres (align_corners=False): each 8×8 pixel becomes a smooth 4×4 area.
+    # Bilinear weights are convex, so values stay in [0, 1] (bicubic would overshoot and need clamping).
+    up = F.interpolate(torch.from_numpy(x.copy()), size=(DIGITS32_SIZE, DIGITS32_SIZE), mode="bilinear",
+                       align_corners=False).numpy()
+    up.setflags(write=False)
+    return up
+
+
+def digits32_split(split: str = "test") -> TensorData:
+    """The digits upsampled to 32×32: ``x`` ``(N, 1, 32, 32)`` float32, ``y`` ``(N,)``, name ``"digits32"``.
+
+    The same images, labels and train/test split as :func:`digits_split` (sample ``i`` of either split is
+    the same digit), each image resized 8×8 -> 32×32 by ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)``. No new information: the 4× resolution gives adversarial patches, rotations and
+    blurs room to act on the digit.
+    """
+    if split not in SPLITS:
+        raise unknown("split", split, SPLITS)
+    _, y = _arrays()
+    idx = _split_indices()[split]
+    return TensorData(
+        torch.tensor(_arrays32()[idx]),
+        torch.tensor(y[idx]),
+        name="digits32",
+        num_classes=10,
+        class_names=[str(c) for c in range(10)],
+    )

@@ -43,6 +43,12 @@ def _digits(root, split, settings, spec):
     return digits_split(split)
 
 
+def _digits32(root, split, settings, spec):
+    from robustaudit.data.digits import digits32_split
+
+    return digits32_split(split)
+
+
 def _cifar10(root, split, settings, spec):
     from robustaudit.data.vision import open_cifar10
 
@@ -71,6 +77,12 @@ def _tensors(root, split, settings, spec):
 _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(
         "scikit-learn handwritten digits, 1x8x8, 10 classes (embedded, no download)", False, (), _digits
+    ),
+    "digits32": _Entry(
+        "the digits upsampled (bilinear) to 1x32x32, same split: room for patches and physical transforms",
+        False,
+        (),
+        _digits32,
     ),
     "cifar10": _Entry(
         "CIFAR-10 python batches under ROOT/cifar-10-batches-py, 3x32x32, 10 classes", True, (), _cifar10

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from robustaudit.core.threat import ThreatModel
 from robustaudit.models.zoo.digits import DigitsCNN
+from robustaudit.models.zoo.digits32 import DIGITS32_MODELS
 
 _WEIGHTS = Path(__file__).parent.parent / "weights"
 
@@ -19,6 +20,9 @@ _SHA256 = {
     "digits-cnn-pgdat": "1e6c37ca6a330527ca2f1b3207812b2187853d77fdb8bb3dfd7b2f82c66399a9",
     "digits-cnn-trades": "13d6f8d5ab8badce79f09ebf0878162ed4884c34b196fb1e02621aba28bbedc7",
     "digits-cnn-ls": "e23170a2f4d8169724fcb86c1648549467864a0d4ab3115ea9144e221cb48980",
+    # scripts/train_digits32_models.py
+    "digits32-cnn": None,
+    "digits32-resnet": None,
 }
 
 
@@ -72,3 +76,9 @@ def register_builtin(register: Callable) -> None:
                 reported={k: float(v) for k, v in meta.get("reported", {}).items()},
             )
         )
+    for name, (builder, defense, trained_for, text) in DIGITS32_MODELS.items():
+        meta = _manifest(name)
+        register(ModelCard(name=name, builder=builder, dataset="digits32", input_shape=(1, 32, 32), num_classes=10,
+                           description=text, defense=defense, trained_for=trained_for,
+                           weights=f"{name}.pt" if _SHA256[name] else None, sha256=_SHA256[name],
+                           reported={k: float(v) for k, v in meta.get("reported", {}).items()}))
