@@ -74,6 +74,34 @@ def _tensors(root, split, settings, spec):
     return open_tensors(root, name=spec)
 
 
+def _channels(settings, spec, default: int) -> int:
+    value = settings.get("channels", str(default))
+    if value not in ("1", "3"):
+        raise UserError(f"dataset '{spec}': channels must be 1 or 3, got '{value}'")
+    return int(value)
+
+
+def _digit_scenes(root, split, settings, spec):
+    from robustaudit.data.digit_scenes import digit_scenes_split
+
+    return digit_scenes_split(split, channels=_channels(settings, spec, 1))
+
+
+def _segfolder(root, split, settings, spec):
+    from robustaudit.data.segmentation import open_segfolder, parse_size
+
+    size = parse_size(settings["size"], spec) if "size" in settings else None
+    classes = _positive_int(settings["classes"], "classes", spec) if "classes" in settings else None
+    return open_segfolder(root, split, classes=classes, size=size, channels=_channels(settings, spec, 3), name=spec)
+
+
+def _voc(root, split, settings, spec):
+    from robustaudit.data.segmentation import open_voc, parse_size
+
+    size = parse_size(settings["size"], spec) if "size" in settings else 256
+    return open_voc(root, split, year=settings.get("year", "2012"), size=size, name=spec)
+
+
 _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(
         "scikit-learn handwritten digits, 1x8x8, 10 classes (embedded, no download)", False, (), _digits
@@ -98,6 +126,27 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "tensors": _Entry(
         "a .pt dict or .npz with x (N,C,H,W) floats in [0,1] and y (N,) ints (one split)", True, (), _tensors
+    ),
+    "digit-scenes": _Entry(
+        "segmentation: 2-4 sklearn digits on a 1x64x64 textured canvas, 11 classes (background, 0-9), "
+        "255 = ignore ring; 1000 train / 200 test, embedded; ':channels=3' for RGB models",
+        False,
+        ("channels",),
+        _digit_scenes,
+    ),
+    "segfolder": _Entry(
+        "segmentation: ROOT/images/* + ROOT/masks/*.png (class indices, 255 = ignore), optional "
+        "ROOT/{train,test}/; ':classes=K', ':size=N' or ':size=H,W', ':channels=1'",
+        True,
+        ("classes", "size", "channels"),
+        _segfolder,
+    ),
+    "voc": _Entry(
+        "segmentation: PASCAL VOC under ROOT/VOCdevkit/VOC2012 (train / val as test), 21 classes; "
+        "':size=N' (default 256), ':year=2007..2012'",
+        True,
+        ("size", "year"),
+        _voc,
     ),
 }
 
@@ -129,8 +178,10 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
 
 def open_dataset(spec: str, *, split: str = "test") -> ImageData:
     """Open ``spec`` (``"digits"``, ``"cifar10:ROOT"``, ``"mnist:ROOT"``, ``"imagefolder:ROOT[:size=N]"``,
-    ``"tensors:FILE"``) at ``split`` ("test" or "train"; imagefolder and tensors have a single split
-    and ignore it). Unknown names get a close-match suggestion.
+    ``"tensors:FILE"``; segmentation: ``"digit-scenes[:channels=3]"``, ``"segfolder:ROOT[:classes=K]
+    [:size=N|H,W]"``, ``"voc:ROOT[:size=N][:year=2012]"``) at ``split`` ("test" or "train"; imagefolder,
+    tensors and a segfolder without split folders have a single split and ignore it). Unknown names get
+    a close-match suggestion.
     """
     name, root, settings = parse_spec(spec)
     entry = _REGISTRY.get(name)
@@ -147,7 +198,8 @@ def open_dataset(spec: str, *, split: str = "test") -> ImageData:
             if entry.settings:
                 raise unknown(f"setting for dataset '{name}'", key, entry.settings)
             raise UserError(f"dataset '{name}' takes no settings, got '{key}'")
-    canonical = name if root is None else f"{name}:{root}" + "".join(f":{k}={v}" for k, v in settings.items())
+    # settings stay in the name (also without a root: 'digit-scenes:channels=3'), so it reopens the same data
+    canonical = (name if root is None else f"{name}:{root}") + "".join(f":{k}={v}" for k, v in settings.items())
     return entry.open(root, split, settings, canonical)
 
 

@@ -27,7 +27,10 @@ class ModelCard:
 
     ``input_shape`` is ``(C, H, W)`` of inputs in [0, 1]; ``trained_for`` is the threat model it was
     adversarially trained against (``None`` for standard training); ``reported`` holds the numbers
-    measured when the weights were produced (floats, e.g. ``{"clean_accuracy": 0.98}``).
+    measured when the weights were produced (floats, e.g. ``{"clean_accuracy": 0.98}``; a segmentation
+    model reports ``{"clean_miou": ..., "clean_pixel_accuracy": ...}``). ``task`` is
+    ``"classification"`` (logits ``(N, num_classes)``) or ``"segmentation"`` (logits
+    ``(N, num_classes, H, W)``).
     """
 
     name: str
@@ -41,6 +44,7 @@ class ModelCard:
     weights: str | None = None
     sha256: str | None = None
     reported: dict[str, float] = field(default_factory=dict)
+    task: str = "classification"
 
     @property
     def weights_path(self) -> Path | None:
@@ -88,9 +92,9 @@ def create_model(name: str, *, pretrained: bool = True) -> nn.Module:
     if pretrained and card.weights_path is not None:
         path = card.weights_path
         if not path.is_file():
+            script = "train_segmentation_model" if card.task == "segmentation" else "train_default_models"
             raise UserError(
-                f"weights for '{name}' are missing ({path}); regenerate them with "
-                "`python scripts/train_default_models.py`"
+                f"weights for '{name}' are missing ({path}); regenerate them with `python scripts/{script}.py`"
             )
         digest = sha256_of(path)
         if card.sha256 and digest != card.sha256:

@@ -9,6 +9,7 @@ from pathlib import Path
 from robustaudit.core.threat import ThreatModel
 from robustaudit.models.zoo.digits import DigitsCNN
 from robustaudit.models.zoo.digits32 import DIGITS32_MODELS
+from robustaudit.models.zoo.unet import unet_tiny
 
 _WEIGHTS = Path(__file__).parent.parent / "weights"
 
@@ -23,6 +24,8 @@ _SHA256 = {
     # scripts/train_digits32_models.py
     "digits32-cnn": None,
     "digits32-resnet": None,
+    # scripts/train_segmentation_model.py; None until the shipped weights exist (untrained architecture)
+    "unet-tiny": None,
 }
 
 
@@ -82,3 +85,18 @@ def register_builtin(register: Callable) -> None:
                            description=text, defense=defense, trained_for=trained_for,
                            weights=f"{name}.pt" if _SHA256[name] else None, sha256=_SHA256[name],
                            reported={k: float(v) for k, v in meta.get("reported", {}).items()}))
+    meta = _manifest("unet-tiny")
+    register(
+        ModelCard(
+            name="unet-tiny",
+            builder=unet_tiny,
+            dataset="digit-scenes",
+            input_shape=(1, 64, 64),
+            num_classes=11,
+            description="tiny U-Net (segmentation), standard training on digit-scenes",
+            weights="unet-tiny.pt" if _SHA256["unet-tiny"] else None,
+            sha256=_SHA256["unet-tiny"],
+            reported={k: float(v) for k, v in meta.get("reported", {}).items()},
+            task="segmentation",
+        )
+    )
