@@ -287,7 +287,7 @@ def test_registry_names_and_close_match():
     assert {"digits", "cifar10", "mnist", "imagefolder", "tensors", "digit-scenes", "segfolder", "voc"} <= set(dataset_names())
     assert all(isinstance(d, str) and "\n" not in d for d in dataset_names().values())
     with pytest.raises(
-        UserError, match=r"unknown dataset 'digts' \(did you mean 'digits'\?\); known: cifar10, digits"
+        UserError, match=r"unknown dataset 'digts' \(did you mean 'digits'\?\); known: cifar10, digit-scenes, digits"
     ):
         open_dataset("digts")
     assert len(open_dataset("digits", split="train")) == 1438
