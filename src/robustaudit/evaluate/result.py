@@ -19,6 +19,12 @@ from robustaudit.core.errors import UserError
 from robustaudit.evaluate.metrics import wilson_interval
 
 SCHEMA_VERSION = 1
+#: Segmentation results: the same document with ``"task": "segmentation"``, :data:`SEG_COLUMNS` records
+#: (mIoU and pixel accuracy instead of accuracy) and a ``segmentation`` block. Classification documents
+#: keep version 1, so readers of version 1 still read them; a version-1 reader refuses a version-2 file
+#: instead of misreading it.
+SEG_SCHEMA_VERSION = 2
+SEG_EXAMPLES_FILE = "seg_examples.npz"
 WORST_CASE = "worst-case"
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.npz"
@@ -47,6 +53,34 @@ COLUMNS: tuple[str, ...] = (
     "forward_passes_per_attacked_sample",
     "backward_passes_per_attacked_sample",
 )
+#: Columns of a segmentation audit's records, one row per model × attack × eps (the worst case is the
+#: per-image ensemble: each image's adversarial with the lowest pixel accuracy over the attacks). mIoU
+#: and pixel accuracy come from the dataset-level confusion matrix; ``*_ci_*`` are 95% per-image
+#: bootstrap percentile intervals; ``targeted_success`` is the share of valid target pixels reached (NaN
+#: for untargeted attacks); ``median_l2`` / ``median_linf`` are the medians over images of the
+#: perturbation's norms.
+SEG_COLUMNS: tuple[str, ...] = (
+    "model",
+    "attack",
+    "eps",
+    "norm",
+    "n",
+    "clean_miou",
+    "miou",
+    "miou_ci_low",
+    "miou_ci_high",
+    "clean_pixel_accuracy",
+    "pixel_accuracy",
+    "pa_ci_low",
+    "pa_ci_high",
+    "targeted_success",
+    "median_l2",
+    "median_linf",
+    "seconds",
+    "n_attacked",
+    "forward_passes",
+    "backward_passes",
+)
 #: The cost columns a worst-case row sums over its attack columns.
 _SUMMED = ("seconds", "forward_passes", "backward_passes")
 
@@ -63,6 +97,23 @@ class Example:
     label: int
     clean_pred: int
     adv_pred: int
+    #: the sample's id in the data set (what orders examples merged from several processes)
+    sample_id: int | None = None
+
+
+@dataclass
+class SegExample:
+    """One attacked image of a segmentation audit for the report's panels: ``clean`` and ``adversarial``
+    ``(C, H, W)`` in [0, 1]; ``label``, ``clean_pred``, ``adv_pred`` ``(H, W)`` class maps (255 = ignore)."""
+
+    model: str
+    attack: str
+    eps: float
+    clean: np.ndarray
+    adversarial: np.ndarray
+    label: np.ndarray
+    clean_pred: np.ndarray
+    adv_pred: np.ndarray
 
 
 @dataclass
@@ -86,6 +137,28 @@ class ResultMatrix:
     #: ``(model, attack) -> {sample id: smallest adversarial norm}`` for minimal-norm attacks
     #: (``inf`` where none was found), over the clean-correct samples.
     minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+    #: ``classification`` (records: :data:`COLUMNS`) or ``segmentation`` (records: :data:`SEG_COLUMNS`)
+    task: str = "classification"
+    #: segmentation: ``(model, attack, eps) -> per-class IoU`` (``None`` for a class absent from both the
+    #: labels and the predictions); ``attack`` ``"clean"`` holds the clean figures
+    class_iou: dict[tuple[str, str, float], list[float | None]] = field(default_factory=dict)
+    #: segmentation: rows of the attacks run once outside the eps grid (unbounded DAG): model, attack, n,
+    #: miou, pixel_accuracy, targeted_success, median / q25 / q75 of the L2 and Linf norms, seconds
+    unbounded: list[dict[str, Any]] = field(default_factory=list)
+    #: segmentation: panels (image, ground truth, clean and adversarial prediction)
+    seg_examples: list[SegExample] = field(default_factory=list)
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    def miou(self, model: str, attack: str, eps: float) -> float:
+        """mIoU of one segmentation cell; ``attack`` may be :data:`WORST_CASE` (the per-image ensemble)."""
+        r = self.records
+        rows = r[(r["model"] == model) & (r["attack"] == attack) & np.isclose(r["eps"], eps)]
+        if rows.empty:
+            raise KeyError((model, attack, eps))
+        return float(rows["miou"].iloc[0])
 
     # ------------------------------------------------------------------ views
     @property
@@ -102,7 +175,10 @@ class ResultMatrix:
         return sorted(set(float(e) for e in self.records["eps"]))
 
     def clean_accuracy(self, model: str) -> float:
+        """Clean accuracy (classification) or clean mIoU (segmentation) of ``model``."""
         rows = self.records[self.records["model"] == model]
+        if self.is_segmentation and not rows.empty:
+            return float(rows["clean_miou"].iloc[0])
         if rows.empty:
             raise KeyError(model)
         return float(rows["clean_accuracy"].iloc[0])
@@ -143,6 +219,8 @@ class ResultMatrix:
     def below(self, threshold: float, *, bound: str = "point") -> pd.DataFrame:
         """Rows whose robust accuracy (``bound='point'``) or lower 95% bound (``'lower'``) is below."""
         column = {"point": "robust_accuracy", "lower": "ci_low"}.get(bound)
+        if self.is_segmentation:  # segmentation gates on mIoU
+            column = {"point": "miou", "lower": "miou_ci_low"}.get(bound)
         if column is None:
             raise UserError(f"bound must be 'point' or 'lower', got {bound!r}")
         return self.records[self.records[column] < threshold].reset_index(drop=True)
@@ -185,6 +263,20 @@ class ResultMatrix:
         records = [
             {k: _plain(v) for k, v in row.items()} for row in self.records.to_dict(orient="records")
         ]
+        if self.is_segmentation:
+            return {
+                "schema_version": SEG_SCHEMA_VERSION,
+                "task": self.task,
+                "provenance": self.provenance,
+                "records": records,
+                "checks": self.checks,
+                "examples": SEG_EXAMPLES_FILE if self.seg_examples else None,
+                "segmentation": {
+                    "class_iou": [{"model": m, "attack": a, "eps": float(e), "iou": [_plain(v) for v in iou]}
+                                  for (m, a, e), iou in self.class_iou.items()],
+                    "unbounded": [{k: _plain(v) for k, v in row.items()} for row in self.unbounded],
+                },
+            }
         return {
             "schema_version": SCHEMA_VERSION,
             "provenance": self.provenance,
@@ -205,9 +297,17 @@ class ResultMatrix:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ResultMatrix:
         version = doc.get("schema_version")
+        if version == SEG_SCHEMA_VERSION and doc.get("task") == "segmentation":
+            seg = doc.get("segmentation") or {}
+            class_iou = {(r["model"], r["attack"], float(r["eps"])): [None if v is None else float(v) for v in r["iou"]]
+                         for r in seg.get("class_iou", [])}
+            records = pd.DataFrame(doc.get("records", []), columns=list(SEG_COLUMNS)).astype({"eps": float})
+            return cls(records, doc.get("provenance", {}), [], list(doc.get("checks", [])), task="segmentation",
+                       class_iou=class_iou, unbounded=[dict(r) for r in seg.get("unbounded", [])])
         if version != SCHEMA_VERSION:
             raise UserError(
-                f"results file has schema_version {version!r}; this robustaudit reads {SCHEMA_VERSION}"
+                f"results file has schema_version {version!r}; this robustaudit reads {SCHEMA_VERSION} "
+                f"(classification) and {SEG_SCHEMA_VERSION} (segmentation)"
             )
         records = pd.DataFrame(doc.get("records", []), columns=list(COLUMNS))
         robust = {(r["model"], r["attack"], float(r["eps"])): list(r["ids"]) for r in doc.get("robust_ids", [])}
@@ -227,6 +327,8 @@ class ResultMatrix:
         tmp.replace(path)  # atomic: a crash never leaves half a results file
         if self.examples:
             _save_examples(self.examples, out / EXAMPLES_FILE)
+        if self.seg_examples:
+            _save_seg_examples(self.seg_examples, out / SEG_EXAMPLES_FILE)
         return path
 
     @classmethod
@@ -249,7 +351,11 @@ class ResultMatrix:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited or foreign file
             raise UserError(f"'{path}' is not a valid robustaudit results file ({type(exc).__name__}: {exc})") from None
         ex_path = path.parent / EXAMPLES_FILE
-        if doc.get("examples") and ex_path.is_file():
+        if result.is_segmentation:
+            seg_path = path.parent / SEG_EXAMPLES_FILE
+            if doc.get("examples") and seg_path.is_file():
+                result.seg_examples = _load_seg_examples(seg_path)
+        elif doc.get("examples") and ex_path.is_file():
             result.examples = _load_examples(ex_path)
         return result
 
@@ -312,5 +418,28 @@ def _load_examples(path: Path) -> list[Example]:
         meta = json.loads(str(z["meta"]))
         return [
             Example(clean=z["clean"][i], adversarial=z["adversarial"][i], **m)
+            for i, m in enumerate(meta)
+        ]
+
+
+def _save_seg_examples(examples: list[SegExample], path: Path) -> None:
+    meta = [{"model": e.model, "attack": e.attack, "eps": e.eps} for e in examples]
+    np.savez_compressed(
+        path,
+        meta=np.array(json.dumps(meta)),
+        clean=np.stack([e.clean for e in examples]).astype(np.float32),
+        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
+        label=np.stack([e.label for e in examples]).astype(np.int64),
+        clean_pred=np.stack([e.clean_pred for e in examples]).astype(np.int64),
+        adv_pred=np.stack([e.adv_pred for e in examples]).astype(np.int64),
+    )
+
+
+def _load_seg_examples(path: Path) -> list[SegExample]:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        return [
+            SegExample(clean=z["clean"][i], adversarial=z["adversarial"][i], label=z["label"][i],
+                       clean_pred=z["clean_pred"][i], adv_pred=z["adv_pred"][i], **m)
             for i, m in enumerate(meta)
         ]
