@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the unfinished run stored in --out: finished batches are reused, not recomputed")
     a.add_argument("--overwrite", action="store_true", default=None,
                    help="discard an unfinished run stored in --out and start over")
+    a.add_argument("--task", choices=["auto", "classification", "segmentation"], default=None,
+                   help="what the models do: auto (default: the data's task), classification, segmentation "
+                        "(per-pixel logits; mIoU and pixel accuracy under attack)")
     a.add_argument("--checks", choices=["off", "basic", "full"], default=None,
                    help="sanity checks of the figures: basic (default, a fraction of the audit's time), full "
                    "(more checks, EOT/BPDA/Square re-runs where needed) or off; see docs/checks.md")
@@ -247,7 +250,7 @@ def _plan_from_args(args: argparse.Namespace):
     base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
     overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
                                                 "fail_under", "fail_on", "trust_pickle", "resume", "overwrite", "checks",
-                                                "train_data")}
+                                                "train_data", "task")}
     if args.model:
         overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
     elif args.weights or args.normalize:
@@ -304,20 +307,25 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
                   f"{counts['computed_batches']} computed", soft_wrap=True, markup=False)
     render_terminal(result, out)
     paths = write_reports(result, plan.out)
-    out.print(f"wrote {Path(plan.out) / 'results.json'}, results.sqlite, {paths['markdown'].name}, "
+    store_name = "" if result.is_segmentation else "results.sqlite, "  # segmentation audits are not stored per batch
+    out.print(f"wrote {Path(plan.out) / 'results.json'}, {store_name}{paths['markdown'].name}, "
               f"{paths['html'].name} in {plan.out}/ ({result.provenance['seconds']:.1f} s)")
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     if plan.fail_under is not None:
         failing = result.below(plan.fail_under, bound="lower" if plan.fail_on == "lower" else "point")
+        # segmentation gates on mIoU (ResultMatrix.below picks the column)
+        value, low, high = (("miou", "miou_ci_low", "miou_ci_high") if result.is_segmentation
+                            else ("robust_accuracy", "ci_low", "ci_high"))
+        metric = "mIoU" if result.is_segmentation else "robust accuracy"
         if not failing.empty:
-            what = "lower 95% bound" if plan.fail_on == "lower" else "robust accuracy"
-            worst = failing.sort_values("robust_accuracy").iloc[0]
+            what = "lower 95% bound" if plan.fail_on == "lower" else metric
+            worst = failing.sort_values(value).iloc[0]
             err.print(f"[bold red]FAIL[/]: {len(failing)} row(s) with {what} below {plan.fail_under:g}; worst: "
                       f"{worst['model']} / {worst['attack']} @ eps={worst['eps']:g}: "
-                      f"{worst['robust_accuracy']:.3f} [{worst['ci_low']:.3f}, {worst['ci_high']:.3f}]")
+                      f"{worst[value]:.3f} [{worst[low]:.3f}, {worst[high]:.3f}]")
             return EXIT_GATE
-        err.print(f"[green]PASS[/]: every robust accuracy ({'lower bound' if plan.fail_on == 'lower' else 'point estimate'}) >= {plan.fail_under:g}")
+        err.print(f"[green]PASS[/]: every {metric} ({'lower bound' if plan.fail_on == 'lower' else 'point estimate'}) >= {plan.fail_under:g}")
     return EXIT_OK
 
 
@@ -367,14 +375,16 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
     elif args.what == "attacks":
         from robustaudit.attacks.registry import attack_class, names, valid_settings
 
-        for col in ("name", "kind", "norms", "settings", "summary"):
+        for col in ("name", "task", "kind", "norms", "settings", "summary"):
             table.add_column(col)
-        for name in names(wrappers=True):
-            cls = attack_class(name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            table.add_row(name, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
+        for task in ("classification", "segmentation"):
+            for name in names(wrappers=True, task=task):
+                cls = attack_class(name, task=task)
+                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                table.add_row(name, task, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
         console.print(table)
-        console.print("Settings go inline: --attack pgd:steps=100,restarts=2")
+        console.print("Settings go inline: --attack pgd:steps=100,restarts=2. Under --task segmentation (or "
+                      "segmentation data) the segmentation rows apply: there pgd is pixel-wise PGD.")
     elif args.what == "defenses":
         _list_defenses(console, table)
     else:

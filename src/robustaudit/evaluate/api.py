@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from robustaudit.attacks.base import Attack, UniversalAttack
 from robustaudit.attacks.registry import from_spec, parse_spec
@@ -24,7 +24,15 @@ from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
-from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, resolve_device, run, sort_eps
+from robustaudit.evaluate.runner import (
+    AttackEntry,
+    ModelEntry,
+    Progress,
+    resolve_device,
+    run,
+    sort_eps,
+)
+from robustaudit.evaluate.segmentation import resolve_task, segmentation_defaults
 from robustaudit.evaluate.store import Store
 from robustaudit.models.loading import LoadedModel, load_model
 from robustaudit.models.wrappers import prepare
@@ -53,6 +61,7 @@ def audit(
     defense_fpr: float = 0.05,
     defense_data: Any = None,
     train_data: Any = None,
+    task: str = "auto",
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -88,6 +97,9 @@ def audit(
             ``data``); default: the train split of ``data``.
         train_data: what universal attacks (patches, universal perturbations, learned generators) are
             fitted on, in the forms ``defense_data`` takes; default: the train split of ``data``.
+        task: ``classification``, ``segmentation`` (logits ``(N, K, H, W)``, masks ``(N, H, W)``: mIoU and
+            pixel accuracy instead of accuracy, see :mod:`robustaudit.evaluate.segmentation`) or ``auto``
+            (the data's task). Under segmentation the default attacks and eps are the segmentation ones.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -97,11 +109,19 @@ def audit(
     """
     entries = [_model_entry(name, m) for name, m in _named_models(model)]
     image_data = open_dataset(data) if isinstance(data, str) else as_image_data(data)
-    attack_entries = attack_entries_from(attacks)
+    task = resolve_task(task, image_data)
+    if task == "segmentation":
+        from robustaudit.evaluate.plan import SEG_DEFAULT_ATTACKS, SEG_DEFAULT_EPS
+
+        attacks = SEG_DEFAULT_ATTACKS if attacks == DEFAULT_ATTACKS else attacks
+        eps = SEG_DEFAULT_EPS if eps == DEFAULT_EPS else eps
+    attack_entries = attack_entries_from(attacks, task=task)
     grid = [float(eps)] if isinstance(eps, (int, float)) else list(eps)
     config = {"models": [e.name for e in entries], "data": image_data.name,
               "attacks": [a.name for a in attack_entries], "eps": sort_eps(grid), "norm": norm, "n": n,
               "batch_size": batch_size, "device": device, "seed": seed, "checks": checks, "cost": cost}
+    if task == "segmentation":
+        config["task"] = task
     if defense is not None:
         config.update(defense=defense if isinstance(defense, str) else ",".join(defense), defense_fpr=defense_fpr,
                       defense_data=defense_data if isinstance(defense_data, (str, type(None))) else "python")
@@ -110,7 +130,7 @@ def audit(
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
                    overwrite=overwrite, checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr,
-                   defense_data=defense_data, train_data=train_data)
+                   defense_data=defense_data, train_data=train_data, task=task)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
@@ -123,6 +143,9 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
 
         parse_detectors(defense)
     image_data = open_dataset(plan.data)
+    task = resolve_task(plan.task, image_data)
+    if task == "segmentation":  # the classification defaults mean "the segmentation defaults" here
+        plan, defense = segmentation_defaults(plan, defense)
     entries = []
     for m in plan.models:
         # the class count comes from the weights (or an inline num_classes=), never from the data:
@@ -132,11 +155,11 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
         entries[-1].info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     _unique([e.name for e in entries], "model")
     config = plan.to_dict()
-    return execute(entries, image_data, attack_entries_from(plan.attacks), plan.eps, norm=plan.norm,
+    return execute(entries, image_data, attack_entries_from(plan.attacks, task=task), plan.eps, norm=plan.norm,
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
                    out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,
                    overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
-                   train_data=plan.train_data)
+                   train_data=plan.train_data, task=task)
 
 
 def execute(
@@ -161,6 +184,7 @@ def execute(
     defense_fpr: float = 0.05,
     defense_data: Any = None,
     train_data: Any = None,
+    task: str = "classification",
 ) -> ResultMatrix:
     """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
 
@@ -183,6 +207,12 @@ def execute(
             raise UserError(f"--defense-fpr must be in (0, 1), got {defense_fpr!r}")
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    if task == "segmentation":  # its own evaluator: independent runs per cell, mIoU (evaluate/segmentation.py)
+        from robustaudit.evaluate.segmentation import execute_segmentation
+
+        return execute_segmentation(entries, data, attacks, eps, norm=norm, n=n, batch_size=batch_size,
+                                    device=device, seed=seed, out=out, progress=progress, config=config,
+                                    resume=resume, checks=checks, cost=cost, defense=defense, train_data=train_data)
     if resume and out is None:
         raise UserError("resume needs the output directory of the run to continue (out=...)")
     check_level(checks)
@@ -352,8 +382,10 @@ def example_eps(entries: Sequence[ModelEntry], grid: Sequence[float]) -> float:
     return sorted(grid)[len(grid) // 2]
 
 
-def attack_entries_from(attacks: str | Attack | Sequence[str | Attack]) -> list[AttackEntry]:
-    """Build the attack columns, named by their spec (``pgd:steps=100``) or class name; names unique."""
+def attack_entries_from(attacks: str | Attack | Sequence[str | Attack], *,
+                        task: str = "classification") -> list[AttackEntry]:
+    """Build the attack columns, named by their spec (``pgd:steps=100``) or class name; names unique.
+    ``task`` picks the registry's table (under segmentation ``pgd`` is pixel-wise PGD)."""
     items = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
     if not items:
         raise UserError("no attack given")
@@ -364,7 +396,7 @@ def attack_entries_from(attacks: str | Attack | Sequence[str | Attack]) -> list[
         elif isinstance(item, str):
             name, settings = parse_spec(item)
             label = name if not settings else item.strip()
-            out.append(AttackEntry(label, from_spec(item, resolve_model=_surrogate)))
+            out.append(AttackEntry(label, from_spec(item, resolve_model=_surrogate, task=task)))
         else:
             raise UserError(f"an attack is a name like 'pgd' or an Attack object, got {type(item).__name__}")
     seen: dict[str, int] = {}

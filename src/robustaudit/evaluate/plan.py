@@ -2,7 +2,7 @@
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
 ``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
-``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``); flags given on the command line
+``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``); flags given on the command line
 override the file. Models may also be tables::
 
     [[models]]
@@ -34,6 +34,13 @@ DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat", "digits-cnn
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
 FAIL_ON: tuple[str, ...] = ("point", "lower")
+#: What a segmentation audit runs when the plan keeps the classification defaults (``--data digit-scenes``
+#: alone): the shipped U-Net, the three dense attacks, a small Linf grid that shows a curve.
+SEG_DEFAULT_MODELS: tuple[str, ...] = ("unet-tiny",)
+SEG_DEFAULT_ATTACKS: tuple[str, ...] = ("pgd", "segpgd", "cospgd")
+SEG_DEFAULT_EPS: tuple[float, ...] = (0.01, 0.02, 0.04)
+#: ``--task``: ``auto`` reads it from the data (``ImageData.task``).
+TASKS: tuple[str, ...] = ("auto", "classification", "segmentation")
 #: Sanity-check levels (kept here, torch-free, for validation; robustaudit.checks runs them).
 CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
 
@@ -79,6 +86,8 @@ class AuditPlan:
     #: data universal attacks (patch, UAP, learned generators) are fitted on (its train split);
     #: default: the train split of ``data``
     train_data: str | None = None
+    #: classification, segmentation, or auto (the data's task)
+    task: str = "auto"
 
     @property
     def detectors(self) -> str | None:
@@ -109,6 +118,8 @@ class AuditPlan:
             raise UserError(f"--fail-on must be one of {', '.join(FAIL_ON)}, got '{self.fail_on}'")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+        if self.task not in TASKS:
+            raise UserError(f"--task must be one of {', '.join(TASKS)}, got '{self.task}'{suggest(self.task, TASKS)}")
         if self.checks not in CHECK_LEVELS:
             raise UserError(f"--checks must be one of {', '.join(CHECK_LEVELS)}, got '{self.checks}'"
                             f"{suggest(self.checks, CHECK_LEVELS)}")
@@ -163,7 +174,7 @@ def _check_out(out: str) -> None:
         raise UserError(f"--out '{out}' cannot be written: no write permission on '{parent}'")
 
 
-def parse_eps(value: str | float | int | list[Any]) -> list[float]:
+def parse_eps(value: str | float | list[Any]) -> list[float]:
     """``"0.1,0.2"``, ``"8/255,16/255"``, a number or a list of them -> floats (validated)."""
     items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
     out: list[float] = []
@@ -232,7 +243,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
              "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
              "checks": str, "defense": str, "defense_fpr": float, "defense_data": str,
-             "train_data": str}
+             "train_data": str, "task": str}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:

@@ -405,3 +405,136 @@ def _unbounded_row(model: str, attack: str, cell: _Cell, clean_miou: float, clea
             "median_linf": q(cell.linf, 0.5), "q25_linf": q(cell.linf, 0.25), "q75_linf": q(cell.linf, 0.75),
             "seconds": round(cell.seconds, 3), "forward_passes": cell.forward, "backward_passes": cell.backward,
             "class_iou": class_iou_of(total)}
+
+
+# ---------------------------------------------------------------------------------------------- audit
+def resolve_task(requested: str, data: ImageData) -> str:
+    """``auto`` -> the data's task; an explicit task must match the data's (one line when it does not)."""
+    from robustaudit.evaluate.plan import TASKS
+
+    if requested not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}, got {requested!r}")
+    have = getattr(data, "task", "classification")
+    if requested == "auto" or requested == have:
+        return have
+    if requested == "segmentation":
+        raise UserError(f"--task segmentation needs segmentation data (a class per pixel); '{data.name}' has one "
+                        "label per image: use digit-scenes, segfolder:ROOT or voc:ROOT, or --task classification")
+    raise UserError(f"--task classification needs one label per image; '{data.name}' is a segmentation set (a "
+                    "class per pixel): use --task segmentation (or auto)")
+
+
+def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | None]:
+    """A plan that kept the classification defaults gets the segmentation ones (models, attacks, eps); the
+    embedded default audit's detector (given only when no model was named) is dropped."""
+    import dataclasses
+
+    from robustaudit.evaluate.plan import (
+        DEFAULT_ATTACKS,
+        DEFAULT_EPS,
+        DEFAULT_MODELS,
+        SEG_DEFAULT_ATTACKS,
+        SEG_DEFAULT_EPS,
+        SEG_DEFAULT_MODELS,
+        ModelSpec,
+    )
+
+    changes: dict[str, Any] = {}
+    default_models = [m.spec for m in plan.models] == list(DEFAULT_MODELS)
+    if default_models:
+        changes["models"] = [ModelSpec(m) for m in SEG_DEFAULT_MODELS]
+        if defense == "squeeze":  # the CLI's default detector, added because no --model was given
+            defense = None
+    if list(plan.attacks) == list(DEFAULT_ATTACKS):
+        changes["attacks"] = list(SEG_DEFAULT_ATTACKS)
+    if list(plan.eps) == list(DEFAULT_EPS):
+        changes["eps"] = list(SEG_DEFAULT_EPS)
+    return dataclasses.replace(plan, **changes), defense
+
+
+def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: list[AttackEntry], eps: Sequence[float],
+                         *, norm: str, n: int | None, batch_size: int, device: str, seed: int, out: Any,
+                         progress: Progress | None, config: dict[str, Any], resume: bool = False,
+                         checks: str = "basic", cost: bool = True, defense: Any = None,
+                         train_data: Any = None) -> ResultMatrix:
+    """The segmentation audit behind ``audit(task="segmentation")`` and the CLI: run the cells, attach the
+    provenance, write ``results.json`` (and the panels, the fitted perturbations) under ``out``.
+
+    Sanity checks are classification-specific (their evidence is per-sample robust ids) and are not run:
+    ``provenance["checks"]["skipped"]`` says so and the reports show it. Detectors are refused.
+    """
+    import datetime as _dt
+    import platform
+    import sys
+    from pathlib import Path
+
+    from robustaudit.data.base import subset
+    from robustaudit.evaluate.api import (
+        _model_costs,
+        _save_fitted,
+        _version,
+        example_eps,
+    )
+    from robustaudit.evaluate.runner import resolve_device
+
+    if resume:
+        raise UserError("--resume is not available for segmentation audits (they are not stored batch by batch); "
+                        "rerun without --resume")
+    if defense:
+        raise UserError("detectors (--defense) wrap classifiers; a segmentation audit takes none")
+    dev = resolve_device(device)
+    grid = sort_eps(eps)
+    ids = subset(data, n)
+    train = None
+    if any(isinstance(a.attack, UniversalAttack) for a in attacks):
+        from robustaudit.data.registry import train_split_of
+
+        train = train_split_of(data, train_data, flag="--train-data (train_data=)",
+                               purpose="universal attacks are fitted")
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    # the audit's batch is the segmentation batch: masks and per-pixel logits are K*H*W times larger
+    seg_batch = min(batch_size, 32)
+    result = run_segmentation(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=seg_batch, device=dev,
+                              seed=seed, progress=progress, train_data=train, example_eps=example_eps(entries, grid))
+    t_cost = time.perf_counter()
+    costs = _model_costs(entries, data, min(seg_batch, len(ids)), dev, None) if cost else {}
+    t_cost = time.perf_counter() - t_cost
+    fitted = result.provenance.pop("fitted", {})
+    fits = result.provenance.pop("fits", [])
+    if out is not None:
+        _save_fitted(fitted, fits, Path(out))
+    result.provenance = {
+        "robustaudit": _version(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "seed": seed,
+        "task": "segmentation",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "config": config,
+        "data": {"name": data.name, "n": len(ids), "num_classes": data.num_classes,
+                 "sample_shape": list(data.sample_shape), "class_names": data.class_names,
+                 "ignore_index": getattr(data, "ignore_index", IGNORE_INDEX)},
+        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
+        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
+                   for e in entries],
+        "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
+                     "unbounded": bool(getattr(a.attack, "unbounded", False)),
+                     "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+                                  for k, v in a.attack.settings().items()}} for a in attacks],
+        "example_eps": example_eps(entries, grid),
+        "batch_size": seg_batch,
+        "intervals": f"95% percentile bootstrap over images ({BOOTSTRAP} resamples)",
+        "checks": {"level": checks, "seconds": 0.0,
+                   "skipped": "the sanity checks are classification-specific (per-sample verdicts); "
+                              "not run for segmentation"},
+        **({"fits": fits} if fits else {}),
+        **({"cost": {"seconds": round(t_cost, 3), "batch_size": min(seg_batch, len(ids))}} if cost else {}),
+    }
+    if out is not None:
+        result.save(out)
+    return result
