@@ -22,8 +22,8 @@ _SHA256 = {
     "digits-cnn-trades": "13d6f8d5ab8badce79f09ebf0878162ed4884c34b196fb1e02621aba28bbedc7",
     "digits-cnn-ls": "e23170a2f4d8169724fcb86c1648549467864a0d4ab3115ea9144e221cb48980",
     # scripts/train_digits32_models.py
-    "digits32-cnn": None,
-    "digits32-resnet": None,
+    "digits32-cnn": "986526c65cc9c5ef2d63820641a5caa21654d10d4b40f75692dc5e50f1c3303e",
+    "digits32-resnet": "adbff06173a91bada797f86ea1748fce66d2e1fbdaf4bdfdd0cab6fb1169cdc8",
     # scripts/train_segmentation_model.py; None until the shipped weights exist (untrained architecture)
     "unet-tiny": None,
 }
