@@ -42,6 +42,7 @@ from robustaudit.core.rng import stream_key
 from robustaudit.core.task import IGNORE_INDEX, SegmentationTask
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
+from robustaudit.evaluate import segmetrics
 from robustaudit.evaluate.cost import PassCounter
 from robustaudit.evaluate.result import (
     SEG_COLUMNS,
@@ -93,7 +94,7 @@ def pixel_accuracy_of(cm: torch.Tensor) -> torch.Tensor:
 
 def class_iou_of(cm: torch.Tensor) -> list[float | None]:
     """Per-class IoU of one ``(K, K)`` matrix; ``None`` for a class in neither labels nor predictions."""
-    return [None if math.isnan(v) else float(v) for v in _iou_table(cm).tolist()]
+    return segmetrics.class_iou(cm)
 
 
 def bootstrap_interval(cms: torch.Tensor, key: int, resamples: int = BOOTSTRAP) -> dict[str, tuple[float, float]]:
@@ -231,8 +232,8 @@ def run_segmentation(
                 clean_cms.append(image_confusion(pred, y.to(dev), k, task.ignore_index))
                 bar.advance(len(b))
             clean_cm = torch.cat(clean_cms)
-            clean_miou = float(miou_of(clean_cm.sum(0)))
-            clean_pa = float(pixel_accuracy_of(clean_cm.sum(0)))
+            clean_miou = segmetrics.miou(clean_cm.sum(0))
+            clean_pa = segmetrics.pixel_accuracy(clean_cm.sum(0))
             class_iou[(entry.name, "clean", 0.0)] = class_iou_of(clean_cm.sum(0))
             counter = PassCounter(model)
             cells: dict[tuple[str, float], _Cell] = {}
@@ -357,9 +358,9 @@ def _attack_cell(entry: ModelEntry, counter: PassCounter, attack: Attack, threat
         cms = image_confusion(pred, y, k, task.ignore_index)
         cell.cms.append(cms)
         if targets is not None:
-            counts = targets != task.ignore_index
-            cell.hits += int(((pred == targets) & counts).sum())
-            cell.total += int(counts.sum())
+            hits, counted = segmetrics.targeted_success(pred, targets, y, task.ignore_index)
+            cell.hits += hits
+            cell.total += counted
         delta = adv - x
         cell.l2 += lp_norm(delta, "l2").tolist()
         cell.linf += lp_norm(delta, "linf").tolist()
@@ -388,8 +389,8 @@ def _row(model: str, attack: str, eps: float, norm: str, n: int, clean_miou: flo
     total = cms.sum(0)
     ci = bootstrap_interval(cms, key, resamples)
     return dict(zip(SEG_COLUMNS, (
-        model, attack, float(eps), norm, n, clean_miou, float(miou_of(total)), ci["miou"][0], ci["miou"][1],
-        clean_pa, float(pixel_accuracy_of(total)), ci["pa"][0], ci["pa"][1],
+        model, attack, float(eps), norm, n, clean_miou, segmetrics.miou(total), ci["miou"][0], ci["miou"][1],
+        clean_pa, segmetrics.pixel_accuracy(total), ci["pa"][0], ci["pa"][1],
         cell.hits / cell.total if cell.total else math.nan, _median(cell.l2), _median(cell.linf),
         float(cell.seconds), n, int(cell.forward), int(cell.backward))))
 
@@ -398,8 +399,8 @@ def _unbounded_row(model: str, attack: str, cell: _Cell, clean_miou: float, clea
     total = cell.matrix().sum(0)
     q = (lambda v, p: float(np.quantile(v, p)) if v else math.nan)
     return {"model": model, "attack": attack, "n": len(cell.l2), "clean_miou": clean_miou,
-            "miou": float(miou_of(total)), "clean_pixel_accuracy": clean_pa,
-            "pixel_accuracy": float(pixel_accuracy_of(total)),
+            "miou": segmetrics.miou(total), "clean_pixel_accuracy": clean_pa,
+            "pixel_accuracy": segmetrics.pixel_accuracy(total),
             "targeted_success": cell.hits / cell.total if cell.total else math.nan,
             "median_l2": q(cell.l2, 0.5), "q25_l2": q(cell.l2, 0.25), "q75_l2": q(cell.l2, 0.75),
             "median_linf": q(cell.linf, 0.5), "q25_linf": q(cell.linf, 0.25), "q75_linf": q(cell.linf, 0.75),

@@ -205,4 +205,8 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
     example images and the robustness-vs-cost scatter inline as base64 PNGs. ``images=False`` leaves
     them out (no matplotlib).
     """
+    if result.is_segmentation:  # mIoU and pixel accuracy, curves, per-class IoU, panels
+        from robustaudit.reports.segmentation import render_html as render_segmentation
+
+        return render_segmentation(result, images=images)
     return _environment().get_template(TEMPLATE).render(**_context(result, images=images))

@@ -449,6 +449,10 @@ def render_markdown(result: ResultMatrix) -> str:
     configuration as a fenced JSON block. Curves and example images are in the HTML report only
     (GitHub strips inline images from job summaries).
     """
+    if result.is_segmentation:  # mIoU and pixel accuracy instead of accuracy
+        from robustaudit.reports.segmentation import render_markdown as render_segmentation
+
+        return render_segmentation(result)
     parts = [f"# {TITLE}", md_escape(headline(result))]
     parts.append("## Threat model\n\n" + _items(threat_items(result)))
     data = data_items(result)

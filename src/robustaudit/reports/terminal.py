@@ -571,6 +571,11 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
     Matrix: one row per model × attack (worst case last and bold), columns model, attack, clean
     accuracy, robust accuracy with its 95% Wilson interval per eps, and seconds.
     """
+    if result.is_segmentation:  # mIoU and pixel accuracy instead of accuracy
+        from robustaudit.reports.segmentation import render_terminal as render_segmentation
+
+        render_segmentation(result, console)
+        return
     if result.records.empty:
         console.print("[dim]no results to show[/dim]")
         return
