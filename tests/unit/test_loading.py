@@ -488,11 +488,11 @@ def test_torchvision_inference_for_archs_not_buildable_on_meta(tmp_path):
     [
         (
             "torchvision:resnt18",
-            r"unknown torchvision classification architecture 'resnt18' \(did you mean 'resnet18'\?\)",
+            r"unknown torchvision classification or segmentation architecture 'resnt18' \(did you mean 'resnet18'\?\)",
         ),
         (
-            "torchvision:fcn_resnet50",
-            r"'fcn_resnet50' is not a torchvision classification architecture",
+            "torchvision:fasterrcnn_resnet50_fpn",
+            r"'fasterrcnn_resnet50_fpn' is not a torchvision classification or segmentation architecture",
         ),
         ("torchvision:resnet18:foo=1", r"torchvision rejected the settings \{'foo': 1\}"),
         (

@@ -65,8 +65,9 @@ def _place(rng: np.random.Generator, side: int, boxes: list[tuple[int, int, int,
     return None
 
 
-def _scene(split: str, i: int, pool: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scene ``i`` of ``split``: image float32 ``(64, 64)`` in [0, 1], mask uint8 ``(64, 64)``."""
+def _scene(split: str, i: int, pool: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Scene ``i`` of ``split``: image float32 ``(64, 64)`` in [0, 1], mask uint8 ``(64, 64)``, and the
+    positions in ``pool`` of the digits placed."""
     rng = np.random.default_rng([SEED, _SPLIT_CODE[split], i])
     # background: level + smooth noise + stripes, clipped to [0, 0.5]
     noise = torch.from_numpy(rng.standard_normal((1, 1, 8, 8)).astype(np.float32))
@@ -96,12 +97,13 @@ def _scene(split: str, i: int, pool: np.ndarray, labels: np.ndarray) -> tuple[np
         sub = mask[region]
         sub[alpha >= RING_THRESHOLD] = 255
         sub[alpha >= LABEL_THRESHOLD] = labels[k] + 1
-    return image, mask
+    return image, mask, [b[3] for b in boxes]
 
 
 @functools.lru_cache(maxsize=2)
-def _build(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All scenes of ``split``: images float32 ``(N, 1, 64, 64)``, masks uint8 ``(N, 64, 64)``."""
+def _build(split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, ...], ...]]:
+    """All scenes of ``split``: images float32 ``(N, 1, 64, 64)``, masks uint8 ``(N, 64, 64)``, and per
+    scene the indices (into ``load_digits()``) of the digits it shows."""
     from robustaudit.data.digits import _arrays, _split_indices
 
     x, y = _arrays()
@@ -116,7 +118,16 @@ def _build(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         torch.set_num_threads(threads)
     images = torch.from_numpy(np.stack([s[0] for s in scenes]))[:, None]
     masks = torch.from_numpy(np.stack([s[1] for s in scenes]))
-    return images, masks
+    sources = tuple(tuple(int(idx[k]) for k in s[2]) for s in scenes)
+    return images, masks, sources
+
+
+def scene_sources(split: str = "test") -> tuple[tuple[int, ...], ...]:
+    """Per scene of ``split``, the indices into scikit-learn's ``load_digits()`` of the digits placed
+    in it (in placement order): how a test shows that test scenes use test digits only."""
+    if split not in SIZES:
+        raise unknown("split", split, SIZES)
+    return _build(split)[2]
 
 
 def digit_scenes_split(split: str = "test", *, channels: int = 1) -> SegmentationTensorData:
@@ -126,7 +137,7 @@ def digit_scenes_split(split: str = "test", *, channels: int = 1) -> Segmentatio
         raise unknown("split", split, SIZES)
     if channels not in (1, 3):
         raise UserError(f"dataset 'digit-scenes': channels must be 1 or 3, got {channels}")
-    images, masks = _build(split)
+    images, masks, _ = _build(split)
     x = images.repeat(1, channels, 1, 1) if channels == 3 else images.clone()
     return SegmentationTensorData(
         x,

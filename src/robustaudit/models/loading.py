@@ -9,8 +9,9 @@ Spec forms, tried in this order:
 
 ==================================  =====================================================
 ``NAME``                            a catalog model (``robustaudit.models.catalog``)
-``torchvision:ARCH[:k=v,...]``      a torchvision classification architecture, no weights
-                                    downloaded; e.g. ``torchvision:resnet18:num_classes=10``
+``torchvision:ARCH[:k=v,...]``      a torchvision classification or segmentation architecture
+                                    (FCN, DeepLabV3, LRASPP), no weights downloaded; e.g.
+                                    ``torchvision:resnet18:num_classes=10``
 an existing file                    TorchScript (``torch.jit.save``), ``torch.export``
                                     (``.pt2``), or, with ``trust_pickle``, a pickled module
 ``path/to/file.py:CALLABLE``        a factory in a Python file, called without arguments
@@ -352,13 +353,15 @@ def _from_torchvision(
     arch = arch.strip()
     kwargs = _parse_settings(settings, spec)
     classification = torchvision.models.list_models(module=torchvision.models)
-    if arch not in classification:
+    segmentation = torchvision.models.list_models(module=torchvision.models.segmentation)
+    if arch not in classification and arch not in segmentation:
+        supported = classification + segmentation
         if arch in torchvision.models.list_models():
             raise UserError(
-                f"'{spec}': '{arch}' is not a torchvision classification architecture; "
-                f"torchvision:ARCH takes one of: {', '.join(sorted(classification))}"
+                f"'{spec}': '{arch}' is not a torchvision classification or segmentation architecture; "
+                f"torchvision:ARCH takes one of: {', '.join(sorted(supported))}"
             )
-        raise unknown("torchvision classification architecture", arch, classification)
+        raise unknown("torchvision classification or segmentation architecture", arch, supported)
     if "weights" in kwargs or "weights_backbone" in kwargs:
         raise UserError(
             f"'{spec}': robustaudit never downloads weights; "
@@ -366,6 +369,12 @@ def _from_torchvision(
         )
 
     state = _read_state_dict(weights) if weights is not None else None
+    if arch in segmentation:
+        # torchvision's segmentation builders fetch ImageNet backbone weights by default: never here
+        kwargs["weights_backbone"] = None
+        kwargs.setdefault("aux_loss", False)
+        if state is not None and not kwargs["aux_loss"]:
+            state = _drop_aux_classifier(state, weights, spec)
     if "num_classes" in kwargs:
         if num_classes is not None and num_classes != kwargs["num_classes"]:
             warnings.warn(
@@ -390,6 +399,21 @@ def _from_torchvision(
         return model, "torchvision", spec, None
     _load_state_dict(model, state, weights)
     return model, "torchvision", spec, file_sha256(weights)
+
+
+def _drop_aux_classifier(state: dict[str, Any], path: Path | None, spec: str) -> dict[str, Any]:
+    """Drop the ``aux_classifier.*`` keys of a torchvision segmentation checkpoint trained with
+    ``aux_loss=True``: the auxiliary head only feeds ``dict['aux']``, which no attack or metric reads, and
+    building it would cost a second head's compute at every attack step. ``aux_loss=true`` keeps it."""
+    aux = [key for key in state if key.startswith("aux_classifier.")]
+    if not aux:
+        return state
+    warnings.warn(
+        f"'{spec}': {len(aux)} aux_classifier weights in '{path}' are not loaded (the auxiliary head is "
+        "training-only; add ':aux_loss=true' to keep it)",
+        stacklevel=5,
+    )
+    return {key: value for key, value in state.items() if not key.startswith("aux_classifier.")}
 
 
 def _parse_settings(settings: str, spec: str) -> dict[str, Any]:
