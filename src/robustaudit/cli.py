@@ -9,6 +9,7 @@ command line that continues with ``--resume``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -135,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--train-data", metavar="D", dest="train_data",
                    help="data universal attacks (patch, atn, advgan) are fitted on, at its train split "
                    "(default: the train split of --data)")
+    a.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="precision the attacks run at (autocast; fp16 needs a GPU); the verdict on the final "
+                   "adversarial points is always re-checked in fp32 (default fp32)")
+    a.add_argument("--tf32", choices=["on", "off"], default=None,
+                   help="allow TF32 for fp32 matmuls and convolutions on NVIDIA GPUs (default off: fp32 means fp32)")
+    a.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model the attacks get (falls back to eager, with a warning, if it fails)")
 
     ls = sub.add_parser("list", help="list catalog models, attacks, datasets or defenses",
                         description="List what robustaudit knows.",
@@ -152,8 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: This process's rank in a multi-process audit (0 otherwise): only rank 0 prints, except internal errors.
+_RANK = 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (never raises, never prints a traceback for user mistakes)."""
+    global _RANK
+    _RANK = 0
     err = _console(stderr=True)
     try:
         from robustaudit.core.errors import UserError
@@ -184,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line, the traceback on request
         if os.environ.get("ROBUSTAUDIT_DEBUG"):
             traceback.print_exc()
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_plain(str(exc))} "
+        err.quiet = False  # every rank reports its own internal error
+        err.print(f"{f'rank {_RANK}: ' if _RANK else ''}[bold red]internal error:[/] {type(exc).__name__}: {_plain(str(exc))} "
                   "(set ROBUSTAUDIT_DEBUG=1 for the traceback, and please report it)", soft_wrap=True)
         return EXIT_INTERNAL
     finally:
@@ -250,7 +265,8 @@ def _plan_from_args(args: argparse.Namespace):
     base = AuditPlan(**load_toml(args.config)) if args.config else AuditPlan()
     overrides = {k: getattr(args, k) for k in ("data", "norm", "n", "batch_size", "device", "seed", "out",
                                                 "fail_under", "fail_on", "trust_pickle", "resume", "overwrite", "checks",
-                                                "train_data", "task")}
+                                                "train_data", "task", "precision", "compile")}
+    overrides["tf32"] = None if args.tf32 is None else args.tf32 == "on"
     if args.model:
         overrides["models"] = pair_models(args.model, args.weights or [], args.normalize or [])
     elif args.weights or args.normalize:
@@ -286,31 +302,42 @@ def _defense(args: argparse.Namespace) -> str | None:
 
 def _cmd_audit(args: argparse.Namespace, err) -> int:
     from robustaudit.evaluate.api import run_plan
+    from robustaudit.evaluate.distributed import detect
     from robustaudit.reports import write_reports
     from robustaudit.reports.terminal import render_terminal
 
+    global _RANK
+    launch = detect()  # started by torchrun / srun as one of several processes?
+    _RANK = launch.rank if launch is not None else 0
     plan = _plan_from_args(args)
     try:  # validate() refused the paths that cannot be a folder; this catches the rest (read-only mounts)
         Path(plan.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise_usage(f"cannot create --out '{plan.out}': {exc.strerror or exc}")
     out = _console(stderr=bool(args.json))
+    if _RANK > 0:  # rank 0 speaks for all: tables, progress, warnings and user errors (internal errors excepted)
+        out.quiet = err.quiet = True
     try:
-        with _RichProgress(err) as bar:
-            result = run_plan(plan, progress=bar)
+        with _RichProgress(err) if _RANK == 0 else contextlib.nullcontext() as bar:
+            result = run_plan(plan, progress=bar, distributed=launch is not None)
     except KeyboardInterrupt:
-        err.print(_interrupted(plan.out, getattr(args, "argv", [])), soft_wrap=True, markup=False)
+        err.print(_interrupted(plan.out, getattr(args, "argv", []), launch.world_size if launch else 1),
+                  soft_wrap=True, markup=False)
         return EXIT_INTERRUPTED
     counts = result.provenance.get("resume")
     if counts is not None:
         err.print(f"resumed {plan.out}: {counts['reused_batches']} stored batches reused, "
                   f"{counts['computed_batches']} computed", soft_wrap=True, markup=False)
     render_terminal(result, out)
-    paths = write_reports(result, plan.out)
-    store_name = "" if result.is_segmentation else "results.sqlite, "  # segmentation audits are not stored per batch
+    if _RANK > 0:  # rank 0 wrote the results; every rank computes the same exit code below
+        paths = {"markdown": Path("report.md"), "html": Path("report.html")}
+    else:
+        paths = write_reports(result, plan.out)
+    store_name = "" if result.is_segmentation else (
+        "ranks/rank-K.sqlite, " if launch is not None else "results.sqlite, ")  # segmentation: not stored per batch
     out.print(f"wrote {Path(plan.out) / 'results.json'}, {store_name}{paths['markdown'].name}, "
               f"{paths['html'].name} in {plan.out}/ ({result.provenance['seconds']:.1f} s)")
-    if args.json:
+    if args.json and _RANK == 0:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     if plan.fail_under is not None:
         failing = result.below(plan.fail_under, bound="lower" if plan.fail_on == "lower" else "point")
@@ -329,9 +356,21 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
     return EXIT_OK
 
 
-def _interrupted(out_dir: str, argv: Sequence[str]) -> str:
+def _interrupted(out_dir: str, argv: Sequence[str], world_size: int = 1) -> str:
     """What an interrupted audit tells the user: what is kept, and the command that continues it."""
     from robustaudit.evaluate.store import STORE_FILE, Store
+
+    if world_size > 1:
+        from robustaudit.evaluate.distributed import rank_store_path
+
+        paths = [rank_store_path(out_dir, k) for k in range(world_size)]
+        done = 0
+        for rank_path in paths:
+            if rank_path.is_file():
+                with Store(rank_path) as store:
+                    done += store.count_batches()
+        return (f"interrupted: {done} finished batches are stored in {paths[0].parent} ({world_size} processes); "
+                "continue with the same launch command (torchrun / srun) plus --resume")
 
     path = Path(out_dir) / STORE_FILE
     if not path.is_file():

@@ -20,7 +20,14 @@ from robustaudit.checks import check_level
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset, train_split_of
+from robustaudit.evaluate import distributed as multiproc
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
+from robustaudit.evaluate.fastpath import (
+    FastPath,
+    check_precision,
+    halving_summary,
+    tf32_mode,
+)
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
@@ -62,6 +69,10 @@ def audit(
     defense_data: Any = None,
     train_data: Any = None,
     task: str = "auto",
+    precision: str = "fp32",
+    tf32: bool = False,
+    compile: bool = False,
+    distributed: bool = False,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -100,6 +111,14 @@ def audit(
         task: ``classification``, ``segmentation`` (logits ``(N, K, H, W)``, masks ``(N, H, W)``: mIoU and
             pixel accuracy instead of accuracy, see :mod:`robustaudit.evaluate.segmentation`) or ``auto``
             (the data's task). Under segmentation the default attacks and eps are the segmentation ones.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (GPU only): autocast for the attacks' forward and backward;
+            the clean pass and the verdict on the final adversarial points stay float32 (see
+            :mod:`robustaudit.evaluate.fastpath`, ``provenance["precision"]``).
+        tf32: allow TF32 for float32 matmuls and convolutions on NVIDIA GPUs (off: fp32 means fp32).
+        compile: ``torch.compile`` the model the attacks get (eager, with a warning, when it fails).
+        distributed: when this process was started by torchrun (or srun) as one of several, audit this
+            rank's shard and merge (see :mod:`robustaudit.evaluate.distributed`): every rank returns the
+            same result; only rank 0 writes ``results.json``. Without a launcher: a plain audit.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 
@@ -127,15 +146,18 @@ def audit(
                       defense_data=defense_data if isinstance(defense_data, (str, type(None))) else "python")
     if train_data is not None:
         config["train_data"] = train_data if isinstance(train_data, str) else "python"
+    fast = FastPath(precision=check_precision(precision), tf32=bool(tf32), compile=bool(compile))
+    if fast != FastPath():
+        config.update(precision=precision, tf32=bool(tf32), compile=bool(compile))
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
                    overwrite=overwrite, checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr,
-                   defense_data=defense_data, train_data=train_data, task=task)
+                   defense_data=defense_data, train_data=train_data, task=task, fast=fast, distributed=distributed)
 
 
-def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatrix:
+def run_plan(plan: AuditPlan, *, progress: Progress | None = None, distributed: bool = False) -> ResultMatrix:
     """Run a validated :class:`AuditPlan` (the CLI's path): loads models, data and attacks by spec;
-    ``plan.defense`` names detectors as ``defense`` does in :func:`audit`."""
+    ``plan.defense`` names detectors as ``defense`` does in :func:`audit`; ``distributed`` as there."""
     plan.validate()
     defense, defense_fpr, defense_data = plan.detectors, plan.defense_fpr, plan.defense_data
     if defense is not None:  # a misspelt detector fails before any model is loaded or attacked
@@ -159,7 +181,9 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None) -> ResultMatr
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
                    out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,
                    overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
-                   train_data=plan.train_data, task=task)
+                   train_data=plan.train_data, task=task,
+                   fast=FastPath(precision=plan.precision, tf32=plan.tf32, compile=plan.compile),
+                   distributed=distributed)
 
 
 def execute(
@@ -185,6 +209,8 @@ def execute(
     defense_data: Any = None,
     train_data: Any = None,
     task: str = "classification",
+    fast: FastPath | None = None,
+    distributed: bool = False,
 ) -> ResultMatrix:
     """Run the matrix, the sanity checks (``checks``: off, basic, full) and attach provenance; writes ``results.sqlite`` and ``results.json`` under ``out``.
 
@@ -198,7 +224,64 @@ def execute(
     With ``defense`` (detector names), the detectors are fitted and evaluated after the checks (see
     :mod:`robustaudit.evaluate.detection`); their rows join the matrix. They are recomputed on resume
     (fits come from the detector cache).
+
+    ``fast`` sets the attacks' precision, TF32 (for the whole audit, restored afterwards) and
+    ``torch.compile`` (:mod:`robustaudit.evaluate.fastpath`). With ``distributed`` and a launcher
+    (torchrun, srun) that started several processes, each audits its shard into ``out/ranks/rank-K.sqlite``
+    and rank 0 merges, runs the checks, detectors and cost, and writes the results
+    (:mod:`robustaudit.evaluate.distributed`).
     """
+    fast = fast or FastPath()
+    check_precision(fast.precision)
+    launch = multiproc.detect() if distributed else None
+    if task == "segmentation" and (launch is not None or fast.precision != "fp32" or fast.compile):
+        raise UserError("segmentation audits run in one process at fp32: drop torchrun/srun, --precision and --compile")
+    kwargs = {"norm": norm, "n": n, "batch_size": batch_size, "device": device, "seed": seed, "out": out,
+              "progress": progress, "config": config, "resume": resume, "overwrite": overwrite, "checks": checks,
+              "cost": cost, "defense": defense, "defense_fpr": defense_fpr, "defense_data": defense_data,
+              "train_data": train_data, "task": task, "fast": fast}
+    if launch is None:
+        with tf32_mode(fast.tf32):
+            return _execute(entries, data, attacks, eps, dist=None, **kwargs)
+    ctx = multiproc.setup(launch, device)
+    try:
+        with tf32_mode(fast.tf32):
+            return _execute(entries, data, attacks, eps, dist=ctx, **kwargs)
+    except BaseException as exc:
+        if ctx.is_main and ctx.awaiting:  # the other ranks wait for rank 0's outcome: tell them
+            multiproc.send_outcome(ctx, failure=exc)
+        raise
+    finally:
+        multiproc.teardown(ctx)
+
+
+def _execute(
+    entries: list[ModelEntry],
+    data: ImageData,
+    attacks: list[AttackEntry],
+    eps: Sequence[float],
+    *,
+    norm: str,
+    n: int | None,
+    batch_size: int,
+    device: str,
+    seed: int,
+    out: str | Path | None,
+    progress: Progress | None,
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    checks: str,
+    cost: bool,
+    defense: str | Sequence[str] | None,
+    defense_fpr: float,
+    defense_data: Any,
+    train_data: Any,
+    task: str,
+    fast: FastPath,
+    dist: multiproc.DistContext | None,
+) -> ResultMatrix:
+    """:func:`execute` in this process (``dist``: this rank's place in a multi-process audit)."""
     if defense is not None:
         from robustaudit.defenses.detection import parse_detectors
 
@@ -216,25 +299,38 @@ def execute(
     if resume and out is None:
         raise UserError("resume needs the output directory of the run to continue (out=...)")
     check_level(checks)
-    dev = resolve_device(device)
+    dev = dist.device if dist is not None else resolve_device(device)
+    fast.validate(dev)
     grid = sort_eps(eps)
     ids = subset(data, n)
+    mine = multiproc.shard(ids, dist.rank, dist.world_size) if dist is not None else ids  # this process's samples
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     store = None
     if out is not None:
         fp = fingerprint(entries, data, attacks, grid, n=len(ids), norm=norm, batch_size=batch_size, device=dev,
                          seed=seed)
-        store = open_store(out, fp, config, resume=resume, overwrite=overwrite)
+        store = _open_store(out, {**fp, **fast.fingerprint(dev)}, config, resume=resume, overwrite=overwrite,
+                            dist=dist)
     # the largest batch the audit runs: the batch size that latency and memory are stated for
     cost_batch = min(batch_size, len(ids))
     probe = None
     try:
-        if cost and dev.type == "cpu":
+        if cost and dev.type == "cpu" and (dist is None or dist.is_main):
             probe = MemoryProbe([(e.name, e.module) for e in entries], data.sample_shape, cost_batch)
-        result = run(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=batch_size, device=dev,
-                     seed=seed, store=store, progress=progress, example_eps=example_eps(entries, grid),
-                     reuse=resume, train_data=_fit_split(data, attacks, train_data))
+        def matrix(audited: list[int], bar: Progress | None) -> ResultMatrix:
+            return run(entries, data, attacks, grid, norm=norm, ids=audited, batch_size=batch_size, device=dev,
+                       seed=seed, store=store, progress=bar, example_eps=example_eps(entries, grid),
+                       reuse=resume, train_data=_fit_split(data, attacks, train_data), fast=fast)
+
+        if dist is None:
+            result = matrix(ids, progress)
+        else:  # each rank its shard; every rank merges all shards; rank 0 goes on alone
+            part = multiproc.agree(dist, lambda: matrix(mine, progress if dist.is_main else None))
+            result = multiproc.merge(multiproc.gather(dist, part), ids)
+            dist.awaiting = True
+            if not dist.is_main:
+                return _follow(dist, store)
         t_checks = time.perf_counter()
         added = _sanity_checks(checks, result, entries, data, ids, attacks, grid=grid, norm=norm, device=dev,
                                seed=seed, batch_size=batch_size, store=store, progress=progress, reuse=resume)
@@ -282,13 +378,59 @@ def execute(
         **({"detection": {**detection, "seconds": round(t_detect, 3)}} if detection is not None else {}),
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch, "flop_counter": FLOP_COUNTER}}
            if cost else {}),
+        "precision": fast.provenance(dev, tuple(data.sample_shape)),
+        "attack precision": fast.summary(dev),
+        **({"processes": _processes(dist)} if dist is not None else {}),
+        **({"out-of-memory": halving_summary(resumed["oom_halvings"])} if resumed.get("oom_halvings") else {}),
         **resumed,
     }
     if out is not None:
         result.save(out)
         store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
         store.close()
+    if dist is not None:
+        multiproc.send_outcome(dist, result)
+        dist.awaiting = False
     return result
+
+
+def _open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool,
+                dist: multiproc.DistContext | None) -> Store:
+    """The run's store: ``out/results.sqlite`` for one process, ``out/ranks/rank-K.sqlite`` for rank K of
+    several (whose fingerprint holds the world size). Every rank applies the resume policy to its own
+    store; a refusal on any rank stops all of them with the lowest failing rank's message."""
+    if dist is None:
+        multiproc.check_layout(out, 1, resume=resume)
+        return open_store(out, fp, config, resume=resume, overwrite=overwrite)
+
+    def open_mine() -> Store:
+        multiproc.check_layout(out, dist.world_size, resume=resume)
+        if dist.is_main and not resume:
+            multiproc.remove_stale_ranks(out, dist.world_size)
+        return open_store(out, {**fp, "processes": dist.world_size}, config, resume=resume, overwrite=overwrite,
+                          store_path=multiproc.rank_store_path(out, dist.rank))
+
+    return multiproc.agree(dist, open_mine)
+
+
+def _follow(dist: multiproc.DistContext, store: Store | None) -> ResultMatrix:
+    """A rank other than 0 after the merge: wait for rank 0's finished result (or failure), then mark this
+    rank's store finished."""
+    try:
+        result = multiproc.receive_outcome(dist)
+    finally:
+        dist.awaiting = False
+    if store is not None:
+        store.put_meta("finished", True)
+        store.close()
+    return result
+
+
+def _processes(dist: multiproc.DistContext) -> dict[str, Any]:
+    """``provenance["processes"]``: how the audit was split and what ran where."""
+    return {"world_size": dist.world_size, "launcher": dist.launch.launcher, "backend": dist.backend,
+            "shard": "ids[rank::world_size]", "stores": f"{multiproc.RANKS_DIR}/rank-K.sqlite",
+            "rank_0_only": ["sanity checks", "detectors", "model cost", "results.json and reports"]}
 
 
 def _fit_split(data: ImageData, attacks: list[AttackEntry], given: Any) -> ImageData | None:

@@ -2,7 +2,8 @@
 
 TOML keys mirror the CLI flags (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``,
 ``norm``, ``n``, ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``,
-``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``); flags given on the command line
+``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``, ``precision``,
+``tf32``, ``compile``); flags given on the command line
 override the file. Models may also be tables::
 
     [[models]]
@@ -41,6 +42,8 @@ SEG_DEFAULT_ATTACKS: tuple[str, ...] = ("pgd", "segpgd", "cospgd")
 SEG_DEFAULT_EPS: tuple[float, ...] = (0.01, 0.02, 0.04)
 #: ``--task``: ``auto`` reads it from the data (``ImageData.task``).
 TASKS: tuple[str, ...] = ("auto", "classification", "segmentation")
+#: What ``--precision`` takes (the precision attacks run at; robustaudit.evaluate.fastpath applies it).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: Sanity-check levels (kept here, torch-free, for validation; robustaudit.checks runs them).
 CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
 
@@ -88,6 +91,12 @@ class AuditPlan:
     train_data: str | None = None
     #: classification, segmentation, or auto (the data's task)
     task: str = "auto"
+    #: the precision attacks run at (autocast): fp32, bf16, fp16; the verdict is always fp32
+    precision: str = "fp32"
+    #: allow TF32 for float32 matmuls/convolutions on NVIDIA GPUs (off: fp32 means fp32)
+    tf32: bool = False
+    #: torch.compile the model the attacks get
+    compile: bool = False
 
     @property
     def detectors(self) -> str | None:
@@ -120,6 +129,9 @@ class AuditPlan:
             raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
         if self.task not in TASKS:
             raise UserError(f"--task must be one of {', '.join(TASKS)}, got '{self.task}'{suggest(self.task, TASKS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'"
+                            f"{suggest(str(self.precision).lower(), PRECISIONS)}")
         if self.checks not in CHECK_LEVELS:
             raise UserError(f"--checks must be one of {', '.join(CHECK_LEVELS)}, got '{self.checks}'"
                             f"{suggest(self.checks, CHECK_LEVELS)}")
@@ -243,7 +255,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
              "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
              "checks": str, "defense": str, "defense_fpr": float, "defense_data": str,
-             "train_data": str, "task": str}
+             "train_data": str, "task": str, "precision": str, "tf32": bool, "compile": bool}
     for key, value in doc.items():
         want = types.get(key)
         if want is None:

@@ -107,10 +107,13 @@ def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> s
         return None
     plain = {"robustaudit": "the robustaudit version", "torch": "the torch version", "store": "the store layout",
              "device": "the device", "n": "n (the number of samples)", "eps": "the eps grid", "norm": "the norm",
-             "batch_size": "the batch size", "seed": "the seed"}
+             "batch_size": "the batch size", "seed": "the seed", "processes": "the number of processes",
+             "precision": "the attack precision", "compile": "--compile", "tf32": "TF32"}
     for key, what in plain.items():
-        if stored.get(key) != current.get(key):
-            return f"{what} differs (stored {_show(stored.get(key))}, now {_show(current.get(key))})"
+        # keys added after the first stores were written: absent means the default
+        s, c = stored.get(key, _ABSENT.get(key)), current.get(key, _ABSENT.get(key))
+        if s != c:
+            return f"{what} differs (stored {_show(s)}, now {_show(c)})"
     if stored.get("data") != current.get("data"):
         s, c = stored.get("data") or {}, current.get("data") or {}
         return (f"the data differs (stored {s.get('name')}, {s.get('size')} samples of {s.get('sample_shape')}; "
@@ -140,6 +143,10 @@ def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> s
     return f"the configuration differs ({', '.join(keys)})"
 
 
+#: What a fingerprint key written only when it is not the default means when absent.
+_ABSENT: dict[str, Any] = {"processes": 1, "precision": "fp32", "compile": False, "tf32": False}
+
+
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -151,10 +158,11 @@ def _short(weights: str | None) -> str:
     return f"{sha[:12]}… ({'file' if kind == 'file' else 'state_dict'})"
 
 
-def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool
-               ) -> Store:
-    """Open ``out/results.sqlite`` for a run with fingerprint ``fp``, applying the policy of the module
-    docstring; the store comes back ready to write (fresh, or holding the run to continue).
+def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool,
+               store_path: str | Path | None = None) -> Store:
+    """Open ``out/results.sqlite`` (or ``store_path``: a rank's store of a multi-process run) for a run
+    with fingerprint ``fp``, applying the policy of the module docstring; the store comes back ready to
+    write (fresh, or holding the run to continue).
 
     Raises:
         UserError: ``resume`` and ``overwrite`` together; ``resume`` with nothing (or something else)
@@ -163,9 +171,11 @@ def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, r
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
     out = Path(out)
-    path = out / STORE_FILE
+    path = out / STORE_FILE if store_path is None else Path(store_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if resume and not path.is_file():
-        raise UserError(f"--resume: {out} holds no stored run (no {STORE_FILE}); run without --resume to start one")
+        raise UserError(f"--resume: {out} holds no stored run (no {path.relative_to(out) if path.is_relative_to(out) else path}); "
+                        "run without --resume to start one")
     try:
         store = Store(path)
     except sqlite3.DatabaseError as exc:  # a corrupt or foreign file where the store should be

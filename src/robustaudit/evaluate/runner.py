@@ -32,6 +32,8 @@ from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.cost import PassCounter, split_evenly
+from robustaudit.evaluate.fastpath import (FastPath, attack_view, channels_last, is_out_of_memory, release_memory,
+                                           to_device)
 from robustaudit.evaluate.metrics import wilson_interval
 from robustaudit.evaluate.result import COLUMNS, WORST_CASE, Example, ResultMatrix, worst_case_attacked
 from robustaudit.evaluate.store import Store, tensors_sha256
@@ -110,33 +112,46 @@ def sort_eps(eps: Sequence[float]) -> list[float]:
 
 
 class _Samples:
-    """The audited samples of one dataset, loaded once and cached on the host when small enough."""
+    """The audited samples of one dataset, loaded once and cached when small enough: on the GPU when the
+    audit runs on one and the set fits in a quarter of its free memory (no host copy per batch then),
+    else on the host."""
 
-    def __init__(self, data: ImageData, ids: list[int], batch_size: int) -> None:
+    def __init__(self, data: ImageData, ids: list[int], batch_size: int, device: torch.device | None = None) -> None:
         self.data = data
         self.ids = ids
         self.batch_size = batch_size
         c, h, w = data.sample_shape
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = (
-            {} if len(ids) * c * h * w * 4 <= _CACHE_BYTES else None
-        )
+        size = len(ids) * c * h * w * 4
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if size <= _CACHE_BYTES else None
+        self.device = device if device is not None and device.type == "cuda" and _fits_on(device, size) else None
         self.labels: dict[int, int] = {}
 
     def batches(self, ids: Sequence[int]) -> list[list[int]]:
         return [list(ids[i : i + self.batch_size]) for i in range(0, len(ids), self.batch_size)]
 
     def load(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (B, C, H, W)``, ``y (B,)`` on the host, for sample ids ``ids``."""
+        """``x (B, C, H, W)``, ``y (B,)`` for sample ids ``ids``: on the host, or on the GPU when resident."""
         if self._cache is not None and all(i in self._cache for i in ids):
             xs, ys = zip(*(self._cache[i] for i in ids))
             return torch.stack(xs), torch.stack(ys)
         x, y = self.data.load(list(ids))
+        for i, label in zip(ids, y.tolist()):
+            self.labels[i] = label
+        if self.device is not None:  # resident on the GPU: copied once, from pinned memory
+            x, y = to_device(x, self.device), to_device(y, self.device)
         if self._cache is not None:
             for k, i in enumerate(ids):
                 self._cache[i] = (x[k], y[k])
-        for i, label in zip(ids, y.tolist()):
-            self.labels[i] = label
         return x, y
+
+
+def _fits_on(device: torch.device, size: int) -> bool:
+    """Whether ``size`` bytes of inputs may live on ``device`` for the audit: a quarter of its free memory."""
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except RuntimeError:  # pragma: no cover - a CUDA build without a usable device
+        return False
+    return size <= free // 4
 
 
 def _check_outputs(logits: Any, data: ImageData, model: str) -> None:
@@ -196,6 +211,7 @@ def run(
     task: Task = CLASSIFICATION,
     reuse: bool = False,
     train_data: ImageData | None = None,
+    fast: FastPath | None = None,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -211,6 +227,11 @@ def run(
             on, once per model and eps, before their first batch needs computing; required when one
             is in ``attacks``. The fitted attacks are in ``provenance["fitted"]`` (objects, for the
             caller to save and drop) with their seconds in ``provenance["fits"]``.
+        fast: the attack's precision, ``torch.compile``, channels_last (see
+            :mod:`robustaudit.evaluate.fastpath`); the clean pass and the scoring of adversarial points
+            always use the bare model in float32. An attack batch that runs out of memory is attacked in
+            halves (again, down to one sample), which changes no result (keyed randomness); the halvings
+            are in ``provenance["oom_halvings"]``.
     Returns:
         A :class:`ResultMatrix` (``provenance`` left for the caller to fill, except, when ``reuse``,
         ``provenance["resume"] = {"reused_batches": .., "computed_batches": ..}``). Each row also says
@@ -238,8 +259,9 @@ def run(
     sample_ids = list(range(len(data))) if ids is None else list(ids)
     if not sample_ids:
         raise UserError(f"data '{data.name}' has no samples to audit")
-    samples = _Samples(data, sample_ids, batch_size)
+    samples = _Samples(data, sample_ids, batch_size, dev)
     bar = progress or _NoProgress()
+    fast = fast or FastPath()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
     state = _RunState(example_eps=example_eps, examples_per_cell=examples_per_cell, reuse=reuse,
@@ -247,12 +269,14 @@ def run(
     n = len(sample_ids)
     for entry in models:
         model = entry.module
-        with on_device(model, dev), eval_mode(model):
+        nhwc = fast.uses_channels_last(dev, tuple(data.sample_shape))
+        with on_device(model, dev), eval_mode(model), channels_last(model, nhwc):
             bar.start(f"{entry.name}: clean", n)
-            correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state)
+            correct_ids = _clean_pass(entry.name, model, samples, dev, store, bar, state, nhwc=nhwc)
             robust_sets: dict[float, set[int]] = {e: set(correct_ids) for e in grid}
+            # attacks get the model at the audit's precision (autocast, compiled); scoring stays fp32
             ctx = _Cell(entry.name, model, samples, dev, seed, store, bar, task, n, len(correct_ids), norm,
-                        state, PassCounter(model))
+                        state, PassCounter(attack_view(model, fast, dev)), nhwc)
             queue = list(attacks)
             for a in queue:
                 bar.start(f"{entry.name}: {a.name}", len(correct_ids) * (1 if _minimal(a) else len(grid)))
@@ -277,6 +301,8 @@ def run(
         result.provenance["resume"] = {"reused_batches": state.reused, "computed_batches": state.computed}
     if state.skipped:
         result.provenance["skipped"] = state.skipped
+    if state.halvings:
+        result.provenance["oom_halvings"] = state.halvings
     if state.fitted:
         result.provenance["fitted"] = state.fitted
         result.provenance["fits"] = state.fits
@@ -330,6 +356,8 @@ class _Cell:
     state: _RunState
     #: the model as attacks get it: counts their forward and backward passes
     counter: PassCounter
+    #: inputs go to the device in channels_last (the model's weights are)
+    nhwc: bool = False
 
 
 @dataclass
@@ -351,6 +379,10 @@ class _RunState:
     #: universal attacks fitted per (model, attack, eps), and what each fit cost
     fitted: dict[tuple[str, str, float], Attack] = field(default_factory=dict)
     fits: list[dict[str, Any]] = field(default_factory=list)
+    #: out-of-memory halvings (model, attack, eps, from, to) and the attack chunk size that last fit,
+    #: per (model, attack): later batches start there instead of running out of memory again
+    halvings: list[dict[str, Any]] = field(default_factory=list)
+    chunks: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add_row(self, ctx: _Cell, attack: str, eps: float, robust: list[int], seconds: float, attacked: int,
                 forward: int, backward: int) -> None:
@@ -409,7 +441,8 @@ def _minimal_norm_column(ctx: _Cell, a: AttackEntry, correct_ids: list[int], gri
         for k, (sid, h, nm) in enumerate(zip(batch, (~ok).tolist(), pert.tolist())):
             if h and nm <= state.example_eps and len(found) + len(picked) < state.examples_per_cell:
                 picked.append((sid, Example(ctx.name, a.name, state.example_eps, x[k].cpu().numpy(),
-                                            adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]))))
+                                            adv[k].cpu().numpy(), int(y[k]), int(y[k]), int(preds[k]),
+                                            sample_id=int(sid))))
         return picked
 
     total, forward, backward = 0.0, 0, 0
@@ -446,18 +479,20 @@ def _count(state: _RunState, ctx: _Cell, a: AttackEntry, eps: float) -> int:
 def _examples(model, attack, eps, batch, x, y, adv, preds, broken, want) -> list[tuple[int, Example]]:
     return [
         (batch[k], Example(model, attack, eps, x[k].cpu().numpy(), adv[k].cpu().numpy(), int(y[k]), int(y[k]),
-                           int(preds[k])))
+                           int(preds[k]), sample_id=int(batch[k])))
         for k in broken.nonzero().flatten().tolist()[: max(0, want)]
     ]
 
 
-def _clean_pass(name, model, samples: _Samples, dev, store: Store | None, bar, state: _RunState) -> list[int]:
+def _clean_pass(name, model, samples: _Samples, dev, store: Store | None, bar, state: _RunState, *,
+                nhwc: bool = False) -> list[int]:
     correct: list[int] = []
     first = True
     for batch in samples.batches(samples.ids):
         # always loaded, even when stored: hashing what we load is the resume's data check, and the
         # attacks need the inputs cached anyway
         x, y = samples.load(batch)
+        y = y.cpu()  # labels are compared with the predictions on the host
         digest = tensors_sha256(x, y) if store is not None else None
         stored = store.clean_batch(name, batch) if state.reuse and store is not None else None
         if stored is not None:
@@ -470,7 +505,7 @@ def _clean_pass(name, model, samples: _Samples, dev, store: Store | None, bar, s
             bar.advance(len(batch))
             continue
         with torch.no_grad():
-            logits = _forward(model, x.to(dev), name)
+            logits = _forward(model, to_device(x, dev, nhwc=nhwc), name)
         if first:
             _check_outputs(logits, samples.data, name)
             first = False
@@ -527,26 +562,12 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         attack = _fitted(ctx, a, threat) if isinstance(a.attack, UniversalAttack) else a.attack
         t0 = time.perf_counter()
         x, y = ctx.samples.load(batch)
-        x, y = x.to(ctx.dev), y.to(ctx.dev)
-        ctx.counter.take()  # from zero: what an interrupted batch counted is not this one's
-        try:
-            # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
-            adv = attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
-        except UserError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, RuntimeError) and _NO_GRAD.search(str(exc)):
-                raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
-            if raised_by_model(exc, ctx.model):  # the user's model failed on the attack's input, not the attack
-                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-                raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward during attack "
-                                f"'{a.name}': {first}") from None
-            raise
+        x, y = to_device(x, ctx.dev, nhwc=ctx.nhwc), to_device(y, ctx.dev)
+        adv, forward, backward = _attack_in_chunks(ctx, a, attack, x, y, threat, batch)
         if adv.shape != x.shape or not torch.isfinite(adv).all():
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
         with torch.no_grad():
             preds = _forward(ctx.model, adv, ctx.name).argmax(1)
-        forward, backward = ctx.counter.take()
         pert = lp_norm(adv - x, norm)
         ok = (preds == y).cpu()
         examples = pick(batch, x, y, adv, preds, pert, ok)
@@ -557,6 +578,70 @@ def _attack_batches(ctx: _Cell, a: AttackEntry, threat: ThreatModel, ids: Sequen
         ctx.state.computed += 1
         yield _Batch(batch, ok.tolist(), pert.tolist(), seconds, examples, forward, backward)
         ctx.bar.advance(len(batch))
+
+
+def _attack_in_chunks(ctx: _Cell, a: AttackEntry, attack: Attack, x: torch.Tensor, y: torch.Tensor,
+                      threat: ThreatModel, batch: list[int]) -> tuple[torch.Tensor, int, int]:
+    """``attack`` on one batch ``x (B, C, H, W)``, ``y (B,)``; returns ``(adv (B, C, H, W), forward, backward)``.
+
+    The batch goes to the attack whole unless an earlier batch of this model and attack ran out of
+    memory: then in chunks of the size that last fit. Out of memory halves the chunk and retries it;
+    a sample's result does not depend on its chunk (keyed randomness), and neither do the passes
+    counted (a failed attempt's passes are discarded). The stored batch stays the runner's batch, so
+    resuming finds it by the same ids.
+    """
+    key = (ctx.name, a.name)
+    n = len(batch)
+    parts: list[torch.Tensor] = []
+    forward = backward = 0
+    start = 0
+    ctx.counter.take()  # from zero: what an interrupted batch counted is not this one's
+    while start < n:
+        size = min(ctx.state.chunks.get(key, n), n - start)
+        part = slice(start, start + size)
+        try:
+            parts.append(_attack_call(ctx, a, attack, x[part], y[part], threat, batch[part]))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            ctx.counter.take()  # the failed attempt's passes are not this batch's cost
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            if size == 1:
+                raise UserError(f"out of memory attacking a single sample with '{a.name}' on model '{ctx.name}' "
+                                f"({first}); use a device with more memory") from None
+            release_memory(ctx.dev)
+            half = (size + 1) // 2
+            ctx.state.chunks[key] = half
+            ctx.state.halvings.append({"model": ctx.name, "attack": a.name, "eps": float(threat.eps), "from": size,
+                                       "to": half})
+            warnings.warn(f"out of memory: attack '{a.name}' on model '{ctx.name}' continues in batches of {half} "
+                          f"(was {size}); results do not change", stacklevel=2)
+            continue
+        f, b = ctx.counter.take()
+        forward, backward = forward + f, backward + b
+        start += size
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), forward, backward
+
+
+def _attack_call(ctx: _Cell, a: AttackEntry, attack: Attack, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                 batch: list[int]) -> torch.Tensor:
+    """One attack call; the model's and autograd's failures become the runner's errors (an allocator out of
+    memory propagates as it is: the caller halves the chunk)."""
+    try:
+        # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
+        return attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+    except UserError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        if isinstance(exc, RuntimeError) and _NO_GRAD.search(str(exc)):
+            raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
+        if raised_by_model(exc, ctx.model):  # the user's model failed on the attack's input, not the attack
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward during attack "
+                            f"'{a.name}': {first}") from None
+        raise
 
 
 def _fitted(ctx: _Cell, a: AttackEntry, threat: ThreatModel) -> Attack:

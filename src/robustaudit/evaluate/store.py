@@ -250,7 +250,7 @@ class Store:
             correct=[bool(found[int(i)][1]) for i in ids],
             norms=[found[int(i)][2] for i in ids],
             seconds=row[0],
-            examples=[(sid, Example(model, attack, e, _from_npy(x), _from_npy(a), lab, cp, p))
+            examples=[(sid, Example(model, attack, e, _from_npy(x), _from_npy(a), lab, cp, p, sample_id=sid))
                       for sid, e, x, a, lab, cp, p in shots],
             forward_passes=int(row[1]),
             backward_passes=int(row[2]),
