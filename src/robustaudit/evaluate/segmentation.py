@@ -425,6 +425,26 @@ def resolve_task(requested: str, data: ImageData) -> str:
                     "class per pixel): use --task segmentation (or auto)")
 
 
+def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData) -> None:
+    """Refuse, before anything runs, a catalog model whose card says it does the other task."""
+    from robustaudit.models.catalog import get_card
+
+    for e in entries:
+        if e.info.get("source") != "catalog" or not e.info.get("spec"):
+            continue
+        try:
+            have = get_card(str(e.info["spec"])).task
+        except UserError:
+            continue
+        if have == task:
+            continue
+        if task == "segmentation":
+            raise UserError(f"model '{e.name}' is a classifier (one score vector per image) but data '{data.name}' "
+                            "is a segmentation set (a class per pixel): use a segmentation model such as unet-tiny")
+        raise UserError(f"model '{e.name}' is a segmentation model (per-pixel logits) but data '{data.name}' has "
+                        "one label per image: use segmentation data (digit-scenes) or a classifier")
+
+
 def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | None]:
     """A plan that kept the classification defaults gets the segmentation ones (models, attacks, eps); the
     embedded default audit's detector (given only when no model was named) is dropped."""
@@ -483,6 +503,7 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
                         "rerun without --resume")
     if defense:
         raise UserError("detectors (--defense) wrap classifiers; a segmentation audit takes none")
+    check_model_tasks(entries, "segmentation", data)
     dev = resolve_device(device)
     grid = sort_eps(eps)
     ids = subset(data, n)
