@@ -144,12 +144,13 @@ class SegPGD(DenseAttack):
     (as in both references). The reference codes divide the loss by H·W; we divide by the image's valid
     pixels, which changes nothing for sign steps and keeps images with ignored regions comparable in L2.
 
-    Settings (keyword-only): ``steps`` (20), ``step_size`` (absolute) or ``rel_step_size`` (fraction of
+    Settings (keyword-only): ``steps`` (10: SegPGD's point is reaching in few steps what PGD needs many
+    for, and the default audit must fit a CPU), ``step_size`` (absolute) or ``rel_step_size`` (fraction of
     eps; default ``2.5 / steps``, as our classification PGD), ``random_start`` (uniform in the ball, keyed
     per sample id), ``restarts``, ``target`` (``None`` untargeted, ``"shift"``, a class ``C``).
 
     Example:
-        >>> adv = SegPGD(steps=20)(model, x, y, ThreatModel("linf", 8 / 255), task=SEGMENTATION)
+        >>> adv = SegPGD(steps=10)(model, x, y, ThreatModel("linf", 8 / 255), task=SEGMENTATION)
         >>> # x: (N, C, H, W) in [0, 1]; y: (N, H, W) int64, 255 = ignore; adv: (N, C, H, W)
     """
 
@@ -160,7 +161,7 @@ class SegPGD(DenseAttack):
     def __init__(
         self,
         *,
-        steps: int = 20,
+        steps: int = 10,
         restarts: int = 1,
         step_size: float | None = None,
         rel_step_size: float | None = None,
