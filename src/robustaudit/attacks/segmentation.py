@@ -122,8 +122,10 @@ class DenseAttack(Attack):
 
 
 class SegPGD(DenseAttack):
-    """Pixel-wise PGD (``weighting="mean"``), SegPGD (``"segpgd"``) and CosPGD (``"cospgd"``): one engine,
-    three per-pixel weightings of the cross-entropy.
+    """SegPGD (Gu et al. 2022): PGD on a per-pixel CE that shifts weight from correct to flipped pixels.
+
+    One engine serves three per-pixel weightings of the cross-entropy: pixel-wise PGD
+    (``weighting="mean"``), SegPGD (``"segpgd"``) and CosPGD (``"cospgd"``).
 
     Each step ``x <- clip(proj(x + alpha * dir(grad)))`` (``dir``: sign for Linf, ``g / ||g||_2`` for L2)
     with the gradient of ``sum_p w_p * CE_p / |valid|`` over an image's valid pixels (untargeted: ascend
