@@ -147,3 +147,21 @@ def test_unet_segpgd_vs_pgd_and_dag():
     assert seg <= pgd + 0.02, (seg, pgd)  # the paper's claim, with a margin for 48 images
     (dag,) = result.unbounded
     assert dag["targeted_success"] >= 0.9 and dag["median_linf"] <= 0.25, dag
+
+
+def test_cli_end_to_end_on_digit_scenes(tmp_path, capsys):
+    out = tmp_path / "out"
+    # the mIoU gate fails (exit 1) once everything is written
+    code = main(["audit", "--data", "digit-scenes", "--n", "4", "--attack", "pgd:steps=1", "--attack",
+                 "segpgd:steps=1", "--attack", "dag:max_iter=2", "--eps", "0.01,0.02", "--out", str(out),
+                 "--fail-under", "0.99", "--fail-on", "point"])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "mIoU" in captured.out and "sanity checks: not run" in captured.out and "below 0.99" in captured.err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["task"] == "segmentation" and doc["provenance"]["config"]["task"] == "auto"
+    assert {r["attack"] for r in doc["records"]} == {"pgd:steps=1", "segpgd:steps=1", WORST_CASE}
+    assert doc["segmentation"]["unbounded"][0]["attack"] == "dag:max_iter=2"
+    html = (out / "report.html").read_text()
+    assert "mIoU vs eps" in html and "data:image/png;base64," in html
+    assert "IoU % per class" in (out / "report.md").read_text()
