@@ -544,10 +544,16 @@ class FittedUAP(DenseAttack):
         return self.source.settings()
 
     def targets_for_prediction(self, pred: torch.Tensor) -> torch.Tensor:
-        """``(N, H, W)`` clean prediction -> ``(N, H, W)`` target map."""
+        """``(N, H, W)`` clean prediction -> ``(N, H, W)`` target map for the targeted success rate.
+
+        Static: the fixed map everywhere. Dynamic: the relabelled hidden-class pixels only, the others set
+        to 255 (ignored), so the rate is Metzen et al.'s share of the hidden class removed, not swamped by
+        the pixels whose target is their own clean prediction.
+        """
         if self.static is not None:
             return self.static.to(pred.device).expand_as(pred).clone()
-        return hide_class_target(pred, self.source.hide)
+        target = hide_class_target(pred, self.source.hide)
+        return torch.where(target != pred, target, torch.full_like(target, 255))
 
     def save(self, path: str) -> None:
         """Write the perturbation (``(C, H, W)`` float32) to ``path`` (a ``.pt`` tensor file)."""
