@@ -275,7 +275,10 @@ def _plan_from_args(args: argparse.Namespace):
             raise_usage(f"{flag} needs --model (which model do the weights belong to?)")
         overrides["models"] = pair_models([base.models[0].spec], args.weights or [], args.normalize or [])
     if args.attack:
-        overrides["attacks"] = list(args.attack)
+        from robustaudit.attacks.registry import split_specs
+
+        # --attack atn,advgan is two attacks; pgd:steps=50,restarts=2 one with two settings
+        overrides["attacks"] = [spec for text in args.attack for spec in split_specs(text)]
     if args.eps is not None:
         overrides["eps"] = parse_eps(args.eps)
     overrides.update(defense=_defense(args), defense_fpr=args.defense_fpr, defense_data=args.defense_data)

@@ -44,6 +44,8 @@ BUILTIN: dict[str, str] = {
     "fab-t": "robustaudit.attacks.fab:FABTargeted",
     "autoattack": "robustaudit.attacks.ensemble:AutoAttack",
     "fast": "robustaudit.attacks.ensemble:FastEnsemble",
+    "atn": "robustaudit.attacks.learned:ATN",
+    "advgan": "robustaudit.attacks.learned:AdvGAN",
 }
 
 #: name -> "module:Class" of the attacks serving the segmentation task (``attacks.get(name,
@@ -238,6 +240,37 @@ def parse_settings(text: str, *, what: str) -> dict[str, Any]:
         if key in out:
             raise UserError(f"{what}: setting '{key}' given twice")
         out[key] = parse_value(value)
+    return out
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a comma-separated list of attack specs: ``"atn,advgan"`` -> ``["atn", "advgan"]``.
+
+    A piece that reads ``key=value`` (an ``=`` before any ``:``) continues the previous spec's settings,
+    so ``"fgsm,pgd:steps=50,restarts=2"`` -> ``["fgsm", "pgd:steps=50,restarts=2"]``; commas inside
+    parentheses (wrapped attacks) never split.
+
+    Example:
+        >>> split_specs("atn:load=out/artifacts/g.pt,advgan:epochs=5,lr=0.002")
+        ['atn:load=out/artifacts/g.pt', 'advgan:epochs=5,lr=0.002']
+    """
+    pieces: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            pieces.append(text[start:i])
+            start = i + 1
+    pieces.append(text[start:])
+    out: list[str] = []
+    for piece in pieces:
+        head = piece.strip()
+        eq, colon = head.find("="), head.find(":")
+        if out and (not head or (eq > 0 and (colon < 0 or eq < colon) and "(" not in head[:eq])):
+            out[-1] = f"{out[-1]},{head}"
+        else:
+            out.append(head)
     return out
 
 

@@ -344,6 +344,7 @@ def _execute(
         t_cost = time.perf_counter()
         costs = _model_costs(entries, data, cost_batch, dev, probe) if cost else {}
         t_cost = time.perf_counter() - t_cost
+        learned = _learned(result, entries, data, ids, norm=norm, device=dev, batch_size=batch_size, seed=seed)
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if probe is not None:
             probe.close()
@@ -379,6 +380,7 @@ def _execute(
         **({"detection": {**detection, "seconds": round(t_detect, 3)}} if detection is not None else {}),
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch, "flop_counter": FLOP_COUNTER}}
            if cost else {}),
+        **({"learned": learned} if learned is not None else {}),
         "precision": fast.provenance(dev, tuple(data.sample_shape)),
         "attack precision": fast.summary(dev),
         **({"processes": _processes(dist)} if dist is not None else {}),
@@ -439,6 +441,18 @@ def _fit_split(data: ImageData, attacks: list[AttackEntry], given: Any) -> Image
     if not any(isinstance(a.attack, UniversalAttack) for a in attacks):
         return None
     return train_split_of(data, given, flag="--train-data (train_data=)", purpose="universal attacks are fitted")
+
+
+def _learned(result: ResultMatrix, entries: list[ModelEntry], data: ImageData, ids: list[int], *, norm: str,
+             device: torch.device, batch_size: int, seed: int) -> dict[str, Any] | None:
+    """``provenance["learned"]`` for the generators (ATN, AdvGAN) the runner fitted, else ``None``."""
+    fitted = result.provenance.get("fitted") or {}
+    if not fitted:
+        return None
+    from robustaudit.evaluate.learned import learned_report
+
+    return learned_report(fitted, result.provenance.get("fits", []), entries, data, ids, norm=norm, device=device,
+                          batch_size=batch_size, seed=seed)
 
 
 def _save_fitted(fitted: dict[tuple[str, str, float], Attack], fits: list[dict[str, Any]], out: Path) -> None:
