@@ -50,7 +50,8 @@ def main() -> None:
             continue
         torch.manual_seed(cfg.seed)
         model = DIGITS32_MODELS[name][0]()
-        history = train(model, xtr, ytr, cfg, on_epoch=lambda e, l, a: log.info(f"{name} epoch {e + 1}: loss {l:.4f} acc {a:.4f}"))
+        history = train(model, xtr, ytr, cfg, on_epoch=lambda e, l, a, name=name: log.info(
+            f"{name} epoch {e + 1}: loss {l:.4f} acc {a:.4f}"))
         model.eval()
         with torch.no_grad():
             clean = (model(xte).argmax(1) == yte).float().mean().item()

@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--attack", action="append", metavar="A",
                    help="attack with inline settings, e.g. pgd:steps=50,restarts=2; repeat for several (default: fgsm, pgd)")
     a.add_argument("--eps", metavar="E", help="comma-separated radii, fractions allowed: 0.1,0.2 or 4/255,8/255 (default 0.05,0.1,0.2,0.3)")
-    a.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat-model norm (default linf)")
+    a.add_argument("--norm", choices=["linf", "l2", "l1", "patch"],
+                   help="threat-model norm (default linf); patch: eps is the share of the image area a patch covers "
+                   "(--attack patch; default eps 0.02,0.05,0.1,0.15,0.2)")
     a.add_argument("--n", type=int, metavar="N", help="audit the first N samples (default: all)")
     a.add_argument("--batch-size", type=int, metavar="B", dest="batch_size", help="batch size (default 256)")
     a.add_argument("--device", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N (default auto)")
@@ -136,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--train-data", metavar="D", dest="train_data",
                    help="data universal attacks (patch, atn, advgan) are fitted on, at its train split "
                    "(default: the train split of --data)")
+    a.add_argument("--physical", action="store_true", default=None,
+                   help="physical-world proxies: how many adversarial examples JPEG, blur, resizing, small rotations "
+                   "and translations and a printed-photo simulation destroy (Kurakin et al.; docs/physical.md)")
     a.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="precision the attacks run at (autocast; fp16 needs a GPU); the verdict on the final "
                    "adversarial points is always re-checked in fp32 (default fp32)")
@@ -281,8 +286,14 @@ def _plan_from_args(args: argparse.Namespace):
         overrides["attacks"] = [spec for text in args.attack for spec in split_specs(text)]
     if args.eps is not None:
         overrides["eps"] = parse_eps(args.eps)
+    overrides["physical"] = args.physical
     overrides.update(defense=_defense(args), defense_fpr=args.defense_fpr, defense_data=args.defense_data)
-    return base.with_overrides(overrides).validate()
+    plan = base.with_overrides(overrides).validate()
+    from robustaudit.evaluate.plan import DEFAULT_EPS, PATCH_DEFAULT_EPS
+
+    if plan.norm == "patch" and args.eps is None and tuple(plan.eps) == DEFAULT_EPS:
+        plan.eps = list(PATCH_DEFAULT_EPS)  # no --eps: area shares, not the Lp radii of the default grid
+    return plan
 
 
 def raise_usage(message: str) -> None:

@@ -27,8 +27,12 @@ SPECS = {
     "bpda": "bpda(pgd:steps=3)",
     "transfer": "transfer:surrogate=digits-cnn(mifgsm:steps=3)",
     "foolbox": "foolbox:LinfPGD:steps=3",
+    "patch": "patch:target=3,steps=3,batch_size=16",
 }
-NORM = {"cw": "l2"}
+NORM = {"cw": "l2", "patch": "patch"}
+EPS = {"l2": "1.5", "patch": "0.1"}
+#: attacks that need other data and models than the 8x8 digits (a patch needs room)
+DATA_MODEL = {"patch": ("digits32", "digits32-cnn")}
 
 
 def test_every_registered_attack_has_a_cli_case():
@@ -42,8 +46,10 @@ def test_attack_runs_from_the_cli(name, tmp_path, capsys):
     if name == "foolbox":
         pytest.importorskip("foolbox")
     out = tmp_path / name
-    args = ["audit", "--model", "digits-cnn-pgdat", "--attack", SPECS[name], "--eps", "0.2" if NORM.get(name) != "l2" else "1.5",
-            "--n", "12", "--out", str(out), "--norm", NORM.get(name, "linf")]
+    data, model = DATA_MODEL.get(name, ("digits", "digits-cnn-pgdat"))
+    norm = NORM.get(name, "linf")
+    args = ["audit", "--model", model, "--data", data, "--attack", SPECS[name], "--eps", EPS.get(norm, "0.2"),
+            "--n", "12", "--out", str(out), "--norm", norm]
     assert main(args) == 0, capsys.readouterr().err
     doc = json.loads((out / "results.json").read_text())
     rows = [r for r in doc["records"] if r["attack"] != "worst-case"]

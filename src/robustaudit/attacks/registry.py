@@ -44,6 +44,7 @@ BUILTIN: dict[str, str] = {
     "fab-t": "robustaudit.attacks.fab:FABTargeted",
     "autoattack": "robustaudit.attacks.ensemble:AutoAttack",
     "fast": "robustaudit.attacks.ensemble:FastEnsemble",
+    "patch": "robustaudit.attacks.patch:AdversarialPatch",
     "atn": "robustaudit.attacks.learned:ATN",
     "advgan": "robustaudit.attacks.learned:AdvGAN",
 }

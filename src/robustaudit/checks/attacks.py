@@ -96,6 +96,8 @@ class Context:
 def attack_verdicts(ctx: Context) -> list[Verdict]:
     """Every attack-level check for one model, cheapest first."""
     out = [*_step_reach(ctx), _eps_zero(ctx)]
+    if ctx.norm not in ("linf", "l2", "l1"):  # a patch's eps is an area, not a ball PGD or noise could fill
+        return out
     if ctx.probe.differentiable and len(ctx.correct_rows):
         out.extend(_independent_sweep(ctx))
         out.extend(_large_eps(ctx))

@@ -38,7 +38,9 @@ def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 def project(delta: torch.Tensor, norm: str, eps: float | torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each sample of ``delta`` onto the ``norm`` ball of radius ``eps``.
 
-    ``(N, ...) -> (N, ...)``. L0 keeps the ``eps`` largest-magnitude coordinates.
+    ``(N, ...) -> (N, ...)``. L0 keeps the ``eps`` largest-magnitude coordinates. ``patch`` and
+    ``unbounded`` are the identity: a patch's budget is a region (at most ``eps * H * W`` pixels, any
+    values inside), not a ball, and the patch attack itself guarantees it (``attacks.patch``).
     """
     d = _flat(delta)
     e = _per_sample(eps, d)
@@ -56,6 +58,8 @@ def project(delta: torch.Tensor, norm: str, eps: float | torch.Tensor) -> torch.
         else:
             keep = d.abs().topk(k, dim=1).indices
             out = torch.zeros_like(d).scatter_(1, keep, d.gather(1, keep))
+    elif norm in ("patch", "unbounded"):
+        out = d
     else:
         raise ValueError(f"no projection for '{norm}'")
     return out.reshape(delta.shape)

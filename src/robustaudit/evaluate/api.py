@@ -22,6 +22,7 @@ from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset, train_split_of
 from robustaudit.evaluate import distributed as multiproc
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
+from robustaudit.evaluate.physical import check_patch_norm, link_artifacts, physical_sections
 from robustaudit.evaluate.fastpath import (
     FastPath,
     check_precision,
@@ -67,6 +68,7 @@ def audit(
     defense: str | Sequence[str] | None = None,
     defense_fpr: float = 0.05,
     defense_data: Any = None,
+    physical: bool = False,
     train_data: Any = None,
     task: str = "auto",
     precision: str = "fp32",
@@ -108,6 +110,9 @@ def audit(
             ``data``); default: the train split of ``data``.
         train_data: what universal attacks (patches, universal perturbations, learned generators) are
             fitted on, in the forms ``defense_data`` takes; default: the train split of ``data``.
+        physical: add the physical-world proxies (Kurakin et al.): the destruction rate of each attack's
+            adversarial examples at the summary eps under JPEG, blur, resizing, rotation, translation and a
+            printed-photo simulation (``provenance["physical"]``, see :mod:`robustaudit.evaluate.physical`).
         task: ``classification``, ``segmentation`` (logits ``(N, K, H, W)``, masks ``(N, H, W)``: mIoU and
             pixel accuracy instead of accuracy, see :mod:`robustaudit.evaluate.segmentation`) or ``auto``
             (the data's task). Under segmentation the default attacks and eps are the segmentation ones.
@@ -146,13 +151,15 @@ def audit(
                       defense_data=defense_data if isinstance(defense_data, (str, type(None))) else "python")
     if train_data is not None:
         config["train_data"] = train_data if isinstance(train_data, str) else "python"
+    if physical:
+        config["physical"] = True
     fast = FastPath(precision=check_precision(precision), tf32=bool(tf32), compile=bool(compile))
     if fast != FastPath():
         config.update(precision=precision, tf32=bool(tf32), compile=bool(compile))
     return execute(entries, image_data, attack_entries, grid, norm=norm, n=n, batch_size=batch_size,
                    device=device, seed=seed, out=out, progress=progress, config=config, resume=resume,
                    overwrite=overwrite, checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr,
-                   defense_data=defense_data, train_data=train_data, task=task, fast=fast, distributed=distributed)
+                   defense_data=defense_data, physical=physical, train_data=train_data, task=task, fast=fast, distributed=distributed)
 
 
 def run_plan(plan: AuditPlan, *, progress: Progress | None = None, distributed: bool = False) -> ResultMatrix:
@@ -181,7 +188,7 @@ def run_plan(plan: AuditPlan, *, progress: Progress | None = None, distributed: 
                    n=plan.n, batch_size=plan.batch_size, device=plan.device, seed=plan.seed,
                    out=plan.out, progress=progress, config=config, resume=plan.resume, checks=plan.checks,
                    overwrite=plan.overwrite, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
-                   train_data=plan.train_data, task=task,
+                   physical=plan.physical, train_data=plan.train_data, task=task,
                    fast=FastPath(precision=plan.precision, tf32=plan.tf32, compile=plan.compile),
                    distributed=distributed)
 
@@ -207,6 +214,7 @@ def execute(
     defense: str | Sequence[str] | None = None,
     defense_fpr: float = 0.05,
     defense_data: Any = None,
+    physical: bool = False,
     train_data: Any = None,
     task: str = "classification",
     fast: FastPath | None = None,
@@ -239,7 +247,8 @@ def execute(
     kwargs = {"norm": norm, "n": n, "batch_size": batch_size, "device": device, "seed": seed, "out": out,
               "progress": progress, "config": config, "resume": resume, "overwrite": overwrite, "checks": checks,
               "cost": cost, "defense": defense, "defense_fpr": defense_fpr, "defense_data": defense_data,
-              "train_data": train_data, "task": task, "fast": fast}
+              "train_data": train_data, "task": task, "fast": fast,
+              "physical": physical}
     if launch is None:
         with tf32_mode(fast.tf32):
             return _execute(entries, data, attacks, eps, dist=None, **kwargs)
@@ -278,6 +287,7 @@ def _execute(
     defense_data: Any,
     train_data: Any,
     task: str,
+    physical: bool,
     fast: FastPath,
     dist: multiproc.DistContext | None,
 ) -> ResultMatrix:
@@ -303,6 +313,7 @@ def _execute(
     dev = dist.device if dist is not None else resolve_device(device)
     fast.validate(dev)
     grid = sort_eps(eps)
+    check_patch_norm(attacks, norm)
     ids = subset(data, n)
     mine = multiproc.shard(ids, dist.rank, dist.world_size) if dist is not None else ids  # this process's samples
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -345,6 +356,11 @@ def _execute(
         costs = _model_costs(entries, data, cost_batch, dev, probe) if cost else {}
         t_cost = time.perf_counter() - t_cost
         learned = _learned(result, entries, data, ids, norm=norm, device=dev, batch_size=batch_size, seed=seed)
+        # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
+        patches, physical_world = physical_sections(
+            result, entries, data, ids, attacks, grid, physical=physical, norm=norm, seed=seed, device=dev,
+            batch_size=batch_size, progress=progress, summary_eps=example_eps(entries, grid),
+            train_data=lambda: _fit_split(data, attacks, train_data))
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if probe is not None:
             probe.close()
@@ -355,6 +371,7 @@ def _execute(
     fitted = resumed.pop("fitted", {})  # objects: their artifacts are saved, not serialised
     if out is not None:
         _save_fitted(fitted, resumed.get("fits", []), Path(out))
+        link_artifacts(patches, resumed.get("fits", []))
     result.provenance = {
         "robustaudit": _version(),
         "torch": torch.__version__,
@@ -381,6 +398,8 @@ def _execute(
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch, "flop_counter": FLOP_COUNTER}}
            if cost else {}),
         **({"learned": learned} if learned is not None else {}),
+        **({"patch": patches} if patches is not None else {}),
+        **({"physical": physical_world} if physical_world is not None else {}),
         "precision": fast.provenance(dev, tuple(data.sample_shape)),
         "attack precision": fast.summary(dev),
         **({"processes": _processes(dist)} if dist is not None else {}),

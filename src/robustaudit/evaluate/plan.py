@@ -34,6 +34,8 @@ from robustaudit.core.threat import NORMS
 DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat", "digits-cnn-trades", "digits-cnn-ls")
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+#: The grid of ``--norm patch`` when no eps is given: shares of the image area a patch covers.
+PATCH_DEFAULT_EPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2)
 FAIL_ON: tuple[str, ...] = ("point", "lower")
 #: What a segmentation audit runs when the plan keeps the classification defaults (``--data digit-scenes``
 #: alone): the shipped U-Net, the three dense attacks, a small Linf grid that shows a curve.
@@ -89,6 +91,8 @@ class AuditPlan:
     #: data universal attacks (patch, UAP, learned generators) are fitted on (its train split);
     #: default: the train split of ``data``
     train_data: str | None = None
+    #: physical-world proxies (destruction rates under JPEG, blur, resize, rotation, translation, photo)
+    physical: bool = False
     #: classification, segmentation, or auto (the data's task)
     task: str = "auto"
     #: the precision attacks run at (autocast): fp32, bf16, fp16; the verdict is always fp32
@@ -109,8 +113,8 @@ class AuditPlan:
             raise UserError("no model given")
         if not self.attacks:
             raise UserError("no attack given")
-        if self.norm not in ("linf", "l2", "l1"):
-            valid = [n for n in NORMS if n in ("linf", "l2", "l1")]
+        if self.norm not in ("linf", "l2", "l1", "patch"):
+            valid = [n for n in NORMS if n in ("linf", "l2", "l1", "patch")]
             raise UserError(f"unknown norm '{self.norm}'{suggest(self.norm, valid)}; use {', '.join(valid)}")
         if not self.eps:
             raise UserError("the eps grid is empty")
@@ -254,7 +258,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         out["eps"] = parse_eps(doc.pop("eps"))
     types = {"data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
              "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool,
-             "checks": str, "defense": str, "defense_fpr": float, "defense_data": str,
+             "checks": str, "defense": str, "defense_fpr": float, "defense_data": str, "physical": bool,
              "train_data": str, "task": str, "precision": str, "tf32": bool, "compile": bool}
     for key, value in doc.items():
         want = types.get(key)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from robustaudit.core.threat import ThreatModel
 
