@@ -22,12 +22,16 @@ from robustaudit.data.base import ImageData, as_image_data, subset
 from robustaudit.data.registry import open_dataset, train_split_of
 from robustaudit.evaluate import distributed as multiproc
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe, model_cost
-from robustaudit.evaluate.physical import check_patch_norm, link_artifacts, physical_sections
 from robustaudit.evaluate.fastpath import (
     FastPath,
     check_precision,
     halving_summary,
     tf32_mode,
+)
+from robustaudit.evaluate.physical import (
+    check_patch_norm,
+    link_artifacts,
+    physical_sections,
 )
 from robustaudit.evaluate.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AuditPlan
 from robustaudit.evaluate.result import ResultMatrix

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
+from markupsafe import Markup
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.markdown import (
@@ -36,6 +37,7 @@ from robustaudit.reports.markdown import (
     provenance_items,
     threat_items,
 )
+from robustaudit.reports.physical import html_sections
 from robustaudit.reports.terminal import (
     TIE_ALPHA,
     ties,
@@ -194,6 +196,8 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "detection_headers": list(DETECTION_HEADERS),
         "detection_rows": detection_rows(result),
         "detection_notes": detection_notes(result),
+        # adversarial patch and physical-world proxies: an HTML fragment escaped by reports.physical
+        "physical_html": Markup(html_sections(result, images=images)),
     }
 
 

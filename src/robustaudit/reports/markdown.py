@@ -503,6 +503,10 @@ def render_markdown(result: ResultMatrix) -> str:
         parts.append(_norms_section(result))
     if result.provenance.get("detection"):
         parts.append(_detection_section(result))
+    # adversarial patch, physical-world proxies
+    from robustaudit.reports.physical import markdown_sections
+
+    parts.extend(markdown_sections(result))
     if has_cost(result):
         parts.append(_cost_section(result))
     if result.checks:

@@ -602,6 +602,10 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
         for row in detection_rows(result):
             det.add_row(*(Text(c) for c in row))
         console.print(det)
+    # adversarial patch, physical-world proxies
+    from robustaudit.reports.physical import render_terminal_sections
+
+    render_terminal_sections(result, console)
     if result.minimal_norms:
         from robustaudit.reports.markdown import norm_rows  # the row logic lives with the other sections
 
