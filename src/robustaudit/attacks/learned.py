@@ -33,6 +33,7 @@ import math
 import time
 import warnings
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -142,14 +143,12 @@ def bound(raw: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     raise UserError(f"learned attacks support norms linf, l2, not '{norm}'")
 
 
-def _seeded_init(module: nn.Module, key: int) -> None:
-    """Re-initialise ``module``'s parameters from a generator keyed by ``key`` (PyTorch's default init
-    schemes, drawn under a forked global RNG that is restored afterwards)."""
+def _seeded(build: Callable[[], nn.Module], key: int) -> nn.Module:
+    """``build()`` with PyTorch's default initialisation drawn from the seed ``key``, under a forked global
+    RNG: the caller's random state is the same afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(key)
-        for m in module.modules():
-            if hasattr(m, "reset_parameters") and m is not module:
-                m.reset_parameters()
+        return build()
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -350,9 +349,7 @@ class LearnedAttack(UniversalAttack):
         t0 = time.perf_counter()
         down = downsamplings(shape[1], shape[2])
         key = stream_key(seed, self.name, threat.norm, threat.eps, "init")
-        g = PerturbationNet(shape[0], width=self.width, down=down)
-        _seeded_init(g, key)
-        g.to(dev)
+        g = _seeded(lambda: PerturbationNet(shape[0], width=self.width, down=down), key).to(dev)
         state = self._extra(shape[0], down, key + 1, dev)
         opt = torch.optim.Adam(g.parameters(), lr=self.lr)
         n = len(train)
@@ -564,9 +561,7 @@ class AdvGAN(LearnedAttack):
         return 0.5 * radius
 
     def _extra(self, channels, down, key, device):
-        d = Discriminator(channels, width=self.width, down=down)
-        _seeded_init(d, key)
-        d.to(device)
+        d = _seeded(lambda: Discriminator(channels, width=self.width, down=down), key).to(device)
         return {"d": d, "opt": torch.optim.Adam(d.parameters(), lr=self.lr, betas=(0.5, 0.999))}
 
     def _losses(self, model, g, x, y, threat, state):
