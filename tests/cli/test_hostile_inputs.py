@@ -685,6 +685,30 @@ CASES: list[Case] = [
     C(A, "segmentation: target class out of range", "`--attack segpgd:target=40` (11 classes)",
       _a(lambda t: audit(t, "--data", "digit-scenes", model="unet-tiny", attack="segpgd:target=40,steps=1")),
       "target class 40 does not exist: the model has 11 classes"),
+    # ------------------------------------------------------------------ adversarial patches (docs/physical.md)
+    C(A, "patch: images too small", "`--attack patch --norm patch` on the 8x8 digits",
+      _a(lambda t: audit(t, "--norm", "patch", attack="patch:steps=1")), "are too small for a patch"),
+    C(A, "patch: target class out of range", "`--attack patch:target=12` (10 classes)",
+      _a(lambda t: patch_audit(t, "patch:target=12,steps=1")), "target class 12 does not exist: the model has 10 classes"),
+    C(A, "patch: bad shape", "`--attack patch:shape=triangle`",
+      _a(lambda t: patch_audit(t, "patch:shape=triangle")), "shape must be one of square, circle"),
+    C(A, "patch: area share too large", "`--norm patch --eps 0.7`",
+      _a(lambda t: patch_audit(t, "patch:steps=1", "--eps", "0.7")), "must be in (0, 0.5]"),
+    C(A, "patch: without --norm patch", "`--attack patch --norm linf`",
+      _a(lambda t: audit(t, "--data", "digits32", model="digits32-cnn", attack="patch")), "needs --norm patch"),
+    C(A, "--norm patch with a non-patch attack", "`--norm patch --attack fgsm`",
+      _a(lambda t: audit(t, "--norm", "patch")), "--norm patch is the adversarial patch's threat model"),
+    C(F, "patch file missing", "`--attack patch:load=nope.pt`",
+      _a(lambda t: patch_audit(t, f"patch:load={t / 'nope.pt'}")), "not found"),
+    C(F, "patch file of another kind", "`torch.save({'x': 1})` as the patch",
+      _a(lambda t: patch_audit(t, f"patch:load={_save(t / 'p.pt', {'x': 1})}")), "is not a patch saved by robustaudit"),
+    C(F, "patch file corrupt", "random bytes as `p.pt`",
+      _a(lambda t: patch_audit(t, f"patch:load={raw_file(t, 'p.pt', b'not a patch' * 9)}")),
+      "is not a patch saved by robustaudit (.pt) or an image"),
+    C(F, "patch file with other channels", "an RGB patch for grayscale images",
+      _a(lambda t: patch_audit(t, f"patch:load={rgb_patch(t)}")), "has 3 channel(s) but the images have 1"),
+    C(T, "config: physical not a bool", "`physical = 'yes'`",
+      _a(lambda t: config(t, "physical = 'yes'\n", model="digits-cnn")), "'physical' must be bool"),
     C(T, "config: bad task", "`task = 'detection'`",
       _a(lambda t: config(t, "task = 'detection'\n", model="digits-cnn")), "--task must be one of auto, classification"),
     C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
@@ -704,6 +728,20 @@ def _cut_gz(spec: str) -> str:
     gz = Path(spec.partition(":")[2]) / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:30])
     return spec
+
+
+def patch_audit(tmp: Path, attack: str, *extra: str) -> list[str]:
+    """A patch audit of digits32-cnn on digits32 (32x32: room for a patch)."""
+    return audit(tmp, "--data", "digits32", "--norm", "patch", *extra, model="digits32-cnn", attack=attack)
+
+
+def rgb_patch(tmp: Path) -> Path:
+    """A patch file in robustaudit's format whose patch has 3 channels."""
+    from robustaudit.attacks.patch import FittedPatch
+
+    path = tmp / "rgb.pt"
+    FittedPatch(torch.rand(3, 6, 6), shape="square", target=None, eot={}, trained_eps=0.1).save(path)
+    return path
 
 
 def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
