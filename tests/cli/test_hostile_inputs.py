@@ -307,6 +307,36 @@ def store_file(tmp: Path) -> None:
     raw_file(tmp, "out/results.sqlite", b"this is not an SQLite database" * 40)
 
 
+def segfolder(tmp: Path, *, mask_size: int = 64, mask_value: int = 1, mask_name: str = "s0.png",
+              mask_mode: str = "L", masks: bool = True, images: bool = True) -> str:
+    """``segfolder:ROOT`` with eight 64x64 PNG images and their masks (class indices), the first mask
+    broken by the arguments; ``classes=3`` so that a value >= 3 other than 255 is out of range."""
+    root = tmp / "seg"
+    (root / "images").mkdir(parents=True)
+    if masks:
+        (root / "masks").mkdir()
+    for i in range(8):
+        if images:
+            Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "images" / f"s{i}.png")
+        if masks:
+            size, value, mode, name = (mask_size, mask_value, mask_mode, mask_name) if i == 0 else (64, 1, "L", f"s{i}.png")
+            Image.fromarray(np.full((size, size), value, np.uint8)).convert(mode).save(root / "masks" / name)
+    return f"segfolder:{root}:classes=3:channels=1"
+
+
+def voc(tmp: Path, *, split_file: bool = True, mask: bool = True) -> str:
+    """``voc:ROOT`` over a VOCdevkit/VOC2012 folder in the real layout, one thing missing."""
+    base = tmp / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    if split_file:
+        (base / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000033\n")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(base / "JPEGImages" / "2007_000033.jpg")
+    if mask:
+        Image.fromarray(np.zeros((30, 40), np.uint8)).convert("P").save(base / "SegmentationClass" / "2007_000033.png")
+    return f"voc:{tmp}:size=64"
+
+
 def config(tmp: Path, text: str | bytes, *, model: str | None = None) -> list[str]:
     path = tmp / "audit.toml"
     if isinstance(text, bytes):
@@ -513,6 +543,31 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, "--data", "digitz")), "unknown dataset 'digitz' (did you mean 'digits'?)"),
     C(F, "data: location missing", "`--data cifar10`",
       _a(lambda t: audit(t, "--data", "cifar10")), "needs a location"),
+    # ------------------------------------------------------------------ segmentation data (segfolder, voc)
+    C(F, "segfolder: mask of another size", "a 32x32 mask for a 64x64 image",
+      _a(lambda t: seg(t, segfolder(t, mask_size=32))), "is 32x32 but its image s0.png is 64x64"),
+    C(F, "segfolder: class index out of range", "mask value 7 with `:classes=3`",
+      _a(lambda t: seg(t, segfolder(t, mask_value=7))), "has class index 7 in its mask, outside [0, 3)"),
+    C(F, "segfolder: image without a mask", "`images/s0.png`, no `masks/s0.png`",
+      _a(lambda t: seg(t, segfolder(t, mask_name="other.png"))), "has no mask: expected"),
+    C(F, "segfolder: JPEG mask", "`masks/s0.jpg`",
+      _a(lambda t: seg(t, segfolder(t, mask_name="s0.jpg"))), "is not a PNG; masks must be lossless PNGs"),
+    C(F, "segfolder: RGB mask", "a colour PNG as mask",
+      _a(lambda t: seg(t, segfolder(t, mask_mode="RGB"))), "masks must be single-channel class indices"),
+    C(F, "segfolder: no masks folder", "`ROOT/images/` only",
+      _a(lambda t: seg(t, segfolder(t, masks=False))), "has images/ but no masks/ folder"),
+    C(F, "segfolder: empty images folder", "`ROOT/images/` and `ROOT/masks/` empty",
+      _a(lambda t: seg(t, segfolder(t, images=False))), "no images in"),
+    C(F, "segfolder: bad size", "`segfolder:ROOT:size=64,x`",
+      _a(lambda t: seg(t, segfolder(t) + ":size=64,x")), "size must be N or H,W (positive integers)"),
+    C(F, "voc: no VOCdevkit", "`--data voc:ROOT` on an empty folder",
+      _a(lambda t: seg(t, f"voc:{t}")), "no PASCAL VOC 2012 under"),
+    C(F, "voc: split file missing", "no `ImageSets/Segmentation/val.txt`",
+      _a(lambda t: seg(t, voc(t, split_file=False))), "val.txt is missing"),
+    C(F, "voc: listed mask missing", "`val.txt` names an image without `SegmentationClass/*.png`",
+      _a(lambda t: seg(t, voc(t, mask=False))), "val.txt lists '2007_000033' but the mask"),
+    C(F, "digit-scenes: bad channels", "`--data digit-scenes:channels=2`",
+      _a(lambda t: seg(t, "digit-scenes:channels=2")), "channels must be 1 or 3, got '2'"),
     # -------------------------------------------------------------------------------- models
     C(M, "wrong output size", "`nets.py:three_classes` (3 logits) on digits (10 classes)",
       _a(lambda t: audit(t, model=net(t, "three_classes"))), "has 3 outputs but data 'digits' has 10 classes"),
@@ -717,6 +772,11 @@ CASES: list[Case] = [
     C(T, "config: weights without a model", "`weights = 'w.pt'`",
       _a(lambda t: config(t, "weights = 'w.pt'\n")), "'weights' must come with 'model'"),
 ]
+
+
+def seg(tmp: Path, data: str) -> list[str]:
+    """A segmentation audit of unet-tiny on ``data``."""
+    return audit(tmp, "--data", data, model="unet-tiny", attack="pgd")
 
 
 def _save(path: Path, obj: object) -> Path:

@@ -202,7 +202,7 @@ def test_segfolder_splits_classes_file_and_resize(tmp_path: Path):
         (lambda r: (r / "masks" / "s3.png").unlink(), "image .*s3.png has no mask"),
         (lambda r: ((r / "masks" / "s0.png").unlink(), Image.fromarray(np.zeros((10, 12), np.uint8)).save(r / "masks" / "s0.jpg")),
          "mask .*s0.jpg is not a PNG"),
-        (lambda r: Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(r / "masks" / "s0.png"), "is a RGB image; masks must be single-channel"),
+        (lambda r: Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(r / "masks" / "s0.png"), "has PIL mode RGB; masks must be single-channel"),
         (lambda r: (r / "masks" / "s0.png").write_bytes(b"not a png"), "cannot read mask"),
     ],
     ids=["size", "class", "missing", "jpeg", "rgb", "corrupt"],

@@ -219,10 +219,10 @@ def _open_image(path: Path, what: str):
 def _mask_array(mask, path: Path) -> np.ndarray:
     if mask.mode not in _MASK_MODES:
         raise UserError(
-            f"mask {path} is a {mask.mode} image; masks must be single-channel class indices "
+            f"mask {path} has PIL mode {mask.mode}; masks must be single-channel class indices "
             "(PNG mode L or P, 255 = ignore), not colour pictures"
         )
-    return np.asarray(mask, dtype=np.int64)
+    return np.array(mask, dtype=np.int64)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 class FileSegmentationData(SegmentationData):
@@ -291,7 +291,7 @@ class FileSegmentationData(SegmentationData):
         _mask_array(mask, mask_path)  # the mode check, before resizing could convert it
         image = image.convert("RGB" if self.channels == 3 else "L")
         image, mask = _resize_pair(image, mask, self.size)
-        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = np.array(image, dtype=np.uint8)
         return (pixels[:, :, None] if pixels.ndim == 2 else pixels), _mask_array(mask, mask_path)
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
