@@ -766,12 +766,50 @@ CASES: list[Case] = [
       _a(lambda t: config(t, "physical = 'yes'\n", model="digits-cnn")), "'physical' must be bool"),
     C(T, "config: bad task", "`task = 'detection'`",
       _a(lambda t: config(t, "task = 'detection'\n", model="digits-cnn")), "--task must be one of auto, classification"),
+    # ------------------------------------------------------------------ scale: precision, TF32, torchrun / srun
+    C(A, "unknown precision", "`--precision fp8`", _a(lambda t: audit(t, "--precision", "fp8")),
+      "argument --precision: invalid choice: 'fp8'"),
+    C(A, "fp16 on CPU", "`--precision fp16 --device cpu`",
+      _a(lambda t: audit(t, "--precision", "fp16", "--device", "cpu")), "--precision fp16 needs a GPU"),
+    C(A, "TF32 not on/off", "`--tf32 yes`", _a(lambda t: audit(t, "--tf32", "yes")),
+      "argument --tf32: invalid choice: 'yes'"),
+    C(T, "config: unknown precision", "`precision = 'half'`",
+      _a(lambda t: config(t, "precision = 'half'\n", model="digits-cnn")),
+      "--precision must be one of fp32, bf16, fp16, got 'half'"),
+    C(T, "config: tf32 not a bool", "`tf32 = 'on'`",
+      _a(lambda t: config(t, "tf32 = 'on'\n", model="digits-cnn")), "'tf32' must be bool"),
+    C(A, "torchrun: malformed RANK", "`RANK=x WORLD_SIZE=2`",
+      lambda t, mp: _env(mp, RANK="x", WORLD_SIZE="2") or audit(t), "environment variable RANK='x' is not an integer"),
+    C(A, "srun without MASTER_ADDR", "`srun -n 2` without `MASTER_ADDR`/`MASTER_PORT`",
+      lambda t, mp: _env(mp, SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_STEP_ID="0") or audit(t),
+      "MASTER_ADDR and MASTER_PORT are not set"),
+    C(A, "torchrun: one GPU for all", "`torchrun --nproc-per-node=2 ... --device cuda:1`",
+      lambda t, mp: _env(mp, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0") or audit(t, "--device", "cuda:1"),
+      "--device cuda:1 cannot be shared by 2 processes"),
+    C(A, "resume: multi-process run without torchrun", "`--resume` on an OUT holding `ranks/rank-*.sqlite`",
+      _a(lambda t: _ranks(t) or audit(t, "--resume")), "holds a run of 2 processes"),
     C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
     C(T, "config: bad device", "`device = 'gpu'`",
       _a(lambda t: config(t, "device = 'gpu'\n", model="digits-cnn")), "(did you mean 'cuda'?)"),
     C(T, "config: weights without a model", "`weights = 'w.pt'`",
       _a(lambda t: config(t, "weights = 'w.pt'\n")), "'weights' must come with 'model'"),
 ]
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """A launcher's environment (torchrun, srun) for this case only."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID",
+                "MASTER_ADDR", "MASTER_PORT", "ROBUSTAUDIT_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+
+
+def _ranks(tmp: Path) -> None:
+    """An OUT holding the stores of a 2-process run."""
+    (tmp / "out" / "ranks").mkdir(parents=True)
+    for k in range(2):
+        (tmp / "out" / "ranks" / f"rank-{k}.sqlite").touch()
 
 
 def seg(tmp: Path, data: str) -> list[str]:

@@ -206,10 +206,6 @@ def test_a_killed_rank_resumes_to_the_same_result(tmp_path, reference):
             proc.wait()
     assert proc.returncode != EXIT_OK
     assert not (tmp_path / "results.json").exists()
-    # without --resume the unfinished run is refused (one line on rank 0, exit 2 everywhere)
-    again = _torchrun(AUDIT, tmp_path)
-    _, stderr = again.communicate(timeout=300)
-    assert again.returncode != EXIT_OK and "holds an unfinished run" in stderr and "Traceback" not in stderr
     resumed = _torchrun([*AUDIT, "--resume"], tmp_path)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == EXIT_OK, stderr[-2000:]

@@ -210,7 +210,7 @@ def check_layout(out: str | Path, world_size: int, *, resume: bool) -> None:
         return
     if world_size == 1 and ranks and not single:
         raise UserError(f"--resume: {out} holds a run of {len(ranks)} processes ({RANKS_DIR}/rank-*.sqlite); resume "
-                        f"it with the same launch (e.g. torchrun --nproc-per-node={len(ranks)} -m robustaudit audit "
+                        f"it with the same launch (e.g. torchrun --nproc-per-node={len(ranks)} -m robustaudit -- audit "
                         "... --resume)")
     if world_size > 1 and single and not ranks:
         raise UserError(f"--resume: {out} holds a single-process run ({STORE_FILE}); resume it without torchrun/srun, "
