@@ -344,21 +344,20 @@ class FittedPatch(Attack):
 
 
 def save_png(patch: torch.Tensor, shape: str, path: Path, zoom: int = 8) -> None:
-    """The patch ``(C, R, R)`` as a PNG, each pixel ``zoom``×``zoom`` (nearest), transparent outside a circle."""
+    """The patch ``(C, R, R)`` as a PNG (gray + alpha for one channel, RGBA for three), each pixel
+    ``zoom``×``zoom`` (nearest), transparent outside a circle."""
+    import numpy as np
     from PIL import Image
 
     c, r, _ = patch.shape
     img = (patch.clamp(0, 1) * 255).round().to(torch.uint8)
-    img = img.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
-    if c == 1:
-        img = img.expand(3, -1, -1)
-    rgb = img.permute(1, 2, 0).numpy()
-    alpha = torch.full(rgb.shape[:2], 255, dtype=torch.uint8)
+    img = img.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2).permute(1, 2, 0).numpy()
+    alpha = np.full(img.shape[:2], 255, dtype=np.uint8)
     if shape == "circle":
-        k = (torch.arange(r * zoom) + 0.5) / (r * zoom) * 2 - 1
-        alpha = ((k[:, None] ** 2 + k[None, :] ** 2) <= 1).to(torch.uint8) * 255
-    rgba = torch.cat([torch.from_numpy(rgb.copy()), alpha[..., None]], dim=2).numpy()
-    Image.fromarray(rgba, mode="RGBA").save(path)
+        k = (np.arange(r * zoom) + 0.5) / (r * zoom) * 2 - 1
+        alpha = (((k[:, None] ** 2 + k[None, :] ** 2) <= 1) * 255).astype(np.uint8)
+    pixels = np.concatenate([img, alpha[..., None]], axis=2)
+    Image.fromarray(pixels, mode="LA" if c == 1 else "RGBA").save(path)
 
 
 def load_patch(path: str | Path) -> FittedPatch:
@@ -397,7 +396,7 @@ def _load_image(p: Path) -> FittedPatch:
 
     try:
         with Image.open(p) as im:
-            mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+            mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
             arr = torch.from_numpy(np.asarray(im.convert(mode), dtype=np.float32).copy())
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"patch file '{p}' is not a readable image: {exc}") from None

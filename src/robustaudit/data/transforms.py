@@ -40,13 +40,28 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg(quality: int) -> TransformFn:
-    """JPEG encode + decode at ``quality`` (torchvision / libjpeg), on the 8-bit image."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """JPEG encode + decode at ``quality`` (Pillow's libjpeg, 4:2:0 chroma subsampling for colour), on the
+    8-bit image. Pillow rather than ``torchvision.io``, whose codecs are deprecated."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def one(image: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        with Image.open(buf) as decoded:
+            return np.asarray(decoded.convert(decoded.mode), dtype=np.uint8)
 
     def fn(x: torch.Tensor, ids: torch.Tensor, seed: int) -> torch.Tensor:
-        images = list((x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
-        out = [decode_jpeg(b) for b in encode_jpeg(images, quality=quality)]
-        return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255
+        pixels = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        out = []
+        for image in pixels:  # (C, H, W)
+            hwc = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+            back = one(np.ascontiguousarray(hwc))
+            out.append(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
+        return torch.from_numpy(np.stack(out)).to(device=x.device, dtype=x.dtype) / 255
 
     return fn
 
@@ -130,7 +145,7 @@ def identity() -> TransformFn:
 def physical_transforms() -> list[Transform]:
     """The transforms of the physical-world table, mildest of each family first."""
     return [
-        Transform("jpeg q=75", "JPEG at quality 75 (8-bit, libjpeg)", jpeg(75)),
+        Transform("jpeg q=75", "JPEG at quality 75 (8-bit, Pillow/libjpeg)", jpeg(75)),
         Transform("jpeg q=30", "JPEG at quality 30", jpeg(30)),
         Transform("blur σ=0.5", "Gaussian blur, sigma 0.5 px", gaussian_blur(0.5)),
         Transform("blur σ=1", "Gaussian blur, sigma 1 px", gaussian_blur(1.0)),
