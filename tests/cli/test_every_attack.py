@@ -28,6 +28,8 @@ SPECS = {
     "transfer": "transfer:surrogate=digits-cnn(mifgsm:steps=3)",
     "foolbox": "foolbox:LinfPGD:steps=3",
     "patch": "patch:target=3,steps=3,batch_size=16",
+    "atn": "atn:epochs=1,width=8,samples=128",
+    "advgan": "advgan:epochs=1,width=8,samples=128",
 }
 NORM = {"cw": "l2", "patch": "patch"}
 EPS = {"l2": "1.5", "patch": "0.1"}

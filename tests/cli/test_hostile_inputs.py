@@ -303,6 +303,19 @@ def pickled_model(tmp: Path) -> Path:
     return path
 
 
+def generator_file(tmp: Path, *, card: bool = True, **meta: object) -> Path:
+    """A saved ATN generator (``atn.pt`` and its card ``atn.pt.json``) for 1x8x8 inputs at Linf 0.1, with
+    ``meta`` overriding its card's fields (``input_shape``, ``eps``, ``attack``...)."""
+    from robustaudit.attacks.learned import GeneratorAttack, PerturbationNet
+
+    fields = {"attack": "atn", "input_shape": [1, 8, 8], "num_classes": 10, "norm": "linf", "eps": 0.1,
+              "target": None, "arch": {"class": "PerturbationNet", "width": 4, "down": 1}, **meta}
+    path = GeneratorAttack(generator=PerturbationNet(1, width=4, down=1), meta=fields).save(tmp / "atn.pt")
+    if not card:
+        Path(f"{path}.json").unlink()
+    return path
+
+
 def store_file(tmp: Path) -> None:
     raw_file(tmp, "out/results.sqlite", b"this is not an SQLite database" * 40)
 
@@ -788,6 +801,36 @@ CASES: list[Case] = [
       "--device cuda:1 cannot be shared by 2 processes"),
     C(A, "resume: multi-process run without torchrun", "`--resume` on an OUT holding `ranks/rank-*.sqlite`",
       _a(lambda t: _ranks(t) or audit(t, "--resume")), "holds a run of 2 processes"),
+    # ------------------------------------------------------------------ learned attacks (atn, advgan)
+    C(F, "generator: missing file", "`--attack atn:load=gone.pt`",
+      _a(lambda t: audit(t, attack=f"atn:load={t / 'gone.pt'}")), "does not exist"),
+    C(F, "generator: not a torch.save file", "a text file named `g.pt`",
+      _a(lambda t: audit(t, attack=f"atn:load={raw_file(t, 'g.pt', b'weights')}")), "cannot read generator file"),
+    C(F, "generator: truncated", "half of a saved generator, no card",
+      _a(lambda t: audit(t, attack=f"atn:load={cut(generator_file(t, card=False))}")), "cannot read generator file"),
+    C(F, "generator: model weights instead", "a classifier's `state_dict` as `load=`",
+      _a(lambda t: audit(t, attack=f"atn:load={linear_weights(t)}")), "is not a robustaudit generator file"),
+    C(F, "generator: replaced file", "`atn.pt` changed after its card `atn.pt.json` was written",
+      _a(lambda t: audit(t, attack=f"atn:load={cut(generator_file(t))}")), "does not match the sha256 on its card"),
+    C(F, "generator: other input shape", "fit for 1x16x16 inputs, audited on 8x8 digits",
+      _a(lambda t: audit(t, attack=f"atn:load={generator_file(t, input_shape=[1, 16, 16])}")),
+      "was fit for inputs (1, 16, 16), the data has (1, 8, 8)"),
+    C(F, "generator: other eps", "fit at Linf 0.3, audited at `--eps 0.1`",
+      _a(lambda t: audit(t, attack=f"atn:load={generator_file(t, eps=0.3)}")),
+      "was fit for linf eps 0.3, the audit asks for linf eps 0.1"),
+    C(F, "generator: other class count", "fit against a 5-class model",
+      _a(lambda t: audit(t, attack=f"atn:load={generator_file(t, num_classes=5)}")),
+      "was fit against a 5-class model, this model has 10 outputs"),
+    C(F, "generator: another attack's file", "an AdvGAN generator as `atn:load=`",
+      _a(lambda t: audit(t, attack=f"atn:load={generator_file(t, attack='advgan')}")), "was made by 'advgan', not 'atn'"),
+    C(A, "atn: reranking factor <= 1", "`--attack atn:alpha=1`", _a(lambda t: audit(t, attack="atn:alpha=1")),
+      "alpha must be > 1"),
+    C(A, "advgan: zero epochs", "`--attack advgan:epochs=0`", _a(lambda t: audit(t, attack="advgan:epochs=0")),
+      "epochs must be an integer >= 1"),
+    C(A, "advgan: target outside the classes", "`--attack advgan:target=12` (10 classes)",
+      _a(lambda t: audit(t, attack="advgan:target=12")), "target 12 is not a class of a model with 10 outputs"),
+    C(A, "learned attack under L1", "`--attack atn --norm l1`", _a(lambda t: audit(t, "--norm", "l1", attack="atn")),
+      "supports norms linf, l2, not 'l1'"),
     C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
     C(T, "config: bad device", "`device = 'gpu'`",
       _a(lambda t: config(t, "device = 'gpu'\n", model="digits-cnn")), "(did you mean 'cuda'?)"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from robustaudit.attacks import AttackKind
 from robustaudit.attacks.registry import attack_class, get, names
@@ -154,8 +154,58 @@ def test_unsupported_norm_is_a_user_error(name, digits_cnn, digits_test):
         _make(name)(digits_cnn, x, y, ThreatModel(unsupported[0], 1.0))
 
 
+# ------------------------------------------------------------------ universal (two-phase) attacks
+# fitted on a tiny training set, then the fitted attack keeps the fixed-eps promises; attacks whose only
+# norm is not an Lp ball (the patch) have their own tests (tests/physical)
+FIT = {"atn": {"epochs": 1, "width": 8}, "advgan": {"epochs": 1, "width": 8}}
+UNIVERSAL = _by_kind(AttackKind.UNIVERSAL)
+UNIVERSAL_NORMS = [(n, norm) for n in UNIVERSAL for norm in attack_class(n).norms if norm in EPS]
+
+
+def _fit(name: str, model: nn.Module, threat: ThreatModel, seed: int = 0):
+    from robustaudit.data.base import TensorData
+    from robustaudit.data.digits import digits_split
+
+    x, y = digits_split("train").load(range(64))
+    return get(name, **FIT.get(name, {})).fit(model, TensorData(x, y, name="digits", num_classes=10), threat, seed=seed)
+
+
+@pytest.mark.parametrize("name", UNIVERSAL)
+def test_universal_attack_refuses_to_run_unfitted(name, digits_cnn, digits_test):
+    x, y = digits_test
+    norm = attack_class(name).norms[0]
+    with pytest.raises(UserError, match="fit it on training data"):
+        get(name, **FIT.get(name, {}))(digits_cnn, x, y, ThreatModel(norm, EPS.get(norm, 0.1)))
+
+
+@pytest.mark.parametrize("name,norm", UNIVERSAL_NORMS)
+def test_fitted_universal_attack_keeps_the_fixed_eps_contract(name, norm, digits_cnn, digits_test):
+    from robustaudit.models.zoo.digits import DigitsCNN
+
+    x, y = digits_test
+    threat = ThreatModel(norm, EPS[norm])
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    model.train()
+    model.classifier.eval()  # a mixed state must come back exactly as it was, after the fit and the attack
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fitted = _fit(name, model, threat, seed=3)
+    ids = torch.arange(100, 100 + len(x))
+    adv = fitted(model, x, y, threat, ids=ids)
+    assert adv.shape == x.shape and adv.dtype == x.dtype and adv.device == x.device
+    assert adv.min() >= 0 and adv.max() <= 1 and torch.all(lp_norm(adv - x, norm) <= EPS[norm] * (1 + 1e-5))
+    assert torch.equal(fitted(model, x, y, ThreatModel(norm, 0.0)), x)
+    assert torch.equal(_fit(name, model, threat, seed=3)(model, x, y, threat, ids=ids), adv)  # same seed
+    parts = torch.cat([fitted(model, x[i : i + 7], y[i : i + 7], threat, ids=ids[i : i + 7]) for i in range(0, len(x), 7)])
+    assert torch.allclose(parts, adv, atol=1e-5)
+    assert fitted(model, x.double(), y, threat).dtype == torch.float64
+    assert model.training and model.features.training and not model.classifier.training
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_every_attack_has_a_kind_with_a_contract():
     # minimal-norm attacks: tests/contract/test_minimal_norm_contract.py
-    covered = {AttackKind.FIXED_EPS, AttackKind.SCORE_BASED, AttackKind.MINIMAL_NORM}
+    covered = {AttackKind.FIXED_EPS, AttackKind.SCORE_BASED, AttackKind.MINIMAL_NORM, AttackKind.UNIVERSAL}
     for n in names():
         assert attack_class(n).kind in covered, f"{n}: add the contract of kind {attack_class(n).kind}"

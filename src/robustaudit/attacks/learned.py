@@ -246,9 +246,10 @@ def read_generator(path: str | Path, what: str) -> tuple[dict[str, Any], dict[st
                             "the file is corrupted or was replaced")
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix, whatever torch raised
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"{what}: cannot read generator file '{path}': {first.strip()[:200]}") from None
+    except Exception:  # noqa: BLE001 - any unreadable file is the user's to fix, whatever torch raised
+        # torch's own messages (weights_only advice, zip errors) say nothing useful about a generator file
+        raise UserError(f"{what}: cannot read generator file '{path}': not a torch.save file, truncated, or holding "
+                        "Python objects (a generator file holds tensors and plain values only)") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("state_dict"), dict):
         raise UserError(f"{what}: '{path}' is not a robustaudit generator file (saved by atn or advgan)")
     try:
@@ -272,8 +273,9 @@ class LearnedAttack(UniversalAttack):
     randomized = True  # the fit draws its initial weights and shuffles from the seed
 
     def __init__(self, *, epochs: int, lr: float, batch: int, target: int | None, width: int,
-                 load: str | None) -> None:
-        for key, value in (("epochs", epochs), ("batch", batch), ("width", width)):
+                 samples: int | None, load: str | None) -> None:
+        checked = [("epochs", epochs), ("batch", batch), ("width", width)] + ([("samples", samples)] if samples is not None else [])
+        for key, value in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"attack '{self.name}': {key} must be an integer >= 1, got {value!r}")
         check_positive(f"attack '{self.name}': lr", lr)
@@ -282,6 +284,7 @@ class LearnedAttack(UniversalAttack):
         if load is not None and (not isinstance(load, str) or not load.strip()):
             raise UserError(f"attack '{self.name}': load must be the path of a saved generator, got {load!r}")
         self.epochs, self.lr, self.batch, self.target, self.width, self.load = epochs, float(lr), batch, target, width, load
+        self.samples = samples
 
     # the objective of one minibatch: subclasses
     @abstractmethod
@@ -352,7 +355,12 @@ class LearnedAttack(UniversalAttack):
         g = _seeded(lambda: PerturbationNet(shape[0], width=self.width, down=down), key).to(dev)
         state = self._extra(shape[0], down, key + 1, dev)
         opt = torch.optim.Adam(g.parameters(), lr=self.lr)
-        n = len(train)
+        pool = torch.arange(len(train))
+        if self.samples is not None and self.samples < len(train):  # a keyed random subset, in index order
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(
+                stream_key(seed, self.name, threat.norm, threat.eps, "subset")))[: self.samples]
+            pool = pick.sort().values
+        n = len(pool)
         batch = min(self.batch, n)
         if progress is not None:
             progress.start(f"fit {self.name}", self.epochs * n)
@@ -363,7 +371,7 @@ class LearnedAttack(UniversalAttack):
                     stream_key(seed, self.name, threat.norm, threat.eps, "epoch", epoch)))
                 hits, total, loss_sum = 0, 0, 0.0
                 for i in range(0, n, batch):
-                    x, y = train.load(perm[i:i + batch].tolist())
+                    x, y = train.load(pool[perm[i:i + batch]].tolist())
                     x, y = x.to(dev), y.to(dev)
                     g.train()
                     loss, ok = self._losses(model, g, x, y, threat, state)
@@ -468,7 +476,8 @@ class ATN(LearnedAttack):
 
     Settings (keyword-only): ``epochs``, ``lr`` (Adam), ``batch``, ``target`` (class index or none),
     ``alpha`` (reranking factor > 1), ``beta`` (weight of ``L_X``), ``width`` (generator channels),
-    ``load`` (a saved generator file: skip training).
+    ``samples`` (fit on a seeded random subset of this many training samples; default all), ``load`` (a
+    saved generator file: skip training).
 
     Example:
         >>> fitted = ATN(epochs=10).fit(model, train_data, ThreatModel("linf", 0.2))
@@ -478,13 +487,14 @@ class ATN(LearnedAttack):
     name = "atn"
 
     def __init__(self, *, epochs: int = 10, lr: float = 1e-3, batch: int = 64, target: int | None = None,
-                 alpha: float = 3.0, beta: float = 0.01, width: int = 32, load: str | None = None) -> None:
+                 alpha: float = 3.0, beta: float = 0.01, width: int = 32, samples: int | None = None,
+                 load: str | None = None) -> None:
         check_positive("attack 'atn': alpha", alpha)
         if alpha <= 1:
             raise UserError(f"attack 'atn': alpha must be > 1 (the reranked class becomes alpha times the top), got {alpha!r}")
         check_positive("attack 'atn': beta", beta, allow_zero=True)
         self.alpha, self.beta = float(alpha), float(beta)
-        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, load=load)
+        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, samples=samples, load=load)
 
     def _weights(self) -> dict[str, float]:
         return {"alpha": self.alpha, "beta": self.beta}
@@ -533,14 +543,14 @@ class AdvGAN(LearnedAttack):
 
     Settings (keyword-only): ``epochs``, ``lr``, ``batch``, ``target`` (class or none), ``alpha`` (GAN
     weight), ``beta`` (hinge weight), ``c`` (hinge bound on the L2 norm; none: the default above),
-    ``kappa`` (C&W confidence), ``width``, ``load``.
+    ``kappa`` (C&W confidence), ``width``, ``samples``, ``load`` (as ATN's).
     """
 
     name = "advgan"
 
     def __init__(self, *, epochs: int = 10, lr: float = 1e-3, batch: int = 64, target: int | None = None,
                  alpha: float = 0.1, beta: float = 0.1, c: float | None = None, kappa: float = 0.0, width: int = 32,
-                 load: str | None = None) -> None:
+                 samples: int | None = None, load: str | None = None) -> None:
         check_positive("attack 'advgan': alpha", alpha, allow_zero=True)
         check_positive("attack 'advgan': beta", beta, allow_zero=True)
         check_positive("attack 'advgan': kappa", kappa, allow_zero=True)
@@ -548,7 +558,7 @@ class AdvGAN(LearnedAttack):
             check_positive("attack 'advgan': c", c, allow_zero=True)
         self.alpha, self.beta, self.kappa = float(alpha), float(beta), float(kappa)
         self.c = None if c is None else float(c)
-        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, load=load)
+        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, samples=samples, load=load)
 
     def _weights(self) -> dict[str, float]:
         return {"alpha": self.alpha, "beta": self.beta, "kappa": self.kappa}
