@@ -24,8 +24,8 @@ _SHA256 = {
     # scripts/train_digits32_models.py
     "digits32-cnn": "986526c65cc9c5ef2d63820641a5caa21654d10d4b40f75692dc5e50f1c3303e",
     "digits32-resnet": "adbff06173a91bada797f86ea1748fce66d2e1fbdaf4bdfdd0cab6fb1169cdc8",
-    # scripts/train_segmentation_model.py; None until the shipped weights exist (untrained architecture)
-    "unet-tiny": None,
+    # scripts/train_segmentation_model.py
+    "unet-tiny": "f8ad7ee787a1d95032e4a9252253b862a3cd68e77ad3875fc8348d0322097d39",
 }
 
 
