@@ -169,6 +169,9 @@ def test_segfolder_reads_pngs_and_infers_classes(tmp_path: Path):
     assert torch.equal(y, torch.from_numpy(masks[[0, 3]]).long())
     gray = open_dataset(f"segfolder:{tmp_path}:channels=1")
     assert gray.sample_shape == (1, 10, 12)
+    # one folder is the audited (test) split: no train split to fit or train on
+    with pytest.raises(UserError, match="has a single split"):
+        open_dataset(f"segfolder:{tmp_path}", split="train")
 
 
 def test_segfolder_palette_masks_are_indices(tmp_path: Path):

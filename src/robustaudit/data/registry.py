@@ -179,9 +179,9 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
 def open_dataset(spec: str, *, split: str = "test") -> ImageData:
     """Open ``spec`` (``"digits"``, ``"cifar10:ROOT"``, ``"mnist:ROOT"``, ``"imagefolder:ROOT[:size=N]"``,
     ``"tensors:FILE"``; segmentation: ``"digit-scenes[:channels=3]"``, ``"segfolder:ROOT[:classes=K]
-    [:size=N|H,W]"``, ``"voc:ROOT[:size=N][:year=2012]"``) at ``split`` ("test" or "train"; imagefolder,
-    tensors and a segfolder without split folders have a single split and ignore it). Unknown names get
-    a close-match suggestion.
+    [:size=N|H,W]"``, ``"voc:ROOT[:size=N][:year=2012]"``) at ``split`` ("test" or "train"; imagefolder
+    and tensors have a single split and ignore it; a segfolder without split folders is a test split
+    only). Unknown names get a close-match suggestion.
     """
     name, root, settings = parse_spec(spec)
     entry = _REGISTRY.get(name)

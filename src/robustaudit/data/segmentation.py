@@ -333,6 +333,13 @@ def _segfolder_dir(root: Path, split: str) -> Path:
     if not root.is_dir():
         raise UserError(f"segfolder root {root} does not exist or is not a folder")
     if (root / "images").is_dir():
+        if split == "train":
+            # one folder is what gets audited: fitting a universal perturbation or training on it would
+            # leak the test images, so there is no train split rather than the same one twice
+            raise UserError(
+                f"segfolder {root} has a single split (no {root / 'train'}/images): "
+                "nothing to train or fit on apart from the audited images"
+            )
         return root
     names = ("train",) if split == "train" else ("test", "val")
     for folder in names:
@@ -402,7 +409,8 @@ def open_segfolder(
     """Images in ``ROOT/images/`` and PNG masks of class indices in ``ROOT/masks/`` (same stem).
 
     With ``ROOT/train/{images,masks}`` and ``ROOT/test/{images,masks}`` (or ``val``) the split picks
-    the folder; otherwise ROOT is a single split. ``classes`` gives the number of classes; else
+    the folder; otherwise ROOT is the test split only (asking for "train" is a :class:`UserError`, so a
+    universal attack or training never fits on the audited images). ``classes`` gives the number of classes; else
     ``ROOT/classes.txt`` (one name per line), else the largest index in any mask plus one (every mask is
     read once to find it). 255 marks ignored pixels.
     """
