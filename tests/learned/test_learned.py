@@ -96,7 +96,8 @@ def test_l2_generator_stays_in_the_ball(digits_cnn, small_train, test_split):
         adv = fitted(digits_cnn, x, y, threat)
         assert torch.all(lp_norm(adv - x, "l2") <= 1.0 * (1 + 1e-5)) and adv.min() >= 0 and adv.max() <= 1
         # the bound is smooth: the generator's raw perturbation is strictly inside the ball
-        assert torch.all(lp_norm(bound(torch.randn(4, 1, 8, 8) * 100, "l2", 1.0), "l2") <= 1.0)
+        raw = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 100
+        assert torch.all(lp_norm(bound(raw, "l2", 1.0), "l2") <= 1.0 + 1e-6)
 
 
 @pytest.mark.parametrize("cls", [ATN, AdvGAN])
