@@ -60,8 +60,9 @@ def test_bf16_attack_stays_in_the_ball_and_close_to_fp32(digits_cnn, digits_test
     assert acc32 < 0.8  # the attack works at all
 
 
-def test_audit_at_bf16_records_the_precision_and_an_fp32_verdict(digits_cnn, digits_test):
+def test_audit_at_bf16_records_the_precision_and_an_fp32_verdict(digits_cnn, digits_test, tmp_path):
     from robustaudit import audit
+    from robustaudit.reports import write_reports
 
     x, y = digits_test
     kw = {"attacks": ["pgd:steps=10"], "eps": [0.1], "device": "cpu", "checks": "off", "cost": False}
@@ -73,6 +74,9 @@ def test_audit_at_bf16_records_the_precision_and_an_fp32_verdict(digits_cnn, dig
     assert bf16.clean_accuracy("DigitsCNN") == fp32.clean_accuracy("DigitsCNN")  # the clean pass is fp32
     assert abs(bf16.robust_accuracy("DigitsCNN", "pgd:steps=10", 0.1)
                - fp32.robust_accuracy("DigitsCNN", "pgd:steps=10", 0.1)) <= 0.05
+    paths = write_reports(bf16, tmp_path)  # the report says which precision produced the points
+    for kind in ("markdown", "html"):
+        assert "adversarial points found at bf16 (autocast), verdict re-checked at fp32" in paths[kind].read_text()
 
 
 def test_fp16_on_cpu_and_unknown_precisions_are_refused(digits_cnn, digits_test):
@@ -182,3 +186,19 @@ def test_channels_last_on_cpu_changes_no_result(digits_cnn, digits_test):
     plain = PGD(steps=5)(digits_cnn, x, y, ThreatModel("linf", 0.1))
     with torch.no_grad():
         assert torch.equal(digits_cnn(nhwc).argmax(1), digits_cnn(plain).argmax(1))
+
+
+def test_flags_and_toml_keys_reach_the_plan(tmp_path):
+    from robustaudit.cli import _plan_from_args, build_parser
+
+    args = build_parser().parse_args(["audit", "--precision", "bf16", "--tf32", "on", "--compile",
+                                      "--out", str(tmp_path / "o")])
+    plan = _plan_from_args(args)
+    assert (plan.precision, plan.tf32, plan.compile) == ("bf16", True, True)
+    toml = tmp_path / "a.toml"
+    toml.write_text('model = "digits-cnn"\nprecision = "bf16"\ntf32 = true\ncompile = false\n')
+    args = build_parser().parse_args(["audit", "--config", str(toml), "--tf32", "off", "--out", str(tmp_path / "o")])
+    plan = _plan_from_args(args)
+    assert (plan.precision, plan.tf32, plan.compile) == ("bf16", False, False)  # the flag overrides the file
+    default = _plan_from_args(build_parser().parse_args(["audit", "--out", str(tmp_path / "o")]))
+    assert (default.precision, default.tf32, default.compile) == ("fp32", False, False)

@@ -342,8 +342,9 @@ def _execute(
         if dist is None:
             result = matrix(ids, progress)
         else:  # each rank its shard; every rank merges all shards; rank 0 goes on alone
-            part = multiproc.agree(dist, lambda: matrix(mine, progress if dist.is_main else None))
-            result = multiproc.merge(multiproc.gather(dist, part), ids)
+            # a rank whose shard is empty (more processes than samples) contributes nothing
+            part = multiproc.agree(dist, lambda: matrix(mine, progress if dist.is_main else None) if mine else None)
+            result = multiproc.merge([p for p in multiproc.gather(dist, part) if p is not None], ids)
             dist.awaiting = True
             if not dist.is_main:
                 return _follow(dist, store)
