@@ -231,6 +231,22 @@ def test_report_block(digits_cnn, tmp_path):
     assert row["fit_seconds"] > 0 and row["fit_passes"]["backward"] == 1438
     artifact = tmp_path / "artifacts" / "digits-cnn-advgan_epochs_1_width_8_target_3-eps0.2.pt"
     assert artifact.is_file() and Path(f"{artifact}.json").is_file()
+    # the section in every rendering
+    from rich.console import Console
+
+    from robustaudit.reports.html import render_html
+    from robustaudit.reports.markdown import render_markdown
+    from robustaudit.reports.terminal import render_terminal
+
+    rate = f"{100 * s['rate']:.1f} [{100 * s['ci95'][0]:.1f}–{100 * s['ci95'][1]:.1f}]"
+    md = render_markdown(result)
+    assert "## Learned attacks" in md and "### Transfer success %" in md and rate in md
+    html = render_html(result, images=False)
+    assert "<h2>Learned attacks</h2>" in html and "digits-cnn-trades" in html and rate in html
+    console = Console(record=True, width=200)
+    render_terminal(result, console)
+    text = console.export_text()
+    assert "Learned attacks: held-out success" in text and "advgan:epochs=1,width=8,target=3" in text and rate in text
 
 
 @pytest.mark.slow

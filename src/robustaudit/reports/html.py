@@ -17,6 +17,7 @@ import jinja2
 from markupsafe import Markup
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
+from robustaudit.reports.learned import html_section as learned_html
 from robustaudit.reports.markdown import (
     ATTACK_COST_NOTE,
     MODEL_COST_HEADERS,
@@ -198,6 +199,8 @@ def _context(result: ResultMatrix, *, images: bool) -> dict[str, Any]:
         "detection_notes": detection_notes(result),
         # adversarial patch and physical-world proxies: an HTML fragment escaped by reports.physical
         "physical_html": Markup(html_sections(result, images=images)),
+        # learned attack generators (ATN, AdvGAN): an HTML fragment escaped by reports.learned
+        "learned_html": Markup(learned_html(result)),
     }
 
 

@@ -507,6 +507,11 @@ def render_markdown(result: ResultMatrix) -> str:
     from robustaudit.reports.physical import markdown_sections
 
     parts.extend(markdown_sections(result))
+    from robustaudit.reports.learned import markdown_section  # ATN, AdvGAN
+
+    learned = markdown_section(result)
+    if learned:
+        parts.append(learned)
     if has_cost(result):
         parts.append(_cost_section(result))
     if result.checks:

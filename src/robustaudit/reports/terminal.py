@@ -606,6 +606,9 @@ def render_terminal(result: ResultMatrix, console: Console) -> None:
     from robustaudit.reports.physical import render_terminal_sections
 
     render_terminal_sections(result, console)
+    from robustaudit.reports.learned import render_terminal_section  # ATN, AdvGAN
+
+    render_terminal_section(result, console)
     if result.minimal_norms:
         from robustaudit.reports.markdown import norm_rows  # the row logic lives with the other sections
 
