@@ -212,14 +212,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cuda, cpu")
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10, 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="3 rounds, Part B on 120 samples with 10 steps")
     p.add_argument("--no-peers", action="store_true", help="skip torchattacks and foolbox")
     p.add_argument("--no-scaling", action="store_true", help="skip Part B (multi-process on CPU)")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    repeats = 3 if args.quick else args.repeats
+    repeats = args.repeats or (3 if args.quick else 10)
     print(f"gpu.py on {machine(device)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     part_a(device, args.batch, repeats, peers=not args.no_peers)
     if not args.no_scaling:

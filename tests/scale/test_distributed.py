@@ -222,3 +222,46 @@ def test_resume_of_a_multi_process_run_without_a_launcher_says_how(tmp_path, cap
     assert main([*AUDIT, "--out", str(tmp_path), "--resume"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "holds a run of 2 processes" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ failures are agreed (collectives faked)
+def _ctx(rank: int) -> multiproc.DistContext:
+    import torch
+
+    return multiproc.DistContext(multiproc.Launch(rank, 2, rank, "torchrun"), torch.device("cpu"), "gloo")
+
+
+def test_a_failure_on_another_rank_stops_this_one_with_its_message(monkeypatch):
+    import torch.distributed as dist
+
+    def gather(out, mine, other):
+        out[0], out[1] = mine, other
+
+    # rank 0 succeeded, rank 1 refused its store: rank 0 raises rank 1's one line
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: gather(out, mine, ("user", "bad store")))
+    with pytest.raises(UserError, match="^rank 1: bad store$"):
+        multiproc.agree(_ctx(0), lambda: 42)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: gather(out, mine, None))
+    assert multiproc.agree(_ctx(0), lambda: 42) == 42
+    # an internal error elsewhere is an internal error here too (exit 3 on every rank), Ctrl-C an interrupt
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: gather(out, mine, ("internal", "KeyError: 3")))
+    with pytest.raises(multiproc.RemoteFailure, match="rank 1 failed: KeyError: 3"):
+        multiproc.agree(_ctx(0), lambda: 42)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: gather(out, mine, ("interrupt", "")))
+    with pytest.raises(KeyboardInterrupt):
+        multiproc.agree(_ctx(0), lambda: 42)
+
+
+def test_rank_0_outcome_reaches_the_other_ranks(monkeypatch):
+    import torch.distributed as dist
+
+    sent: list = []
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: sent.append(list(box)))
+    multiproc.send_outcome(_ctx(0), failure=UserError("checks failed"))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent[-1][0]))
+    with pytest.raises(UserError, match="^checks failed$"):
+        multiproc.receive_outcome(_ctx(1))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: sent.append(list(box)))
+    multiproc.send_outcome(_ctx(0), result="the matrix")
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent[-1][0]))
+    assert multiproc.receive_outcome(_ctx(1)) == "the matrix"
