@@ -92,7 +92,7 @@ def learned_notes(result: ResultMatrix) -> list[str]:
          f"(every step, no early stopping) on the same batch, model and device ({ref.get('device', '?')}), "
          "median of timed runs in this process; fit time is extra, paid once per model and eps."),
         ("Transfer: the same adversarial images scored on the other audited models and on the catalog models "
-         "for this data (success among each model's own clean-correct samples). See docs/physical.md."),
+         "for this data (success among each model's own clean-correct samples). See docs/learned.md."),
     ]
 
 
