@@ -31,15 +31,17 @@ def main() -> None:
     parser.add_argument("--steps", default="5,10,20")
     parser.add_argument("--eps", default="0.01,0.02,0.04")
     parser.add_argument("--dag", action="store_true", help="also run DAG")
+    parser.add_argument("--weights", default=None, help="unet-tiny weights (default: the shipped ones)")
+    parser.add_argument("--attacks", default="pgd,segpgd,cospgd")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model("unet-tiny").module
+    model = load_model("unet-tiny", weights=args.weights).module
     data = open_dataset("digit-scenes")
     ids = list(range(min(args.n, len(data))))
     grid = [float(e) for e in args.eps.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, n={len(ids)}")
-    for steps in (int(s) for s in args.steps.split(",")):
-        specs = [f"pgd:steps={steps}", f"segpgd:steps={steps}", f"cospgd:steps={steps}"]
+    for steps in (int(s) for s in args.steps.split(",") if s):
+        specs = [f"{name}:steps={steps}" for name in args.attacks.split(",") if name]
         t0 = time.perf_counter()
         result = run_segmentation([ModelEntry("unet-tiny", model)], data,
                                   [AttackEntry(s, from_spec(s, task="segmentation")) for s in specs], grid, ids=ids,

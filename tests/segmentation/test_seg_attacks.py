@@ -87,7 +87,7 @@ def test_untargeted_lowers_pixel_accuracy(spec, seg_batch):
     assert after < clean - 0.1, (float(clean), float(after))
 
 
-@pytest.mark.parametrize("spec", ["segpgd:steps=5,target=shift", "dag:clip=true,max_iter=40,gamma=0.01"])
+@pytest.mark.parametrize("spec", ["segpgd:steps=5,target=shift", "dag:clip=true,max_iter=40,gamma=0.01,target=shift"])
 def test_targeted_reaches_more_targets(spec, seg_batch):
     net, x, y = seg_batch
     t = target_map(y, "shift", K)
@@ -160,7 +160,7 @@ def test_explicit_targets_at_ignored_pixels_do_not_matter(seg_batch):
 def test_dag_unbounded_reaches_targets_and_refuses_a_ball(seg_batch):
     net, x, y = seg_batch
     t = target_map(y, "shift", K)
-    adv = DAG(gamma=0.01, max_iter=60)(net, x, y, ThreatModel("unbounded", math.inf), task=SEGMENTATION)
+    adv = DAG(target="shift", gamma=0.01, max_iter=60)(net, x, y, ThreatModel("unbounded", math.inf), task=SEGMENTATION)
     with torch.no_grad():
         before = dense_score(SEGMENTATION, net(x), y, t).mean()
         reached = dense_score(SEGMENTATION, net(adv), y, t).mean()

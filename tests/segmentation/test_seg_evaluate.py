@@ -144,9 +144,12 @@ def test_unet_segpgd_vs_pgd_and_dag():
     r = result.records
     pgd = r[r["attack"] == "pgd:steps=10"].iloc[0]["miou"]
     seg = r[r["attack"] == "segpgd:steps=10"].iloc[0]["miou"]
-    assert seg <= pgd + 0.02, (seg, pgd)  # the paper's claim, with a margin for 48 images
+    # the paper's claim; measured on the first 100 test scenes at 10 steps, eps 0.02: SegPGD 0.269 vs PGD 0.308
+    assert seg < pgd, (seg, pgd)
     (dag,) = result.unbounded
-    assert dag["targeted_success"] >= 0.9 and dag["median_linf"] <= 0.25, dag
+    # target: every pixel background (hide the digits); measured on these 48 scenes: 91.3% within median Linf
+    # 0.110 (L2 1.01); SegPGD 0.263 vs PGD 0.320 (provisional weights, trained by scripts/train_segmentation_model.py)
+    assert dag["targeted_success"] >= 0.85 and dag["median_linf"] <= 0.15, dag
 
 
 def test_cli_end_to_end_on_digit_scenes(tmp_path, capsys):

@@ -294,8 +294,11 @@ class DAG(DenseAttack):
     once and reports its perturbation norms (median L2 and Linf per image) beside mIoU and the targeted
     success. ``clip=True``: every iterate is projected into the threat model's ball (linf or l2), so the
     attack fits the eps matrix like the others. The iterate kept per image is the one with the most
-    target pixels reached. Targets: ``target="shift"`` (default) or a class ``C``; ``targets=`` at call
-    time overrides the setting. Deterministic.
+    target pixels reached. Targets: a class ``C`` (default 0: every pixel background, hiding every object)
+    or ``target="shift"`` (the paper's permutation of the labels, ``c -> c + 1``); ``targets=`` at call
+    time overrides the setting. Measured on unet-tiny / digit-scenes: class 0 is reached on ~91% of the
+    target pixels (median Linf 0.086, L2 0.75); ``shift`` asks to paint the textured background as a digit
+    everywhere and reaches ~5% in 200 iterations. Deterministic.
 
     Example:
         >>> adv = DAG()(model, x, y, ThreatModel("unbounded", math.inf), task=SEGMENTATION)
@@ -308,7 +311,7 @@ class DAG(DenseAttack):
     def __init__(
         self,
         *,
-        target: str | int = "shift",
+        target: str | int = 0,
         gamma: float = 0.5 / 255,
         max_iter: int = 200,
         clip: bool = False,
