@@ -256,3 +256,29 @@ def test_default_settings_reach_a_high_success_rate(digits_cnn, train, test_spli
     for cls, threshold in ((ATN, 0.6), (AdvGAN, 0.7)):
         rate, _ = _success(digits_cnn, cls().fit(digits_cnn, train, LINF, seed=0), x, y)
         assert rate > threshold, f"{cls.name}: {rate:.3f}"
+
+
+@pytest.mark.slow
+def test_cli_fits_saves_and_reuses_a_generator(tmp_path, capsys):
+    """``--attack atn,advgan`` fits both on the train split and saves them; ``atn:load=`` reuses one: same
+    adversarial points, hence the same robust accuracy and held-out success, and no fit."""
+    from robustaudit.cli import main
+
+    common = ["--model", "digits-cnn", "--eps", "0.2", "--n", "48", "--checks", "off"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    spec = "atn:epochs=1,width=8,samples=128,advgan:epochs=1,width=8,samples=128"
+    assert main(["audit", *common, "--attack", spec, "--out", str(first)]) == 0, capsys.readouterr().err
+    doc = json.loads((first / "results.json").read_text())
+    fits = {f["attack"]: f for f in doc["provenance"]["fits"]}
+    assert set(fits) == {"atn:epochs=1,width=8,samples=128", "advgan:epochs=1,width=8,samples=128"}
+    artifact = first / fits["atn:epochs=1,width=8,samples=128"]["artifact"]
+    assert artifact.is_file()
+    assert main(["audit", *common, "--attack", f"atn:load={artifact}", "--out", str(second)]) == 0
+    again = json.loads((second / "results.json").read_text())
+    learned = {g["attack"].partition(":")[0]: g for g in doc["provenance"]["learned"]["generators"]}
+    reused = again["provenance"]["learned"]["generators"][0]
+    assert reused["loaded_from"] == str(artifact) and again["provenance"]["fits"][0]["backward_passes"] == 0
+    assert reused["success"]["k"] == learned["atn"]["success"]["k"]
+    assert reused["mean_l2"] == pytest.approx(learned["atn"]["mean_l2"], rel=1e-6)
+    robust = [r["n_robust"] for d in (doc, again) for r in d["records"] if r["attack"].startswith("atn")]
+    assert robust[0] == robust[1]
