@@ -304,6 +304,9 @@ def _execute(
             raise UserError(f"--defense-fpr must be in (0, 1), got {defense_fpr!r}")
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    if task == "segmentation" and physical:
+        raise UserError("--physical (physical-world proxies) measures classifiers' adversarial examples; a "
+                        "segmentation audit takes none")
     if task == "segmentation":  # its own evaluator: independent runs per cell, mIoU (evaluate/segmentation.py)
         from robustaudit.evaluate.segmentation import execute_segmentation
 
