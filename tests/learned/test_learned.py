@@ -282,3 +282,25 @@ def test_cli_fits_saves_and_reuses_a_generator(tmp_path, capsys):
     assert reused["mean_l2"] == pytest.approx(learned["atn"]["mean_l2"], rel=1e-6)
     robust = [r["n_robust"] for d in (doc, again) for r in d["records"] if r["attack"].startswith("atn")]
     assert robust[0] == robust[1]
+
+
+def test_transfer_targets_are_the_catalog_models_for_the_data(monkeypatch, digits_cnn):
+    """Same data set, input shape and classes; a catalog model that cannot be loaded is left out with its
+    reason rather than failing the audit."""
+    from robustaudit.evaluate import learned
+    from robustaudit.evaluate.runner import ModelEntry
+    from robustaudit.models import loading
+
+    real = loading.load_model
+
+    def flaky(spec, **kw):
+        if spec == "digits-cnn-ls":
+            raise UserError("weights for 'digits-cnn-ls' are missing")
+        return real(spec, **kw)
+
+    monkeypatch.setattr(loading, "load_model", flaky)
+    entries = [ModelEntry("mine", digits_cnn, {"spec": "digits-cnn"})]
+    models, skipped = learned.transfer_models(entries, digits_split("test"))
+    assert [(n, s) for n, _, s in models] == [("mine", "audited"), ("digits-cnn-pgdat", "catalog"),
+                                             ("digits-cnn-trades", "catalog")]
+    assert skipped == [{"model": "digits-cnn-ls", "reason": "weights for 'digits-cnn-ls' are missing"}]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
@@ -59,21 +60,35 @@ def images_per_second(fn, n: int, device: torch.device, *, repeats: int) -> floa
     return n / max(statistics.median(times), 1e-9)
 
 
-def transfer_models(entries: Sequence[ModelEntry], data: ImageData) -> list[tuple[str, nn.Module, str]]:
-    """``(name, module, source)`` of every model a generator's images are also scored on: the audited models
-    and the catalog models for the same data set, input shape and class count (each once)."""
+def transfer_models(entries: Sequence[ModelEntry], data: ImageData
+                    ) -> tuple[list[tuple[str, nn.Module, str]], list[dict[str, str]]]:
+    """``(name, module, source)`` of every model a generator's images are scored on: the audited models and
+    the catalog models for the same data set, input shape and class count (each once); and the catalog
+    models left out because they could not be loaded (``{"model", "reason"}``: a transfer figure is never
+    worth failing the audit for)."""
+    from robustaudit.core.errors import UserError
     from robustaudit.models.catalog import get_card, model_names
     from robustaudit.models.loading import load_model
 
     out = [(e.name, e.module, "audited") for e in entries]
+    skipped = []
     audited = {e.name for e in entries} | {e.info.get("spec") for e in entries}
     for name in model_names():
         card = get_card(name)
         if (name in audited or card.dataset != data.name or tuple(card.input_shape) != tuple(data.sample_shape)
                 or card.num_classes != data.num_classes):
             continue
-        out.append((name, load_model(name).module, "catalog"))
-    return out
+        try:
+            out.append((name, load_model(name).module, "catalog"))
+        except UserError as exc:  # e.g. weights missing from a source checkout
+            skipped.append({"model": name, "reason": str(exc)})
+    return out, skipped
+
+
+def _scores(module: nn.Module, adv: torch.Tensor, y: torch.Tensor, target: int | None) -> tuple[torch.Tensor, ...]:
+    """``(broken, hit)`` per sample: misclassified; classified as ``target`` (all False without one)."""
+    pred = module(adv).argmax(1).cpu()
+    return pred != y, (pred == target) if target is not None else torch.zeros_like(y, dtype=torch.bool)
 
 
 def learned_report(
@@ -91,6 +106,9 @@ def learned_report(
 ) -> dict[str, Any] | None:
     """The ``provenance["learned"]`` block for the generators in ``fitted`` (``None`` when there are none).
 
+    Batches are streamed (loaded, attacked, scored on every model, dropped), so memory does not grow with
+    the number of audited samples.
+
     Args:
         fitted: the runner's fitted universal attacks by (model, attack column, eps).
         fits: the runner's fit records (seconds, passes), matched by the same key.
@@ -104,64 +122,68 @@ def learned_report(
     from robustaudit.attacks.gradient import PGD
 
     by_name = {e.name: e for e in entries}
-    others = transfer_models(entries, data)
+    others, skipped = transfer_models(entries, data)
     ids = list(ids)
     chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    batches = [data.load(c) for c in chunks]
-    clean: dict[str, list[torch.Tensor]] = {}  # per model: clean-correct mask per batch
-    for name, module, _ in others:
-        with on_device(module, device), eval_mode(module), torch.no_grad():
-            clean[name] = [(module(x.to(device)).argmax(1) == y.to(device)).cpu() for x, y in batches]
     pgd = PGD(steps=PGD_REFERENCE["steps"], restarts=PGD_REFERENCE["restarts"], early_stop=False)
     rows = []
-    for (model_name, attack, eps), gen in generators.items():
-        entry = by_name[model_name]
-        threat = ThreatModel(norm, eps)
-        advs = []
-        linf, l2 = [], []
-        with on_device(entry.module, device), eval_mode(entry.module):
-            for (x, y), ok in zip(batches, clean[model_name]):
-                x, y = x.to(device), y.to(device)
-                adv = gen(entry.module, x, y, threat, seed=seed)
-                advs.append(adv)
-                delta = (adv - x)[ok.to(device)]
+    with ExitStack() as stack:
+        for _, module, _ in others:  # every scoring model on the device once, in eval mode, restored after
+            stack.enter_context(on_device(module, device))
+            stack.enter_context(eval_mode(module))
+        for (model_name, attack, eps), gen in generators.items():
+            target_model = by_name[model_name].module
+            threat = ThreatModel(norm, eps)
+            labels, linf, l2 = [], [], []
+            clean: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+            broken: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+            hit: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+            for chunk in chunks:
+                x, y = data.load(chunk)
+                xd = x.to(device)
+                adv = gen(target_model, xd, y.to(device), threat, seed=seed)
+                labels.append(y)
+                with torch.no_grad():
+                    for name, module, _ in others:
+                        clean[name].append(module(xd).argmax(1).cpu() == y)
+                        b, h = _scores(module, adv, y, gen.target)
+                        broken[name].append(b)
+                        hit[name].append(h)
+                delta = (adv - xd)[clean[model_name][-1].to(device)]
                 linf += lp_norm(delta, "linf").tolist()
                 l2 += lp_norm(delta, "l2").tolist()
             n_batch = min(batch_size, len(ids))
-            xb, yb = batches[0][0][:n_batch].to(device), batches[0][1][:n_batch].to(device)
-            gen_speed = images_per_second(partial(gen, entry.module, xb, yb, threat, seed=seed), n_batch, device,
+            xb, yb = (t.to(device) for t in data.load(ids[:n_batch]))
+            gen_speed = images_per_second(partial(gen, target_model, xb, yb, threat, seed=seed), n_batch, device,
                                           repeats=repeats)
-            pgd_speed = images_per_second(partial(pgd, entry.module, xb, yb, threat, seed=seed), n_batch, device,
+            pgd_speed = images_per_second(partial(pgd, target_model, xb, yb, threat, seed=seed), n_batch, device,
                                           repeats=max(1, repeats // 2))
-        success = {}
-        transfer = []
-        for name, module, source in others:
-            with on_device(module, device), eval_mode(module), torch.no_grad():
-                broken = [(module(a).argmax(1) != y.to(device)).cpu() for a, (_, y) in zip(advs, batches)]
-                hits = [module(a).argmax(1).cpu() for a in advs] if gen.target is not None else None
-            ok = torch.cat(clean[name])
-            k = int((torch.cat(broken) & ok).sum())
-            rate = _rate(k, int(ok.sum()))
-            if gen.target is not None:
-                labels = torch.cat([y for _, y in batches])
-                eligible = ok & (labels != gen.target)
-                rate["targeted"] = _rate(int((torch.cat(hits) == gen.target)[eligible].sum()), int(eligible.sum()))
-            if name == model_name:
-                success = rate
-            else:
-                transfer.append({"model": name, "source": source, **rate})
-        fit = next((f for f in fits if (f["model"], f["attack"], f["eps"]) == (model_name, attack, eps)), {})
-        rows.append({
-            "model": model_name, "attack": attack, "eps": eps, "norm": norm, "target": gen.target,
-            "success": success,
-            "mean_linf": statistics.fmean(linf) if linf else None,
-            "mean_l2": statistics.fmean(l2) if l2 else None,
-            "fit_seconds": fit.get("seconds", gen.meta.get("fit_seconds")),
-            "fit_passes": {"forward": fit.get("forward_passes"), "backward": fit.get("backward_passes")},
-            "loaded_from": gen.meta.get("loaded_from"),
-            "train_success": gen.meta.get("train", {}).get("last_epoch_success"),
-            "throughput": {"batch": n_batch, "generator_images_per_s": gen_speed, "pgd_images_per_s": pgd_speed,
-                           "speedup": gen_speed / pgd_speed if pgd_speed else None},
-            "transfer": transfer,
-        })
-    return {"reference": {**PGD_REFERENCE, "device": str(device), "repeats": repeats}, "generators": rows}
+            y_all = torch.cat(labels)
+            success: dict[str, Any] = {}
+            transfer = []
+            for name, _, source in others:
+                ok = torch.cat(clean[name])
+                rate = _rate(int((torch.cat(broken[name]) & ok).sum()), int(ok.sum()))
+                if gen.target is not None:
+                    eligible = ok & (y_all != gen.target)
+                    rate["targeted"] = _rate(int((torch.cat(hit[name]) & eligible).sum()), int(eligible.sum()))
+                if name == model_name:
+                    success = rate
+                else:
+                    transfer.append({"model": name, "source": source, **rate})
+            fit = next((f for f in fits if (f["model"], f["attack"], f["eps"]) == (model_name, attack, eps)), {})
+            rows.append({
+                "model": model_name, "attack": attack, "eps": eps, "norm": norm, "target": gen.target,
+                "success": success,
+                "mean_linf": statistics.fmean(linf) if linf else None,
+                "mean_l2": statistics.fmean(l2) if l2 else None,
+                "fit_seconds": fit.get("seconds", gen.meta.get("fit_seconds")),
+                "fit_passes": {"forward": fit.get("forward_passes"), "backward": fit.get("backward_passes")},
+                "loaded_from": gen.meta.get("loaded_from"),
+                "train_success": gen.meta.get("train", {}).get("last_epoch_success"),
+                "throughput": {"batch": n_batch, "generator_images_per_s": gen_speed, "pgd_images_per_s": pgd_speed,
+                               "speedup": gen_speed / pgd_speed if pgd_speed else None},
+                "transfer": transfer,
+            })
+    return {"reference": {**PGD_REFERENCE, "device": str(device), "repeats": repeats}, "generators": rows,
+            **({"transfer_skipped": skipped} if skipped else {})}
