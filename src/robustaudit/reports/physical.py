@@ -237,7 +237,7 @@ def patch_images_png(result: ResultMatrix) -> bytes | None:
 
     from robustaudit.reports.plots import _label, _png
 
-    fig = Figure(figsize=(1.6 * len(items), 2.0))
+    fig = Figure(figsize=(1.8 * len(items), 2.2))
     for k, p in enumerate(items):
         ax = fig.add_subplot(1, len(items), k + 1)
         img = np.asarray(p["image"], dtype=float)
@@ -245,7 +245,7 @@ def patch_images_png(result: ResultMatrix) -> bytes | None:
             ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         else:
             ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
-        ax.set_title(_label(f"{100 * p['eps']:g}%"), fontsize=8)
+        ax.set_title(_label(f"{p['model']}\n{p['attack']} {100 * p['eps']:g}%"), fontsize=6)
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
