@@ -288,3 +288,33 @@ def test_voc_refusals(tmp_path: Path):
         open_dataset(f"voc:{tmp_path}", split="train")
     with pytest.raises(UserError, match="year must be one of 2007..2012"):
         open_dataset(f"voc:{tmp_path}:year=2020")
+
+
+# ------------------------------------------------------------------------------------ masks from Python
+
+
+def test_masks_passed_as_tensors_loaders_and_files_are_segmentation_data(tmp_path: Path):
+    """``(N, H, W)`` labels make a segmentation set wherever a user hands data over: an ``(x, y)`` pair, a
+    DataLoader (materialised without flattening the masks) and a ``tensors:`` file."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from robustaudit.data import as_image_data
+
+    x = torch.rand(6, 1, 8, 8)
+    y = torch.randint(0, 4, (6, 8, 8))
+    y[:, 0] = 255
+    for data in (as_image_data((x, y)), as_image_data(DataLoader(TensorDataset(x, y), batch_size=4)),
+                 open_dataset(f"tensors:{_save_npz(tmp_path, x, y)}")):
+        assert data.task == "segmentation" and data.ignore_index == 255 and data.num_classes == 4
+        xb, yb = data.load([1, 5])
+        assert torch.equal(xb, x[[1, 5]]) and torch.equal(yb, y[[1, 5]])
+    # classification pairs are untouched
+    assert as_image_data((x, torch.arange(6) % 3)).task == "classification"
+    with pytest.raises(UserError, match="class index 9 in its mask"):
+        as_image_data((x, torch.full((6, 8, 8), 9)), num_classes=4)
+
+
+def _save_npz(tmp: Path, x: torch.Tensor, y: torch.Tensor) -> Path:
+    path = tmp / "masks.npz"
+    np.savez(path, x=x.numpy(), y=y.numpy())
+    return path

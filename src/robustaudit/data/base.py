@@ -412,7 +412,8 @@ def _materialise(loader: Iterable, name: str) -> tuple[torch.Tensor, torch.Tenso
                 f"{name}: batch {b} of the DataLoader is not an (x, y) pair but {type(batch).__name__}"
             )
         xs.append(_to_tensor(batch[0], "x", name))
-        ys.append(_to_tensor(batch[1], "y", name).reshape(-1))
+        y = _to_tensor(batch[1], "y", name)
+        ys.append(y if y.ndim == 3 else y.reshape(-1))  # (B, H, W) masks keep their shape
     if not xs:
         raise UserError(f"{name}: the DataLoader yielded no batches")
     if len({tuple(x.shape[1:]) for x in xs}) > 1:
@@ -422,12 +423,30 @@ def _materialise(loader: Iterable, name: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(xs), torch.cat(ys)
 
 
+def is_mask_batch(y: object) -> bool:
+    """Labels of shape ``(N, H, W)``: segmentation masks rather than one class per image."""
+    return isinstance(y, (torch.Tensor, np.ndarray)) and y.ndim == 3
+
+
+def tensor_data(x: object, y: object, *, name: str, num_classes: int | None = None,
+                class_names: Sequence[str] | None = None) -> ImageData:
+    """A :class:`TensorData`, or a ``SegmentationTensorData`` when ``y`` holds ``(N, H, W)`` masks."""
+    if is_mask_batch(y):
+        # imported here: the segmentation module imports this one
+        from robustaudit.data.segmentation import SegmentationTensorData
+
+        return SegmentationTensorData(x, y, name=name, num_classes=num_classes, class_names=class_names)
+    return TensorData(x, y, name=name, num_classes=num_classes, class_names=class_names)
+
+
 def as_image_data(data: object, *, name: str = "data", num_classes: int | None = None) -> ImageData:
     """Accept what a user hands over and return an :class:`ImageData`.
 
     - an :class:`ImageData`: returned as is (``num_classes``, when given, must match its own);
     - an ``(x, y)`` tuple/list of tensors or numpy arrays, ``x`` ``(N, C, H, W)`` floats in [0, 1],
-      ``y`` ``(N,)`` integers: a :class:`TensorData`;
+      ``y`` ``(N,)`` integers: a :class:`TensorData`; ``y`` ``(N, H, W)`` (a class per pixel, 255 =
+      ignore): a segmentation set (``robustaudit.data.segmentation.SegmentationTensorData``), also for
+      the two forms below;
     - a ``TensorDataset`` of two tensors: a :class:`TensorData` over them;
     - a map-style torch ``Dataset`` of ``(image (C, H, W), label)`` items: a lazy :class:`DatasetData`;
     - a ``DataLoader`` (or an ``IterableDataset``) yielding ``(x, y)`` batches: iterated ONCE and held in
@@ -447,17 +466,17 @@ def as_image_data(data: object, *, name: str = "data", num_classes: int | None =
             raise UserError(
                 f"{name}: expected an (x, y) pair, got a {type(data).__name__} of length {len(data)}"
             )
-        return TensorData(data[0], data[1], name=name, num_classes=num_classes)
+        return tensor_data(data[0], data[1], name=name, num_classes=num_classes)
     if isinstance(data, DataLoader):
         declared = getattr(data.dataset, "classes", None)
         names = list(declared) if isinstance(declared, (list, tuple)) and declared else None
         count = num_classes if num_classes is not None else (len(names) if names else None)
         x, y = _materialise(data, name)
-        return TensorData(
+        return tensor_data(
             x, y, name=name, num_classes=count, class_names=names if names and len(names) == count else None
         )
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return TensorData(data.tensors[0], data.tensors[1], name=name, num_classes=num_classes)
+        return tensor_data(data.tensors[0], data.tensors[1], name=name, num_classes=num_classes)
     if isinstance(data, IterableDataset):
         return as_image_data(DataLoader(data, batch_size=256), name=name, num_classes=num_classes)
     if isinstance(data, Dataset):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from robustaudit.core.errors import UserError
-from robustaudit.data.base import TensorData
+from robustaudit.data.base import ImageData, tensor_data
 
 SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -70,8 +70,9 @@ def _could_be_pickle(path: Path) -> bool:
         return f.read(1) == b"\x80"
 
 
-def open_tensors(path: str | Path, *, name: str | None = None) -> TensorData:
-    """Images and labels from a ``.pt`` or ``.npz`` file: ``x`` ``(N, C, H, W)``, ``y`` ``(N,)``."""
+def open_tensors(path: str | Path, *, name: str | None = None) -> ImageData:
+    """Images and labels from a ``.pt`` or ``.npz`` file: ``x`` ``(N, C, H, W)``, ``y`` ``(N,)`` (or
+    ``(N, H, W)`` masks of class indices, 255 = ignore: a segmentation set)."""
     path = Path(path).expanduser()
     if path.suffix not in SUFFIXES:
         raise UserError(f"{path}: expected a .pt or .npz file holding 'x' and 'y'")
@@ -85,7 +86,7 @@ def open_tensors(path: str | Path, *, name: str | None = None) -> TensorData:
             f"found {sorted(map(str, obj))}"
         )
     names = _class_names(obj.get("class_names"), path)
-    return TensorData(
+    return tensor_data(  # y of shape (N, H, W): segmentation masks
         obj["x"],
         obj["y"],
         name=name or f"tensors:{path}",
