@@ -581,6 +581,12 @@ CASES: list[Case] = [
       _a(lambda t: seg(t, voc(t, mask=False))), "val.txt lists '2007_000033' but the mask"),
     C(F, "digit-scenes: bad channels", "`--data digit-scenes:channels=2`",
       _a(lambda t: seg(t, "digit-scenes:channels=2")), "channels must be 1 or 3, got '2'"),
+    C(F, "tensors: masks of another size", "`x` (10, 1, 64, 64), `y` (10, 32, 32) masks",
+      _a(lambda t: seg(t, npz_file(t, x=np.zeros((10, 1, 64, 64), np.float32), y=np.zeros((10, 32, 32), np.int64)))),
+      "images are 64x64 but masks 32x32"),
+    C(F, "tensors: float masks", "`y` (10, 64, 64) of 0.5",
+      _a(lambda t: seg(t, npz_file(t, x=np.zeros((10, 1, 64, 64), np.float32), y=np.full((10, 64, 64), 0.5)))),
+      "masks must hold integer class indices"),
     # -------------------------------------------------------------------------------- models
     C(M, "wrong output size", "`nets.py:three_classes` (3 logits) on digits (10 classes)",
       _a(lambda t: audit(t, model=net(t, "three_classes"))), "has 3 outputs but data 'digits' has 10 classes"),
