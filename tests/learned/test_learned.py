@@ -1,9 +1,9 @@
 """Learned attack generators (ATN, AdvGAN): success on held-out digits within the ball, determinism,
 ``load=`` reproducing the adversarial points, refusals, any input shape, and the report block.
 
-Fits here are short (one or two epochs, small widths); measured on digits-cnn at Linf 0.2 (held-out test
-split, clean-correct samples): ATN ``epochs=2,batch=32,alpha=5`` 0.59, AdvGAN ``epochs=1,width=16,batch=32``
-0.67; with the defaults (10 epochs) 0.70 and 0.84 (the slow test).
+Fits here are short (one to three epochs); measured on digits-cnn at Linf 0.2 (held-out test split,
+clean-correct samples): ATN ``epochs=3,batch=32,alpha=5`` 0.62, AdvGAN ``epochs=1,batch=16`` 0.72; with the
+defaults (10 epochs) 0.68 and 0.86 (the slow test).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def small_train(train):
 def fitted(digits_cnn, train):
     torch.set_num_threads(1)
     return {
-        "atn": ATN(epochs=2, batch=32, alpha=5.0).fit(digits_cnn, train, LINF, seed=0),
-        "advgan": AdvGAN(epochs=1, width=16, batch=32).fit(digits_cnn, train, LINF, seed=0),
+        "atn": ATN(epochs=3, batch=32, alpha=5.0).fit(digits_cnn, train, LINF, seed=0),
+        "advgan": AdvGAN(epochs=1, batch=16).fit(digits_cnn, train, LINF, seed=0),
     }
 
 
@@ -71,7 +71,7 @@ def _success(model, fitted_attack, x, y, threat=LINF) -> tuple[float, torch.Tens
     return (clean & broken).sum().item() / clean.sum().item(), adv
 
 
-@pytest.mark.parametrize("name,threshold", [("atn", 0.45), ("advgan", 0.5)])
+@pytest.mark.parametrize("name,threshold", [("atn", 0.5), ("advgan", 0.55)])
 def test_clear_success_on_held_out_digits_within_the_ball(name, threshold, fitted, digits_cnn, test_split):
     x, y = test_split
     rate, adv = _success(digits_cnn, fitted[name], x, y)
@@ -124,7 +124,7 @@ def test_load_reproduces_the_adversarial_points(fitted, digits_cnn, train, test_
     assert card["attack"] == "advgan" and card["input_shape"] == [1, 8, 8] and card["eps"] == 0.2
     assert card["norm"] == "linf" and card["target"] is None and card["num_classes"] == 10
     assert card["model"]["class"] == "DigitsCNN" and len(card["sha256"]) == 64 and card["fit_seconds"] > 0
-    assert card["settings"]["epochs"] == 1 and card["settings"]["width"] == 16
+    assert card["settings"]["epochs"] == 1 and card["settings"]["batch"] == 16
     loaded = AdvGAN(load=str(path)).fit(digits_cnn, train, LINF, seed=123)
     assert torch.equal(loaded(digits_cnn, x, y, LINF), fitted["advgan"](digits_cnn, x, y, LINF))
     assert loaded.meta["loaded_from"] == str(path)
@@ -251,7 +251,7 @@ def test_report_block(digits_cnn, tmp_path):
 
 @pytest.mark.slow
 def test_default_settings_reach_a_high_success_rate(digits_cnn, train, test_split):
-    """The defaults (10 epochs each): measured 0.70 (ATN) and 0.84 (AdvGAN) at Linf 0.2."""
+    """The defaults (10 epochs each): measured 0.68 (ATN) and 0.86 (AdvGAN) at Linf 0.2."""
     x, y = test_split
     for cls, threshold in ((ATN, 0.6), (AdvGAN, 0.7)):
         rate, _ = _success(digits_cnn, cls().fit(digits_cnn, train, LINF, seed=0), x, y)

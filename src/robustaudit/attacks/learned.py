@@ -15,7 +15,9 @@ applied at another eps the generator's direction is kept and its size follows th
 
 The generator (:class:`PerturbationNet`) is shape-agnostic: a stem convolution, one to three stride-2
 convolutions (by the image size), two residual blocks, bilinear upsampling back to the exact input size
-with a skip connection from the stem, and a 3×3 output convolution. GroupNorm (per sample) rather than
+with a skip connection from the stem, and a 3×3 output convolution; only the stem and the output run
+at full resolution, so one generator pass costs a few forward passes of a small classifier, not ten
+forward-backward passes as PGD-10 does. GroupNorm (per sample) rather than
 BatchNorm, so a sample's perturbation never depends on its batch. Any ``(C, H, W)`` from 4×4 up works.
 
 Training is deterministic on CPU for a seed: weights are initialised from a generator keyed by (seed,
@@ -87,9 +89,15 @@ class _Residual(nn.Module):
 class PerturbationNet(nn.Module):
     """The generator: ``(N, C, H, W)`` in [0, 1] -> an unbounded perturbation direction ``(N, C, H, W)``.
 
+    A stem convolution at full resolution, ``down`` stride-2 stages (channels doubled once, to
+    ``2 * width``), two residual blocks at the lowest resolution, a 1×1 convolution back to ``width``
+    channels, bilinear upsampling to the exact input size, the stem's features added (skip) and a 3×3
+    output convolution. Only the stem and the output convolution run at full resolution, so the cost per
+    image stays a few times a small classifier's (8×8: 2.7 M MACs, 32×32: 17 M at ``width=32``).
+
     Args:
         channels: input (and output) channels ``C``.
-        width: feature channels of the first stage (doubled at each downsampling).
+        width: feature channels at full resolution (``2 * width`` below it).
         down: stride-2 stages (see :func:`downsamplings`).
     """
 
@@ -99,19 +107,19 @@ class PerturbationNet(nn.Module):
         layers: list[nn.Module] = []
         c = width
         for _ in range(down):
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _norm(2 * c), nn.ReLU()]
-            c *= 2
+            layers += [nn.Conv2d(c, 2 * width, 3, stride=2, padding=1), _norm(2 * width), nn.ReLU()]
+            c = 2 * width
         self.down = nn.Sequential(*layers)
         self.res = nn.Sequential(_Residual(c), _Residual(c))
-        self.fuse = nn.Sequential(nn.Conv2d(c + width, width, 3, padding=1), _norm(width), nn.ReLU())
+        self.reduce = nn.Conv2d(c, width, 1)
         self.out = nn.Conv2d(width, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.stem(x * 2 - 1)  # centred inputs
-        h = self.res(self.down(skip))
+        h = self.reduce(self.res(self.down(skip)))  # channels reduced before upsampling: linear, so cheaper
         if h.shape[-2:] != skip.shape[-2:]:  # exact input size back, odd sizes included
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.out(self.fuse(torch.cat([h, skip], dim=1)))
+        return self.out(F.relu(h + skip))
 
 
 class Discriminator(nn.Module):
@@ -123,8 +131,8 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2)]
         c = width
         for _ in range(max(1, down)):
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _norm(2 * c), nn.LeakyReLU(0.2)]
-            c *= 2
+            layers += [nn.Conv2d(c, 2 * width, 3, stride=2, padding=1), _norm(2 * width), nn.LeakyReLU(0.2)]
+            c = 2 * width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c, 1)
 
