@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.core.threat import ThreatModel

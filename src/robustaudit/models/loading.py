@@ -53,7 +53,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from robustaudit.core.errors import UserError, suggest, unknown
 from robustaudit.models.wrappers import ExportedModule, parse_normalize, prepare
