@@ -41,7 +41,7 @@ def _read(path: Path) -> dict:
                 f"{path}: refused: it holds Python objects{what}, not only tensors; "
                 "save plain tensors with torch.save({'x': x, 'y': y}, path)"
             ) from exc
-        except Exception as exc:
+        except Exception as exc:  # torch.load on arbitrary bytes raises anything (IndexError...)
             raise UserError(f"cannot read {path}: not a torch.save file, or truncated") from exc
         if isinstance(obj, (tuple, list)) and len(obj) == 2:
             obj = {"x": obj[0], "y": obj[1]}
