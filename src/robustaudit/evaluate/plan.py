@@ -42,6 +42,8 @@ FAIL_ON: tuple[str, ...] = ("point", "lower")
 SEG_DEFAULT_MODELS: tuple[str, ...] = ("unet-tiny",)
 SEG_DEFAULT_ATTACKS: tuple[str, ...] = ("pgd", "segpgd", "cospgd")
 SEG_DEFAULT_EPS: tuple[float, ...] = (0.01, 0.02, 0.04)
+#: Images of the bare default segmentation audit (no --model, no --n): 100 of digit-scenes' 200 test scenes.
+SEG_DEFAULT_N = 100
 #: ``--task``: ``auto`` reads it from the data (``ImageData.task``).
 TASKS: tuple[str, ...] = ("auto", "classification", "segmentation")
 #: What ``--precision`` takes (the precision attacks run at; robustaudit.evaluate.fastpath applies it).

@@ -446,8 +446,9 @@ def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData)
 
 
 def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | None]:
-    """A plan that kept the classification defaults gets the segmentation ones (models, attacks, eps); the
-    embedded default audit's detector (given only when no model was named) is dropped."""
+    """A plan that kept the classification defaults gets the segmentation ones (models, attacks, eps; and
+    without a model or ``--n``, the first :data:`SEG_DEFAULT_N` images); the embedded default audit's
+    detector (given only when no model was named) is dropped."""
     import dataclasses
 
     from robustaudit.evaluate.plan import (
@@ -457,6 +458,7 @@ def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | No
         SEG_DEFAULT_ATTACKS,
         SEG_DEFAULT_EPS,
         SEG_DEFAULT_MODELS,
+        SEG_DEFAULT_N,
         ModelSpec,
     )
 
@@ -464,6 +466,8 @@ def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | No
     default_models = [m.spec for m in plan.models] == list(DEFAULT_MODELS)
     if default_models:
         changes["models"] = [ModelSpec(m) for m in SEG_DEFAULT_MODELS]
+        if plan.n is None:  # the bare default audit must fit a few minutes of a 2-core CPU
+            changes["n"] = SEG_DEFAULT_N
         if defense == "squeeze":  # the CLI's default detector, added because no --model was given
             defense = None
     if list(plan.attacks) == list(DEFAULT_ATTACKS):
