@@ -13,6 +13,7 @@ image without a mask) is a :class:`UserError` of one line naming the file.
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,9 +68,9 @@ class SegmentationData(ImageData):
     task: str = "segmentation"
     ignore_index: int | None = IGNORE_INDEX
 
-    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+    @abstractmethod
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``(B, C, H, W)`` float32 in [0, 1] and masks ``(B, H, W)`` int64 for ``indices``."""
-        raise NotImplementedError
 
 
 def check_masks(
