@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
@@ -47,17 +47,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(fn, n: int, device: torch.device, *, repeats: int) -> float:
-    """``n / median seconds`` of ``fn()`` over ``repeats`` timed calls after one warm-up."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def images_per_second(fns: Sequence[Callable[[], Any]], n: int, device: torch.device, *,
+                      repeats: int) -> list[float]:
+    """``n / median seconds`` of each of ``fns``, timed in turns (a, b, a, b, ...) after one warm-up each,
+    so that a change of the machine's load during the measurement hits them alike and their ratio holds."""
+    for fn in fns:
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return n / max(statistics.median(times), 1e-9)
+    _sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return [n / max(statistics.median(t), 1e-9) for t in times]
 
 
 def transfer_models(entries: Sequence[ModelEntry], data: ImageData
@@ -102,7 +106,7 @@ def learned_report(
     device: torch.device,
     batch_size: int,
     seed: int,
-    repeats: int = 5,
+    repeats: int = 3,
 ) -> dict[str, Any] | None:
     """The ``provenance["learned"]`` block for the generators in ``fitted`` (``None`` when there are none).
 
@@ -114,7 +118,7 @@ def learned_report(
         fits: the runner's fit records (seconds, passes), matched by the same key.
         entries: the audited models (the generators' targets and transfer targets).
         data, ids: the held-out samples the audit ran on.
-        repeats: timed calls per throughput figure (after one warm-up).
+        repeats: timed calls per throughput figure (after one warm-up), generator and PGD in turns.
     """
     generators = {k: a for k, a in fitted.items() if isinstance(a, GeneratorAttack)}
     if not generators:
@@ -154,10 +158,10 @@ def learned_report(
                 l2 += lp_norm(delta, "l2").tolist()
             n_batch = min(batch_size, len(ids))
             xb, yb = (t.to(device) for t in data.load(ids[:n_batch]))
-            gen_speed = images_per_second(partial(gen, target_model, xb, yb, threat, seed=seed), n_batch, device,
-                                          repeats=repeats)
-            pgd_speed = images_per_second(partial(pgd, target_model, xb, yb, threat, seed=seed), n_batch, device,
-                                          repeats=max(1, repeats // 2))
+            gen_speed, pgd_speed = images_per_second(
+                [partial(gen, target_model, xb, yb, threat, seed=seed), partial(pgd, target_model, xb, yb, threat,
+                                                                                  seed=seed)], n_batch, device,
+                repeats=repeats)
             y_all = torch.cat(labels)
             success: dict[str, Any] = {}
             transfer = []

@@ -90,7 +90,7 @@ def learned_notes(result: ResultMatrix) -> list[str]:
          "class it makes the model call the target. Norms: mean perturbation over those samples."),
         (f"Throughput: adversarial images per second of the generator and of PGD-{ref.get('steps', 10)} "
          f"(every step, no early stopping) on the same batch, model and device ({ref.get('device', '?')}), "
-         "median of timed runs in this process; fit time is extra, paid once per model and eps."),
+         "median of runs timed in turns in this process; fit time is extra, paid once per model and eps."),
         ("Transfer: the same adversarial images scored on the other audited models and on the catalog models "
          "for this data (success among each model's own clean-correct samples). See docs/learned.md."),
     ]
