@@ -18,9 +18,15 @@ Part B (multi-process scaling, CPU). ``robustaudit audit`` of digits-cnn under p
 ``torchrun --nproc-per-node=2`` (gloo), each with one thread. Images/s = samples / audit seconds (from
 results.json; interpreter start-up not included) and / wall seconds.
 
-Machine: no GPU was lent while this was written (see BENCHMARKS.md for the CPU figures and the command).
-Run on a GPU: ``PYTHONPATH=src python bench/gpu.py --device cuda`` (batch 512); CPU smoke test:
-``PYTHONPATH=src python bench/gpu.py --device cpu --batch 64 --quick``.
+Machine: no GPU was lent while this was written: the GPU figures are not measured yet. Run on a GPU:
+``PYTHONPATH=src python bench/gpu.py --device cuda`` (batch 512). CPU smoke test (2026-11-23, AMD EPYC,
+shared 2-core VM at load ~10): ``PYTHONPATH=src python bench/gpu.py --device cpu --batch 4 --quick
+--repeats 2``.
+
+Result (CPU smoke run, batch 4, noisy): ours / bare 0.96 (fp32), 0.99 (TF32 on: no effect on CPU),
+1.09 (bf16); bf16 / fp32 (ours) 1.14 (no fast bf16 on this CPU); torchattacks / ours 0.97, foolbox / ours
+0.64; runner end to end / bare 0.74 (fp32), 0.84 (bf16). Part B: 1 process 9.7 images/s, 2 processes
+10.1 (no idle core to scale onto). See BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -166,7 +172,7 @@ def part_a(device: torch.device, batch: int, repeats: int, peers: bool) -> None:
             med = statistics.median(secs)
             rate[(label, name)] = batch / med
             ratio = rate[(label, name)] / rate[(label, "bare")]
-            print(f"{label:<16} {name:<14} {med:8.3f} {rate[(label, name)]:10.1f} {ratio:7.3f}")
+            print(f"{label:<16} {name:<14} {med:8.3f} {rate[(label, name)]:10.4g} {ratio:7.3f}")
     fp32, bf = rate[("fp32, TF32 off", "ours")], rate[("bf16 autocast", "ours")]
     print(f"ours / bare: fp32 {fp32 / rate[('fp32, TF32 off', 'bare')]:.3f}, TF32 "
           f"{rate[('fp32, TF32 on', 'ours')] / rate[('fp32, TF32 on', 'bare')]:.3f}, bf16 "
