@@ -343,6 +343,11 @@ def _cmd_audit(args: argparse.Namespace, err) -> int:
         err.print(f"resumed {plan.out}: {counts['reused_batches']} stored batches reused, "
                   f"{counts['computed_batches']} computed", soft_wrap=True, markup=False)
     render_terminal(result, out)
+    precision = (result.provenance.get("precision") or {}).get("attack", "fp32")
+    for note in ([result.provenance.get("attack precision")] if precision != "fp32" else []) + \
+            [result.provenance.get("out-of-memory")]:
+        if note:  # what produced the adversarial points, and batches halved for memory: also in the reports
+            out.print(f"note: {note}", soft_wrap=True, markup=False)
     if _RANK > 0:  # rank 0 wrote the results; every rank computes the same exit code below
         paths = {"markdown": Path("report.md"), "html": Path("report.html")}
     else:
