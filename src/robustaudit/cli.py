@@ -33,6 +33,8 @@ examples:
   robustaudit audit --config audit.toml --device cuda --fail-under 0.5 --fail-on lower
   robustaudit audit --json > results.json
   robustaudit audit --model digits-cnn --out run1 --resume   # continue run1 after a crash or Ctrl-C
+  robustaudit audit --config audit.toml --device cuda --precision bf16   # attacks in bf16, verdict in fp32
+  torchrun --nproc-per-node=4 -m robustaudit -- audit --config audit.toml --out run1   # docs/scaling.md
 
 --fail-under X exits 1 when any robust accuracy (worst case included) is below X. It gates on the lower
 bound of the 95% Wilson interval by default (--fail-on lower: fails only when the data show the model is
