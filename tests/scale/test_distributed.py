@@ -265,3 +265,26 @@ def test_rank_0_outcome_reaches_the_other_ranks(monkeypatch):
     multiproc.send_outcome(_ctx(0), result="the matrix")
     monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, sent[-1][0]))
     assert multiproc.receive_outcome(_ctx(1)) == "the matrix"
+
+
+def test_interrupted_multi_process_run_says_how_to_continue(tmp_path):
+    from robustaudit.cli import _interrupted
+    from robustaudit.evaluate.store import Store
+
+    for k in range(2):
+        path = multiproc.rank_store_path(tmp_path, k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Store(path) as store:
+            store.write_clean("m", [k], [0], [0], data_sha256="x")
+    line = _interrupted(str(tmp_path), ["audit"], world_size=2)
+    assert "2 finished batches are stored in" in line and "(2 processes)" in line and "--resume" in line
+
+
+def test_distributed_without_a_launcher_is_a_plain_audit(digits_cnn, digits_test, monkeypatch):
+    from robustaudit import audit
+
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    result = audit(digits_cnn, digits_test, attacks="fgsm", eps=0.1, device="cpu", checks="off", cost=False,
+                   distributed=True)
+    assert "processes" not in result.provenance and result.records["n"].iloc[0] == len(digits_test[0])
