@@ -813,6 +813,8 @@ CASES: list[Case] = [
     # ------------------------------------------------------------------ learned attacks (atn, advgan)
     C(F, "generator: missing file", "`--attack atn:load=gone.pt`",
       _a(lambda t: audit(t, attack=f"atn:load={t / 'gone.pt'}")), "does not exist"),
+    C(F, "generator: a folder", "`--attack atn:load=OUT/artifacts`",
+      _a(lambda t: audit(t, attack=f"atn:load={t}")), "is a directory, not a generator file"),
     C(F, "generator: not a torch.save file", "a text file named `g.pt`",
       _a(lambda t: audit(t, attack=f"atn:load={raw_file(t, 'g.pt', b'weights')}")), "cannot read generator file"),
     C(F, "generator: truncated", "half of a saved generator, no card",

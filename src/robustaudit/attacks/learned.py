@@ -241,6 +241,8 @@ def read_generator(path: str | Path, what: str) -> tuple[dict[str, Any], dict[st
     file is read).
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what}: '{path}' is a directory, not a generator file (OUT/artifacts/NAME.pt)")
     if not p.is_file():
         raise UserError(f"{what}: generator file '{path}' does not exist")
     card = Path(f"{p}.json")
