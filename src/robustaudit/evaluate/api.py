@@ -381,21 +381,7 @@ def _execute(
         _save_fitted(fitted, resumed.get("fits", []), Path(out))
         link_artifacts(patches, resumed.get("fits", []))
     result.provenance = {
-        "robustaudit": _version(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-        "seed": seed,
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "config": config,
-        "data": {"name": data.name, "n": len(ids), "num_classes": data.num_classes,
-                 "sample_shape": list(data.sample_shape), "class_names": data.class_names},
-        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
-        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
-                   for e in entries],
+        **run_header(dev, seed, started, t0, config, data, len(ids), norm, grid, entries, costs),
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
                      "settings": _jsonable(a.attack.settings())} for a in attacks]
         + [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value, "model": model,
@@ -461,6 +447,30 @@ def _processes(dist: multiproc.DistContext) -> dict[str, Any]:
     return {"world_size": dist.world_size, "launcher": dist.launch.launcher, "backend": dist.backend,
             "shard": "ids[rank::world_size]", "stores": f"{multiproc.RANKS_DIR}/rank-K.sqlite",
             "rank_0_only": ["sanity checks", "detectors", "model cost", "results.json and reports"]}
+
+
+def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, config: dict[str, Any],
+               data: ImageData, n: int, norm: str, grid: list[float], entries: Sequence[ModelEntry],
+               costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The provenance every audit starts with (both tasks): versions, device, seed, times, config, data,
+    threat model and models with their cost blocks. ``t0`` is the run's ``perf_counter`` start."""
+    return {
+        "robustaudit": _version(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "seed": seed,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "config": config,
+        "data": {"name": data.name, "n": n, "num_classes": data.num_classes,
+                 "sample_shape": list(data.sample_shape), "class_names": data.class_names},
+        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
+        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
+                   for e in entries],
+    }
 
 
 def _fit_split(data: ImageData, attacks: list[AttackEntry], given: Any) -> ImageData | None:

@@ -489,16 +489,14 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
     ``provenance["checks"]["skipped"]`` says so and the reports show it. Detectors are refused.
     """
     import datetime as _dt
-    import platform
-    import sys
     from pathlib import Path
 
     from robustaudit.data.base import subset
     from robustaudit.evaluate.api import (
         _model_costs,
         _save_fitted,
-        _version,
         example_eps,
+        run_header,
     )
     from robustaudit.evaluate.runner import resolve_device
 
@@ -530,24 +528,11 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
     fits = result.provenance.pop("fits", [])
     if out is not None:
         _save_fitted(fitted, fits, Path(out))
+    header = run_header(dev, seed, started, t0, config, data, len(ids), norm, grid, entries, costs)
+    header["data"]["ignore_index"] = getattr(data, "ignore_index", IGNORE_INDEX)
     result.provenance = {
-        "robustaudit": _version(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-        "seed": seed,
+        **header,
         "task": "segmentation",
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "config": config,
-        "data": {"name": data.name, "n": len(ids), "num_classes": data.num_classes,
-                 "sample_shape": list(data.sample_shape), "class_names": data.class_names,
-                 "ignore_index": getattr(data, "ignore_index", IGNORE_INDEX)},
-        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
-        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
-                   for e in entries],
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value,
                      "unbounded": bool(getattr(a.attack, "unbounded", False)),
                      "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
