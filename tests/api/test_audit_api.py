@@ -66,3 +66,13 @@ def test_same_seed_same_numbers(digits_cnn, xy):
 def test_bad_arguments_raise_user_error(digits_cnn, xy, kwargs, match):
     with pytest.raises(UserError, match=match):
         robustaudit.audit(digits_cnn, xy, **kwargs)
+
+
+def test_a_comma_separated_attack_string_names_several_attacks_as_on_the_command_line():
+    from robustaudit.evaluate.api import attack_entries_from
+
+    names = [e.name for e in attack_entries_from("fgsm,pgd:steps=50,restarts=2")]
+    assert names == ["fgsm", "pgd:steps=50,restarts=2"]
+    entries = attack_entries_from(["atn,advgan", "eot:k=2(pgd)"])
+    assert [e.name for e in entries] == ["atn", "advgan", "eot:k=2(pgd)"]
+    assert entries[2].attack.settings()["k"] == 2

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robustaudit.attacks.base import Attack, UniversalAttack
-from robustaudit.attacks.registry import from_spec, parse_spec
+from robustaudit.attacks.registry import from_spec, parse_spec, split_specs
 from robustaudit.checks import check_level
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData, as_image_data, subset
@@ -580,7 +580,9 @@ def attack_entries_from(attacks: str | Attack | Sequence[str | Attack], *,
                         task: str = "classification") -> list[AttackEntry]:
     """Build the attack columns, named by their spec (``pgd:steps=100``) or class name; names unique.
     ``task`` picks the registry's table (under segmentation ``pgd`` is pixel-wise PGD)."""
-    items = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    # a comma-separated list names several attacks, as on the command line ("fgsm,pgd:steps=50,restarts=2")
+    given = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    items = [spec for item in given for spec in (split_specs(item) if isinstance(item, str) else [item])]
     if not items:
         raise UserError("no attack given")
     out = []
