@@ -747,9 +747,10 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, "--data", "digit-scenes", attack="pgd")), "model 'digits-cnn' is a classifier"),
     C(M, "classification: a segmentation model", "`--data digits --model unet-tiny`",
       _a(lambda t: audit(t, model="unet-tiny")), "model 'unet-tiny' is a segmentation model"),
-    C(A, "segmentation: --resume", "`--data digit-scenes --resume`",
-      _a(lambda t: audit(t, "--data", "digit-scenes", "--resume", model="unet-tiny", attack="pgd")),
-      "--resume is not available for segmentation audits"),
+    C(A, "segmentation: --resume of a classification run", "`--data digit-scenes --resume` on an OUT holding a "
+      "classification run", _a(lambda t: _classification_store(t) or audit(t, "--data", "digit-scenes", "--resume",
+                                                                       model="unet-tiny", attack="pgd")),
+      "the task differs (stored 'classification', now 'segmentation')"),
     C(A, "segmentation: physical-world proxies", "`--data digit-scenes --physical`",
       _a(lambda t: audit(t, "--data", "digit-scenes", "--physical", model="unet-tiny", attack="pgd")),
       "a segmentation audit takes none"),
@@ -864,6 +865,14 @@ def _ranks(tmp: Path) -> None:
     (tmp / "out" / "ranks").mkdir(parents=True)
     for k in range(2):
         (tmp / "out" / "ranks" / f"rank-{k}.sqlite").touch()
+
+
+def _classification_store(tmp: Path) -> None:
+    """An OUT holding an unfinished classification run's store (its fingerprint has no task key)."""
+    from robustaudit.evaluate.store import STORE_FILE, Store
+
+    with Store(tmp / "out" / STORE_FILE) as store:
+        store.put_meta("fingerprint", {"store": 4, "n": 8})
 
 
 def seg(tmp: Path, data: str) -> list[str]:

@@ -312,7 +312,8 @@ def _execute(
 
         return execute_segmentation(entries, data, attacks, eps, norm=norm, n=n, batch_size=batch_size,
                                     device=device, seed=seed, out=out, progress=progress, config=config,
-                                    resume=resume, checks=checks, cost=cost, defense=defense, train_data=train_data)
+                                    resume=resume, overwrite=overwrite, checks=checks, cost=cost, defense=defense,
+                                    train_data=train_data)
     check_model_tasks(entries, "classification", data)  # a catalog segmentation model: one line, not a shape error
     if resume and out is None:
         raise UserError("resume needs the output directory of the run to continue (out=...)")

@@ -9,6 +9,8 @@ exact ids), the seed, each attack's class and settings, and each model's name, n
 weights: the sha256 of the file they were read from, or of the ``state_dict`` for a module handed
 over in Python. The data's *content* is not part of it: the clean pass hashes every batch it loads
 anyway and compares with the stored batch (``runner._clean_pass``), which costs no extra read pass.
+A segmentation run adds ``task: segmentation`` (absent means classification), so neither task's store
+is ever resumed as the other's.
 
 Policy for an ``--out`` that already holds a store:
 
@@ -105,8 +107,8 @@ def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> s
     (``"the eps grid differs (stored [0.1, 0.2], now [0.1, 0.3])"``), or ``None`` when they match."""
     if stored == current:
         return None
-    plain = {"robustaudit": "the robustaudit version", "torch": "the torch version", "store": "the store layout",
-             "device": "the device", "n": "n (the number of samples)", "eps": "the eps grid", "norm": "the norm",
+    plain = {"task": "the task", "robustaudit": "the robustaudit version", "torch": "the torch version",
+             "store": "the store layout", "device": "the device", "n": "n (the number of samples)", "eps": "the eps grid", "norm": "the norm",
              "batch_size": "the batch size", "seed": "the seed", "processes": "the number of processes",
              "precision": "the attack precision", "compile": "--compile", "tf32": "TF32"}
     for key, what in plain.items():
@@ -144,7 +146,8 @@ def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> s
 
 
 #: What a fingerprint key written only when it is not the default means when absent.
-_ABSENT: dict[str, Any] = {"processes": 1, "precision": "fp32", "compile": False, "tf32": False}
+_ABSENT: dict[str, Any] = {"task": "classification", "processes": 1, "precision": "fp32", "compile": False,
+                           "tf32": False}
 
 
 def _show(value: Any) -> str:

@@ -17,8 +17,11 @@ DAG without ``clip`` is unbounded: it runs once per model, outside the eps grid;
 accuracy, targeted success, median / quartile L2 and Linf norms per image) goes to
 ``ResultMatrix.unbounded``. Universal attacks are fitted per (model, eps) on the training split.
 
-Not stored per batch (no SQLite store): a segmentation audit is short and is rerun whole; ``--resume``
-is refused with a message saying so.
+Stored batch by batch (``evaluate/store.py``: ``seg_batches``): every clean or attacked batch is written
+as soon as it is computed (its per-image confusion matrices, norms, counts, cost and panel examples), so
+a crash loses at most one batch; a resumed run (``reuse``) reads each batch back by its exact ids instead
+of recomputing it, and fits a universal attack only when a batch of its cell is missing. The bootstrap
+is keyed, so a resumed run's numbers equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from robustaudit.evaluate.result import (
     SegExample,
 )
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, sort_eps
+from robustaudit.evaluate.store import SegBatch, Store, tensors_sha256
 from robustaudit.models.wrappers import raised_by_model
 
 #: Bootstrap resamples of the 95% intervals.
@@ -154,6 +158,31 @@ class _Cell:
         return torch.cat(self.cms) if self.cms else torch.zeros(0, 1, 1, dtype=torch.long)
 
 
+@dataclass
+class _Stash:
+    """The run's store (or none), whether stored batches are read back, and how many were reused or
+    computed (``provenance["resume"]``)."""
+
+    store: Store | None = None
+    reuse: bool = False
+    reused: int = 0
+    computed: int = 0
+
+    def get(self, model: str, attack: str, eps: float, ids: list[int]) -> SegBatch | None:
+        if self.store is None or not self.reuse:
+            return None
+        return self.store.seg_batch(model, attack, eps, ids)
+
+    def put(self, model: str, attack: str, eps: float, ids: list[int], batch: SegBatch) -> None:
+        self.computed += 1
+        if self.store is not None:
+            self.store.write_seg_batch(model, attack, eps, ids, batch)
+
+    def complete(self, model: str, attack: str, eps: float, batches: list[list[int]]) -> bool:
+        """Whether every batch of a cell is stored (then a universal attack need not be fitted)."""
+        return all(self.get(model, attack, eps, b) is not None for b in batches)
+
+
 def run_segmentation(
     models: Sequence[ModelEntry],
     data: ImageData,
@@ -170,6 +199,8 @@ def run_segmentation(
     example_eps: float | None = None,
     examples_per_cell: int = 2,
     resamples: int = BOOTSTRAP,
+    store: Store | None = None,
+    reuse: bool = False,
 ) -> ResultMatrix:
     """Evaluate every segmentation model clean and under every attack at every eps (independent runs).
 
@@ -179,12 +210,16 @@ def run_segmentation(
         attacks: the columns (segmentation attacks, ``attacks.get(name, task="segmentation")``).
         eps: the radii, in pixel units of ``norm``.
         train_data: what universal attacks (``seg-uap``) are fitted on, once per model and eps.
+        store: where each batch is written as soon as it is computed (``None``: nowhere).
+        reuse: read batches stored in ``store`` back (by exact ids) instead of computing them; a clean
+            batch whose data hash differs from the stored one is refused.
     Returns:
         A :class:`ResultMatrix` with ``task="segmentation"``, records :data:`SEG_COLUMNS` (one row per
         model × attack × eps plus the per-image ensemble ``worst-case``), ``class_iou``, ``unbounded``
         (DAG without clip) and ``seg_examples``; ``provenance`` left for the caller, except
         ``provenance["fits"]`` (seconds of each universal fit) and ``provenance["fitted"]`` (the fitted
-        attacks, objects, for the caller to save).
+        attacks, objects, for the caller to save) and, given a store, ``provenance["resume"]``
+        (``reused_batches``, ``computed_batches``).
     """
     from robustaudit.attacks.segmentation import FittedUAP, is_targeted, is_unbounded
 
@@ -207,6 +242,9 @@ def run_segmentation(
         raise UserError(f"data '{data.name}' has no samples to audit")
     batches = [sample_ids[i: i + batch_size] for i in range(0, len(sample_ids), batch_size)]
     loaded = [data.load(b) for b in batches]  # segmentation sets are small enough to hold (masks as int64)
+    # hashing what is loaded anyway is the resume's data check (as classification's clean pass)
+    digests = [tensors_sha256(x, y) for x, y in loaded] if store is not None else [""] * len(batches)
+    stash = _Stash(store, reuse)
     bar = progress or _Quiet()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
@@ -221,15 +259,29 @@ def run_segmentation(
         model = entry.module
         with on_device(model, dev), eval_mode(model):
             bar.start(f"{entry.name}: clean", n)
-            clean_cms, clean_preds, k = [], [], 0
-            for b, (x, y) in zip(batches, loaded):
+            clean_cms, clean_preds, k, checked = [], [], 0, False
+            for b, (x, y), digest in zip(batches, loaded, digests):
+                stored = stash.get(entry.name, "", 0.0, b)
+                if stored is not None:
+                    if stored.data_sha256 != digest:
+                        raise UserError(f"cannot resume {store.path.parent}: data changed since the stored run "
+                                        f"(samples {b[0]}..{b[-1]} differ); rerun with --overwrite to start over")
+                    stash.reused += 1
+                    k = int(stored.cms.shape[-1])
+                    clean_preds.append(stored.clean_pred)
+                    clean_cms.append(stored.cms)
+                    bar.advance(len(b))
+                    continue
                 with torch.no_grad():
                     logits = _forward(model, x.to(dev), entry.name)
-                if not clean_cms:
+                if not checked:
                     k = check_segmentation_outputs(logits, y, data, entry.name)
+                    checked = True
                 pred = logits.argmax(1)
                 clean_preds.append(pred.cpu())
                 clean_cms.append(image_confusion(pred, y.to(dev), k, task.ignore_index))
+                stash.put(entry.name, "", 0.0, b, SegBatch(cms=clean_cms[-1], data_sha256=digest,
+                                                           clean_pred=clean_preds[-1]))
                 bar.advance(len(b))
             clean_cm = torch.cat(clean_cms)
             clean_miou = segmetrics.miou(clean_cm.sum(0))
@@ -243,25 +295,32 @@ def run_segmentation(
                     bar.start(f"{entry.name}: {a.name} (unbounded)", n)
                     cell = _attack_cell(entry, counter, a.attack, threat, batches, loaded, clean_preds, k, task, dev,
                                         seed, bar, examples if examples_per_cell else None, examples_per_cell,
-                                        a.name, targeted=True)
+                                        a.name, stash, targeted=True)
                     unbounded.append(_unbounded_row(entry.name, a.name, cell, clean_miou, clean_pa))
                     continue
                 for e in grid:
                     threat = ThreatModel(norm, e)
                     attack = a.attack
                     if isinstance(attack, UniversalAttack):
-                        t0 = time.perf_counter()
-                        counter.take()
-                        attack = _fit(entry, counter, attack, train_data, threat, seed, task, dev, bar, a.name)
-                        f, bwd = counter.take()
+                        again = _stored_fit(stash, entry.name, a, e, batches)
+                        if again is not None:  # every batch of the cell is stored: no fit needed
+                            fit, attack = again
+                        else:
+                            t0 = time.perf_counter()
+                            counter.take()
+                            attack = _fit(entry, counter, attack, train_data, threat, seed, task, dev, bar, a.name)
+                            f, bwd = counter.take()
+                            fit = {"model": entry.name, "attack": a.name, "eps": e,
+                                   "seconds": round(time.perf_counter() - t0, 3), "forward_passes": f,
+                                   "backward_passes": bwd}
+                            if stash.store is not None and isinstance(attack, FittedUAP):
+                                stash.store.write_seg_fit(entry.name, a.name, e, fit, attack.xi, attack.static)
                         fitted_all[(entry.name, a.name, e)] = attack
-                        fits.append({"model": entry.name, "attack": a.name, "eps": e,
-                                     "seconds": round(time.perf_counter() - t0, 3), "forward_passes": f,
-                                     "backward_passes": bwd})
+                        fits.append(fit)
                     bar.start(f"{entry.name}: {a.name} eps {e:g}", n)
                     want = examples_per_cell if e == example_eps else 0
                     cell = _attack_cell(entry, counter, attack, threat, batches, loaded, clean_preds, k, task, dev,
-                                        seed, bar, examples if want else None, want, a.name,
+                                        seed, bar, examples if want else None, want, a.name, stash,
                                         targeted=is_targeted(attack) or isinstance(attack, FittedUAP))
                     cells[(a.name, e)] = cell
                     rows.append(_row(entry.name, a.name, e, norm, n, clean_miou, clean_pa, cell.matrix(), cell,
@@ -289,7 +348,24 @@ def run_segmentation(
     if fits:
         result.provenance["fitted"] = fitted_all
         result.provenance["fits"] = fits
+    if store is not None:
+        result.provenance["resume"] = {"reused_batches": stash.reused, "computed_batches": stash.computed}
     return result
+
+
+def _stored_fit(stash: _Stash, model: str, entry: AttackEntry, eps: float, batches: list[list[int]]
+                ) -> tuple[dict[str, Any], Attack] | None:
+    """The stored fit of a universal attack whose cell is wholly stored (fitting it again would be
+    wasted work), rebuilt; ``None`` when a batch of the cell must be computed."""
+    from robustaudit.attacks.segmentation import FittedUAP
+
+    if stash.store is None or not stash.reuse or not stash.complete(model, entry.name, eps, batches):
+        return None
+    stored = stash.store.seg_fit(model, entry.name, eps)
+    if stored is None:
+        return None
+    fit, xi, static = stored
+    return fit, FittedUAP(xi, entry.attack, static)
 
 
 class _Quiet:
@@ -325,11 +401,19 @@ def _fit(entry: ModelEntry, counter: PassCounter, attack: UniversalAttack, train
 def _attack_cell(entry: ModelEntry, counter: PassCounter, attack: Attack, threat: ThreatModel,
                  batches: list[list[int]], loaded: list[tuple[torch.Tensor, torch.Tensor]],
                  clean_preds: list[torch.Tensor], k: int, task: SegmentationTask, dev: torch.device, seed: int,
-                 bar: Any, examples: list[SegExample] | None, want: int, name: str, *, targeted: bool) -> _Cell:
-    """One independent run of ``attack`` at ``threat`` over every batch."""
+                 bar: Any, examples: list[SegExample] | None, want: int, name: str, stash: _Stash, *,
+                 targeted: bool) -> _Cell:
+    """One independent run of ``attack`` at ``threat`` over every batch (stored batches read back)."""
     cell = _Cell()
     picked: list[tuple[float, SegExample]] = []
     for b, (x, y), clean_pred in zip(batches, loaded, clean_preds):
+        stored = stash.get(entry.name, name, threat.eps, b)
+        if stored is not None:
+            stash.reused += 1
+            _add(cell, stored)
+            picked.extend(stored.examples)
+            bar.advance(len(b))
+            continue
         t0 = time.perf_counter()
         x, y = x.to(dev), y.to(dev)
         targets = None
@@ -356,28 +440,40 @@ def _attack_cell(entry: ModelEntry, counter: PassCounter, attack: Attack, threat
             pred = _forward(entry.module, adv, entry.name).argmax(1)
         f, bwd = counter.take()
         cms = image_confusion(pred, y, k, task.ignore_index)
-        cell.cms.append(cms)
+        hits = counted = 0
         if targets is not None:
             hits, counted = segmetrics.targeted_success(pred, targets, y, task.ignore_index)
-            cell.hits += hits
-            cell.total += counted
         delta = adv - x
-        cell.l2 += lp_norm(delta, "l2").tolist()
-        cell.linf += lp_norm(delta, "linf").tolist()
-        cell.forward += f
-        cell.backward += bwd
-        cell.seconds += time.perf_counter() - t0
+        shots: list[tuple[float, SegExample]] = []
         if examples is not None and want > 0:
             drop = pixel_accuracy_of(image_confusion(clean_pred.to(dev), y, k, task.ignore_index)) - pixel_accuracy_of(cms)
             for i in drop.argsort(descending=True).tolist()[:want]:
-                picked.append((float(drop[i]), SegExample(
+                shots.append((float(drop[i]), SegExample(
                     entry.name, name, threat.eps, x[i].cpu().numpy(), adv[i].detach().cpu().numpy(),
                     y[i].cpu().numpy(), clean_pred[i].numpy(), pred[i].cpu().numpy())))
+        done = SegBatch(cms=cms, l2=lp_norm(delta, "l2").tolist(), linf=lp_norm(delta, "linf").tolist(),
+                        hits=int(hits), total=int(counted), seconds=time.perf_counter() - t0, forward_passes=f,
+                        backward_passes=bwd, examples=shots)
+        stash.put(entry.name, name, threat.eps, b, done)  # written now: a crash loses at most this batch
+        _add(cell, done)
+        picked.extend(shots)
         bar.advance(len(b))
     if examples is not None and want > 0:
         # the images the attack hurt most, over the whole run
         examples.extend(ex for _, ex in sorted(picked, key=lambda p: -p[0])[:want])
     return cell
+
+
+def _add(cell: _Cell, batch: SegBatch) -> None:
+    """Accumulate one batch (computed or read back) into its cell."""
+    cell.cms.append(batch.cms)
+    cell.hits += batch.hits
+    cell.total += batch.total
+    cell.l2 += batch.l2
+    cell.linf += batch.linf
+    cell.seconds += batch.seconds
+    cell.forward += batch.forward_passes
+    cell.backward += batch.backward_passes
 
 
 def _median(values: list[float]) -> float:
@@ -480,10 +576,14 @@ def segmentation_defaults(plan: Any, defense: str | None) -> tuple[Any, str | No
 def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: list[AttackEntry], eps: Sequence[float],
                          *, norm: str, n: int | None, batch_size: int, device: str, seed: int, out: Any,
                          progress: Progress | None, config: dict[str, Any], resume: bool = False,
-                         checks: str = "basic", cost: bool = True, defense: Any = None,
+                         overwrite: bool = False, checks: str = "basic", cost: bool = True, defense: Any = None,
                          train_data: Any = None) -> ResultMatrix:
     """The segmentation audit behind ``audit(task="segmentation")`` and the CLI: run the cells, attach the
     provenance, write ``results.json`` (and the panels, the fitted perturbations) under ``out``.
+
+    With ``out``, every batch goes to ``out/results.sqlite`` as it finishes, opened through the same
+    policy and fingerprint as classification (``evaluate/resume.py``; the fingerprint says
+    ``task: segmentation``): ``resume`` continues a stored run, ``overwrite`` discards an unfinished one.
 
     Sanity checks are classification-specific (their evidence is per-sample robust ids) and are not run:
     ``provenance["checks"]["skipped"]`` says so and the reports show it. Detectors are refused.
@@ -498,11 +598,13 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
         example_eps,
         run_header,
     )
+    from robustaudit.evaluate.resume import fingerprint, open_store
     from robustaudit.evaluate.runner import resolve_device
 
-    if resume:
-        raise UserError("--resume is not available for segmentation audits (they are not stored batch by batch); "
-                        "rerun without --resume")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    if resume and out is None:
+        raise UserError("resume needs the output directory of the run to continue (out=...)")
     if defense:
         raise UserError("detectors (--defense) wrap classifiers; a segmentation audit takes none")
     check_model_tasks(entries, "segmentation", data)
@@ -519,13 +621,25 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
     t0 = time.perf_counter()
     # the audit's batch is the segmentation batch: masks and per-pixel logits are K*H*W times larger
     seg_batch = min(batch_size, 32)
-    result = run_segmentation(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=seg_batch, device=dev,
-                              seed=seed, progress=progress, train_data=train, example_eps=example_eps(entries, grid))
+    store = None
+    if out is not None:
+        fp = fingerprint(entries, data, attacks, grid, n=len(ids), norm=norm, batch_size=seg_batch, device=dev,
+                         seed=seed)
+        store = open_store(out, {**fp, "task": "segmentation"}, config, resume=resume, overwrite=overwrite)
+    try:
+        result = run_segmentation(entries, data, attacks, grid, norm=norm, ids=ids, batch_size=seg_batch,
+                                  device=dev, seed=seed, progress=progress, train_data=train,
+                                  example_eps=example_eps(entries, grid), store=store, reuse=resume)
+    except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
+        if store is not None:
+            store.close()
+        raise
     t_cost = time.perf_counter()
     costs = _model_costs(entries, data, min(seg_batch, len(ids)), dev, None) if cost else {}
     t_cost = time.perf_counter() - t_cost
     fitted = result.provenance.pop("fitted", {})
     fits = result.provenance.pop("fits", [])
+    resumed = result.provenance.pop("resume", None)
     if out is not None:
         _save_fitted(fitted, fits, Path(out))
     header = run_header(dev, seed, started, t0, config, data, len(ids), norm, grid, entries, costs)
@@ -545,7 +659,10 @@ def execute_segmentation(entries: list[ModelEntry], data: ImageData, attacks: li
                               "not run for segmentation"},
         **({"fits": fits} if fits else {}),
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": min(seg_batch, len(ids))}} if cost else {}),
+        **({"resume": resumed} if resume and resumed is not None else {}),
     }
     if out is not None:
         result.save(out)
+        store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it
+        store.close()
     return result

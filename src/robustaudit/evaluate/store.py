@@ -17,6 +17,14 @@ WAL mode keeps a committed transaction through a process crash. Tables:
   (``x``/``adv`` as ``.npy`` bytes), so a batch reused on resume gives back its examples too.
 - ``cells(model, attack, eps, seconds, n_attacked, n_robust, forward_passes, backward_passes)`` — a
   finished model × attack × eps.
+- ``seg_batches(model, attack, eps, ids, ...)`` — one per segmentation batch (``attack`` ``""`` and eps 0
+  for the clean pass, eps ``inf`` for an unbounded attack): the per-image confusion matrices ``(B, K, K)``
+  int64 (the per-image pixel accuracy and every figure of the cell follow from them exactly), the clean
+  prediction maps (clean batches: the attacks' target maps and the panels need them), the per-image L2 /
+  Linf perturbation norms, targeted-success counts, seconds, passes, and the clean batch's data sha256.
+- ``seg_examples(model, attack, eps, ids, rank, drop, ...)`` — the panel images picked from a batch.
+- ``seg_fits(model, attack, eps, ...)`` — a fitted universal perturbation and what its fit cost, so a
+  resumed run whose cell is wholly stored need not fit it again.
 - ``meta(key, value)`` — JSON values: ``config``, ``fingerprint`` (what must match to resume),
   ``finished`` (true once ``results.json`` is written), and whatever later stages add.
 
@@ -33,16 +41,16 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 
-from robustaudit.evaluate.result import Example
+from robustaudit.evaluate.result import Example, SegExample
 
 STORE_FILE = "results.sqlite"
 #: Bumped when the tables change meaning; part of the resume fingerprint. 3: pass counts per batch/cell.
-STORE_VERSION = 3
+STORE_VERSION = 4  # 4: segmentation batches (seg_batches, seg_examples, seg_fits)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,10 +75,24 @@ CREATE TABLE IF NOT EXISTS cells (
     model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, seconds REAL NOT NULL,
     n_attacked INTEGER NOT NULL, n_robust INTEGER NOT NULL, forward_passes INTEGER NOT NULL,
     backward_passes INTEGER NOT NULL, PRIMARY KEY (model, attack, eps));
+CREATE TABLE IF NOT EXISTS seg_batches (
+    model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, ids TEXT NOT NULL,
+    data_sha256 TEXT NOT NULL, cms BLOB NOT NULL, clean_pred BLOB, l2 BLOB NOT NULL, linf BLOB NOT NULL,
+    hits INTEGER NOT NULL, total INTEGER NOT NULL, seconds REAL NOT NULL, forward_passes INTEGER NOT NULL,
+    backward_passes INTEGER NOT NULL, PRIMARY KEY (model, attack, eps, ids));
+CREATE TABLE IF NOT EXISTS seg_examples (
+    model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, ids TEXT NOT NULL, rank INTEGER NOT NULL,
+    drop_ REAL NOT NULL, example_eps REAL NOT NULL, x BLOB NOT NULL, adv BLOB NOT NULL, label BLOB NOT NULL,
+    clean_pred BLOB NOT NULL, pred BLOB NOT NULL, PRIMARY KEY (model, attack, eps, ids, rank));
+CREATE TABLE IF NOT EXISTS seg_fits (
+    model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, seconds REAL NOT NULL,
+    forward_passes INTEGER NOT NULL, backward_passes INTEGER NOT NULL, xi BLOB NOT NULL, static BLOB,
+    PRIMARY KEY (model, attack, eps));
 """
 
 
-_TABLES = ("meta", "clean", "clean_batches", "adv", "adv_batches", "examples", "cells")
+_TABLES = ("meta", "clean", "clean_batches", "adv", "adv_batches", "examples", "cells", "seg_batches",
+           "seg_examples", "seg_fits")
 
 
 @dataclass
@@ -87,6 +109,28 @@ class StoredBatch:
     #: samples the attack pushed through the model's forward, and back through it
     forward_passes: int = 0
     backward_passes: int = 0
+
+
+@dataclass
+class SegBatch:
+    """One segmentation batch (clean or attacked), as written and as read back.
+
+    ``cms`` ``(B, K, K)`` int64 per-image confusion matrices (rows: true class); ``clean_pred`` ``(B, H, W)``
+    int64 (clean batches only); ``l2``/``linf`` per-image perturbation norms (attacked batches);
+    ``examples`` ``(drop in pixel accuracy, panel)`` pairs picked from the batch.
+    """
+
+    cms: torch.Tensor
+    data_sha256: str = ""
+    clean_pred: torch.Tensor | None = None
+    l2: list[float] = field(default_factory=list)
+    linf: list[float] = field(default_factory=list)
+    hits: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    examples: list[tuple[float, SegExample]] = field(default_factory=list)
 
 
 def batch_key(ids: Sequence[int]) -> str:
@@ -132,6 +176,12 @@ def _from_npy(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+def _small_int(a: np.ndarray) -> np.ndarray:
+    """A class map in the narrowest dtype that holds it (uint8 for up to 256 classes, 255 = ignore)."""
+    a = np.asarray(a)
+    return a.astype(np.uint8) if a.size == 0 or (a.min() >= 0 and a.max() <= 255) else a.astype(np.int64)
+
+
 class Store:
     """Append-only writer of per-sample records (WAL mode, one commit per batch), and their reader
     for a resumed run."""
@@ -165,8 +215,69 @@ class Store:
         return default if row is None else json.loads(row[0])
 
     def count_batches(self) -> int:
-        """Finished batches (clean and attacked) of the stored run."""
-        return sum(self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("clean_batches", "adv_batches"))
+        """Finished batches (clean and attacked, of either task) of the stored run."""
+        return sum(self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                   for t in ("clean_batches", "adv_batches", "seg_batches"))
+
+    def write_seg_batch(self, model: str, attack: str, eps: float, ids: Sequence[int], batch: SegBatch) -> None:
+        """One segmentation batch with its panel examples, in one commit (stored whole or not at all).
+        ``attack`` is ``""`` for the clean pass."""
+        key = (model, attack, float(eps), batch_key(ids))
+        pred = None if batch.clean_pred is None else _npy(_small_int(batch.clean_pred.cpu().numpy()))
+        shots = [(*key, rank, float(drop), float(ex.eps), _npy(ex.clean), _npy(ex.adversarial),
+                  _npy(_small_int(ex.label)), _npy(_small_int(ex.clean_pred)), _npy(_small_int(ex.adv_pred)))
+                 for rank, (drop, ex) in enumerate(batch.examples)]
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO seg_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 shots)
+            self._db.execute(
+                "INSERT OR REPLACE INTO seg_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, batch.data_sha256, _npy(batch.cms.cpu().numpy().astype(np.int64)), pred,
+                 _npy(np.asarray(batch.l2, dtype=np.float64)), _npy(np.asarray(batch.linf, dtype=np.float64)),
+                 int(batch.hits), int(batch.total), float(batch.seconds), int(batch.forward_passes),
+                 int(batch.backward_passes)))
+
+    def seg_batch(self, model: str, attack: str, eps: float, ids: Sequence[int]) -> SegBatch | None:
+        """The stored segmentation batch with exactly these ids, or ``None`` when it was not finished."""
+        key = (model, attack, float(eps), batch_key(ids))
+        row = self._db.execute(
+            "SELECT data_sha256, cms, clean_pred, l2, linf, hits, total, seconds, forward_passes, backward_passes "
+            "FROM seg_batches WHERE model = ? AND attack = ? AND eps = ? AND ids = ?", key).fetchone()
+        if row is None:
+            return None
+        shots = self._db.execute(
+            "SELECT drop_, example_eps, x, adv, label, clean_pred, pred FROM seg_examples "
+            "WHERE model = ? AND attack = ? AND eps = ? AND ids = ? ORDER BY rank", key).fetchall()
+        return SegBatch(
+            cms=torch.from_numpy(_from_npy(row[1]).astype(np.int64)), data_sha256=row[0],
+            clean_pred=None if row[2] is None else torch.from_numpy(_from_npy(row[2]).astype(np.int64)),
+            l2=_from_npy(row[3]).tolist(), linf=_from_npy(row[4]).tolist(), hits=int(row[5]), total=int(row[6]),
+            seconds=float(row[7]), forward_passes=int(row[8]), backward_passes=int(row[9]),
+            examples=[(float(d), SegExample(model, attack, float(e), _from_npy(x), _from_npy(a),
+                                            _from_npy(lab).astype(np.int64), _from_npy(cp).astype(np.int64),
+                                            _from_npy(p).astype(np.int64)))
+                      for d, e, x, a, lab, cp, p in shots])
+
+    def write_seg_fit(self, model: str, attack: str, eps: float, fit: dict[str, Any], xi: torch.Tensor,
+                      static: torch.Tensor | None) -> None:
+        """A fitted universal perturbation ``xi`` ``(C, H, W)`` (and its static target map ``(H, W)``, if
+        any) with its cost (``fit``: seconds, forward_passes, backward_passes)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO seg_fits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (model, attack, float(eps), float(fit["seconds"]), int(fit["forward_passes"]),
+                              int(fit["backward_passes"]), _npy(xi.detach().cpu().numpy()),
+                              None if static is None else _npy(static.detach().cpu().numpy())))
+
+    def seg_fit(self, model: str, attack: str, eps: float
+                ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None] | None:
+        """``(fit record, xi, static)`` as written by :meth:`write_seg_fit`, or ``None``."""
+        row = self._db.execute("SELECT seconds, forward_passes, backward_passes, xi, static FROM seg_fits "
+                               "WHERE model = ? AND attack = ? AND eps = ?", (model, attack, float(eps))).fetchone()
+        if row is None:
+            return None
+        fit = {"model": model, "attack": attack, "eps": float(eps), "seconds": row[0], "forward_passes": row[1],
+               "backward_passes": row[2]}
+        return fit, torch.from_numpy(_from_npy(row[3])), None if row[4] is None else torch.from_numpy(_from_npy(row[4]))
 
     def write_clean(
         self,
@@ -279,7 +390,7 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
