@@ -543,7 +543,8 @@ CASES: list[Case] = [
     C(F, "ImageFolder: empty image file", "`a/1.png` of 0 bytes",
       _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": b""}))), "cannot read it: not an image file"),
     C(F, "ImageFolder: images of different sizes", "8x8 and 9x9 PNGs",
-      _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": png_bytes(9)}))), "images must all have one size"),
+      _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": png_bytes(9)}), model=net(t, "build"))),
+      "images must all have one size"),
     C(F, "ImageFolder: no images", "class folders with `.txt` files only",
       _a(lambda t: audit(t, "--data", f"imagefolder:{raw_file(t, 'im/a/x.txt', b'hi').parent.parent}")), "no images under"),
     C(F, "ImageFolder: missing root", "`--data imagefolder:nope`",
@@ -747,6 +748,10 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, "--data", "digit-scenes", attack="pgd")), "model 'digits-cnn' is a classifier"),
     C(M, "classification: a segmentation model", "`--data digits --model unet-tiny`",
       _a(lambda t: audit(t, model="unet-tiny")), "model 'unet-tiny' is a segmentation model"),
+    C(M, "catalog model for other image sizes", "`--data digits32 --model digits-cnn`",
+      _a(lambda t: audit(t, "--data", "digits32")),
+      "model 'digits-cnn' takes 1x8x8 inputs but data 'digits32' has 1x32x32 images (catalog models for it: "
+      "digits32-cnn"),
     C(A, "segmentation: --resume of a classification run", "`--data digit-scenes --resume` on an OUT holding a "
       "classification run", _a(lambda t: _classification_store(t) or audit(t, "--data", "digit-scenes", "--resume",
                                                                        model="unet-tiny", attack="pgd")),

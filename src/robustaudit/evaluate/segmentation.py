@@ -522,17 +522,25 @@ def resolve_task(requested: str, data: ImageData) -> str:
 
 
 def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData) -> None:
-    """Refuse, before anything runs, a catalog model whose card says it does the other task."""
-    from robustaudit.models.catalog import get_card
+    """Refuse, before anything runs, a catalog model whose card says it does the other task or takes
+    inputs of another shape (a classifier's exact ``(C, H, W)``; a segmentation model's channels)."""
+    from robustaudit.models.catalog import get_card, model_names
 
     for e in entries:
         if e.info.get("source") != "catalog" or not e.info.get("spec"):
             continue
         try:
-            have = get_card(str(e.info["spec"])).task
+            card = get_card(str(e.info["spec"]))
         except UserError:
             continue
+        have = card.task
         if have == task:
+            shape, want = tuple(data.sample_shape), tuple(card.input_shape)
+            if shape != want and (task == "classification" or shape[0] != want[0]):
+                fits = [m for m in model_names() if tuple(get_card(m).input_shape) == shape and get_card(m).task == task]
+                hint = f" (catalog models for it: {', '.join(fits)})" if fits else ""
+                raise UserError(f"model '{e.name}' takes {'x'.join(map(str, want))} inputs but data '{data.name}' "
+                                f"has {'x'.join(map(str, shape))} images{hint}")
             continue
         if task == "segmentation":
             raise UserError(f"model '{e.name}' is a classifier (one score vector per image) but data '{data.name}' "
