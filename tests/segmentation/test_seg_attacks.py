@@ -26,27 +26,18 @@ from robustaudit.core.errors import UserError
 from robustaudit.core.norms import lp_norm
 from robustaudit.core.task import SEGMENTATION
 from robustaudit.core.threat import ThreatModel
+from seg_helpers import K, tiny_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-K = 4
 BOUNDED = ["pgd:steps=5", "segpgd:steps=5", "cospgd:steps=5", "pgd:steps=5,target=shift", "segpgd:steps=5,target=0",
            "cospgd:steps=5,target=shift", "dag:clip=true,max_iter=8,gamma=0.01"]
 EPS = {"linf": 0.08, "l2": 0.8}
 
 
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, K, 3, padding=1))
-    with torch.no_grad():
-        net[0].weight.mul_(5)
-        net[2].weight.mul_(3)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def seg_batch():
-    net = _net()
+    net = tiny_segmenter()
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 12, 12, generator=g)
     with torch.no_grad():
@@ -101,7 +92,7 @@ def test_targeted_reaches_more_targets(spec, seg_batch):
 @pytest.mark.parametrize("spec", BOUNDED)
 def test_model_state_untouched(spec, seg_batch):
     _, x, y = seg_batch
-    model = _net().train()
+    model = tiny_segmenter().train()
     model[0].eval()  # a mixed state must come back as it was
     flags = [m.training for m in model.modules()]
     _attack(spec)(model, x, y, ThreatModel("linf", EPS["linf"]), task=SEGMENTATION)

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from robustaudit.attacks.registry import from_spec
 from robustaudit.cli import main
@@ -24,23 +23,14 @@ from robustaudit.evaluate.segmentation import (
     resolve_task,
     run_segmentation,
 )
+from seg_helpers import K, tiny_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-K = 4
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, K, 3, padding=1))
-    with torch.no_grad():
-        net[0].weight.mul_(5)
-        net[2].weight.mul_(3)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
 def small():
-    net = _net()
+    net = tiny_segmenter()
     x = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = net(x).argmax(1)

@@ -24,19 +24,10 @@ from robustaudit.evaluate.result import SegExample
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.segmentation import execute_segmentation
 from robustaudit.evaluate.store import STORE_FILE, SegBatch, Store
+from seg_helpers import K, tiny_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-K = 4
 ATTACKS = ("pgd:steps=2", "segpgd:steps=2", "dag:max_iter=2", "seg-uap:iterations=2,fit_n=8,batch_size=4")
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, K, 3, padding=1))
-    with torch.no_grad():
-        net[0].weight.mul_(5)
-        net[2].weight.mul_(3)
-    return net.eval()
 
 
 def _data(net: nn.Module, seed: int = 2, n: int = 10) -> SegmentationTensorData:
@@ -64,7 +55,7 @@ class _Stop:
 
 
 def _audit(out: Path, data, *, resume=False, overwrite=False, progress=None):
-    net = _net()
+    net = tiny_segmenter()
     train = _data(net, seed=7, n=8)
     attacks = [AttackEntry(s, from_spec(s, task="segmentation")) for s in ATTACKS]
     return execute_segmentation([ModelEntry("net", net)], data, attacks, [0.03, 0.1], norm="linf", n=None,
@@ -106,7 +97,7 @@ def test_store_round_trip(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path):
-    net = _net()
+    net = tiny_segmenter()
     data = _data(net)
     whole = _audit(tmp_path / "whole", data)
     # 10 images in batches of 4: 3 batches per pass; clean + 2 attacks x 2 eps + dag + uap x 2 = 8 passes
@@ -130,7 +121,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path):
 
 
 def test_changed_data_is_refused_on_resume_and_overwrite_starts_over(tmp_path):
-    net = _net()
+    net = tiny_segmenter()
     with pytest.raises(KeyboardInterrupt):
         _audit(tmp_path, _data(net), progress=_Stop(after=4))
     with pytest.raises(UserError, match="data changed since the stored run \\(samples 0..3 differ\\)"):
