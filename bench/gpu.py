@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from _machine import machine  # bench/ is on sys.path when a benchmark runs as a script
 from robustaudit.attacks.gradient import PGD
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import TensorData
@@ -109,19 +109,6 @@ def timeit(fns: dict[str, Callable[[], object]], repeats: int, device: torch.dev
             _sync(device)
             out[name].append(time.perf_counter() - t0)
     return out
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    where = f"{cpu} ({torch.get_num_threads()} threads)"
-    if device.type == "cuda":
-        where += f", GPU {torch.cuda.get_device_name(device)}"
-    return f"{where}; torch {torch.__version__}, torchvision {torchvision.__version__}"
 
 
 def part_a(device: torch.device, batch: int, repeats: int, peers: bool) -> None:

@@ -30,7 +30,6 @@ Run ``python bench/pgd_overhead.py --quick`` for a smoke test (< 1 minute on a 2
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 import torchattacks
 import torchvision
 
+from _machine import machine  # bench/ is on sys.path when a benchmark runs as a script
 from robustaudit.attacks.gradient import PGD
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.digits import digits_split
@@ -107,22 +107,6 @@ def timeit(fns: Mapping[str, Callable[[], Any]], repeats: int, device: torch.dev
             _sync(device)
             out[name].seconds.append(time.perf_counter() - t0)
     return out
-
-
-# ---------------------------------------------------------------------------------------------- machine
-def machine(device: torch.device) -> str:
-    """One line: CPU model, torch's thread count, GPU name when used, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    where = f"{cpu} ({torch.get_num_threads()} threads)"
-    if device.type == "cuda":
-        where += f", GPU {torch.cuda.get_device_name(device)}"
-    return (f"{where}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"foolbox {foolbox.__version__}, torchattacks {torchattacks.__version__}")
 
 
 # ---------------------------------------------------------------------------------------------- part A
@@ -292,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.batch, args.repeats = 8, 1
     device = torch.device(args.device)
     # torch's default thread count is kept (all cores): that is how users run, and all contenders share it
-    print(f"pgd_overhead: {machine(device)}; device {device}")
+    print(f"pgd_overhead: {machine(device, foolbox, torchattacks)}; device {device}")
     part_a(device, args.batch, args.repeats)
     n = len(digits_split("test"))
     part_b(device, list(range(64 if args.quick else n)), args.repeats)
