@@ -1,0 +1,123 @@
+"""The golden audits of the pipeline redesign (issue 15): six CLI runs whose ``results.json``, without
+times, versions and machine, must stay equal per sample across refactors.
+
+    python tests/golden/scenarios.py record   # writes tests/golden/<name>.json
+    python tests/golden/scenarios.py check    # runs them again, exit 1 on a difference
+
+Each run is small (tens of samples, few steps) so that ``tests/regression/test_golden.py`` can run all
+six in CI; one torch thread, so the numbers do not depend on the machine's core count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FLAWED = str(HERE / "flawed.py") + ":make_quantized"
+
+#: name -> (launcher, CLI arguments after ``audit``)
+SCENARIOS: dict[str, tuple[str, list[str]]] = {
+    # (a) the default audit: four catalog models, squeeze detector + adaptive attack, basic checks, cost
+    "a_default": ("python", ["--n", "48"]),
+    # (b) the README's segmentation audit
+    "b_segmentation": ("python", ["--data", "digit-scenes", "--model", "unet-tiny", "--attack", "pgd:steps=5",
+                                  "--attack", "segpgd:steps=5", "--attack", "cospgd:steps=5",
+                                  "--eps", "0.01,0.02,0.04", "--n", "12"]),
+    # (c) a patch and a learned generator on digits32 (two audits: the patch has its own norm)
+    "c_patch": ("python", ["--data", "digits32", "--model", "digits32-cnn", "--attack",
+                           "patch:target=3,steps=20,batch_size=32", "--norm", "patch", "--eps", "0.05,0.1",
+                           "--n", "24", "--checks", "off"]),
+    "c_atn": ("python", ["--data", "digits32", "--model", "digits32-cnn", "--attack", "atn:epochs=1,samples=256",
+                         "--attack", "fgsm", "--eps", "0.1,0.2", "--n", "24", "--checks", "off"]),
+    # (d) full checks on a model with dead gradients: BPDA and Square columns join the worst case
+    "d_checks_full": ("python", ["--model", FLAWED, "--attack", "fgsm", "--attack", "pgd:steps=5",
+                                 "--eps", "0.1,0.2", "--n", "32", "--checks", "full"]),
+    # (e) detectors: squeeze and mahalanobis rows with the detector-aware attack
+    "e_detector": ("python", ["--model", "digits-cnn", "--attack", "fgsm", "--attack", "pgd:steps=5",
+                              "--eps", "0.1,0.2", "--n", "40", "--defense", "squeeze,mahalanobis"]),
+    # (f) two processes under torchrun (gloo) merged by rank 0
+    "f_torchrun": ("torchrun", ["--model", "digits-cnn", "--attack", "fgsm", "--attack", "pgd:steps=5",
+                                "--attack", "deepfool:steps=3", "--eps", "0.1,0.2", "--n", "40",
+                                "--checks", "basic", "--defense", "none"]),
+}
+
+#: keys whose values are times, versions or the machine, not results
+_VOLATILE = {"seconds", "started_at", "finished_at", "torch", "python", "platform", "robustaudit", "device",
+             "latency_ms", "latency", "throughput", "peak_memory_bytes", "memory", "out", "artifact", "path",
+             "spec", "peak_memory", "train_seconds", "fit_seconds", "images_per_second", "throughput_images_per_second"}
+
+
+def normalize(doc: Any) -> Any:
+    """``doc`` without the volatile keys (recursively), floats rounded to 6 digits."""
+    if isinstance(doc, dict):
+        return {k: normalize(v) for k, v in doc.items() if k not in _VOLATILE and "second" not in k}
+    if isinstance(doc, list):
+        return [normalize(v) for v in doc]
+    if isinstance(doc, float):
+        return round(doc, 6)
+    return doc
+
+
+def command(name: str, out: Path) -> list[str]:
+    launcher, args = SCENARIOS[name]
+    tail = ["audit", *args, "--out", str(out), "--device", "cpu"]
+    if launcher == "torchrun":
+        with socket.socket() as s:  # a free port: torchrun's rendezvous hangs on port 0
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+                "--master-addr=127.0.0.1", "-m", "robustaudit", "--", *tail]
+    return [sys.executable, "-m", "robustaudit", *tail]
+
+
+def run(name: str, out: Path) -> dict[str, Any]:
+    """Run scenario ``name`` into ``out``; its normalized results.json."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    proc = subprocess.run(command(name, out), env=env, capture_output=True, text=True, cwd=HERE, timeout=900)
+    if proc.returncode not in (0, 1):  # 1: a gate or a failed check; the result is still written
+        raise RuntimeError(f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return normalize(json.loads((out / "results.json").read_text()))
+
+
+def diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where ``a`` and ``b`` differ, as ``path: a != b`` lines."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}/{k}: only in {'golden' if k in a else 'new'}" for k in sorted(set(a) ^ set(b))]
+        for k in sorted(set(a) & set(b)):
+            out += diff(a[k], b[k], f"{path}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {str(a)[:200]} != {str(b)[:200]}"]
+
+
+def golden_path(name: str) -> Path:
+    return HERE / f"{name}.json"
+
+
+def main(argv: list[str]) -> int:
+    mode, names = argv[0], argv[1:] or list(SCENARIOS)
+    failed = 0
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            doc = run(name, Path(tmp) / "out")
+        if mode == "record":
+            golden_path(name).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+            sys.stderr.write(f"recorded {name}\n")
+        else:
+            lines = diff(json.loads(golden_path(name).read_text()), doc)
+            failed += bool(lines)
+            sys.stderr.write(f"{name}: {'equal' if not lines else 'DIFFERS'}\n" + "".join(f"  {l}\n" for l in lines[:30]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
