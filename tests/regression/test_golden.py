@@ -28,4 +28,5 @@ def test_the_comparison_sees_a_changed_sample():
     changed = json.loads(json.dumps(golden))
     changed["robust_ids"][0]["ids"] = changed["robust_ids"][0]["ids"][1:] + [10_000]
     lines = scenarios.diff(golden, changed)
-    assert len(lines) == 1 and lines[0].startswith("/robust_ids[0]/ids")
+    assert lines and all(line.startswith("/robust_ids[0]/ids[") for line in lines)
+    assert lines[-1].endswith("!= 10000")
