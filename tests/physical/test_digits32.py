@@ -44,8 +44,16 @@ def test_shipped_digits32_models_reach_their_card_accuracy(name):
 
 
 @pytest.mark.slow
-def test_training_script_reproduces_the_shipped_weights_bit_for_bit(tmp_path):
+def test_training_script_reproduces_the_shipped_weights(tmp_path):
+    """Bit for bit on the torch release the weights were made with; on another release (float kernels
+    differ in the last bits, and training amplifies them) the retrained model's figures match the card's:
+    clean accuracy within 1 point, PGD-20 robust accuracy within 3 points (359 test images)."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "train_digits32_models.py"), "--only", "digits32-cnn",
                     "--out", str(tmp_path)], check=True, capture_output=True)
     record = json.loads((tmp_path / "digits32-cnn.json").read_text())
-    assert record["sha256"] == get_card("digits32-cnn").sha256
+    card = get_card("digits32-cnn")
+    shipped = json.loads((WEIGHTS_DIR / "digits32-cnn.json").read_text())
+    if torch.__version__.split("+")[0] == shipped["torch"].split("+")[0]:
+        assert record["sha256"] == card.sha256
+    for figure, tolerance in (("clean_accuracy", 0.01), ("pgd20_linf_0.1", 0.03)):
+        assert record["reported"][figure] == pytest.approx(card.reported[figure], abs=tolerance)

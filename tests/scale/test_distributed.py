@@ -128,6 +128,18 @@ def _torchrun(args: list[str], out: Path, tag: str = "") -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _same(a, b) -> bool:
+    """Equal, except floats, which may differ by float rounding: DeepFool's minimal norms are
+    batch-independent only to about 1e-7 (a shard's batches differ from the single run's)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    return a == b
+
+
 def _doc_numbers(out: Path):
     doc = json.loads((out / "results.json").read_text())
     records = [{k: v for k, v in r.items() if k != "seconds"} for r in doc["records"]]
@@ -151,7 +163,7 @@ def test_two_processes_equal_one_per_sample(tmp_path, reference):
     assert sorted(p.name for p in (tmp_path / "ranks").iterdir() if p.suffix == ".sqlite") == \
         ["rank-0.sqlite", "rank-1.sqlite"]
     assert not (tmp_path / "results.sqlite").exists()  # the single-process layout is left alone
-    assert _doc_numbers(tmp_path) == _doc_numbers(reference)
+    assert _same(_doc_numbers(tmp_path), _doc_numbers(reference))
     # each rank stored only its own shard, every sample exactly once
     seen = []
     for k in range(2):
@@ -210,7 +222,7 @@ def test_a_killed_rank_resumes_to_the_same_result(tmp_path, reference):
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == EXIT_OK, stderr[-2000:]
     assert "stored batches reused" in stderr
-    assert _doc_numbers(tmp_path) == _doc_numbers(reference)
+    assert _same(_doc_numbers(tmp_path), _doc_numbers(reference))
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["provenance"]["resume"]["reused_batches"] > 0
 

@@ -145,7 +145,11 @@ def test_out_of_memory_halves_the_batch_and_changes_no_result(digits_cnn):
     assert oom.refused > 0
     drop = ["seconds"]
     assert halved.records.drop(columns=drop).equals(plain.records.drop(columns=drop))  # passes included
-    assert halved.robust_ids == plain.robust_ids and halved.minimal_norms == plain.minimal_norms
+    assert halved.robust_ids == plain.robust_ids
+    # DeepFool's norms are batch-independent up to float rounding (about 5e-8 between batch sizes)
+    assert halved.minimal_norms.keys() == plain.minimal_norms.keys()
+    for key, norms in plain.minimal_norms.items():
+        assert halved.minimal_norms[key] == pytest.approx(norms, rel=1e-5)
     chain = [(h["from"], h["to"]) for h in halved.provenance["oom_halvings"] if h["attack"] == "fgsm"]
     assert chain == [(32, 16), (16, 8), (8, 4)]  # later batches start at the size that fit
     assert "fgsm on m: 32 -> 16 -> 8 -> 4" in fastpath.halving_summary(halved.provenance["oom_halvings"])
