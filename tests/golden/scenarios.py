@@ -3,6 +3,7 @@ times, versions and machine, must stay equal per sample across refactors.
 
     python tests/golden/scenarios.py record   # writes tests/golden/<name>.json
     python tests/golden/scenarios.py check    # runs them again, exit 1 on a difference
+    python tests/golden/scenarios.py resume   # each killed after its first stored batch, then --resume
 
 Each run is small (tens of samples, few steps) so that ``tests/regression/test_golden.py`` can run all
 six in CI; one torch thread, so the numbers do not depend on the machine's core count.
@@ -13,10 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +87,51 @@ def command(name: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "robustaudit", *tail]
 
 
-def run(name: str, out: Path) -> dict[str, Any]:
-    """Run scenario ``name`` into ``out``; its normalized results.json."""
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    proc = subprocess.run(command(name, out), env=env, capture_output=True, text=True, cwd=HERE, timeout=900)
+    return env
+
+
+def run(name: str, out: Path, *extra: str) -> dict[str, Any]:
+    """Run scenario ``name`` into ``out`` (``extra`` flags appended); its normalized results.json."""
+    proc = subprocess.run([*command(name, out), *extra], env=_env(), capture_output=True, text=True, cwd=HERE,
+                          timeout=900)
     if proc.returncode not in (0, 1):  # 1: a gate or a failed check; the result is still written
         raise RuntimeError(f"{name} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return normalize(json.loads((out / "results.json").read_text()))
+
+
+def _stored_batches(out: Path) -> int:
+    """Attack batches committed to ``out``'s store so far (0 before it exists)."""
+    try:
+        with sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in ("adv_batches", "seg_batches") if t in tables)
+    except sqlite3.Error:  # not created yet, or created but still empty
+        return 0
+
+
+def kill_then_resume(name: str, out: Path, batches: int = 1) -> tuple[dict[str, Any], str]:
+    """Start scenario ``name``, SIGKILL it once ``batches`` attack batches are stored, then ``--resume``.
+    Returns the resumed run's normalized results.json and its stderr. Raises when the run finished
+    before it could be killed (the scenario is then too small to test a resume)."""
+    proc = subprocess.Popen(command(name, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=HERE)
+    try:
+        while proc.poll() is None and _stored_batches(out) < batches:
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    if (out / "results.json").exists():
+        raise RuntimeError(f"{name} finished before it was killed")
+    resumed = subprocess.run([*command(name, out), "--resume"], env=_env(), capture_output=True, text=True,
+                             cwd=HERE, timeout=900)
+    if resumed.returncode not in (0, 1):
+        raise RuntimeError(f"{name} --resume exited {resumed.returncode}:\n{resumed.stderr[-3000:]}")
+    return normalize(json.loads((out / "results.json").read_text())), resumed.stderr
 
 
 def diff(a: Any, b: Any, path: str = "") -> list[str]:
@@ -113,10 +154,13 @@ def golden_path(name: str) -> Path:
 
 def main(argv: list[str]) -> int:
     mode, names = argv[0], argv[1:] or list(SCENARIOS)
+    if mode not in ("record", "check", "resume"):
+        sys.stderr.write("usage: scenarios.py record|check|resume [SCENARIO ...]\n")
+        return 2
     failed = 0
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
-            doc = run(name, Path(tmp) / "out")
+            doc = kill_then_resume(name, Path(tmp) / "out")[0] if mode == "resume" else run(name, Path(tmp) / "out")
         if mode == "record":
             golden_path(name).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
             sys.stderr.write(f"recorded {name}\n")
