@@ -2,7 +2,10 @@
 Markdown (a CI job summary), a self-contained HTML page, and the plots the page embeds.
 
 A report never runs a model: everything here reads a finished ResultMatrix. ``results.json`` stays
-the source of truth; these are views of it.
+the source of truth. One view layer (:mod:`robustaudit.reports.view`) builds every section's content
+from it; the renderers (``terminal``, ``markdown``, ``html`` with ``plots``) only lay the views out.
+Imports run view -> renderers, never back, and no renderer imports another (``html`` draws its
+figures with ``plots``).
 
 Example::
 
@@ -22,7 +25,8 @@ from pathlib import Path
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports.html import render_html
 from robustaudit.reports.markdown import render_markdown
-from robustaudit.reports.terminal import render_terminal, summary_eps
+from robustaudit.reports.terminal import render_terminal
+from robustaudit.reports.view import summary_eps
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
