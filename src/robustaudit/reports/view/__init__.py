@@ -7,15 +7,24 @@ a renderer. Every number goes through :mod:`robustaudit.reports.view.numbers`.
 
 from __future__ import annotations
 
-from robustaudit.reports.view.blocks import Image, Section, Table
-from robustaudit.reports.view.comparisons import Tie, ties
-from robustaudit.reports.view.matrix import Cell, MatrixRow, SummaryRow, format_cell, matrix_rows, summary_eps
-from robustaudit.reports.view.numbers import DASH, format_count, format_eps, format_percent
-from robustaudit.reports.view.report import ReportView, report_view
-from robustaudit.reports.view.segmentation import SegmentationView, segmentation_view
+import importlib
+from typing import Any
 
-__all__ = [
-    "DASH", "Cell", "Image", "MatrixRow", "ReportView", "Section", "SegmentationView", "SummaryRow", "Table", "Tie",
-    "format_cell", "format_count", "format_eps", "format_percent", "matrix_rows", "report_view", "segmentation_view",
-    "summary_eps", "ties",
-]
+#: Public names and the modules that define them, imported on first use (PEP 562): the number
+#: formatter (``view.numbers``) stays importable without pandas, for the pytest plugin's controller.
+_NAMES = {
+    "Image": "blocks", "Section": "blocks", "Table": "blocks",
+    "Tie": "comparisons", "ties": "comparisons",
+    "Cell": "matrix", "MatrixRow": "matrix", "SummaryRow": "matrix", "format_cell": "matrix",
+    "matrix_rows": "matrix", "summary_eps": "matrix",
+    "DASH": "numbers", "format_count": "numbers", "format_eps": "numbers", "format_percent": "numbers",
+    "ReportView": "report", "report_view": "report",
+    "SegmentationView": "segmentation", "segmentation_view": "segmentation",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
