@@ -93,13 +93,11 @@ def _print_classification(view: ReportView, console: Console) -> None:
         console.print(rich_table(view.brief_cost, no_wrap="all"))
     for tie in view.model_ties:  # the terminal names model ties at the table's eps; report.md lists them all
         console.print(f"[yellow]note:[/] {tie.sentence()}")
-    for section in (view.detection, view.patch, view.physical, view.learned):
-        if section is not None and section.table is not None:
-            console.print(rich_table(section.table))
-        for sub in section.subsections if section is not None else ():
-            console.print(rich_table(sub.table))
-    if view.norms is not None:
-        console.print(rich_table(view.norms.table))
+    sections = [s for s in (view.detection, view.patch, view.physical, view.learned, view.norms) if s is not None]
+    for section in sections:
+        for part in (section, *section.subsections):  # learned attacks: the transfer table
+            if part.table is not None:
+                console.print(rich_table(part.table))
     if view.checks:
         # the terminal shows what needs attention; every verdict is in report.md / report.html
         attention = [c for c in view.checks if c.status != "pass"]
