@@ -413,7 +413,7 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
     table = Table(show_lines=False)
     if args.what == "models":
         from robustaudit.models.catalog import get_card, model_names
-        from robustaudit.reports.terminal import format_count
+        from robustaudit.reports.view.numbers import format_count
 
         for col in ("name", "task", "data", "input", "classes", "training", "clean", "params", "MACs/input",
                     "description"):

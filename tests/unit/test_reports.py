@@ -23,7 +23,7 @@ from robustaudit.reports import (
     write_reports,
 )
 from robustaudit.reports.plots import accuracy_curves_png, examples_png
-from robustaudit.reports.terminal import Cell, format_cell, format_eps
+from robustaudit.reports.view import Cell, format_cell, format_eps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPS = (0.1, 0.2, 0.3)
@@ -410,7 +410,7 @@ def _two_models(robust_a: list[int], robust_b: list[int], n: int = 100):
 
 def test_rows_within_noise_are_named_and_significant_differences_are_not():
     from robustaudit.reports.markdown import render_markdown
-    from robustaudit.reports.terminal import ties
+    from robustaudit.reports.view import ties
 
     # 5 discordant samples, all one way: two-sided exact p = 2 / 2**5 = 0.0625 -> cannot be told apart
     close = _two_models(list(range(50)), list(range(45)))

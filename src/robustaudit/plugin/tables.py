@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from robustaudit.reports.view.numbers import format_percent, is_finite  # light: no pandas, no torch
+
 WORST_CASE = "worst-case"  # the same string as robustaudit.evaluate.result.WORST_CASE (not imported: pandas)
 
 
@@ -31,18 +33,14 @@ def row_key(record: Mapping[str, Any]) -> tuple[str, str, float]:
     return str(record.get("model")), str(record.get("attack")), round(float(record.get("eps", math.nan)), 12)
 
 
-def pct(value: Any, digits: int = 1) -> str:
-    """``0.756 -> '75.6%'``; missing or non-finite values as ``'-'``."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return "-"
-    return f"{100 * value:.{digits}f}%"
+def pct(value: Any) -> str:
+    """``0.756 -> '75.6%'`` (the reports' percent formatter); missing or non-finite values as ``'-'``."""
+    return f"{format_percent(value)}%" if is_finite(value) else "-"
 
 
 def ci(low: Any, high: Any) -> str:
     """``'[63.2–84.0]'`` in percent."""
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
-        return "-"
-    return f"[{100 * low:.1f}–{100 * high:.1f}]"
+    return f"[{format_percent(low)}–{format_percent(high)}]" if is_finite(low) and is_finite(high) else "-"
 
 
 def eps_text(eps: Any) -> str:

@@ -2,7 +2,10 @@
 Markdown (a CI job summary), a self-contained HTML page, and the plots the page embeds.
 
 A report never runs a model: everything here reads a finished ResultMatrix. ``results.json`` stays
-the source of truth; these are views of it.
+the source of truth. One view layer (:mod:`robustaudit.reports.view`) builds every section's content
+from it; the renderers (``terminal``, ``markdown``, ``html`` with ``plots``) only lay the views out.
+Imports run view -> renderers, never back, and no renderer imports another (``html`` draws its
+figures with ``plots``).
 
 Example::
 
@@ -16,13 +19,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from robustaudit.evaluate.result import ResultMatrix
-from robustaudit.reports.html import render_html
-from robustaudit.reports.markdown import render_markdown
-from robustaudit.reports.terminal import render_terminal, summary_eps
+if TYPE_CHECKING:
+    from robustaudit.evaluate.result import ResultMatrix
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -36,6 +39,22 @@ __all__ = [
     "summary_eps",
     "write_reports",
 ]
+
+
+#: Names served from their modules on first use (PEP 562), so that importing a light module of this
+#: package (``reports.view.numbers``, used by the pytest plugin's controller) pulls in no pandas or jinja2.
+_LAZY = {
+    "render_html": "robustaudit.reports.html",
+    "render_markdown": "robustaudit.reports.markdown",
+    "render_terminal": "robustaudit.reports.terminal",
+    "summary_eps": "robustaudit.reports.view.matrix",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -61,6 +80,9 @@ def write_reports(result: ResultMatrix, out_dir: str | os.PathLike[str]) -> dict
     Both are rendered before either is written, so a rendering error leaves the directory as it
     was. Returns ``{"markdown": path, "html": path}``.
     """
+    from robustaudit.reports.html import render_html
+    from robustaudit.reports.markdown import render_markdown
+
     markdown, html = render_markdown(result), render_html(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,54 +1,26 @@
-"""Figures for the HTML report, as PNG bytes: accuracy-vs-eps curves, example images and robustness
-against model cost.
-
-Figures are built with :class:`matplotlib.figure.Figure` and rendered by ``FigureCanvasAgg``
-directly, never through ``pyplot``: pyplot keeps global figure state and picks a backend for the
-whole process, which would reach into a caller's own plotting (a notebook, a GUI).
-"""
+"""Figures of a classification result, as PNG bytes: accuracy-vs-eps curves, example images and robustness
+against model cost. The figures come from the view's rows (accuracies and their stored intervals)."""
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from robustaudit.evaluate.result import WORST_CASE, Example, ResultMatrix
-from robustaudit.reports.terminal import (
-    clean_cell,
-    cost_rows,
-    format_eps,
-    matrix_rows,
-    norm_label,
-    summary_eps,
-    summary_rows,
-)
+from robustaudit.reports.plots.canvas import DPI
+from robustaudit.reports.plots.canvas import label as _label
+from robustaudit.reports.plots.canvas import nan_array as _nan_array
+from robustaudit.reports.plots.canvas import png as _png
+from robustaudit.reports.view.cost import cost_rows
+from robustaudit.reports.view.matrix import clean_cell, matrix_rows, summary_eps, summary_rows
+from robustaudit.reports.view.numbers import format_eps
+from robustaudit.reports.view.overview import norm_label
 
-#: Resolution of every figure: enough for a screen, small enough to keep reports light.
-DPI = 100
 _MAX_COLS = 3
 _WRONG = "#c0392b"
-
-
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no global backend switch
-    buf = io.BytesIO()
-    # No "Software" stamp: the same result then gives the same bytes across matplotlib versions.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _label(text: object) -> str:
-    """Text for matplotlib: a ``$`` in a name would otherwise start mathtext (and may not parse)."""
-    return str(text).replace("$", r"\$")
-
-
-def _nan_array(values: Sequence[float | None]) -> np.ndarray:
-    return np.array([math.nan if v is None else v for v in values], dtype=float)
 
 
 def accuracy_curves_png(result: ResultMatrix) -> bytes:
@@ -78,32 +50,7 @@ def accuracy_curves_png(result: ResultMatrix) -> bytes:
     xs = np.array(grid if has_zero else [0.0, *grid], dtype=float)
 
     for ax, model in zip(axes.flat, models, strict=False):  # spare axes are hidden below
-        clean = clean_cell(result, model)
-        for row in (r for r in rows if r.model == model):
-            acc = [c.accuracy if c else None for c in row.cells]
-            low = [c.low if c else None for c in row.cells]
-            high = [c.high if c else None for c in row.cells]
-            if not has_zero:
-                acc, low, high = [clean.accuracy, *acc], [clean.low, *low], [clean.high, *high]
-            style = (
-                {"color": "black", "linestyle": "--", "linewidth": 1.6}
-                if row.worst_case
-                else {"color": colour.get(row.attack, "grey"), "linewidth": 1.2}
-            )
-            ax.plot(
-                xs, _nan_array(acc), marker="o", markersize=3, label=_label(row.attack), **style
-            )
-            ax.fill_between(
-                xs, _nan_array(low), _nan_array(high), color=style["color"], alpha=0.12, linewidth=0
-            )
-        ax.set_title(_label(model), fontsize=10)
-        ax.set_xlabel(f"ε ({_label(norm_label(result))})", fontsize=9)
-        ax.set_ylim(0.0, 1.0)
-        ax.grid(True, alpha=0.3)
-        if len(xs) <= 8:
-            ax.set_xticks(xs, [format_eps(float(x)) if x else "0" for x in xs], fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        _model_panel(ax, result, model, [r for r in rows if r.model == model], xs, colour, has_zero)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy", fontsize=9)
     for ax in list(axes.flat)[len(models) :]:
@@ -112,6 +59,37 @@ def accuracy_curves_png(result: ResultMatrix) -> bytes:
         f"Robust accuracy vs ε (bands: 95% Wilson interval; {WORST_CASE} dashed)", fontsize=10
     )
     return _png(fig)
+
+
+def _model_panel(ax, result: ResultMatrix, model: str, rows: list, xs: np.ndarray, colour: dict[str, str],
+                 has_zero: bool) -> None:
+    """One model's curves: a line per attack (worst case dashed), each with its interval as a band."""
+    clean = clean_cell(result, model)
+    for row in rows:
+        acc = [c.accuracy if c else None for c in row.cells]
+        low = [c.low if c else None for c in row.cells]
+        high = [c.high if c else None for c in row.cells]
+        if not has_zero:
+            acc, low, high = [clean.accuracy, *acc], [clean.low, *low], [clean.high, *high]
+        style = (
+            {"color": "black", "linestyle": "--", "linewidth": 1.6}
+            if row.worst_case
+            else {"color": colour.get(row.attack, "grey"), "linewidth": 1.2}
+        )
+        ax.plot(
+            xs, _nan_array(acc), marker="o", markersize=3, label=_label(row.attack), **style
+        )
+        ax.fill_between(
+            xs, _nan_array(low), _nan_array(high), color=style["color"], alpha=0.12, linewidth=0
+        )
+    ax.set_title(_label(model), fontsize=10)
+    ax.set_xlabel(f"ε ({_label(norm_label(result))})", fontsize=9)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, alpha=0.3)
+    if len(xs) <= 8:
+        ax.set_xticks(xs, [format_eps(float(x)) if x else "0" for x in xs], fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, loc="best", frameon=False)
 
 
 def _as_image(chw: np.ndarray) -> tuple[np.ndarray, str | None]:

@@ -1,0 +1,62 @@
+"""The sanity-check verdicts (``result.checks``) as rows every renderer shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.reports.view.numbers import DASH
+
+#: Status -> marker, so a failing check stands out in a long job summary.
+STATUS_MARK = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
+CHECK_HEADERS = ("status", "check", "model", "message", "doc")
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One verdict: ``doc_href`` is the doc as a link target, or None where it must stay text."""
+
+    status: str
+    mark: str
+    id: str
+    model: str
+    message: str
+    doc: str | None
+    doc_href: str | None
+
+
+def doc_href(doc: Any) -> str | None:
+    """A check's doc as a link target: web and relative addresses only.
+
+    Autoescaping stops markup, not ``javascript:`` URLs, so other schemes are shown as text.
+    """
+    if not doc:
+        return None
+    scheme = urlsplit(str(doc)).scheme.lower()
+    return str(doc) if scheme in ("", "http", "https") else None
+
+
+def check_rows(result: ResultMatrix) -> list[CheckRow]:
+    """Every verdict, in the order the checks ran."""
+    return [CheckRow(status=str(c.get("status", DASH)), mark=STATUS_MARK.get(str(c.get("status")), ""),
+                     id=str(c.get("id", DASH)), model=str(c.get("model") or DASH), message=str(c.get("message", "")),
+                     doc=str(c["doc"]) if c.get("doc") else None, doc_href=doc_href(c.get("doc")))
+            for c in result.checks]
+
+
+def checks_tally(checks: list[dict[str, Any]]) -> str:
+    """``"3 pass, 1 warn, 0 fail"``."""
+    counts = {s: 0 for s in ("pass", "warn", "fail")}
+    for check in checks:
+        status = str(check.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def checks_line(result: ResultMatrix, attention: bool) -> str:
+    """The terminal's closing line: the tally, whether everything passed, where the details are."""
+    level = result.provenance.get("checks", {}).get("level")
+    return (f"Sanity checks{f' ({level})' if level else ''}: {checks_tally(result.checks)}"
+            + ("" if attention else " — every figure passed") + "; details in report.md, see docs/checks.md")

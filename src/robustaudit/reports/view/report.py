@@ -1,0 +1,79 @@
+"""The whole classification report as one view: every section built once from the result, in plain,
+already-formatted data that the terminal, Markdown and HTML renderers lay out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.reports.view.blocks import Image, Section, Table
+from robustaudit.reports.view.checks import CheckRow, check_rows, checks_line, checks_tally
+from robustaudit.reports.view.comparisons import Tie, norms_section, ties, ties_section
+from robustaudit.reports.view.cost import brief_cost_table, cost_section
+from robustaudit.reports.view.detection import detection_section
+from robustaudit.reports.view.learned import learned_section
+from robustaudit.reports.view.matrix import MatrixView, SummaryView, matrix_view, summary_eps, summary_view
+from robustaudit.reports.view.overview import (
+    TITLE, attacks_table, config_json, data_items, headline, models_table, provenance_items, threat_items,
+)
+from robustaudit.reports.view.physical import patch_section, physical_section
+
+CURVES_ALT = "robust accuracy against ε, one panel per model"
+EXAMPLES_ALT = "clean, adversarial and perturbation images"
+EXAMPLES_NOTE = ("Clean image, adversarial image and the perturbation magnified (grey is zero); "
+                 "a wrong prediction is red.")
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Every section of a classification report. Sections that do not apply are None (or empty)."""
+
+    title: str
+    headline: str
+    threat: list[tuple[str, str]]
+    data: list[tuple[str, str]]
+    models: Table
+    attacks: Table
+    empty: bool  # no records: the matrix, summary and ties are left out
+    matrix: MatrixView
+    summary: SummaryView
+    ties: Section
+    model_ties: tuple[Tie, ...]  # the terminal's notes: model pairs at the summary eps
+    curves: Image | None
+    examples: Image | None
+    norms: Section | None
+    detection: Section | None
+    patch: Section | None
+    physical: Section | None
+    learned: Section | None
+    cost: Section | None
+    brief_cost: Table  # the terminal's cost table
+    checks: list[CheckRow]
+    checks_tally: str
+    provenance: list[tuple[str, str]]
+    config: str | None
+    checks_line: str  # the terminal's closing line on the checks
+
+
+def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
+    eps = summary_eps(result)
+    return tuple(t for t in ties(result) if math.isclose(t.eps, eps) and " / " not in t.first)
+
+
+def report_view(result: ResultMatrix) -> ReportView:
+    """Build every section of the classification report from ``result``."""
+    empty = result.records.empty
+    return ReportView(
+        title=TITLE, headline=headline(result), threat=threat_items(result), data=data_items(result),
+        models=models_table(result), attacks=attacks_table(result), empty=empty,
+        matrix=matrix_view(result), summary=summary_view(result), ties=ties_section(result),
+        model_ties=() if empty else _model_ties(result),
+        curves=None if empty else Image("accuracy_curves", CURVES_ALT),
+        examples=Image("examples", EXAMPLES_ALT, note=EXAMPLES_NOTE) if result.examples else None,
+        norms=norms_section(result), detection=detection_section(result), patch=patch_section(result),
+        physical=physical_section(result), learned=learned_section(result), cost=cost_section(result),
+        brief_cost=brief_cost_table(result), checks=check_rows(result), checks_tally=checks_tally(result.checks),
+        provenance=provenance_items(result), config=config_json(result),
+        checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
+    )
