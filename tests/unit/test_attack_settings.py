@@ -26,6 +26,8 @@ BAD = [
     ("pgd:rel_step_size=0", "pgd: rel_step_size must be > 0, got 0"),
     ("pgd:random_start=1", "pgd: random_start is a switch: true or false, got 1"),
     ("pgd:loss=dlr", "pgd: loss must be one of ce, margin, got 'dlr'"),
+    ("pgd:step_size=0.1,rel_step_size=0.1", "pgd: give step_size or rel_step_size, not both"),
+    ("mifgsm:step_size=0.1,rel_step_size=0.1", "mifgsm: give step_size or rel_step_size, not both"),
     ("bim:steps=0", "bim: steps must be an integer >= 1 and <= 100000, got 0"),
     ("mifgsm:decay=-1", "mifgsm: decay must be >= 0, got -1"),
     ("square:queries=1000000000000", "square: queries must be an integer >= 1 and <= 1000000, got 1000000000000"),
@@ -62,6 +64,7 @@ def test_bad_settings_get_one_line(spec: str, line: str) -> None:
     ("segpgd:restarts=0", "segpgd: restarts must be an integer >= 1 and <= 1000, got 0"),
     ("dag:max_iter=2.0", "dag: max_iter must be an integer >= 1 and <= 100000, got 2.0"),
     ("dag:active=all", "dag: active must be one of not-target, original, got 'all'"),
+    ("segpgd:step_size=0.1,rel_step_size=0.1", "segpgd: give step_size or rel_step_size, not both"),
 ])
 def test_bad_segmentation_settings_get_one_line(spec: str, line: str) -> None:
     with pytest.raises(UserError) as info:

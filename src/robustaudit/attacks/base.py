@@ -38,7 +38,8 @@ class AttackKind(str, enum.Enum):
 
 
 class Attack(ABC):
-    """Base class of all attacks. Subclasses define keyword-only ``__init__`` settings and ``_run``."""
+    """Base class of all attacks. Subclasses declare ``SETTINGS`` (attacks/settings.py), take them as
+    keyword-only ``__init__`` parameters and define ``_run``."""
 
     name: ClassVar[str] = "attack"
     kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS

@@ -21,7 +21,6 @@ import torch
 from robustaudit.attacks.base import Attack, AttackKind, success
 from robustaudit.attacks.minimal import class_logits, column
 from robustaudit.attacks.settings import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Float, Int, Settings
-from robustaudit.core.errors import UserError
 from robustaudit.core.norms import clip_to_bounds, lp_norm
 from robustaudit.core.rng import keyed_normal, keyed_uniform
 

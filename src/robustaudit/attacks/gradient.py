@@ -19,7 +19,6 @@ import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, attack_loss, success
 from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Settings
-from robustaudit.core.errors import UserError
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal, keyed_uniform
 from robustaudit.core.task import Task
@@ -123,6 +122,7 @@ class PGD(Attack):
         _LOSS,
         Bool("early_stop", True, "freeze samples once adversarial"),
         Int("compact_every", 5, "steps between drops of finished samples from the batch (a host sync)", 1, MAX_STEPS),
+        exclusive=(("step_size", "rel_step_size"),),
     )
 
     def __init__(
@@ -138,11 +138,6 @@ class PGD(Attack):
         compact_every: int = 5,
     ) -> None:
         PGD.SETTINGS.apply(self, locals())
-        self._one_step_setting()
-
-    def _one_step_setting(self) -> None:
-        if self.step_size is not None and self.rel_step_size is not None:
-            raise UserError(f"{self.name}: give step_size or rel_step_size, not both")
 
     def alpha(self, eps: float) -> float:
         """The absolute step size used at radius ``eps``."""
@@ -289,7 +284,6 @@ class BIM(PGD):
         compact_every: int = 5,
     ) -> None:
         BIM.SETTINGS.apply(self, locals())
-        self._one_step_setting()
         self.restarts, self.random_start = 1, False  # the paper's: one run from the clean input
 
     def alpha(self, eps: float) -> float:
@@ -371,7 +365,6 @@ class MIFGSM(PGD):
         compact_every: int = 5,
     ) -> None:
         MIFGSM.SETTINGS.apply(self, locals())
-        self._one_step_setting()
 
     def alpha(self, eps: float) -> float:
         """The absolute step: ``step_size``, else ``rel_step_size * eps``, else ``eps / steps``."""

@@ -176,6 +176,7 @@ class SegPGD(DenseAttack):
         Bool("random_start", True, "start uniformly inside the ball rather than at x"),
         Setting("target", None, None, "a target map: shift (c -> c + 1) or a class (C or class:C); none: untargeted",
                 optional=True, parse=parse_target, kind="shift | class"),
+        exclusive=(("step_size", "rel_step_size"),),
     )
 
     def __init__(
@@ -189,8 +190,6 @@ class SegPGD(DenseAttack):
         target: str | int | None = None,
     ) -> None:
         SegPGD.SETTINGS.apply(self, locals())
-        if self.step_size is not None and self.rel_step_size is not None:
-            raise UserError(f"{self.name}: give step_size or rel_step_size, not both")
 
     def alpha(self, eps: float) -> float:
         """The absolute step size at radius ``eps``."""

@@ -187,11 +187,13 @@ def FilePath(name: str, doc: str) -> Setting:  # noqa: N802
 class Settings:
     """The ordered settings of one attack class (see the module docstring)."""
 
-    def __init__(self, *items: Setting, inferred: bool = False) -> None:
+    def __init__(self, *items: Setting, exclusive: tuple[tuple[str, str], ...] = (), inferred: bool = False) -> None:
         names = [s.name for s in items]
         if len(set(names)) != len(names):
             raise TypeError(f"settings declared twice in {names}")
         self.items: tuple[Setting, ...] = items
+        #: pairs of settings of which at most one may be given (``step_size`` or ``rel_step_size``)
+        self.exclusive = tuple(pair for pair in exclusive if set(pair) <= set(names))
         #: True when read from an ``__init__`` signature (an attack without a declaration)
         self.inferred = inferred
 
@@ -212,7 +214,7 @@ class Settings:
 
     def pick(self, *items: str | Setting) -> Settings:
         """A new declaration of these settings in this order: names taken from this one, or new settings."""
-        return Settings(*(self[i] if isinstance(i, str) else i for i in items))
+        return Settings(*(self[i] if isinstance(i, str) else i for i in items), exclusive=self.exclusive)
 
     def init_names(self) -> list[str]:
         """The ``__init__`` keywords, in order."""
@@ -227,6 +229,9 @@ class Settings:
         for s in self.items:
             if s.init:
                 setattr(obj, s.name, s.check(owner, given[s.name]))
+        for a, b in self.exclusive:
+            if given[a] is not None and given[b] is not None:
+                raise UserError(f"{owner}: give {a} or {b}, not both")
 
     @classmethod
     def infer(cls, init: Callable[..., Any]) -> Settings:
