@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list catalog models, attacks, datasets or defenses",
                         description="List what robustaudit knows.",
-                        epilog="examples:\n  robustaudit list models\n  robustaudit list attacks",
+                        epilog="examples:\n  robustaudit list models\n  robustaudit list attacks\n"
+                               "  robustaudit list attacks pgd     # its settings: type, default, range",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("what", choices=["models", "attacks", "datasets", "defenses"])
+    ls.add_argument("name", nargs="?", metavar="NAME", help="with attacks: one attack's settings in detail")
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
@@ -411,6 +413,10 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
 
     console = _console()
     table = Table(show_lines=False)
+    if args.name is not None and args.what != "attacks":
+        from robustaudit.core.errors import UserError
+
+        raise UserError(f"list {args.what} takes no NAME; a NAME shows one attack: robustaudit list attacks {args.name}")
     if args.what == "models":
         from robustaudit.models.catalog import get_card, model_names
         from robustaudit.reports.view.numbers import format_count
@@ -433,18 +439,7 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
                       "only, element-wise ops not counted): see docs/cost.md.")
         console.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, .pt2 and TorchScript files.")
     elif args.what == "attacks":
-        from robustaudit.attacks.registry import attack_class, names, valid_settings
-
-        for col in ("name", "task", "kind", "norms", "settings", "summary"):
-            table.add_column(col)
-        for task in ("classification", "segmentation"):
-            for name in names(wrappers=True, task=task):
-                cls = attack_class(name, task=task)
-                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-                table.add_row(name, task, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
-        console.print(table)
-        console.print("Settings go inline: --attack pgd:steps=100,restarts=2. Under --task segmentation (or "
-                      "segmentation data) the segmentation rows apply: there pgd is pixel-wise PGD.")
+        _list_attacks(console, table, args.name)
     elif args.what == "defenses":
         _list_defenses(console, table)
     else:
@@ -456,6 +451,40 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
             table.add_row(name, text)
         console.print(table)
     return EXIT_OK
+
+
+def _list_attacks(console, table, name: str | None) -> None:
+    """Every attack with its settings' names, or, given ``name``, each setting's type, default, range and doc."""
+    from robustaudit.attacks.registry import attack_class, names, tasks_of, valid_settings
+
+    if name is None:
+        for col in ("name", "task", "kind", "norms", "settings", "summary"):
+            table.add_column(col)
+        for task in ("classification", "segmentation"):
+            for each in names(wrappers=True, task=task):
+                cls = attack_class(each, task=task)
+                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                table.add_row(each, task, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
+        console.print(table)
+        console.print("Settings go inline: --attack pgd:steps=100,restarts=2; `robustaudit list attacks NAME` "
+                      "shows their types, defaults and ranges. Under --task segmentation (or segmentation data) "
+                      "the segmentation rows apply: there pgd is pixel-wise PGD.")
+        return
+    from rich.markup import escape
+
+    for task in tasks_of(name) or ["classification"]:  # an unknown name: attack_class says so, with a close match
+        cls = attack_class(name, task=task)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        console.print(f"[bold]{escape(name)}[/] ({task}, {cls.kind.value}; norms {', '.join(cls.norms)}): "
+                      f"{escape(doc[0]) if doc else ''}")
+        detail = type(table)(show_lines=False)
+        for col in ("setting", "type", "default", "range", "meaning"):
+            detail.add_column(col)
+        for s in cls.SETTINGS:
+            if s.spec:  # the default as a spec writes it: true, none, ce
+                default = str(s.default).lower() if s.default is None or isinstance(s.default, bool) else str(s.default)
+                detail.add_row(*map(escape, (s.spec_key, s.type_text(), default, s.range_text(), s.doc)))
+        console.print(detail if detail.rows else "  (no settings of its own)")
 
 
 def _list_defenses(console, table) -> None:

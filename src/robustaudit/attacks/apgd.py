@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, attack_loss, success
+from robustaudit.attacks.settings import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Settings
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal, keyed_uniform
@@ -156,18 +157,6 @@ def _check_finite_eps(name: str, threat: ThreatModel) -> None:
         raise UserError(f"attack '{name}' needs a finite eps (it searches inside the ball), got {threat.eps}")
 
 
-def _validate_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _validate_fraction(name: str, value: object, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise UserError(f"{name} must be a number, got {value!r}")
-    if value > 1 or value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{name} must be in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value!r}")
-
-
 class APGD(Attack):
     """Auto-PGD (Croce & Hein 2020, Algorithm 1): PGD with momentum and a self-adapting step size.
 
@@ -211,6 +200,15 @@ class APGD(Attack):
     name = "apgd"
     norms = ("linf", "l2")
     randomized = True
+    SETTINGS = Settings(
+        Int("steps", 100, "iterations per restart (N_iter)", 1, MAX_STEPS),
+        Int("restarts", 1, "random restarts, on samples still unbroken", 1, MAX_RESTARTS),
+        Choice("loss", "ce", "ce (cross-entropy) or dlr (difference of logits ratio)", _LOSSES),
+        Float("rho", 0.75, "share of loss-increasing steps below which the step size halves", 0, 1),
+        Float("alpha", 0.75, "momentum weight of the new step", 0, 1, open_low=True),
+        Bool("early_stop", True, "freeze samples once adversarial"),
+        Int("compact_every", 5, "steps between drops of finished samples from the batch (a host sync)", 1, MAX_STEPS),
+    )
 
     def __init__(
         self,
@@ -223,19 +221,7 @@ class APGD(Attack):
         early_stop: bool = True,
         compact_every: int = 5,
     ) -> None:
-        for key, value in (("steps", steps), ("restarts", restarts), ("compact_every", compact_every)):
-            _validate_int(f"{self.name}: {key}", value)
-        if loss not in _LOSSES:
-            raise UserError(f"{self.name}: loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
-        _validate_fraction(f"{self.name}: rho", rho, allow_zero=True)
-        _validate_fraction(f"{self.name}: alpha", alpha, allow_zero=False)
-        self.steps = steps
-        self.restarts = restarts
-        self.loss = loss
-        self.rho = float(rho)
-        self.alpha = float(alpha)
-        self.early_stop = bool(early_stop)
-        self.compact_every = compact_every
+        APGD.SETTINGS.apply(self, locals())
 
     # ------------------------------------------------------------------ objective
     def _objective(
@@ -423,6 +409,11 @@ class APGDTargeted(APGD):
     """
 
     name = "apgd-t"
+    SETTINGS = APGD.SETTINGS.pick(
+        "steps", "restarts",
+        Int("n_target_classes", 9, "the most likely wrong classes tried, one run each", 1, MAX_CLASSES),
+        "rho", "alpha", "early_stop", "compact_every",
+    )
 
     def __init__(
         self,
@@ -435,17 +426,8 @@ class APGDTargeted(APGD):
         early_stop: bool = True,
         compact_every: int = 5,
     ) -> None:
-        _validate_int(f"{self.name}: n_target_classes", n_target_classes)
-        super().__init__(
-            steps=steps,
-            restarts=restarts,
-            loss="dlr",
-            rho=rho,
-            alpha=alpha,
-            early_stop=early_stop,
-            compact_every=compact_every,
-        )
-        self.n_target_classes = n_target_classes
+        APGDTargeted.SETTINGS.apply(self, locals())
+        self.loss = "dlr"  # the targeted DLR loss (Eq. 7), not a setting
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         if targets is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
@@ -18,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 import torch.nn as nn
 
+from robustaudit.attacks.settings import Settings, conform
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import clip_to_bounds, project
@@ -38,7 +38,8 @@ class AttackKind(str, enum.Enum):
 
 
 class Attack(ABC):
-    """Base class of all attacks. Subclasses define keyword-only ``__init__`` settings and ``_run``."""
+    """Base class of all attacks. Subclasses declare ``SETTINGS`` (attacks/settings.py), take them as
+    keyword-only ``__init__`` parameters and define ``_run``."""
 
     name: ClassVar[str] = "attack"
     kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
@@ -49,11 +50,23 @@ class Attack(ABC):
     #: bookkeeping). The contract test holds every attack that claims it to it.
     batch_independent: ClassVar[bool] = True
 
+    #: The declaration of the ``__init__`` settings (type, range, default, doc): ``__init__`` validates
+    #: and stores them with ``<Class>.SETTINGS.apply(self, locals())``; it drives :meth:`settings`,
+    #: ``repr`` and ``robustaudit list attacks NAME``.
+    SETTINGS: ClassVar[Settings] = Settings()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a declaration that disagrees with the signature fails here, at import, not in a user's audit
+        cls.SETTINGS = conform(cls, getattr(cls, "SETTINGS", None))
+
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
-        """The construction settings, as given to ``__init__`` (shown by ``repr``, stored in results)."""
-        params = inspect.signature(type(self).__init__).parameters
-        return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+        """The construction settings, as declared (shown by ``repr``, stored in results)."""
+        if self.SETTINGS.inferred:  # a class without a declaration: its __init__ parameters, as given
+            params = inspect.signature(type(self).__init__).parameters
+            return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+        return {s.name: getattr(self, s.name) for s in self.SETTINGS if s.init and hasattr(self, s.name)}
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
@@ -197,14 +210,3 @@ def attack_loss(
     if loss == "margin":
         return -task.margin(logits, y) if targets is None else task.margin(logits, targets)
     raise UserError(f"unknown loss '{loss}'; known: ce, margin")
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise :class:`UserError` unless ``value`` is a finite positive (or non-negative) number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a number, got {value!r}")
-    # NaN passes every comparison below and inf breaks the JSON results: both are refused here
-    if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

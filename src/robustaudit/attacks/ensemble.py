@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from robustaudit.attacks.base import Attack, AttackKind, success
+from robustaudit.attacks.settings import MAX_CLASSES, MAX_QUERIES, MAX_STEPS, Int, Settings
 from robustaudit.core.errors import UserError
 
 
@@ -66,16 +67,18 @@ class AutoAttack(Ensemble):
 
     name = "autoattack"
     norms = ("linf", "l2")
+    SETTINGS = Settings(
+        Int("steps", 100, "iterations of APGD, APGD-T and FAB-T", 1, MAX_STEPS),
+        Int("queries", 5000, "Square's queries per sample", 1, MAX_QUERIES),
+        Int("n_target_classes", 9, "target classes of APGD-T and FAB-T", 1, MAX_CLASSES),
+    )
 
     def __init__(self, *, steps: int = 100, queries: int = 5000, n_target_classes: int = 9) -> None:
         from robustaudit.attacks.apgd import APGD, APGDTargeted
         from robustaudit.attacks.fab import FABTargeted
         from robustaudit.attacks.square import Square
 
-        for key, value in (("steps", steps), ("queries", queries), ("n_target_classes", n_target_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"autoattack: {key} must be an integer >= 1, got {value!r}")
-        self.steps, self.queries, self.n_target_classes = steps, queries, n_target_classes
+        AutoAttack.SETTINGS.apply(self, locals())
         super().__init__([
             APGD(steps=steps, loss="ce"),
             APGDTargeted(steps=steps, n_target_classes=n_target_classes),
@@ -83,8 +86,8 @@ class AutoAttack(Ensemble):
             Square(queries=queries),
         ])
 
-    def settings(self) -> dict:
-        return {"steps": self.steps, "queries": self.queries, "n_target_classes": self.n_target_classes}
+    def settings(self) -> dict:  # noqa: D102 - the declared settings, not Ensemble's member list
+        return Attack.settings(self)
 
 
 class FastEnsemble(Ensemble):
@@ -107,19 +110,20 @@ class FastEnsemble(Ensemble):
     # the fallback is decided per batch (did the screen break anything here?), so a sample's result
     # can depend on its batch when, and only when, the fallback fires — which also warns
     batch_independent = False
+    SETTINGS = Settings(
+        Int("steps", 100, "iterations of APGD-CE (and of the fallback AutoAttack)", 1, MAX_STEPS),
+        Int("targets", 9, "target classes of APGD-T", 1, MAX_CLASSES),
+        Int("target_steps", 25, "iterations of APGD-T per target", 1, MAX_STEPS),
+        Int("screen_queries", 1000, "queries of the black-box Square screen", 1, MAX_QUERIES),
+        Int("fallback_queries", 5000, "Square's queries in the fallback AutoAttack", 1, MAX_QUERIES),
+    )
 
     def __init__(self, *, steps: int = 100, targets: int = 9, target_steps: int = 25,
                  screen_queries: int = 1000, fallback_queries: int = 5000) -> None:
         from robustaudit.attacks.apgd import APGD, APGDTargeted
         from robustaudit.attacks.square import Square
 
-        for key, value in (("steps", steps), ("targets", targets), ("target_steps", target_steps),
-                           ("screen_queries", screen_queries), ("fallback_queries", fallback_queries)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"fast: {key} must be an integer >= 1, got {value!r}")
-        self.steps, self.targets, self.target_steps = steps, targets, target_steps
-        self.screen_queries = screen_queries
-        self.fallback_queries = fallback_queries
+        FastEnsemble.SETTINGS.apply(self, locals())
         super().__init__([
             APGD(steps=steps, loss="ce"),
             APGDTargeted(steps=target_steps, n_target_classes=targets),
@@ -127,10 +131,8 @@ class FastEnsemble(Ensemble):
         ])
         self._fallback: AutoAttack | None = None
 
-    def settings(self) -> dict:
-        return {"steps": self.steps, "targets": self.targets, "target_steps": self.target_steps,
-                "screen_queries": self.screen_queries,
-                "fallback_queries": self.fallback_queries}
+    def settings(self) -> dict:  # noqa: D102 - the declared settings, not Ensemble's member list
+        return Attack.settings(self)
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         gradient_part = Ensemble(self.attacks[:2])

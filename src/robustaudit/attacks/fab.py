@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from robustaudit.attacks.base import Attack, AttackKind, check_positive, success
-from robustaudit.attacks.minimal import check_int, class_logits, column
-from robustaudit.core.errors import UserError
+from robustaudit.attacks.base import Attack, AttackKind, success
+from robustaudit.attacks.minimal import class_logits, column
+from robustaudit.attacks.settings import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Float, Int, Settings
 from robustaudit.core.norms import clip_to_bounds, lp_norm
 from robustaudit.core.rng import keyed_normal, keyed_uniform
 
@@ -143,6 +143,16 @@ class FABTargeted(Attack):
     kind = AttackKind.MINIMAL_NORM
     norms = ("linf", "l2")
     randomized = True  # restarts after the first start at random points
+    SETTINGS = Settings(
+        Int("steps", 100, "iterations per target and restart", 1, MAX_STEPS),
+        Int("restarts", 1, "runs per target; later ones start at random points", 1, MAX_RESTARTS),
+        Int("n_target_classes", 9, "how many target classes to try", 1, MAX_CLASSES),
+        Float("alpha_max", 0.1, "the largest pull towards the original point", 0, 1),
+        Float("eta", 1.05, "extrapolation past the hyperplane", 1),
+        Float("beta", 0.9, "kept fraction of the perturbation after a success", 0, 1, open_low=True),
+        Float("start_eps", None, "radius scale of the random starts (default: eps, else 0.3 linf / 1.0 l2)", 0,
+              open_low=True, optional=True),
+    )
 
     def __init__(
         self,
@@ -155,29 +165,7 @@ class FABTargeted(Attack):
         beta: float = 0.9,
         start_eps: float | None = None,
     ) -> None:
-        check_int("fab-t", "steps", steps)
-        check_int("fab-t", "restarts", restarts)
-        check_int("fab-t", "n_target_classes", n_target_classes)
-        check_positive("fab-t: alpha_max", alpha_max, allow_zero=True)
-        if alpha_max > 1:
-            raise UserError(f"fab-t: alpha_max must be in [0, 1], got {alpha_max!r}")
-        check_positive("fab-t: eta", eta)
-        if not (1 <= eta < math.inf):
-            raise UserError(f"fab-t: eta must be a finite number >= 1, got {eta!r}")
-        check_positive("fab-t: beta", beta)
-        if beta > 1:
-            raise UserError(f"fab-t: beta must be in (0, 1], got {beta!r}")
-        if start_eps is not None:
-            check_positive("fab-t: start_eps", start_eps)
-            if not math.isfinite(start_eps):
-                raise UserError(f"fab-t: start_eps must be finite, got {start_eps!r}")
-        self.steps = steps
-        self.restarts = restarts
-        self.n_target_classes = n_target_classes
-        self.alpha_max = float(alpha_max)
-        self.eta = float(eta)
-        self.beta = float(beta)
-        self.start_eps = None if start_eps is None else float(start_eps)
+        FABTargeted.SETTINGS.apply(self, locals())
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         n = x.shape[0]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from robustaudit.attacks.base import Attack, AttackKind
-from robustaudit.attacks.registry import check_types
+from robustaudit.attacks.settings import check_like_defaults
 from robustaudit.core.errors import UserError, suggest
 from robustaudit.core.norms import lp_norm
 
@@ -82,7 +82,7 @@ class FoolboxAttack(Attack):
 
     name = "foolbox"
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1", "l0")
-    spec_settings: ClassVar[tuple[str, ...]] = ()
+    # no declared SETTINGS: the foolbox class's own keywords, checked against its defaults' types
 
     def __init__(self, name: str, **settings: Any) -> None:
         fb = _foolbox()
@@ -104,7 +104,7 @@ class FoolboxAttack(Attack):
                     f"valid: {', '.join(valid) or '(none)'}"
                 )
         # foolbox stores settings unchecked and fails mid-attack with a TypeError: check them here
-        check_types(f"foolbox attack '{name}'", cls.__init__, settings, numbers=True)
+        check_like_defaults(f"foolbox attack '{name}'", cls.__init__, settings)
         built = dict(settings)
         if isinstance(built.get("distance"), str):
             built["distance"] = self._distance(fb, built["distance"])

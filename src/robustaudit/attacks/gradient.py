@@ -17,14 +17,15 @@ import math
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack, attack_loss, check_positive, success
-from robustaudit.core.errors import UserError
+from robustaudit.attacks.base import Attack, attack_loss, success
+from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Settings
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal, keyed_uniform
 from robustaudit.core.task import Task
 from robustaudit.core.threat import ThreatModel
 
 _LOSSES = ("ce", "margin")
+_LOSS = Choice("loss", "ce", "ce (cross-entropy) or margin (C&W-style logit margin)", _LOSSES)
 
 
 def _input_grad(
@@ -76,11 +77,10 @@ class FGSM(Attack):
 
     name = "fgsm"
     norms = ("linf", "l2")
+    SETTINGS = Settings(_LOSS)
 
     def __init__(self, *, loss: str = "ce") -> None:
-        if loss not in _LOSSES:
-            raise UserError(f"fgsm: loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
-        self.loss = loss
+        FGSM.SETTINGS.apply(self, locals())
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         _, _, grad = _input_grad(model, x, y, targets, task, self.loss)
@@ -112,6 +112,18 @@ class PGD(Attack):
     name = "pgd"
     norms = ("linf", "l2", "l1")
     randomized = True
+    SETTINGS = Settings(
+        Int("steps", 50, "iterations per restart", 1, MAX_STEPS),
+        Int("restarts", 1, "random restarts, on samples still unbroken", 1, MAX_RESTARTS),
+        Float("step_size", None, "absolute step (default: rel_step_size * eps)", 0, open_low=True, optional=True),
+        Float("rel_step_size", None, "step as a fraction of eps (default 2.5 / steps)", 0, open_low=True,
+              optional=True),
+        Bool("random_start", True, "start uniformly inside the ball rather than at x"),
+        _LOSS,
+        Bool("early_stop", True, "freeze samples once adversarial"),
+        Int("compact_every", 5, "steps between drops of finished samples from the batch (a host sync)", 1, MAX_STEPS),
+        exclusive=(("step_size", "rel_step_size"),),
+    )
 
     def __init__(
         self,
@@ -125,25 +137,7 @@ class PGD(Attack):
         early_stop: bool = True,
         compact_every: int = 5,
     ) -> None:
-        for key, value in (("steps", steps), ("restarts", restarts), ("compact_every", compact_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"pgd: {key} must be an integer >= 1, got {value!r}")
-        if step_size is not None:
-            check_positive("pgd: step_size", step_size)
-        if rel_step_size is not None:
-            check_positive("pgd: rel_step_size", rel_step_size)
-        if step_size is not None and rel_step_size is not None:
-            raise UserError("pgd: give step_size or rel_step_size, not both")
-        if loss not in _LOSSES:
-            raise UserError(f"pgd: loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
-        self.steps = steps
-        self.restarts = restarts
-        self.step_size = step_size
-        self.rel_step_size = rel_step_size
-        self.random_start = bool(random_start)
-        self.loss = loss
-        self.early_stop = bool(early_stop)
-        self.compact_every = compact_every
+        PGD.SETTINGS.apply(self, locals())
 
     def alpha(self, eps: float) -> float:
         """The absolute step size used at radius ``eps``."""
@@ -255,11 +249,6 @@ class PGD(Attack):
         return success(task, logits, y, targets), None
 
 
-def _renamed(exc: UserError, name: str) -> UserError:
-    """PGD's validation messages name ``pgd``; a variant's user should read its own name."""
-    return UserError(str(exc).replace("pgd:", f"{name}:", 1))
-
-
 class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2017): PGD from the clean input, no random start.
 
@@ -281,6 +270,8 @@ class BIM(PGD):
     name = "bim"
     norms = ("linf", "l2")
     randomized = False
+    SETTINGS = PGD.SETTINGS.pick(PGD.SETTINGS["steps"].but(default=10), "step_size", "rel_step_size", "loss",
+                                 "early_stop", "compact_every")
 
     def __init__(
         self,
@@ -292,11 +283,8 @@ class BIM(PGD):
         early_stop: bool = True,
         compact_every: int = 5,
     ) -> None:
-        try:
-            super().__init__(steps=steps, restarts=1, step_size=step_size, rel_step_size=rel_step_size,
-                             random_start=False, loss=loss, early_stop=early_stop, compact_every=compact_every)
-        except UserError as exc:
-            raise _renamed(exc, self.name) from None
+        BIM.SETTINGS.apply(self, locals())
+        self.restarts, self.random_start = 1, False  # the paper's: one run from the clean input
 
     def alpha(self, eps: float) -> float:
         """The absolute step: ``step_size``, else ``rel_step_size * eps``, else ``1.25 * eps / steps``."""
@@ -356,6 +344,12 @@ class MIFGSM(PGD):
     norms = ("linf", "l2")
     #: deterministic with the default ``random_start=False``
     randomized = False
+    SETTINGS = PGD.SETTINGS.pick(
+        PGD.SETTINGS["steps"].but(default=10),
+        Float("decay", 1.0, "momentum decay (0: no momentum)", 0),
+        "step_size", "rel_step_size", PGD.SETTINGS["random_start"].but(default=False), "restarts", "loss",
+        "early_stop", "compact_every",
+    )
 
     def __init__(
         self,
@@ -370,14 +364,7 @@ class MIFGSM(PGD):
         early_stop: bool = True,
         compact_every: int = 5,
     ) -> None:
-        check_positive("mifgsm: decay", decay, allow_zero=True)
-        try:
-            super().__init__(steps=steps, restarts=restarts, step_size=step_size, rel_step_size=rel_step_size,
-                             random_start=random_start, loss=loss, early_stop=early_stop,
-                             compact_every=compact_every)
-        except UserError as exc:
-            raise _renamed(exc, self.name) from None
-        self.decay = float(decay)
+        MIFGSM.SETTINGS.apply(self, locals())
 
     def alpha(self, eps: float) -> float:
         """The absolute step: ``step_size``, else ``rel_step_size * eps``, else ``eps / steps``."""

@@ -49,7 +49,17 @@ from robustaudit.attacks.base import (
     FitProgress,
     TrainingData,
     UniversalAttack,
-    check_positive,
+)
+from robustaudit.attacks.settings import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_SAMPLES,
+    MAX_WIDTH,
+    ClassIndex,
+    FilePath,
+    Float,
+    Int,
+    Settings,
 )
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
@@ -272,6 +282,19 @@ def read_generator(path: str | Path, what: str) -> tuple[dict[str, Any], dict[st
 
 
 # ---------------------------------------------------------------------------------------------- training
+#: The settings ATN and AdvGAN share (each declares its own order around them).
+_COMMON = Settings(
+    Int("epochs", 10, "passes over the training samples", 1, MAX_EPOCHS),
+    Float("lr", 1e-3, "Adam's learning rate", 0, open_low=True),
+    Int("batch", 64, "training samples per step", 1, MAX_BATCH),
+    ClassIndex("target", None, "the class to reach (none: untargeted)", optional=True),
+    Int("width", 32, "generator channels", 1, MAX_WIDTH),
+    Int("samples", None, "fit on a seeded random subset of this many training samples (none: all)", 1,
+        MAX_SAMPLES, optional=True),
+    FilePath("load", "a saved generator file: no training").but(noun="the path of a saved generator"),
+)
+
+
 class LearnedAttack(UniversalAttack):
     """Shared machinery of ATN and AdvGAN: settings, the training loop, ``load=``, the fitted attack.
 
@@ -281,20 +304,6 @@ class LearnedAttack(UniversalAttack):
 
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     randomized = True  # the fit draws its initial weights and shuffles from the seed
-
-    def __init__(self, *, epochs: int, lr: float, batch: int, target: int | None, width: int,
-                 samples: int | None, load: str | None) -> None:
-        checked = [("epochs", epochs), ("batch", batch), ("width", width)] + ([("samples", samples)] if samples is not None else [])
-        for key, value in checked:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"attack '{self.name}': {key} must be an integer >= 1, got {value!r}")
-        check_positive(f"attack '{self.name}': lr", lr)
-        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
-            raise UserError(f"attack '{self.name}': target must be a class index >= 0 (or none), got {target!r}")
-        if load is not None and (not isinstance(load, str) or not load.strip()):
-            raise UserError(f"attack '{self.name}': load must be the path of a saved generator, got {load!r}")
-        self.epochs, self.lr, self.batch, self.target, self.width, self.load = epochs, float(lr), batch, target, width, load
-        self.samples = samples
 
     # the objective of one minibatch: subclasses
     @abstractmethod
@@ -495,16 +504,18 @@ class ATN(LearnedAttack):
     """
 
     name = "atn"
+    SETTINGS = _COMMON.pick(
+        "epochs", "lr", "batch", "target",
+        Float("alpha", 3.0, "reranking factor: the target becomes alpha times the top probability", 1,
+              open_low=True),
+        Float("beta", 0.01, "weight of the perturbation loss L_X", 0),
+        "width", "samples", "load",
+    )
 
     def __init__(self, *, epochs: int = 10, lr: float = 1e-3, batch: int = 64, target: int | None = None,
                  alpha: float = 3.0, beta: float = 0.01, width: int = 32, samples: int | None = None,
                  load: str | None = None) -> None:
-        check_positive("attack 'atn': alpha", alpha)
-        if alpha <= 1:
-            raise UserError(f"attack 'atn': alpha must be > 1 (the reranked class becomes alpha times the top), got {alpha!r}")
-        check_positive("attack 'atn': beta", beta, allow_zero=True)
-        self.alpha, self.beta = float(alpha), float(beta)
-        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, samples=samples, load=load)
+        ATN.SETTINGS.apply(self, locals())
 
     def _weights(self) -> dict[str, float]:
         return {"alpha": self.alpha, "beta": self.beta}
@@ -557,18 +568,19 @@ class AdvGAN(LearnedAttack):
     """
 
     name = "advgan"
+    SETTINGS = _COMMON.pick(
+        "epochs", "lr", "batch", "target",
+        Float("alpha", 0.1, "weight of the GAN loss", 0),
+        Float("beta", 0.1, "weight of the hinge loss", 0),
+        Float("c", None, "hinge bound on the L2 norm (none: half the ball's L2 radius)", 0, optional=True),
+        Float("kappa", 0.0, "C&W confidence", 0),
+        "width", "samples", "load",
+    )
 
     def __init__(self, *, epochs: int = 10, lr: float = 1e-3, batch: int = 64, target: int | None = None,
                  alpha: float = 0.1, beta: float = 0.1, c: float | None = None, kappa: float = 0.0, width: int = 32,
                  samples: int | None = None, load: str | None = None) -> None:
-        check_positive("attack 'advgan': alpha", alpha, allow_zero=True)
-        check_positive("attack 'advgan': beta", beta, allow_zero=True)
-        check_positive("attack 'advgan': kappa", kappa, allow_zero=True)
-        if c is not None:
-            check_positive("attack 'advgan': c", c, allow_zero=True)
-        self.alpha, self.beta, self.kappa = float(alpha), float(beta), float(kappa)
-        self.c = None if c is None else float(c)
-        super().__init__(epochs=epochs, lr=lr, batch=batch, target=target, width=width, samples=samples, load=load)
+        AdvGAN.SETTINGS.apply(self, locals())
 
     def _weights(self) -> dict[str, float]:
         return {"alpha": self.alpha, "beta": self.beta, "kappa": self.kappa}

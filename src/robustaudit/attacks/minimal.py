@@ -19,7 +19,8 @@ import math
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack, AttackKind, check_positive, success
+from robustaudit.attacks.base import Attack, AttackKind, success
+from robustaudit.attacks.settings import MAX_CLASSES, MAX_SEARCH, MAX_STEPS, Bool, Float, Int, Settings
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import clip_to_bounds, lp_norm
 from robustaudit.core.task import Task
@@ -28,12 +29,6 @@ __all__ = ["CarliniWagnerL2", "DeepFool"]
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def check_int(owner: str, key: str, value: int, minimum: int = 1) -> None:
-    """Raise :class:`UserError` unless ``value`` is an integer ``>= minimum`` (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{owner}: {key} must be an integer >= {minimum}, got {value!r}")
-
-
 def column(v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample vector ``(N,)`` to broadcast against ``ref`` ``(N, ...)``."""
     return v.view(-1, *[1] * (ref.dim() - 1))
@@ -99,6 +94,14 @@ class CarliniWagnerL2(Attack):
 
     #: the upper bound on ``c`` until the first success (the reference's sentinel)
     UPPER = 1e10
+    SETTINGS = Settings(
+        Int("steps", 1000, "Adam iterations per constant", 1, MAX_STEPS),
+        Int("binary_search_steps", 9, "constants tried per sample", 1, MAX_SEARCH),
+        Float("lr", 0.01, "Adam's step size", 0, open_low=True),
+        Float("initial_const", 1e-3, "the first constant c", 0, open_low=True),
+        Float("confidence", 0.0, "margin kappa an adversarial must clear (0: any misclassification)", 0),
+        Bool("abort_early", True, "stop a sample's Adam run when its objective stalls"),
+    )
 
     def __init__(
         self,
@@ -110,19 +113,7 @@ class CarliniWagnerL2(Attack):
         confidence: float = 0.0,
         abort_early: bool = True,
     ) -> None:
-        check_int("cw", "steps", steps)
-        check_int("cw", "binary_search_steps", binary_search_steps)
-        check_positive("cw: lr", lr)
-        check_positive("cw: initial_const", initial_const)
-        check_positive("cw: confidence", confidence, allow_zero=True)
-        if not (math.isfinite(lr) and math.isfinite(initial_const) and math.isfinite(confidence)):
-            raise UserError("cw: lr, initial_const and confidence must be finite")
-        self.steps = steps
-        self.binary_search_steps = binary_search_steps
-        self.lr = float(lr)
-        self.initial_const = float(initial_const)
-        self.confidence = float(confidence)
-        self.abort_early = bool(abort_early)
+        CarliniWagnerL2.SETTINGS.apply(self, locals())
 
     # ------------------------------------------------------------------ objective pieces
     def _hinge(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None, task: Task) -> torch.Tensor:
@@ -280,6 +271,12 @@ class DeepFool(Attack):
     name = "deepfool"
     kind = AttackKind.MINIMAL_NORM
     norms = ("l2", "linf")
+    SETTINGS = Settings(
+        Int("steps", 50, "the maximum number of linearisations", 1, MAX_STEPS),
+        Float("overshoot", 0.02, "relative overshoot past the boundary", 0),
+        Int("candidates", 10, "classes considered, the true class included", 2, MAX_CLASSES),
+        Int("compact_every", 5, "steps between drops of finished samples from the batch (a host sync)", 1, MAX_STEPS),
+    )
 
     def __init__(
         self,
@@ -289,16 +286,7 @@ class DeepFool(Attack):
         candidates: int = 10,
         compact_every: int = 5,
     ) -> None:
-        check_int("deepfool", "steps", steps)
-        check_positive("deepfool: overshoot", overshoot, allow_zero=True)
-        if not math.isfinite(overshoot):
-            raise UserError(f"deepfool: overshoot must be finite, got {overshoot!r}")
-        check_int("deepfool", "candidates", candidates, minimum=2)
-        check_int("deepfool", "compact_every", compact_every)
-        self.steps = steps
-        self.overshoot = float(overshoot)
-        self.candidates = candidates
-        self.compact_every = compact_every
+        DeepFool.SETTINGS.apply(self, locals())
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         n = x.shape[0]

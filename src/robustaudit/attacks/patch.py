@@ -36,8 +36,8 @@ from robustaudit.attacks.base import (
     FitProgress,
     TrainingData,
     UniversalAttack,
-    check_positive,
 )
+from robustaudit.attacks.settings import MAX_BATCH, MAX_STEPS, Choice, ClassIndex, FilePath, Float, Int, Settings
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.rng import keyed_uniform, stream_key
@@ -145,6 +145,19 @@ class AdversarialPatch(UniversalAttack):
     kind: ClassVar[AttackKind] = AttackKind.UNIVERSAL
     norms: ClassVar[tuple[str, ...]] = ("patch",)
     randomized: ClassVar[bool] = True
+    SETTINGS = Settings(
+        ClassIndex("target", None, "the class the patch makes the model predict (none: untargeted)", optional=True),
+        Choice("shape", None, "the patch's shape (none: square)", SHAPES, optional=True),
+        Int("steps", 500, "Adam steps of the fit, one minibatch each", 1, MAX_STEPS),
+        Int("batch_size", 64, "training images per step", 1, MAX_BATCH),
+        Float("lr", 0.05, "Adam's learning rate on the patch pixels", 0, open_low=True),
+        Float("rotation", 20.0, "placements rotate the patch by up to +- this many degrees", 0, 180),
+        Float("scale_min", 0.8, "placements scale the patch's side by a factor in [scale_min, 1]", 0, 1,
+              open_low=True),
+        Float("brightness", 0.1, "+- shift of the patch's pixels, as a share of the pixel range", 0),
+        Float("contrast", 0.1, "contrast factor in [1 - contrast, 1 + contrast]", 0, 1, open_high=True),
+        FilePath("load", "a saved patch (.pt) or an image file: no fitting"),
+    )
 
     def __init__(
         self,
@@ -173,28 +186,7 @@ class AdversarialPatch(UniversalAttack):
             load: a patch saved by a previous run (``.pt``, from ``OUT/artifacts/``) or an image file (PNG,
                 JPEG): no fitting; the patch is resampled to each eps's area.
         """
-        if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
-            raise UserError(f"patch: target must be a class index >= 0 (or none for untargeted), got {target!r}")
-        if shape is not None and shape not in SHAPES:
-            raise UserError(f"patch: shape must be one of {', '.join(SHAPES)}, got {shape!r}")
-        for key, value in (("steps", steps), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"patch: {key} must be an integer >= 1, got {value!r}")
-        check_positive("patch: lr", lr)
-        for key, value in (("rotation", rotation), ("brightness", brightness), ("contrast", contrast)):
-            check_positive(f"patch: {key}", value, allow_zero=True)
-        if rotation > 180:
-            raise UserError(f"patch: rotation is an angle in degrees in [0, 180], got {rotation!r}")
-        if contrast >= 1:
-            raise UserError(f"patch: contrast must be < 1 (a factor in [1 - contrast, 1 + contrast]), got {contrast!r}")
-        check_positive("patch: scale_min", scale_min)
-        if scale_min > 1:
-            raise UserError(f"patch: scale_min must be in (0, 1], got {scale_min!r}")
-        if load is not None and not isinstance(load, str):
-            raise UserError(f"patch: load is a file path, got {load!r}")
-        self.target, self.shape, self.steps, self.batch_size, self.lr = target, shape, steps, batch_size, float(lr)
-        self.rotation, self.scale_min = float(rotation), float(scale_min)
-        self.brightness, self.contrast, self.load = float(brightness), float(contrast), load
+        AdversarialPatch.SETTINGS.apply(self, locals())
 
     def eot(self) -> dict[str, float]:
         """The transformation ranges of fitting and evaluation."""

@@ -17,13 +17,12 @@ Examples: ``pgd:steps=50,restarts=2``, ``eot:k=20(pgd:steps=50)``, ``bpda(pgd)``
 from __future__ import annotations
 
 import importlib
-import inspect
-import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from robustaudit.attacks.base import Attack
+from robustaudit.attacks.settings import spec_keys
 from robustaudit.core.errors import UserError, suggest, unknown
 
 if TYPE_CHECKING:
@@ -131,13 +130,9 @@ def attack_class(name: str, *, task: str = "classification") -> type[Attack]:
 
 
 def valid_settings(cls: type[Attack]) -> list[str]:
-    """The settings an attack class accepts in a spec: its keyword-only ``__init__`` parameters, or,
-    for wrappers, the names in their ``spec_settings`` class attribute."""
-    spec_settings = getattr(cls, "spec_settings", None)
-    if spec_settings is not None:
-        return list(spec_settings)
-    params = inspect.signature(cls.__init__).parameters
-    return [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    """The settings an attack class accepts in a spec, in declaration order (its ``SETTINGS``; for a
+    class without a declaration, its keyword-only ``__init__`` parameters)."""
+    return spec_keys(cls)
 
 
 def get(name: str, *, task: str = "classification", **settings: Any) -> Attack:
@@ -146,65 +141,22 @@ def get(name: str, *, task: str = "classification", **settings: Any) -> Attack:
     ``foolbox:CLASS`` builds a foolbox attack with ``settings`` as its constructor arguments. The
     other wrappers need the attack they wrap: build them with :func:`from_spec` or their class.
     Under ``task="segmentation"`` the names are :data:`SEGMENTATION`'s (``pgd`` is pixel-wise PGD).
+    The values are checked by the class's declaration (:mod:`robustaudit.attacks.settings`).
     """
-    if task != "classification":
-        cls = attack_class(name, task=task)
-        _check_spec_settings(name, settings, valid_settings(cls))
-        check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
-        try:
-            return cls(**settings)
-        except TypeError as exc:
-            raise UserError(f"attack '{name}': {exc}") from None
-    if name.startswith("foolbox:"):
-        from robustaudit.attacks.foolbox_bridge import FoolboxAttack
-
-        return FoolboxAttack(name.partition(":")[2], **settings)
-    if name in WRAPPERS:
+    if task == "classification" and name.startswith("foolbox:"):
+        return attack_class("foolbox")(name.partition(":")[2], **settings)  # type: ignore[call-arg]
+    if task == "classification" and name in WRAPPERS:
         example = "foolbox:LinfPGD:steps=10" if name == "foolbox" else _WRAPPER_EXAMPLES[name]
         raise UserError(f"attack '{name}' wraps another attack: write it as a spec, e.g. {example}")
-    cls = attack_class(name)
-    valid = valid_settings(cls)
-    for key in settings:
-        if key not in valid:
-            raise UserError(
-                f"attack '{name}' has no setting '{key}'{suggest(key, valid)}; "
-                f"valid: {', '.join(valid) or '(none)'}"
-            )
-    check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
+    cls = attack_class(name, task=task)
+    _check_spec_settings(name, settings, valid_settings(cls))
+    if cls.SETTINGS.inferred:  # a user class without a declaration: its switches take true or false only
+        for key, value in settings.items():
+            cls.SETTINGS[key].check(f"attack '{name}'", value)
     try:
         return cls(**settings)
     except TypeError as exc:  # wrong value types that the class did not catch itself
         raise UserError(f"attack '{name}': {exc}") from None
-
-
-def check_types(what: str, init: Callable[..., Any], settings: dict[str, Any], *, numbers: bool) -> None:
-    """Refuse a setting whose value has another type than its parameter's default.
-
-    A switch (a ``bool`` default) takes true or false only: classes store ``bool(value)``, so
-    ``random_start=maybe`` would quietly mean True. With ``numbers``, an ``int`` default also takes only
-    integers and a ``float`` default only numbers, for classes that do not validate their settings
-    themselves (foolbox's, which fail mid-attack instead).
-    """
-    try:
-        params = inspect.signature(init).parameters
-    except (TypeError, ValueError):
-        return
-    for key, value in settings.items():
-        param = params.get(key)
-        default = param.default if param is not None else inspect.Parameter.empty
-        if default is inspect.Parameter.empty or default is None or value is None:
-            continue
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise UserError(f"{what}: {key} is a switch: true or false, got {value!r}")
-        elif not numbers:
-            continue
-        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UserError(f"{what}: {key} must be an integer, got {value!r}")
-        elif isinstance(default, float) and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-        ):
-            raise UserError(f"{what}: {key} must be a finite number, got {value!r}")
 
 
 def parse_value(text: str) -> Any:
@@ -393,16 +345,13 @@ def from_spec(spec: str, *, resolve_model: Callable[[str], nn.Module] | None = N
         raise UserError(f"attack '{name}' wraps another attack: write it as {_WRAPPER_EXAMPLES[name]}")
     cls = attack_class(name)
     _check_spec_settings(name, settings, valid_settings(cls))
-    check_types(f"attack '{name}'", cls.__init__, settings, numbers=False)
     if name == "transfer":
-        return _transfer(spec, settings, inner, resolve_model)
+        return _transfer(cls, spec, settings, inner, resolve_model)
     return cls(from_spec(inner, resolve_model=resolve_model), **settings)  # type: ignore[call-arg]
 
 
-def _transfer(spec: str, settings: dict[str, Any], inner: str,
+def _transfer(cls: type[Attack], spec: str, settings: dict[str, Any], inner: str,
               resolve_model: Callable[[str], nn.Module] | None) -> Attack:
-    from robustaudit.attacks.transfer import Transfer
-
     if resolve_model is None:
         raise UserError(
             f"'{spec}': a transfer attack needs its surrogate model names resolved to models; build it "
@@ -415,5 +364,5 @@ def _transfer(spec: str, settings: dict[str, Any], inner: str,
     if any(not n for n in model_names):
         raise UserError(f"'{spec}': empty surrogate name in '{surrogate}'")
     surrogates = {n: resolve_model(n) for n in model_names}
-    return Transfer(from_spec(inner, resolve_model=resolve_model), surrogates,
-                    input_diversity=settings.get("di", 0.0))
+    return cls(from_spec(inner, resolve_model=resolve_model), surrogates,  # type: ignore[call-arg]
+               input_diversity=settings.get("di", 0.0))

@@ -25,8 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustaudit.attacks.base import Attack, UniversalAttack, check_positive
+from robustaudit.attacks.base import Attack, UniversalAttack
 from robustaudit.attacks.gradient import random_start
+from robustaudit.attacks.settings import (
+    MAX_BATCH,
+    MAX_CLASSES,
+    MAX_RESTARTS,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    Bool,
+    Choice,
+    Float,
+    Int,
+    Setting,
+    Settings,
+)
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
@@ -39,11 +52,6 @@ def _seg(task: Task, name: str) -> SegmentationTask:
     if not isinstance(task, SegmentationTask):
         raise UserError(f"attack '{name}' attacks segmentation models: run it with task=segmentation")
     return task
-
-
-def _check_int(name: str, key: str, value: Any, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name}: {key} must be an integer >= {low}, got {value!r}")
 
 
 def parse_target(name: str, target: Any) -> str | int | None:
@@ -159,6 +167,17 @@ class SegPGD(DenseAttack):
     name = "segpgd"
     randomized = True
     weighting: ClassVar[str] = "segpgd"
+    SETTINGS = Settings(
+        Int("steps", 10, "iterations per restart", 1, MAX_STEPS),
+        Int("restarts", 1, "random restarts", 1, MAX_RESTARTS),
+        Float("step_size", None, "absolute step (default: rel_step_size * eps)", 0, open_low=True, optional=True),
+        Float("rel_step_size", None, "step as a fraction of eps (default 2.5 / steps)", 0, open_low=True,
+              optional=True),
+        Bool("random_start", True, "start uniformly inside the ball rather than at x"),
+        Setting("target", None, None, "a target map: shift (c -> c + 1) or a class (C or class:C); none: untargeted",
+                optional=True, parse=parse_target, kind="shift | class"),
+        exclusive=(("step_size", "rel_step_size"),),
+    )
 
     def __init__(
         self,
@@ -170,20 +189,7 @@ class SegPGD(DenseAttack):
         random_start: bool = True,
         target: str | int | None = None,
     ) -> None:
-        _check_int(self.name, "steps", steps)
-        _check_int(self.name, "restarts", restarts)
-        if step_size is not None:
-            check_positive(f"{self.name}: step_size", step_size)
-        if rel_step_size is not None:
-            check_positive(f"{self.name}: rel_step_size", rel_step_size)
-        if step_size is not None and rel_step_size is not None:
-            raise UserError(f"{self.name}: give step_size or rel_step_size, not both")
-        self.steps = steps
-        self.restarts = restarts
-        self.step_size = step_size
-        self.rel_step_size = rel_step_size
-        self.random_start = bool(random_start)
-        self.target = parse_target(self.name, target)
+        SegPGD.SETTINGS.apply(self, locals())
 
     def alpha(self, eps: float) -> float:
         """The absolute step size at radius ``eps``."""
@@ -307,6 +313,14 @@ class DAG(DenseAttack):
 
     name = "dag"
     norms = ("linf", "l2", "unbounded")
+    SETTINGS = Settings(
+        SegPGD.SETTINGS["target"].but(default=0, optional=False, doc="shift (c -> c + 1) or a class (C or class:C)"),
+        Float("gamma", 0.5 / 255, "step size: gamma * r / ||r||_inf", 0, open_low=True),
+        Int("max_iter", 200, "the maximum number of iterations", 1, MAX_STEPS),
+        Bool("clip", False, "project every iterate into the eps-ball (else unbounded)"),
+        Choice("active", "not-target", "pixels still pushed: those not yet at their target, or still original",
+               ("not-target", "original")),
+    )
 
     def __init__(
         self,
@@ -317,18 +331,9 @@ class DAG(DenseAttack):
         clip: bool = False,
         active: str = "not-target",
     ) -> None:
-        check_positive("dag: gamma", gamma)
-        _check_int("dag", "max_iter", max_iter)
-        if active not in ("not-target", "original"):
-            raise UserError(f"dag: active must be 'not-target' or 'original', got {active!r}")
-        parsed = parse_target("dag", target)
-        if parsed is None:
+        DAG.SETTINGS.apply(self, locals())
+        if self.target is None:
             raise UserError("dag is a targeted attack: target must be 'shift' or a class index")
-        self.target = parsed
-        self.gamma = float(gamma)
-        self.max_iter = max_iter
-        self.clip = bool(clip)
-        self.active = active
 
     @property
     def unbounded(self) -> bool:
@@ -438,6 +443,17 @@ class SegUAP(UniversalAttack):
     name = "seg-uap"
     norms = ("linf",)
     task_name: ClassVar[str] = "segmentation"
+    SETTINGS = Settings(
+        Choice("target", "dynamic", "dynamic (hide class `hide`) or static (one fixed target map)",
+               ("dynamic", "static")),
+        Int("hide", 1, "the class the dynamic target hides", 0, MAX_CLASSES),
+        Int("target_image", 0, "the training image whose clean prediction is the static target", 0, MAX_SAMPLES),
+        Int("iterations", 60, "signed steps of the fit", 1, MAX_STEPS),
+        Float("rel_step_size", 0.1, "step as a fraction of eps", 0, open_low=True),
+        Float("omega", 0.8, "weight of the hidden-class pixels in the loss", 0, 1, open_low=True),
+        Int("fit_n", 256, "training images the fit uses", 1, MAX_SAMPLES),
+        Int("batch_size", 32, "training images per step", 1, MAX_BATCH),
+    )
 
     def __init__(
         self,
@@ -451,25 +467,7 @@ class SegUAP(UniversalAttack):
         fit_n: int = 256,
         batch_size: int = 32,
     ) -> None:
-        if target not in ("dynamic", "static"):
-            raise UserError(f"seg-uap: target must be 'dynamic' or 'static', got {target!r}")
-        _check_int("seg-uap", "hide", hide, 0)
-        _check_int("seg-uap", "target_image", target_image, 0)
-        _check_int("seg-uap", "iterations", iterations)
-        _check_int("seg-uap", "fit_n", fit_n)
-        _check_int("seg-uap", "batch_size", batch_size)
-        check_positive("seg-uap: rel_step_size", rel_step_size)
-        check_positive("seg-uap: omega", omega)
-        if omega > 1:
-            raise UserError(f"seg-uap: omega is a weight in (0, 1], got {omega!r}")
-        self.target = target
-        self.hide = hide
-        self.target_image = target_image
-        self.iterations = iterations
-        self.rel_step_size = float(rel_step_size)
-        self.omega = float(omega)
-        self.fit_n = fit_n
-        self.batch_size = batch_size
+        SegUAP.SETTINGS.apply(self, locals())
 
     def fit(self, model: nn.Module, train: Any, threat: ThreatModel, *, seed: int = 0, task: Task = SEGMENTATION,
             device: torch.device | str = "cpu", progress: Any = None) -> FittedUAP:

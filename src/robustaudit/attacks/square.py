@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, AttackKind, attack_loss, success
+from robustaudit.attacks.settings import MAX_QUERIES, MAX_RESTARTS, Bool, Choice, Float, Int, Settings
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import clip_to_bounds
 from robustaudit.core.rng import keyed_uniform, stream_key
@@ -151,6 +152,14 @@ class Square(Attack):
     kind = AttackKind.SCORE_BASED
     norms = ("linf", "l2")
     randomized = True
+    SETTINGS = Settings(
+        Int("queries", 5000, "model evaluations per sample per restart, the initial point included", 1, MAX_QUERIES),
+        Float("p_init", 0.8, "initial fraction of the image a square covers", 0, 1, open_low=True),
+        Int("restarts", 1, "random restarts, on samples still robust", 1, MAX_RESTARTS),
+        Choice("loss", "margin", "margin (logit margin) or ce (cross-entropy)", _LOSSES),
+        Bool("early_stop", True, "drop samples from the search once adversarial"),
+        Int("compact_every", 10, "iterations between compactions of the active set (a host sync)", 1, MAX_QUERIES),
+    )
 
     def __init__(
         self,
@@ -162,19 +171,7 @@ class Square(Attack):
         early_stop: bool = True,
         compact_every: int = 10,
     ) -> None:
-        for key, value in (("queries", queries), ("restarts", restarts), ("compact_every", compact_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"square: {key} must be an integer >= 1, got {value!r}")
-        if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not 0 < p_init <= 1:
-            raise UserError(f"square: p_init must be a number in (0, 1], got {p_init!r}")
-        if loss not in _LOSSES:
-            raise UserError(f"square: loss must be one of {', '.join(_LOSSES)}, got {loss!r}")
-        self.queries = queries
-        self.p_init = float(p_init)
-        self.restarts = restarts
-        self.loss = loss
-        self.early_stop = bool(early_stop)
-        self.compact_every = compact_every
+        Square.SETTINGS.apply(self, locals())
 
     # ------------------------------------------------------------------ public extras
     def with_queries(

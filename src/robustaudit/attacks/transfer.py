@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustaudit.attacks.base import Attack, AttackKind, check_positive
+from robustaudit.attacks.base import Attack, AttackKind
+from robustaudit.attacks.settings import Float, Setting, Settings
 from robustaudit.core.errors import UserError
 from robustaudit.core.rng import keyed_uniform, stream_key
 
@@ -122,7 +123,11 @@ class Transfer(Attack):
     name = "transfer"
     kind = AttackKind.TRANSFER
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1", "l0")
-    spec_settings: ClassVar[tuple[str, ...]] = ("surrogate", "di")
+    SETTINGS = Settings(
+        # spec only: the spec builder resolves the names to models, passed as ``surrogates``
+        Setting("surrogate", str, None, "surrogate model names, several joined by +", init=False, kind="models"),
+        Float("input_diversity", 0.0, "probability of the DI transform per sample and pass (0: off)", 0, 1, key="di"),
+    )
 
     def __init__(
         self,
@@ -142,13 +147,10 @@ class Transfer(Attack):
             names = [type(m).__name__ for m in models]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise UserError("transfer needs at least one surrogate nn.Module")
-        check_positive("transfer: input_diversity", input_diversity, allow_zero=True)
-        if input_diversity > 1:
-            raise UserError(f"transfer: input_diversity is a probability in [0, 1], got {input_diversity!r}")
+        Transfer.SETTINGS.apply(self, locals())
         self.attack = attack
         self.surrogates = models
         self.surrogate_names = names
-        self.input_diversity = float(input_diversity)
         self.norms = attack.norms  # type: ignore[misc]  # what the inner attack supports
         self.randomized = attack.randomized or self.input_diversity > 0  # type: ignore[misc]
         # surrogates moved to another device/dtype, built once per (device, dtype) and reused

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from robustaudit.attacks.base import Attack
+from robustaudit.attacks.settings import MAX_EOT, Int, Setting, Settings
 from robustaudit.core.errors import UserError
 
 #: What a wrapper supports is what the wrapped attack supports; the class lists every norm.
@@ -49,6 +50,9 @@ class _Wrapper(Attack):
         self.kind = attack.kind  # type: ignore[misc]
         self.norms = attack.norms  # type: ignore[misc]
         self.randomized = attack.randomized  # type: ignore[misc]
+
+    def settings(self) -> dict[str, Any]:  # noqa: D102 - the wrapped attack first, then the declared settings
+        return {"attack": self.attack, **super().settings()}
 
 
 # ---------------------------------------------------------------------------------------------- EOT
@@ -91,13 +95,11 @@ class EOT(_Wrapper):
     """
 
     name = "eot"
-    spec_settings: ClassVar[tuple[str, ...]] = ("k",)
+    SETTINGS = Settings(Int("k", 20, "forward passes averaged per gradient", 1, MAX_EOT))
 
     def __init__(self, attack: Attack, *, k: int = 20) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UserError(f"eot: k must be an integer >= 1, got {k!r}")
+        EOT.SETTINGS.apply(self, locals())
         self._adopt("eot", attack)
-        self.k = k
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         view = Expectation(model, self.k)
@@ -146,6 +148,21 @@ def _find_preprocess(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _check_preprocess(owner: str, value: Any) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise UserError(
+            f"{owner}: preprocess must be the nn.Module inside the model that does the preprocessing "
+            f"(BPDA hooks its output), got {type(value).__name__}; wrap a function in an nn.Module"
+        )
+    return value
+
+
+def _check_substitute(owner: str, value: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not callable(value):
+        raise UserError(f"{owner}: substitute must be callable, got {type(value).__name__}")
+    return value
+
+
 class BPDA(_Wrapper):
     """Backward Pass Differentiable Approximation (Athalye et al. 2018) around any attack: bpda(pgd).
 
@@ -186,7 +203,12 @@ class BPDA(_Wrapper):
     """
 
     name = "bpda"
-    spec_settings: ClassVar[tuple[str, ...]] = ()
+    SETTINGS = Settings(
+        Setting("preprocess", None, None, "the module to approximate (none: the model's .preprocess)",
+                optional=True, parse=_check_preprocess, spec=False, kind="nn.Module"),
+        Setting("substitute", None, None, "x -> its differentiable approximation (none: the identity)",
+                optional=True, parse=_check_substitute, spec=False, kind="callable"),
+    )
 
     def __init__(
         self,
@@ -195,16 +217,8 @@ class BPDA(_Wrapper):
         preprocess: nn.Module | None = None,
         substitute: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if preprocess is not None and not isinstance(preprocess, nn.Module):
-            raise UserError(
-                "bpda: preprocess must be the nn.Module inside the model that does the preprocessing "
-                f"(BPDA hooks its output), got {type(preprocess).__name__}; wrap a function in an nn.Module"
-            )
-        if substitute is not None and not callable(substitute):
-            raise UserError(f"bpda: substitute must be callable, got {type(substitute).__name__}")
+        BPDA.SETTINGS.apply(self, locals())
         self._adopt("bpda", attack)
-        self.preprocess = preprocess
-        self.substitute = substitute
 
     def _locate(self, model: nn.Module) -> nn.Module:
         if self.preprocess is not None:

@@ -19,6 +19,7 @@ import torch.nn as nn
 from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.checks.probes import Probe
 from robustaudit.checks.verdict import Verdict, paired_status, share, tolerance
+from robustaudit.core.errors import UserError
 from robustaudit.core.rng import stream_key
 from robustaudit.core.task import Task
 from robustaudit.core.threat import ThreatModel
@@ -127,6 +128,8 @@ def _variant(attack: Attack, **changes: object) -> Attack | None:
     try:
         return type(attack)(**{**settings, **changes})
     except TypeError:  # wrappers take the wrapped attack positionally
+        return None
+    except UserError:  # a doubled budget beyond its declared cap (attacks/settings.py)
         return None
 
 
