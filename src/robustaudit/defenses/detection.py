@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustaudit.attacks.base import Attack
+from robustaudit.attacks.detector_aware import DetectorAwarePGD
 from robustaudit.attacks.wrappers import BPDAFunction
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.core.modes import eval_mode
-from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.threat import ThreatModel
 
 #: Bumped when a fitted state's layout or meaning changes: old cache files are then ignored.
@@ -498,92 +498,6 @@ def fit_detector(
         except OSError:  # a read-only home: work without the cache
             pass
     return det
-
-
-# ------------------------------------------------------------------------------- adaptive attack
-class DetectorAwarePGD:
-    """The detector-aware adaptive attack (Carlini & Wagner 2017): Linf/L2 PGD on the combined objective
-
-        ``min(max_{k != y} z_k - z_y, kappa) - lam * relu((score(x) - threshold) / scale + margin)``
-
-    so the search first crosses the decision boundary and then pulls the score under the threshold
-    (``scale``: the spread of clean validation scores, so one ``lam`` fits every detector). Success
-    means **misclassified and accepted**; a sample is frozen at its first successful iterate (best
-    iterate), and the real forward pass (not the BPDA view) judges it. Squeezers are crossed by BPDA.
-
-    ``attack(detector, x (N, C, H, W), y (N,), threat, ids=..., seed=...) -> (N, C, H, W)``
-    """
-
-    def __init__(self, *, steps: int = 50, restarts: int = 1, lam: float = 1.0, kappa: float = 2.0,
-                 margin: float = 0.1, rel_step_size: float | None = None) -> None:
-        self.steps, self.restarts, self.lam, self.kappa, self.margin = steps, restarts, lam, kappa, margin
-        self.rel_step_size = rel_step_size
-
-    def settings(self) -> dict[str, Any]:
-        return {"steps": self.steps, "restarts": self.restarts, "lam": self.lam, "kappa": self.kappa,
-                "margin": self.margin, "rel_step_size": self.rel_step_size}
-
-    def success(self, detector: Detector, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` bool: misclassified by the classifier AND accepted by the detector."""
-        with torch.no_grad(), eval_mode(detector.model):
-            wrong = detector.model(x).argmax(1) != y
-        return wrong & ~detector.reject(x)
-
-    def __call__(self, detector: Detector, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
-                 ids: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
-        from robustaudit.attacks.gradient import random_start
-        from robustaudit.core.rng import stream_key
-
-        if threat.eps == 0 or not len(x):
-            return x.clone()
-        ids = torch.arange(len(x)) if ids is None else ids.cpu()
-        x0 = x.detach()
-        best = x0.clone()
-        done = self.success(detector, x0, y)
-        # a step that starts at half the radius and decays (cosine) to 1/50 of it: small fixed steps
-        # never cross the rounding boundaries of a bit-depth squeezer, large ones never settle
-        top = self.rel_step_size if self.rel_step_size is not None else 0.5
-        alphas = [threat.eps * (0.02 * top / 0.5 + (top - 0.02 * top / 0.5) * 0.5 * (1 + math.cos(math.pi * t / self.steps)))
-                  for t in range(self.steps)]
-        model = detector.model
-        with eval_mode(model), torch.enable_grad():
-            for restart in range(self.restarts):
-                active = (~done).nonzero().squeeze(1)
-                if not len(active):
-                    break
-                key = stream_key(seed, "detector-aware-pgd", threat.norm, threat.eps, restart)
-                xa = random_start(x0[active], ids[active.cpu()], threat, key)
-                ya, xo = y[active], x0[active]
-                for step in range(self.steps):
-                    alpha = alphas[step]
-                    xa = xa.detach().requires_grad_(True)
-                    logits = model(xa)
-                    true = logits.gather(1, ya[:, None]).squeeze(1)
-                    other = logits.masked_fill(F.one_hot(ya, logits.shape[1]).bool(), -math.inf).amax(1)
-                    s = detector.score(xa, differentiable=True, logits=logits)
-                    over = F.relu((s - detector.threshold) / detector.scale + self.margin)
-                    obj = (other - true).clamp_max(self.kappa) - self.lam * over
-                    (grad,) = torch.autograd.grad(obj.sum(), xa)
-                    with torch.no_grad():
-                        # judge this iterate by the real forward (BPDA only shaped the gradient)
-                        ok = (logits.argmax(1) != ya) & ~(detector.score(xa.detach()) > detector.threshold)
-                        hit = active[ok]
-                        best[hit] = xa.detach()[ok]
-                        done[hit] = True
-                        xa = xa + alpha * ascent_direction(grad, threat.norm)
-                        xa = clip_to_bounds(xo + project(xa - xo, threat.norm, threat.eps), threat.bounds)
-                        # samples already broken stop moving: freeze them at their successful point
-                        xa = torch.where(ok.view(-1, *[1] * (x.dim() - 1)), best[active], xa)
-                with torch.no_grad():  # the last step's point
-                    ok = (model(xa).argmax(1) != ya) & ~(detector.score(xa) > detector.threshold)
-                    best[active[ok]] = xa[ok]
-                    done[active[ok]] = True
-                    if restart == self.restarts - 1:
-                        left = active[~done[active]]
-                        # unbroken: return the last iterate (what a report's examples would show)
-                        best[left] = xa[~done[active]]
-        best = clip_to_bounds(x0 + project(best - x0, threat.norm, threat.eps), threat.bounds)
-        return best.to(dtype=x.dtype)
 
 
 def plain_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
