@@ -331,3 +331,9 @@ def is_unbounded(attack: Attack) -> bool:
 def is_targeted(attack: Attack) -> bool:
     """Whether ``attack`` aims at a target map (its success is measured as target pixels reached)."""
     return isinstance(attack, (SegUAP, FittedUAP)) or getattr(attack, "target", None) is not None
+
+
+# parse_target, target_map, dense_score, hide_class_target, SegUAP and FittedUAP are re-exported: callers
+# import every segmentation attack from here
+__all__ = ["CosPGD", "DAG", "DenseAttack", "FittedUAP", "PixelPGD", "SEGMENTATION_ATTACKS", "SegPGD", "SegUAP",
+           "dense_score", "hide_class_target", "is_targeted", "is_unbounded", "parse_target", "target_map"]

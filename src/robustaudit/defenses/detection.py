@@ -18,6 +18,10 @@ Detectors (``DETECTORS``, ``get_detector(name)``):
   penultimate features; score = minus the largest class-conditional Mahalanobis score, i.e. the
   smallest Mahalanobis distance to a class mean (no input preprocessing step).
 
+The detector-aware adaptive attack is the registered attack ``detector-aware-pgd``
+(:class:`~robustaudit.attacks.detector_aware.DetectorAwarePGD`, re-exported here); called with a
+detector instead of a model, it attacks the classifier and the detector together.
+
 :func:`fit_detector` fits one on a data split and caches the fitted state in a file keyed by the
 model's weights (see :func:`cache_dir`); deleting the cache only costs a refit.
 """
@@ -38,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustaudit.attacks.base import Attack
-from robustaudit.attacks.detector_aware import DetectorAwarePGD
+from robustaudit.attacks.detector_aware import DetectorAwarePGD  # re-exported: the adaptive attack of the audit
 from robustaudit.attacks.wrappers import BPDAFunction
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.core.modes import eval_mode
