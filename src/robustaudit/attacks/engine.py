@@ -98,9 +98,6 @@ class Active:
     def __setitem__(self, key: str, value: Any) -> None:
         self.state[key] = value
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.state.get(key, default)
-
     def write_back(self, best: Best) -> None:
         """Copy this restart's best-so-far into ``best`` and add the tallies to its totals."""
         idx = self.idx
@@ -148,7 +145,8 @@ class IterativeSearch:
                tallies: Iterable[str] = ()) -> Best:
         """Run one restart per item of ``restarts`` (passed to ``_start``) on the samples not yet done.
 
-        ``found`` ``(N,)`` marks samples done before any search (they keep ``x``). Returns the
+        ``found`` ``(N,)`` marks samples done before any search (they keep ``x``; the tensor becomes
+        ``best.found`` and is updated in place). ``tallies`` name per-sample counters. Returns the
         :class:`Best` over all restarts; ``best.x`` is the attack's result.
         """
         n, dev = p.x.shape[0], p.x.device
