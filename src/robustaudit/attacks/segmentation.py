@@ -81,6 +81,8 @@ class SegPGD(DenseAttack, IterativeSearch):
     name = "segpgd"
     randomized = True
     weighting: ClassVar[str] = "segpgd"
+    #: no per-image early exit on the engine: a partly fooled image still has pixels to flip
+    early_stop = False
 
     def __init__(
         self,
@@ -152,9 +154,6 @@ class SegPGD(DenseAttack, IterativeSearch):
         return self.search(Problem(model, x, y, threat, targets, ids, task, seed), range(self.restarts)).x
 
     # ------------------------------------------------------------------ the engine's hooks
-    #: no per-image early exit: a partly fooled image still has pixels to flip
-    early_stop = False
-
     def _start(self, p: Problem, a: Active, restart: int) -> None:
         if self.random_start:
             a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
