@@ -11,8 +11,11 @@ import math
 import torch
 import torch.nn as nn
 
+from robustaudit.attacks.apgd_steps import StepSizeControl, checkpoints
 from robustaudit.attacks.base import Attack, attack_loss, success
 from robustaudit.attacks.settings import MAX_CLASSES, MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Settings
+from robustaudit.attacks.dlr import check_logits, dlr_loss, dlr_loss_targeted
+from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal, keyed_uniform
@@ -20,118 +23,6 @@ from robustaudit.core.task import Task
 from robustaudit.core.threat import ThreatModel
 
 _LOSSES = ("ce", "dlr")
-_DLR_TINY = 1e-12
-
-
-# ---------------------------------------------------------------------------------------- losses
-def _check_logits(logits: torch.Tensor, need: int, what: str) -> None:
-    if logits.dim() != 2:
-        raise UserError(f"{what} needs class logits of shape (N, K), got shape {tuple(logits.shape)}")
-    if logits.shape[1] < need:
-        raise UserError(f"{what} needs at least {need} classes, the model has {logits.shape[1]}")
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of Logits Ratio, to maximise (Sec. 4, Eq. 6). ``(N, K), (N,) -> (N,)``.
-
-    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi1 >= z_pi2 >= ...`` the sorted
-    logits: shift- and scale-invariant in the logits, unlike the margin or cross-entropy.
-    """
-    _check_logits(logits, 3, "the DLR loss")
-    top = logits.topk(3, dim=1).values
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return -(true - other) / (top[:, 0] - top[:, 2] + _DLR_TINY)
-
-
-def dlr_loss_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR, to maximise (Sec. 4, Eq. 7). ``(N, K), (N,), (N,) -> (N,)``.
-
-    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``.
-    """
-    _check_logits(logits, 4, "the targeted DLR loss")
-    top = logits.topk(4, dim=1).values
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    tgt = logits.gather(1, target[:, None]).squeeze(1)
-    return -(true - tgt) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_TINY)
-
-
-# ---------------------------------------------------------------------------------------- step size
-def checkpoints(steps: int) -> list[int]:
-    """The iterations ``w_j = ceil(p_j * steps)`` at which APGD may halve its step size (Sec. 3.2).
-
-    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` while ``p_j <= 1``;
-    ``w_0 = 0`` is left out. Computed in hundredths so that no float rounding moves a checkpoint
-    (``0.41 * 100`` is ``41.000000000000004`` in floats, whose ceiling is 42).
-
-    Example:
-        >>> checkpoints(100)
-        [22, 41, 57, 70, 80, 87, 93, 99]
-    """
-    out: list[int] = []
-    prev, cur = 0, 22  # p_{j-1}, p_j in hundredths
-    while cur <= 100:
-        w = -(-cur * steps // 100)  # exact ceil(cur / 100 * steps)
-        if w >= 1 and (not out or w > out[-1]):
-            out.append(w)
-        prev, cur = cur, cur + max(cur - prev - 3, 6)
-    return out
-
-
-class StepSizeControl:
-    """APGD's per-sample step-size rule (Sec. 3.2), all state as ``(N,)`` tensors: no host sync.
-
-    Call :meth:`observe` with the loss of every new iterate and :meth:`checkpoint` at each checkpoint
-    ``w_j``. The step size of a sample halves at ``w_j`` when
-
-    1. (condition 1) the loss increased in fewer than ``rho * (w_j - w_{j-1})`` of the steps since
-       ``w_{j-1}`` — the paper's strict ``<``, or
-    2. (condition 2) the step size was not halved at ``w_{j-1}`` and the best loss ``f_max`` did not
-       improve since then.
-
-    A sample whose step halves restarts from its best point ``x_max``, so its next step is measured
-    against ``f_max``.
-
-    Args:
-        loss0: ``(N,)`` the loss at the starting point ``x^(0)``.
-        eta0: the initial step size (APGD: ``2 * eps``).
-        rho: the fraction of successful steps below which the step size halves.
-    """
-
-    def __init__(self, loss0: torch.Tensor, eta0: float, rho: float) -> None:
-        self.rho = float(rho)
-        self.eta = torch.full_like(loss0, float(eta0))
-        self.prev = loss0.clone()  # the loss of the point the next step starts from
-        self.best = loss0.clone()  # f_max
-        self.best_last = loss0.clone()  # f_max at the last checkpoint (w_0 = 0: the start)
-        # at w_0 no halving has happened, so condition 2 can already hold at w_1
-        self.reduced_last = torch.zeros_like(loss0, dtype=torch.bool)
-        self.increases = torch.zeros_like(loss0, dtype=torch.int32)
-
-    def observe(self, loss: torch.Tensor) -> torch.Tensor:
-        """Count the step that produced ``loss`` ``(N,)``; returns ``(N,)`` bool: a new ``f_max``."""
-        self.increases = self.increases + (loss > self.prev).to(torch.int32)
-        self.prev = loss
-        improved = loss > self.best
-        self.best = torch.where(improved, loss, self.best)
-        return improved
-
-    def checkpoint(self, window: int) -> torch.Tensor:
-        """Apply the rule over the last ``window = w_j - w_{j-1}`` steps; returns ``(N,)`` bool: halved."""
-        oscillating = self.increases.to(self.eta.dtype) < self.rho * window  # condition 1
-        stalled = ~self.reduced_last & (self.best <= self.best_last)  # condition 2
-        halve = oscillating | stalled
-        self.eta = torch.where(halve, self.eta / 2, self.eta)
-        self.reduced_last = halve
-        self.best_last = self.best.clone()
-        self.increases = torch.zeros_like(self.increases)
-        self.prev = torch.where(halve, self.best, self.prev)
-        return halve
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only samples ``rows`` (compaction of the active set)."""
-        for name in ("eta", "prev", "best", "best_last", "reduced_last", "increases"):
-            setattr(self, name, getattr(self, name)[rows])
 
 
 # ---------------------------------------------------------------------------------------- attack
@@ -157,7 +48,7 @@ def _check_finite_eps(name: str, threat: ThreatModel) -> None:
         raise UserError(f"attack '{name}' needs a finite eps (it searches inside the ball), got {threat.eps}")
 
 
-class APGD(Attack):
+class APGD(Attack, IterativeSearch):
     """Auto-PGD (Croce & Hein 2020, Algorithm 1): PGD with momentum and a self-adapting step size.
 
     From a random start on the eps-sphere, the first step has size ``eta = 2 * eps``; then (Eq. 2)::
@@ -266,119 +157,60 @@ class APGD(Attack):
     # ------------------------------------------------------------------ search
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         _check_finite_eps(self.name, threat)
-        n = x.shape[0]
-        best = x.clone()
-        best_obj = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for restart in range(self.restarts):
-            if not self._restart_on(
-                model,
-                x,
-                y,
-                threat,
-                targets,
-                targets,
-                ids,
-                self.stream(seed, threat, restart),
-                task,
-                best,
-                best_obj,
-                found,
-            ):
-                break
-        return best
+        problem = Problem(model, x, y, threat, targets, ids, task, seed)
+        # one restart per (key, loss targets); success is judged against the caller's targets
+        runs = ((self.stream(seed, threat, restart), targets) for restart in range(self.restarts))
+        return self.search(problem, runs).x
 
-    def _restart_on(
-        self, model, x, y, threat, loss_targets, success_targets, ids, key, task, best, best_obj, found
-    ) -> bool:
-        """One restart on the samples still to attack; ``False`` when none is left."""
-        # one host sync per restart: restarts only work on samples not yet broken
-        todo = (~found).nonzero().squeeze(1) if self.early_stop else torch.arange(len(x), device=x.device)
-        if todo.numel() == 0:
-            return False
-        self._restart(
-            model, x, y, threat, loss_targets, success_targets, ids, key, task, todo, best, best_obj, found
-        )
-        return True
+    # ------------------------------------------------------------------ the engine's hooks (Algorithm 1)
+    def _start(self, p: Problem, a: Active, restart: tuple[int, torch.Tensor | None]) -> None:
+        key, loss_targets = restart
+        a["lt"] = loss_targets[a.idx] if loss_targets is not None else None
+        a["xa"] = _start(a.x, a.ids, p.threat, key)
 
-    def _restart(
-        self, model, x, y, threat, loss_targets, success_targets, ids, key, task, todo, best, best_obj, found
-    ) -> None:
-        """One run of Algorithm 1 on samples ``todo``; updates ``best``, ``best_obj``, ``found`` in place."""
-        view = (-1, *[1] * (x.dim() - 1))
-        idx = todo
-        xs, ys = x[idx], y[idx]
-        lt = loss_targets[idx] if loss_targets is not None else None
-        st = success_targets[idx] if success_targets is not None else None
-        b_x, b_obj, b_found = best[idx], best_obj[idx], found[idx]
-        alive = torch.ones(len(idx), dtype=torch.bool, device=x.device)
+    def _last(self, p: Problem) -> int:
+        return self.steps  # x^(0) .. x^(N_iter); the last needs a score, not a gradient
 
-        def record(logits: torch.Tensor, obj: torch.Tensor, point: torch.Tensor) -> None:
-            # masked updates only: no host sync
-            nonlocal b_x, b_obj, b_found, alive
-            hit = success(task, logits, ys, st) & alive & ~b_found
-            better = (obj > b_obj) & ~b_found & alive
-            take = hit | better
-            b_x = torch.where(take.view(view), point, b_x)
-            b_obj = torch.where(take, obj, b_obj)
-            b_found = b_found | hit
-            if self.early_stop:
-                alive = alive & ~hit
+    def _proj(self, p: Problem, a: Active, point: torch.Tensor) -> torch.Tensor:
+        xs, threat = a.x, p.threat
+        return clip_to_bounds(xs + project(point - xs, threat.norm, threat.eps), threat.bounds)
 
-        def proj(point: torch.Tensor) -> torch.Tensor:
-            return clip_to_bounds(xs + project(point - xs, threat.norm, threat.eps), threat.bounds)
-
-        xa = _start(xs, ids[idx.cpu()], threat, key)
-        logits, obj, grad = self._grad(model, xa, ys, lt, st is not None, task)
-        record(logits, obj, xa)
-        ctrl = StepSizeControl(obj, 2 * threat.eps, self.rho)  # Sec. 3.2: eta^(0) = 2 eps
-        x_max, g_max, x_prev = xa, grad, xa
-        marks = set(checkpoints(self.steps))
-        last_mark = 0
-        for it in range(1, self.steps + 1):
+    def _query(self, p: Problem, a: Active, t: int) -> Query:
+        xa, to_target = a["xa"], a.targets is not None
+        if t > 0:
             # Eq. 2; the first step (x^(0) -> x^(1)) has no momentum
-            a = 1.0 if it == 1 else self.alpha
-            z = proj(xa + ctrl.eta.view(view) * ascent_direction(grad, threat.norm))
-            moved = proj(xa + a * (z - xa) + (1 - a) * (xa - x_prev))
-            x_prev, xa = xa, torch.where(alive.view(view), moved, xa)
-            if it < self.steps:
-                logits, obj, grad = self._grad(model, xa, ys, lt, st is not None, task)
-            else:  # the last iterate needs a score, not a gradient
-                with torch.no_grad():
-                    logits = model(xa)
-                    obj = self._objective(task, logits, ys, lt, st is not None)
-            record(logits, obj, xa)
-            improved = ctrl.observe(obj)
-            x_max = torch.where(improved.view(view), xa, x_max)
-            if it == self.steps:
-                break
-            g_max = torch.where(improved.view(view), grad, g_max)
-            if it in marks:
-                halve = ctrl.checkpoint(it - last_mark)
-                last_mark = it
-                # restart from x_max, whose gradient is known: no extra pass (Algorithm 1, line 14)
-                xa = torch.where(halve.view(view), x_max, xa)
-                grad = torch.where(halve.view(view), g_max, grad)
-            if self.early_stop and it % self.compact_every == 0:
-                # write back, then drop the samples that are done (the one sync every few steps)
-                best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
-                keep = alive.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    return
-                if keep.numel() < len(idx):
-                    idx, xs, ys = idx[keep], xs[keep], ys[keep]
-                    lt = lt[keep] if lt is not None else None
-                    st = st[keep] if st is not None else None
-                    xa, x_prev, grad, x_max, g_max = (
-                        xa[keep],
-                        x_prev[keep],
-                        grad[keep],
-                        x_max[keep],
-                        g_max[keep],
-                    )
-                    b_x, b_obj, b_found, alive = b_x[keep], b_obj[keep], b_found[keep], alive[keep]
-                    ctrl.keep(keep)
-        best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
+            m = 1.0 if t == 1 else self.alpha
+            ctrl = a["ctrl"]
+            z = self._proj(p, a, xa + view(ctrl.eta, xa) * ascent_direction(a["grad"], p.threat.norm))
+            moved = self._proj(p, a, xa + m * (z - xa) + (1 - m) * (xa - a["x_prev"]))
+            a["x_prev"], xa = xa, torch.where(view(a.alive, xa), moved, xa)
+            a["xa"] = xa
+        if t < self.steps:
+            logits, obj, a["grad"] = self._grad(p.model, xa, a.y, a["lt"], to_target, p.task)
+            return Query(xa, logits, obj)
+        with torch.no_grad():
+            logits = p.model(xa)
+            return Query(xa, logits, self._objective(p.task, logits, a.y, a["lt"], to_target))
+
+    def _judge(self, p: Problem, a: Active, q: Query) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return success(p.task, q.logits, a.y, a.targets), q.obj, None
+
+    def _advance(self, p: Problem, a: Active, t: int, q: Query) -> None:
+        xa = a["xa"]
+        if t == 0:
+            a["ctrl"] = StepSizeControl(q.obj, 2 * p.threat.eps, self.rho)  # Sec. 3.2: eta^(0) = 2 eps
+            a["x_max"], a["g_max"], a["x_prev"] = xa, a["grad"], xa
+            a["marks"], a["last_mark"] = set(checkpoints(self.steps)), 0
+            return
+        improved = a["ctrl"].observe(q.obj)
+        a["x_max"] = torch.where(view(improved, xa), xa, a["x_max"])
+        a["g_max"] = torch.where(view(improved, xa), a["grad"], a["g_max"])
+        if t in a["marks"]:
+            halve = a["ctrl"].checkpoint(t - a["last_mark"])
+            a["last_mark"] = t
+            # restart from x_max, whose gradient is known: no extra pass (Algorithm 1, line 14)
+            a["xa"] = torch.where(view(halve, xa), a["x_max"], xa)
+            a["grad"] = torch.where(view(halve, xa), a["g_max"], a["grad"])
 
 
 class APGDTargeted(APGD):
@@ -433,24 +265,17 @@ class APGDTargeted(APGD):
         if targets is not None:
             return super()._run(model, x, y, threat, targets, ids, seed, task)
         _check_finite_eps(self.name, threat)
-        n = x.shape[0]
         with torch.no_grad():
             clean = model(x)
-        _check_logits(clean, 4, "apgd-t")
-        best = x.clone()
-        best_obj = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
+        check_logits(clean, 4, "apgd-t")
         # a sample misclassified at x is adversarial already: x is its result
         found = success(task, clean, y, None)
         # rank the wrong classes by clean logit, the true class last
         order = clean.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True, stable=True)
-        for rank in range(min(self.n_target_classes, clean.shape[1] - 1)):
-            for restart in range(self.restarts):
-                key = self.stream(seed, threat, rank * self.restarts + restart)
-                if not self._restart_on(
-                    model, x, y, threat, order[:, rank], None, ids, key, task, best, best_obj, found
-                ):
-                    return best
-        return best
+        runs = ((self.stream(seed, threat, rank * self.restarts + restart), order[:, rank])
+                for rank in range(min(self.n_target_classes, clean.shape[1] - 1))
+                for restart in range(self.restarts))
+        return self.search(Problem(model, x, y, threat, None, ids, task, seed), runs, found=found).x
 
 
 __all__ = ["APGD", "APGDTargeted", "StepSizeControl", "checkpoints", "dlr_loss", "dlr_loss_targeted"]

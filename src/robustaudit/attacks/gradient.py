@@ -1,7 +1,7 @@
-"""First-order white-box attacks: FGSM, PGD and the iterative variants built on PGD's engine.
+"""First-order white-box attacks: FGSM, PGD and the iterative variants built on PGD.
 
-PGD owns the loop (early stopping, active-set compaction, best iterate, restarts); the variants change
-only what the loop exposes as hooks:
+PGD writes its step on the iterative engine (:mod:`robustaudit.attacks.engine`: early stopping,
+active-set compaction, best iterate, restarts); the variants change only what PGD exposes as hooks:
 
 * ``alpha`` — the default step size (BIM, ILLC, MI-FGSM use their papers' budgets);
 * ``_step_direction(grad, norm, state)`` — the step direction, with a per-restart ``state`` dict of
@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, attack_loss, success
 from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Settings
+from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal, keyed_uniform
 from robustaudit.core.task import Task
@@ -87,7 +88,7 @@ class FGSM(Attack):
         return clip_to_bounds(x + threat.eps * ascent_direction(grad, threat.norm), threat.bounds)
 
 
-class PGD(Attack):
+class PGD(Attack, IterativeSearch):
     """Projected Gradient Descent (Madry et al. 2018) with random start, restarts and early stopping.
 
     Each step ``x <- clip(proj(x + step_size * dir(grad)))`` with ``dir`` the steepest-ascent
@@ -147,83 +148,40 @@ class PGD(Attack):
         return rel * eps
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
-        n = x.shape[0]
-        best = x.clone()
-        best_obj = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
-        found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        # the tier of the best iterate (see _outcome); kept across restarts like best_obj
-        best_tier = torch.zeros(n, dtype=torch.long, device=x.device)
-        for restart in range(self.restarts):
-            # one host sync per restart: restarts only work on samples not yet broken
-            todo = (~found).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=x.device)
-            if todo.numel() == 0:
-                break
-            self._restart(model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found,
-                          best_tier)
-        return best
+        problem = Problem(model, x, y, threat, targets, ids, task, seed)
+        return self.search(problem, range(self.restarts)).x
 
-    def _restart(self, model, x, y, threat, targets, ids, seed, task, restart, todo, best, best_obj, found,
-                 best_tier=None):
-        """One restart on samples ``todo``; updates ``best``, ``best_obj``, ``found`` (and ``best_tier``)
-        in place."""
-        if best_tier is None:
-            best_tier = torch.zeros(len(best), dtype=torch.long, device=x.device)
-        alpha = self.alpha(threat.eps)
-        idx = todo
-        xs, ys = x[idx], y[idx]
-        ts = targets[idx] if targets is not None else None
+    # ------------------------------------------------------------------ the engine's hooks
+    def _start(self, p: Problem, a: Active, restart: int) -> None:
         if self.random_start:
-            xa = random_start(xs, ids[idx.cpu()], threat, self.stream(seed, threat, restart))
+            a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
         else:
-            xa = xs.clone()
-        b_x, b_obj, b_found, b_tier = best[idx], best_obj[idx], found[idx], best_tier[idx]
-        alive = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-        # per-sample state of the step rule (e.g. momentum): compacted together with the active set
-        state: dict[str, torch.Tensor] = {}
+            a["xa"] = a.x.clone()
 
-        def record(logits: torch.Tensor, obj: torch.Tensor, point: torch.Tensor) -> None:
-            # masked updates only: no host sync
-            nonlocal b_x, b_obj, b_found, b_tier, alive
-            done, tier = self._outcome(task, logits, ys, ts)
-            hit = done & alive & ~b_found
-            if tier is None:
-                better = obj > b_obj
-            else:  # a higher tier wins whatever the objective; the objective ranks within a tier
-                better = (tier > b_tier) | ((tier == b_tier) & (obj > b_obj))
-            take = hit | (better & ~b_found & alive)
-            b_x = torch.where(take.view(-1, *[1] * (xa.dim() - 1)), point, b_x)
-            b_obj = torch.where(take, obj, b_obj)
-            if tier is not None:
-                b_tier = torch.where(take, tier, b_tier)
-            b_found = b_found | hit
-            if self.early_stop:
-                alive = alive & ~hit
+    def _last(self, p: Problem) -> int:
+        return self.steps  # steps gradient queries, then the last iterate is scored
 
-        def write_back() -> None:
-            best[idx], best_obj[idx], found[idx], best_tier[idx] = b_x, b_obj, b_found, b_tier
-
-        for step in range(self.steps):
-            logits, obj, grad = _input_grad(model, xa, ys, ts, task, self.loss)
-            record(logits, obj, xa)
-            moved = xa + alpha * self._step_direction(grad, threat.norm, state)
-            moved = clip_to_bounds(xs + project(moved - xs, threat.norm, threat.eps), threat.bounds)
-            xa = torch.where(alive.view(-1, *[1] * (xa.dim() - 1)), moved, xa)
-            if self.early_stop and (step + 1) % self.compact_every == 0 and step + 1 < self.steps:
-                # write back, then drop the samples that are done (the one sync every few steps)
-                write_back()
-                keep = alive.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    return
-                if keep.numel() < len(idx):
-                    idx, xs, ys, xa = idx[keep], xs[keep], ys[keep], xa[keep]
-                    ts = ts[keep] if ts is not None else None
-                    b_x, b_obj, b_found, alive = b_x[keep], b_obj[keep], b_found[keep], alive[keep]
-                    b_tier = b_tier[keep]
-                    state = {k: v[keep] for k, v in state.items()}
+    def _query(self, p: Problem, a: Active, t: int) -> Query:
+        if t < self.steps:
+            logits, obj, grad = _input_grad(p.model, a["xa"], a.y, a.targets, p.task, self.loss)
+            return Query(a["xa"], logits, obj, grad)
         with torch.no_grad():  # the last iterate has not been scored yet
-            logits = model(xa)
-            record(logits, attack_loss(task, logits, ys, ts, self.loss), xa)
-        write_back()
+            logits = p.model(a["xa"])
+            return Query(a["xa"], logits, attack_loss(p.task, logits, a.y, a.targets, self.loss))
+
+    def _judge(self, p: Problem, a: Active, q: Query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        done, tier = self._outcome(p.task, q.logits, a.y, a.targets)
+        return done, q.obj, tier
+
+    def _advance(self, p: Problem, a: Active, t: int, q: Query) -> None:
+        threat, xs = p.threat, a.x
+        moved = q.point + self.alpha(threat.eps) * self._step_direction(q.grad, threat.norm, a.state)
+        moved = clip_to_bounds(xs + project(moved - xs, threat.norm, threat.eps), threat.bounds)
+        a["xa"] = torch.where(view(a.alive, moved), moved, q.point)
+
+    def _compact_due(self, t: int) -> bool:
+        # after the (t+1)-th step, before the next query; never after the last step
+        return (t + 1) % self.compact_every == 0 and t + 1 < self.steps
 
     def _direction(self, grad: torch.Tensor, norm: str) -> torch.Tensor:
         """The step direction from the input gradient; overridden by momentum variants."""

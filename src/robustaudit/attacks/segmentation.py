@@ -18,118 +18,30 @@ permutes them); an integer ``C`` (or ``"class:C"``) sends every valid pixel to c
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from robustaudit.attacks.base import Attack, UniversalAttack
-from robustaudit.attacks.gradient import random_start
-from robustaudit.attacks.settings import (
-    MAX_BATCH,
-    MAX_CLASSES,
-    MAX_RESTARTS,
-    MAX_SAMPLES,
-    MAX_STEPS,
-    Bool,
-    Choice,
-    Float,
-    Int,
-    Setting,
-    Settings,
+from robustaudit.attacks.base import Attack
+from robustaudit.attacks.dense import (
+    DenseAttack,
+    dense_score,
+    parse_target,
+    require_segmentation,
+    target_map,
 )
+from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
+from robustaudit.attacks.gradient import random_start
+from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Setting, Settings
+from robustaudit.attacks.seg_uap import FittedUAP, SegUAP, hide_class_target
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
-from robustaudit.core.rng import stream_key
-from robustaudit.core.task import SEGMENTATION, SegmentationTask, Task
-from robustaudit.core.threat import ThreatModel
+from robustaudit.core.task import SEGMENTATION, SegmentationTask
 
 
-def _seg(task: Task, name: str) -> SegmentationTask:
-    if not isinstance(task, SegmentationTask):
-        raise UserError(f"attack '{name}' attacks segmentation models: run it with task=segmentation")
-    return task
-
-
-def parse_target(name: str, target: Any) -> str | int | None:
-    """Validate a ``target`` setting: ``None``, ``"shift"``, a class index or ``"class:C"``."""
-    if target is None or target == "shift":
-        return target
-    if isinstance(target, str) and target.startswith("class:"):
-        target = target.partition(":")[2].strip()
-        try:
-            target = int(target)
-        except ValueError:
-            raise UserError(f"{name}: target 'class:C' needs an integer C, got {target!r}") from None
-    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise UserError(f"{name}: target must be 'shift', a class index >= 0 or 'class:C', got {target!r}")
-    return target
-
-
-def target_map(y: torch.Tensor, target: str | int, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """The target segmentation of labels ``y (N, H, W)``: ``"shift"`` -> ``(y + 1) mod K``, an int ``C`` ->
-    ``C`` everywhere; ignored pixels stay ignored. ``-> (N, H, W)`` int64."""
-    valid = y != ignore_index
-    if target == "shift":
-        out = (y.clamp_max(num_classes - 1) + 1) % num_classes
-    else:
-        if int(target) >= num_classes:
-            raise UserError(f"target class {target} does not exist: the model has {num_classes} classes")
-        out = torch.full_like(y, int(target))
-    return torch.where(valid, out, torch.full_like(y, ignore_index))
-
-
-def _targets(y: torch.Tensor, targets: torch.Tensor | None, ignore_index: int) -> torch.Tensor | None:
-    """Targets restricted to the pixels that count: ignored in ``y`` -> ignored in the targets."""
-    if targets is None:
-        return None
-    if targets.shape != y.shape:
-        raise UserError(f"targets must have the labels' shape {tuple(y.shape)}, got {tuple(targets.shape)}")
-    return torch.where(y != ignore_index, targets.to(y.device), torch.full_like(y, ignore_index))
-
-
-def _view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *[1] * (like.dim() - 1))
-
-
-def dense_score(task: SegmentationTask, logits: torch.Tensor, y: torch.Tensor,
-                targets: torch.Tensor | None) -> torch.Tensor:
-    """Per-image attack score, higher is better for the attacker: ``1 - pixel accuracy`` (untargeted) or
-    the share of valid target pixels reached (targeted). ``(N, K, H, W) -> (N,)``."""
-    if targets is None:
-        return 1.0 - task.pixel_accuracy(logits, y)
-    valid = task.valid(targets)
-    hits = ((logits.argmax(1) == targets) & valid).flatten(1).sum(1)
-    return hits / valid.flatten(1).sum(1).clamp_min(1)
-
-
-class DenseAttack(Attack):
-    """What the segmentation attacks share: the task check and target maps."""
-
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
-    #: the task this attack serves (the registry lists it under that task)
-    task_name: ClassVar[str] = "segmentation"
-    target: str | int | None = None
-
-    def targets_for(self, y: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor | None:
-        """The target map this attack aims at for labels ``y (N, H, W)`` (``None``: untargeted)."""
-        if self.target is None:
-            return None
-        return target_map(y, self.target, num_classes, ignore_index)
-
-    def _resolve_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                         task: SegmentationTask) -> torch.Tensor | None:
-        if targets is None and self.target is not None:
-            with torch.no_grad():
-                k = model(x[:1]).shape[1]
-            targets = self.targets_for(y, k, task.ignore_index)
-        return _targets(y, targets, task.ignore_index)
-
-
-class SegPGD(DenseAttack):
+class SegPGD(DenseAttack, IterativeSearch):
     """SegPGD (Gu et al. 2022): PGD on a per-pixel CE that shifts weight from correct to flipped pixels.
 
     One engine serves three per-pixel weightings of the cross-entropy: pixel-wise PGD
@@ -167,6 +79,8 @@ class SegPGD(DenseAttack):
     name = "segpgd"
     randomized = True
     weighting: ClassVar[str] = "segpgd"
+    #: no per-image early exit on the engine: a partly fooled image still has pixels to flip
+    early_stop = False
     SETTINGS = Settings(
         Int("steps", 10, "iterations per restart", 1, MAX_STEPS),
         Int("restarts", 1, "random restarts", 1, MAX_RESTARTS),
@@ -229,33 +143,39 @@ class SegPGD(DenseAttack):
         return obj if targets is None else -obj
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):
-        task = _seg(task, self.name)
+        task = require_segmentation(task, self.name)
         if y.dim() != 3:
             raise UserError(f"attack '{self.name}' needs label maps (N, H, W), got labels of shape {tuple(y.shape)}")
         targets = self._resolve_targets(model, x, y, targets, task)
-        alpha = self.alpha(threat.eps)
-        best = x.clone()
-        best_score = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float32)
-        for restart in range(self.restarts):
-            if self.random_start:
-                xa = random_start(x, ids, threat, self.stream(seed, threat, restart))
-            else:
-                xa = x.clone()
-            for step in range(self.steps + 1):
-                xg = xa.detach().requires_grad_(step < self.steps)
-                with torch.set_grad_enabled(step < self.steps):
-                    logits = model(xg)
-                score = dense_score(task, logits.detach(), y, targets).float()
-                take = score > best_score
-                best = torch.where(_view(take, x), xa.detach(), best)
-                best_score = torch.where(take, score, best_score)
-                if step == self.steps:  # the last iterate is scored, not moved
-                    break
-                obj = self._objective(task, logits, y, targets, step)
-                (grad,) = torch.autograd.grad(obj.sum(), xg)
-                moved = xa.detach() + alpha * ascent_direction(grad, threat.norm)
-                xa = clip_to_bounds(x + project(moved - x, threat.norm, threat.eps), threat.bounds)
-        return best
+        return self.search(Problem(model, x, y, threat, targets, ids, task, seed), range(self.restarts)).x
+
+    # ------------------------------------------------------------------ the engine's hooks
+    def _start(self, p: Problem, a: Active, restart: int) -> None:
+        if self.random_start:
+            a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
+        else:
+            a["xa"] = a.x.clone()
+
+    def _last(self, p: Problem) -> int:
+        return self.steps  # the last iterate is scored, not moved
+
+    def _query(self, p: Problem, a: Active, t: int) -> Query:
+        xg = a["xa"].detach().requires_grad_(t < self.steps)
+        with torch.set_grad_enabled(t < self.steps):
+            logits = p.model(xg)
+        a["xg"] = xg
+        return Query(a["xa"].detach(), logits)
+
+    def _judge(self, p: Problem, a: Active, q: Query) -> tuple[torch.Tensor, torch.Tensor, None]:
+        score = dense_score(p.task, q.logits.detach(), a.y, a.targets).float()
+        return torch.zeros_like(score, dtype=torch.bool), score, None
+
+    def _advance(self, p: Problem, a: Active, t: int, q: Query) -> None:
+        threat, x = p.threat, a.x
+        obj = self._objective(p.task, q.logits, a.y, a.targets, t)
+        (grad,) = torch.autograd.grad(obj.sum(), a["xg"])
+        moved = q.point + self.alpha(threat.eps) * ascent_direction(grad, threat.norm)
+        a["xa"] = clip_to_bounds(x + project(moved - x, threat.norm, threat.eps), threat.bounds)
 
 
 class PixelPGD(SegPGD):
@@ -355,7 +275,7 @@ class DAG(DenseAttack):
         return clip_to_bounds(adv.detach(), threat.bounds).to(dtype=x.dtype)
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):
-        task = _seg(task, self.name)
+        task = require_segmentation(task, self.name)
         targets = self._resolve_targets(model, x, y, targets, task)
         valid = task.valid(targets) & task.valid(y)
         xa = x.clone()
@@ -371,7 +291,7 @@ class DAG(DenseAttack):
             hits = ((pred == targets) & valid).flatten(1).sum(1)
             score = hits / valid.flatten(1).sum(1).clamp_min(1)
             take = score > best_score
-            best = torch.where(_view(take, x), xa.detach(), best)
+            best = torch.where(view(take, x), xa.detach(), best)
             best_score = torch.where(take, score, best_score)
             if self.active == "not-target":
                 active = valid & (pred != targets)
@@ -384,188 +304,14 @@ class DAG(DenseAttack):
             obj = (diff * active).flatten(1).sum(1)
             (grad,) = torch.autograd.grad(obj.sum(), xg)
             linf = grad.flatten(1).abs().amax(1).clamp_min(1e-12)
-            step = self.gamma * grad / _view(linf, grad)
-            moved = xa + torch.where(_view(moving, x), step, torch.zeros_like(step))
+            step = self.gamma * grad / view(linf, grad)
+            moved = xa + torch.where(view(moving, x), step, torch.zeros_like(step))
             if bounded:
                 moved = x + project(moved - x, threat.norm, threat.eps)
             xa = clip_to_bounds(moved, threat.bounds).detach()
         return best
 
 
-def hide_class_target(pred: torch.Tensor, hide: int) -> torch.Tensor:
-    """Metzen et al.'s dynamic target: pixels predicted as ``hide`` take the label of the nearest pixel of
-    another class (Euclidean distance transform); the others keep the prediction. ``(N, H, W) -> (N, H, W)``.
-
-    An image predicted as ``hide`` everywhere keeps its prediction (no other class to borrow from).
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    out = pred.clone()
-    p = pred.cpu().numpy()
-    for i in range(p.shape[0]):
-        mask = p[i] == hide
-        if not mask.any() or mask.all():
-            continue
-        # indices of the nearest zero of the input: the nearest pixel NOT of the hidden class
-        _, (rows, cols) = distance_transform_edt(mask, return_indices=True)
-        out[i] = torch.from_numpy(p[i][rows, cols]).to(pred.device)
-    return out
-
-
-class SegUAP(UniversalAttack):
-    """Universal adversarial perturbations against semantic segmentation (Metzen et al. 2017).
-
-    One perturbation ``xi`` (``(C, H, W)``, Linf) is fitted on the TRAIN split against one model at one eps
-    by the paper's iteration ``xi <- clip_eps(xi - alpha * sign(D(xi)))``, ``D(xi) = (1/m) sum_k grad_x
-    J_w(f(x_k + xi), t_k)`` over a minibatch of ``m`` training images (the gradients of the minibatch are
-    accumulated before the one signed step, then projected to the eps-ball). ``J_w`` is the paper's
-    weighted loss: ``(1/|D|) [w sum_{p in I_o} CE_p + (1 - w) sum_{p not in I_o} CE_p]``, with ``I_o`` the
-    pixels whose target differs from the clean prediction (the hidden class, dynamic) and ``w = omega``;
-    the static target uses the plain mean (``I_o`` undefined).
-
-    Targets (``target``):
-
-    * ``"dynamic"`` (default): hide class ``hide`` (default 1, the digit 0 on digit-scenes): its predicted
-      pixels get the label of the nearest pixel of another predicted class, the rest keep the clean
-      prediction (:func:`hide_class_target`);
-    * ``"static"``: one fixed target segmentation for every image: the clean prediction of training image
-      ``target_image``.
-
-    ``fit`` uses the first ``fit_n`` training images in a keyed permutation, ``iterations`` signed steps of
-    ``alpha = rel_step_size * eps`` over minibatches of ``batch_size`` taken in turn; the fitted attack
-    (:class:`FittedUAP`) adds ``xi`` to any input. Deterministic given the seed. Linf only, as the paper.
-
-    Example:
-        >>> fitted = SegUAP(hide=1).fit(model, train, ThreatModel("linf", 0.05), task=SEGMENTATION)
-        >>> adv = fitted(model, x, y, ThreatModel("linf", 0.05), task=SEGMENTATION)
-    """
-
-    name = "seg-uap"
-    norms = ("linf",)
-    task_name: ClassVar[str] = "segmentation"
-    SETTINGS = Settings(
-        Choice("target", "dynamic", "dynamic (hide class `hide`) or static (one fixed target map)",
-               ("dynamic", "static")),
-        Int("hide", 1, "the class the dynamic target hides", 0, MAX_CLASSES),
-        Int("target_image", 0, "the training image whose clean prediction is the static target", 0, MAX_SAMPLES),
-        Int("iterations", 60, "signed steps of the fit", 1, MAX_STEPS),
-        Float("rel_step_size", 0.1, "step as a fraction of eps", 0, open_low=True),
-        Float("omega", 0.8, "weight of the hidden-class pixels in the loss", 0, 1, open_low=True),
-        Int("fit_n", 256, "training images the fit uses", 1, MAX_SAMPLES),
-        Int("batch_size", 32, "training images per step", 1, MAX_BATCH),
-    )
-
-    def __init__(
-        self,
-        *,
-        target: str = "dynamic",
-        hide: int = 1,
-        target_image: int = 0,
-        iterations: int = 60,
-        rel_step_size: float = 0.1,
-        omega: float = 0.8,
-        fit_n: int = 256,
-        batch_size: int = 32,
-    ) -> None:
-        SegUAP.SETTINGS.apply(self, locals())
-
-    def fit(self, model: nn.Module, train: Any, threat: ThreatModel, *, seed: int = 0, task: Task = SEGMENTATION,
-            device: torch.device | str = "cpu", progress: Any = None) -> FittedUAP:
-        """Fit ``xi`` on ``train`` (an ``ImageData`` with masks ``(B, H, W)``); return the applier."""
-        task = _seg(task, self.name)
-        if threat.norm not in self.norms:
-            raise UserError(f"attack '{self.name}' supports norms linf, not '{threat.norm}'")
-        n = min(self.fit_n, len(train))
-        if n == 0:
-            raise UserError("seg-uap: the training data is empty")
-        dev = torch.device(device)
-        # a keyed permutation of the training set: which images the fit sees depends on the seed only
-        g = torch.Generator().manual_seed(stream_key(seed, self.name, "fit") & 0x7FFFFFFF)
-        order = torch.randperm(len(train), generator=g)[:n].tolist()
-        if self.target_image >= len(train):
-            raise UserError(f"seg-uap: target_image {self.target_image} is beyond the {len(train)} training images")
-        static = None
-        with eval_mode(model), torch.no_grad():
-            if self.target == "static":
-                x_t, _ = train.load([self.target_image])
-                static = model(x_t.to(dev)).argmax(1)[0]
-        shape = tuple(train.load(order[:1])[0].shape[1:])
-        xi = torch.zeros(shape, device=dev)
-        if threat.eps == 0:
-            return FittedUAP(xi, self, static)
-        alpha = self.rel_step_size * threat.eps
-        batches = [order[i: i + self.batch_size] for i in range(0, n, self.batch_size)]
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        if progress is not None:
-            progress.start(f"fitting {self.name} at eps {threat.eps:g}", self.iterations)
-        with eval_mode(model), torch.enable_grad():
-            for it in range(self.iterations):
-                b = it % len(batches)
-                if b not in cache:  # inputs, their targets and the hidden-pixel mask, computed once
-                    xb, yb = train.load(batches[b])
-                    xb = xb.to(dev)
-                    with torch.no_grad():
-                        pred = model(xb).argmax(1)
-                    tb = static.expand_as(pred).clone() if static is not None else hide_class_target(pred, self.hide)
-                    # labels ignored in the training masks stay out of the loss
-                    tb = torch.where(yb.to(dev) != task.ignore_index, tb, torch.full_like(tb, task.ignore_index))
-                    cache[b] = (xb, tb, (tb != pred))
-                xb, tb, changed = cache[b]
-                xg = clip_to_bounds(xb + xi, threat.bounds).detach().requires_grad_(True)
-                ce = task.pixel_loss(model(xg), tb)
-                if static is None:
-                    w = torch.where(changed, self.omega, 1 - self.omega)
-                else:
-                    w = torch.ones_like(ce)
-                loss = (w * ce).flatten(1).sum(1) / task.valid(tb).flatten(1).sum(1).clamp_min(1)
-                (grad,) = torch.autograd.grad(loss.mean(), xg)
-                d = grad.sum(0)  # the minibatch's gradients accumulated into one direction
-                xi = (xi - alpha * d.sign()).clamp(-threat.eps, threat.eps)
-                if progress is not None:
-                    progress.advance(1)
-        return FittedUAP(xi.detach(), self, static)
-
-
-class FittedUAP(DenseAttack):
-    """A fitted universal perturbation: ``adv = clip(x + xi)`` for every input (``xi``: ``(C, H, W)``).
-
-    ``targets_for_prediction(pred)`` gives the target map of a batch from its clean prediction (the
-    static map, or the hidden-class map) for the targeted success rate.
-    """
-
-    name = "seg-uap"
-    norms = ("linf",)
-
-    def __init__(self, xi: torch.Tensor, source: SegUAP, static: torch.Tensor | None) -> None:
-        self.xi = xi
-        self.source = source
-        self.static = static
-
-    def settings(self) -> dict[str, Any]:
-        return self.source.settings()
-
-    def targets_for_prediction(self, pred: torch.Tensor) -> torch.Tensor:
-        """``(N, H, W)`` clean prediction -> ``(N, H, W)`` target map for the targeted success rate.
-
-        Static: the fixed map everywhere. Dynamic: the relabelled hidden-class pixels only, the others set
-        to 255 (ignored), so the rate is Metzen et al.'s share of the hidden class removed, not swamped by
-        the pixels whose target is their own clean prediction.
-        """
-        if self.static is not None:
-            return self.static.to(pred.device).expand_as(pred).clone()
-        target = hide_class_target(pred, self.source.hide)
-        return torch.where(target != pred, target, torch.full_like(target, 255))
-
-    def save(self, path: str) -> None:
-        """Write the perturbation (``(C, H, W)`` float32) to ``path`` (a ``.pt`` tensor file)."""
-        torch.save(self.xi.detach().cpu(), path)
-
-    def _run(self, model, x, y, threat, targets, ids, seed, task):
-        xi = project(self.xi.to(x)[None], threat.norm, threat.eps)
-        return clip_to_bounds(x + xi, threat.bounds)
-
-
-#: The segmentation attacks' names -> classes (the registry's segmentation table points here).
 SEGMENTATION_ATTACKS: dict[str, type[Attack]] = {
     "pgd": PixelPGD, "segpgd": SegPGD, "cospgd": CosPGD, "dag": DAG, "seg-uap": SegUAP,
 }
@@ -579,3 +325,9 @@ def is_unbounded(attack: Attack) -> bool:
 def is_targeted(attack: Attack) -> bool:
     """Whether ``attack`` aims at a target map (its success is measured as target pixels reached)."""
     return isinstance(attack, (SegUAP, FittedUAP)) or getattr(attack, "target", None) is not None
+
+
+# parse_target, target_map, dense_score, hide_class_target, SegUAP and FittedUAP are re-exported: callers
+# import every segmentation attack from here
+__all__ = ["CosPGD", "DAG", "DenseAttack", "FittedUAP", "PixelPGD", "SEGMENTATION_ATTACKS", "SegPGD", "SegUAP",
+           "dense_score", "hide_class_target", "is_targeted", "is_unbounded", "parse_target", "target_map"]

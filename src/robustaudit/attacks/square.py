@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from robustaudit.attacks.base import Attack, AttackKind, attack_loss, success
 from robustaudit.attacks.settings import MAX_QUERIES, MAX_RESTARTS, Bool, Choice, Float, Int, Settings
+from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import clip_to_bounds
 from robustaudit.core.rng import keyed_uniform, stream_key
@@ -106,7 +107,7 @@ def _signs(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
 
 
-class Square(Attack):
+class Square(Attack, IterativeSearch):
     """Square Attack (Andriushchenko et al. 2020): random search with square updates, logits only.
 
     Linf (Sec. 3.1): start from vertical stripes of ``+-eps`` (a random sign per column and channel);
@@ -211,108 +212,49 @@ class Square(Attack):
         token = _QUERY_SINK.set(None)  # a nested call (a model that attacks) must not write into our sink
         try:
             with torch.no_grad():  # score-based: the search never needs a gradient
-                n = x.shape[0]
-                best = x.clone()
-                best_obj = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
-                found = torch.zeros(n, dtype=torch.bool, device=x.device)
-                used = torch.zeros(n, dtype=torch.long, device=x.device)
-                for restart in range(self.restarts):
-                    # one host sync per restart: restarts only work on samples not yet broken
-                    todo = (
-                        (~found).nonzero().squeeze(1) if self.early_stop else torch.arange(n, device=x.device)
-                    )
-                    if todo.numel() == 0:
-                        break
-                    self._restart(
-                        model,
-                        x,
-                        y,
-                        threat,
-                        targets,
-                        ids,
-                        self.stream(seed, threat, restart),
-                        task,
-                        todo,
-                        best,
-                        best_obj,
-                        found,
-                        used,
-                    )
+                runs = (self.stream(seed, threat, restart) for restart in range(self.restarts))
+                best = self.search(Problem(model, x, y, threat, targets, ids, task, seed), runs, tallies=("queries",))
         finally:
             _QUERY_SINK.reset(token)
         if sink is not None:
-            sink.append(used)
-        return best
+            sink.append(best.totals["queries"])
+        return best.x
 
-    def _restart(
-        self, model, x, y, threat, targets, ids, key, task, todo, best, best_obj, found, used
-    ) -> None:
-        """One restart on samples ``todo``; updates ``best``, ``best_obj``, ``found``, ``used`` in place."""
-        view = (-1, *[1] * (x.dim() - 1))
-        idx = todo
-        xs, ys = x[idx], y[idx]
-        ts = targets[idx] if targets is not None else None
-        sids = ids[idx.cpu()]
-        b_x, b_obj, b_found = best[idx], best_obj[idx], found[idx]
-        q = torch.zeros(len(idx), dtype=torch.long, device=x.device)
+    # ------------------------------------------------------------------ the engine's hooks
+    def _start(self, p: Problem, a: Active, key: int) -> None:
+        a["key"] = key  # not a tensor: not compacted
+        a["xb"] = self._init(a.x, a.ids, p.threat, key)  # the current point of the search
 
-        def query(point: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # one model evaluation per active sample: masked bookkeeping, no host sync
-            nonlocal b_x, b_obj, b_found, q
-            logits = model(point)
-            obj = attack_loss(task, logits, ys, ts, self.loss)
-            q = q + alive.long()
-            hit = success(task, logits, ys, ts) & alive
-            take = (hit | (obj > b_obj)) & alive & ~b_found
-            b_x = torch.where(take.view(view), point, b_x)
-            b_obj = torch.where(take, obj, b_obj)
-            b_found = b_found | hit
-            return obj, hit
+    def _last(self, p: Problem) -> int:
+        return self.queries - 1  # the initial point, then one candidate per iteration
 
-        alive = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-        xb = self._init(xs, sids, threat, key)  # the current point of the search
-        cur, hit = query(xb, alive)
-        if self.early_stop:
-            alive = alive & ~hit
-        height, width = x.shape[-2], x.shape[-1]
-        draws = torch.empty(0)
-        for it in range(self.queries - 1):
+    def _query(self, p: Problem, a: Active, t: int) -> Query:
+        point = a["xb"]
+        if t > 0:
+            it = t - 1
             if it % _BLOCK == 0:
-                draws = self._draws(sids, key, it // _BLOCK, x)
-            u = draws[:, it % _BLOCK]
-            p = p_schedule(it, self.queries, self.p_init)
-            if threat.norm == "linf":
-                cand = self._linf_step(xs, xb, u, square_side(p, height, width, "linf"), threat)
-            else:
-                cand = self._l2_step(xs, xb, u, square_side(p, height, width, "l2"), threat)
-            obj, hit = query(cand, alive)
-            # random search: keep the candidate if it improves the loss or is adversarial
-            accept = alive & ((obj > cur) | hit)
-            xb = torch.where(accept.view(view), cand, xb)
-            cur = torch.where(accept, obj, cur)
-            if self.early_stop:
-                alive = alive & ~hit
-                if (it + 1) % self.compact_every == 0:
-                    # write back, then drop the samples that are done (the one sync every few steps)
-                    best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
-                    used[idx] += q
-                    q = torch.zeros_like(q)
-                    keep = alive.nonzero().squeeze(1)
-                    if keep.numel() == 0:
-                        return
-                    if keep.numel() < len(idx):
-                        idx, xs, ys, xb, cur = idx[keep], xs[keep], ys[keep], xb[keep], cur[keep]
-                        ts = ts[keep] if ts is not None else None
-                        sids, draws = sids[keep.cpu()], draws[keep]
-                        b_x, b_obj, b_found, alive, q = (
-                            b_x[keep],
-                            b_obj[keep],
-                            b_found[keep],
-                            alive[keep],
-                            q[keep],
-                        )
-        best[idx], best_obj[idx], found[idx] = b_x, b_obj, b_found
-        used[idx] += q
+                a["draws"] = self._draws(a.ids, a["key"], it // _BLOCK, p.x)
+            u = a["draws"][:, it % _BLOCK]
+            side = square_side(p_schedule(it, self.queries, self.p_init), p.x.shape[-2], p.x.shape[-1], p.threat.norm)
+            step = self._linf_step if p.threat.norm == "linf" else self._l2_step
+            point = step(a.x, a["xb"], u, side, p.threat)
+        # one model evaluation per active sample: masked bookkeeping, no host sync
+        logits = p.model(point)
+        a.tally["queries"] = a.tally["queries"] + a.alive.long()
+        a["asked"] = a.alive  # who was alive when asked: the acceptance below is theirs
+        return Query(point, logits, attack_loss(p.task, logits, a.y, a.targets, self.loss))
+
+    def _judge(self, p: Problem, a: Active, q: Query) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return success(p.task, q.logits, a.y, a.targets), q.obj, None
+
+    def _advance(self, p: Problem, a: Active, t: int, q: Query) -> None:
+        if t == 0:
+            a["cur"] = q.obj
+            return
+        # random search: keep the candidate if it improves the loss or is adversarial
+        accept = a["asked"] & ((q.obj > a["cur"]) | a.done)
+        a["xb"] = torch.where(view(accept, q.point), q.point, a["xb"])
+        a["cur"] = torch.where(accept, q.obj, a["cur"])
 
     def _draws(self, sids: torch.Tensor, key: int, block: int, x: torch.Tensor) -> torch.Tensor:
         """Uniforms for ``_BLOCK`` iterations: ``(N, _BLOCK, k)``, keyed by (restart key, block, sample).

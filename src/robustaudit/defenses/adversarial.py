@@ -16,11 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query
 from robustaudit.attacks.gradient import PGD, random_start
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, project
 from robustaudit.core.rng import keyed_normal
+from robustaudit.core.task import CLASSIFICATION
 from robustaudit.core.threat import ThreatModel
 from robustaudit.defenses.training import (
     BatchContext,
@@ -61,6 +63,41 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     return boosted + beta * (kl * (1.0000001 - true_probs)).sum() / len(y)
 
 
+class _Ascent(IterativeSearch):
+    """The inner maximisation of TRADES and MART on the engine: every sample takes every step (no
+    early stop, no best iterate: the last iterate is the result), from ``x + 0.001 * N(0, 1)``."""
+
+    early_stop = False
+    keep_last = True
+
+    def __init__(self, steps: int, alpha: float, key: int, objective: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.steps, self.alpha, self.key, self.objective = steps, alpha, key, objective
+
+    def _start(self, p: Problem, a: Active, restart: int) -> None:
+        noise = keyed_normal(a.ids, tuple(a.x.shape[1:]), self.key, device=a.x.device, dtype=a.x.dtype)
+        a["xa"] = a.x + 0.001 * noise  # not clipped: the reference codes start here
+
+    def _last(self, p: Problem) -> int:
+        return self.steps
+
+    def _query(self, p: Problem, a: Active, t: int) -> Query:
+        xa = a["xa"]
+        if t == self.steps:  # the result: nothing to score
+            return Query(xa)
+        xa.requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.objective(p.model(xa)), xa)
+        return Query(xa.detach(), grad=grad)
+
+    def _judge(self, p: Problem, a: Active, q: Query) -> tuple[torch.Tensor, torch.Tensor, None]:
+        n = len(q.point)
+        return torch.zeros(n, dtype=torch.bool, device=q.point.device), q.point.new_zeros(n), None
+
+    def _advance(self, p: Problem, a: Active, t: int, q: Query) -> None:
+        threat, x = p.threat, a.x
+        xa = q.point + self.alpha * ascent_direction(q.grad, threat.norm)
+        a["xa"] = clip_to_bounds(x + project(xa - x, threat.norm, threat.eps), threat.bounds)
+
+
 def ascend(
     model: nn.Module,
     x: torch.Tensor,
@@ -78,16 +115,10 @@ def ascend(
     start (keyed by sample id), no early stop, every step projected to the ball and the bounds.
     ``x`` ``(B, C, H, W)`` -> ``(B, C, H, W)``. The model is put in eval mode meanwhile.
     """
-    alpha = rel_step_size * threat.eps
-    noise = keyed_normal(ids, tuple(x.shape[1:]), key, device=x.device, dtype=x.dtype)
-    xa = x.detach() + 0.001 * noise
+    search = _Ascent(steps, rel_step_size * threat.eps, key, objective)
+    problem = Problem(model, x.detach(), None, threat, None, ids.cpu(), CLASSIFICATION)
     with eval_mode(model), torch.enable_grad():
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(model(xa)), xa)
-            xa = xa.detach() + alpha * ascent_direction(grad, threat.norm)
-            xa = clip_to_bounds(x + project(xa - x, threat.norm, threat.eps), threat.bounds)
-    return xa.detach()
+        return search.search(problem, range(1)).x.detach()
 
 
 def _rel_step(value: float | None, steps: int, name: str) -> float:
