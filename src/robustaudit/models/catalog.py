@@ -17,6 +17,7 @@ from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.core.threat import ThreatModel
+from robustaudit.models.zoo import builtin_entries
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -110,6 +111,5 @@ def create_model(name: str, *, pretrained: bool = True) -> nn.Module:
 def _ensure_builtin() -> None:
     # explicit registration of our own zoo, done once on first use (no star-import side effects)
     if not _REGISTRY:
-        from robustaudit.models.zoo import register_builtin
-
-        register_builtin(register_model)
+        for entry in builtin_entries():
+            register_model(ModelCard(**entry))
