@@ -34,6 +34,7 @@ __all__ = [
     "tensor_data",
 ]
 
+
 def _materialise(loader: Iterable, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for b, batch in enumerate(loader):

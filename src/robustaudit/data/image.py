@@ -28,6 +28,7 @@ from robustaudit.data.validate import (
 
 __all__ = ["DatasetData", "ImageData", "TensorData"]
 
+
 class ImageData(ABC):
     """A labelled image set addressable by index. Images float32 in [0,1], shape (C,H,W); labels int64.
 

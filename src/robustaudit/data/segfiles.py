@@ -35,6 +35,7 @@ __all__ = [
     "parse_size",
 ]
 
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: The 21 classes of PASCAL VOC segmentation, in index order (0 = background).
 VOC_CLASSES = [

@@ -33,6 +33,7 @@ from robustaudit.data.validate import (
 # check_masks is re-exported: it is the segmentation half of the checks
 __all__ = ["SegmentationData", "SegmentationTensorData", "check_masks"]
 
+
 class SegmentationData(ImageData):
     """A segmentation set: ``load(indices) -> (x (B, C, H, W) float32 in [0, 1], y (B, H, W) int64)``.
 

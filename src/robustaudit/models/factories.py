@@ -24,6 +24,7 @@ from robustaudit.models.wrappers import type_name
 
 __all__ = ["DOTTED", "IDENT", "from_import", "from_python_file", "with_weights"]
 
+
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 DOTTED = re.compile(rf"{IDENT}(\.{IDENT})*")
 _MODULE_COUNTER = itertools.count()

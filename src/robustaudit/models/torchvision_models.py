@@ -20,6 +20,7 @@ from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 
 __all__ = ["TORCHVISION_PREFIX", "from_torchvision"]
 
+
 TORCHVISION_PREFIX = "torchvision:"
 
 
