@@ -2,14 +2,12 @@
 
 Every :class:`SegmentationData` hands out images as float32 tensors in ``[0, 1]`` of shape
 ``(B, C, H, W)`` and masks as int64 tensors of shape ``(B, H, W)`` holding class indices in
-``[0, num_classes)`` or ``ignore_index`` (255, VOC's value for pixels that count nowhere). A mistake in
-the files (a mask of another size than its image, a class index out of range, an RGB or JPEG mask, an
-image without a mask) is a :class:`UserError` of one line naming the file.
+``[0, num_classes)`` or ``ignore_index`` (255, VOC's value for pixels that count nowhere).
 
-``digit-scenes`` (the embedded default, built from scikit-learn's digits) lives in
-:mod:`robustaudit.data.digit_scenes`; the file readers live here.
+Here: the interface and the in-memory set. ``digit-scenes`` (the embedded default, built from
+scikit-learn's digits) lives in :mod:`robustaudit.data.digit_scenes`, the file readers (``segfolder``,
+``voc``) in :mod:`robustaudit.data.segfiles`, the mask checks in :mod:`robustaudit.data.validate`.
 """
-
 
 from __future__ import annotations
 

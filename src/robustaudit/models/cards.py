@@ -65,9 +65,7 @@ def check_card(path: str | os.PathLike[str]) -> str | None:
 def checkpoint_card(path: Path) -> dict[str, Any] | None:
     """The model card ``CKPT.json`` beside a state_dict checkpoint ``CKPT``, when it names an
     architecture; ``None`` otherwise (the file is then loaded as any other model file)."""
-    import json
-
-    card_file = path.with_name(path.name + ".json")
+    card_file = card_path(path)
     if path.suffix.lower() == ".json" or not card_file.is_file():
         return None
     try:
