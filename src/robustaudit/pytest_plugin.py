@@ -216,7 +216,7 @@ class RobustSession:
         if call.when == "call":
             record = item.stash.get(RECORD_KEY, None)
             if record is not None and record.audits:
-                from robustaudit.plugin.session import finish_report
+                from robustaudit.plugin.finish import finish_report
 
                 finish_report(self, record, report)
         return report

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from robustaudit.core.errors import unknown
-from robustaudit.data.base import TensorData
+from robustaudit.data.image import TensorData
 
 TEST_FRACTION = 0.2
 SPLITS = ("train", "test")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from robustaudit.core.errors import UserError, unknown
-from robustaudit.data.base import ImageData
+from robustaudit.data.base import ImageData, as_image_data
 
 _SETTING = re.compile(r":([A-Za-z_]\w*)=([^:]*)$")
 SPLITS = ("train", "test")
@@ -88,7 +88,7 @@ def _digit_scenes(root, split, settings, spec):
 
 
 def _segfolder(root, split, settings, spec):
-    from robustaudit.data.segmentation import open_segfolder, parse_size
+    from robustaudit.data.segfiles import open_segfolder, parse_size
 
     size = parse_size(settings["size"], spec) if "size" in settings else None
     classes = _positive_int(settings["classes"], "classes", spec) if "classes" in settings else None
@@ -96,7 +96,7 @@ def _segfolder(root, split, settings, spec):
 
 
 def _voc(root, split, settings, spec):
-    from robustaudit.data.segmentation import open_voc, parse_size
+    from robustaudit.data.segfiles import open_voc, parse_size
 
     size = parse_size(settings["size"], spec) if "size" in settings else 256
     return open_voc(root, split, year=settings.get("year", "2012"), size=size, name=spec)
@@ -220,8 +220,6 @@ def train_split_of(data: ImageData, given: object, *, flag: str, purpose: str) -
     """What to fit on: ``given`` (a spec, opened at its train split, or data in any form ``audit``
     takes), else the train split of ``data``'s spec; a UserError naming ``flag`` when there is none.
     ``purpose`` starts the message (``"detectors are fitted"``)."""
-    from robustaudit.data.base import as_image_data
-
     if given is not None:
         return open_dataset(given, split="train") if isinstance(given, str) else as_image_data(given)
     try:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from robustaudit.core.errors import UserError
-from robustaudit.data.base import DatasetData, ImageData, _index_tensor, check_labels
+from robustaudit.data.image import DatasetData, ImageData
+from robustaudit.data.validate import check_labels, index_tensor
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -53,7 +54,7 @@ class ByteImageData(ImageData):
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` float32 images in [0, 1] and ``(B,)`` int64 labels."""
-        idx = _index_tensor(indices, len(self), self.name)
+        idx = index_tensor(indices, len(self), self.name)
         # uint8 / 255 lies in [0, 1] by construction: nothing left to validate per batch
         return self.pixels[idx].to(torch.float32).div_(255.0), self.labels[idx]
 

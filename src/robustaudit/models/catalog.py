@@ -7,7 +7,6 @@ before they are loaded: nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.core.threat import ThreatModel
+from robustaudit.models.files import file_sha256
+from robustaudit.models.zoo import builtin_entries
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -74,12 +75,8 @@ def get_card(name: str) -> ModelCard:
     return _REGISTRY[name]
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: The sha256 hex digest of a file (the training scripts import it from here).
+sha256_of = file_sha256
 
 
 def create_model(name: str, *, pretrained: bool = True) -> nn.Module:
@@ -110,6 +107,5 @@ def create_model(name: str, *, pretrained: bool = True) -> nn.Module:
 def _ensure_builtin() -> None:
     # explicit registration of our own zoo, done once on first use (no star-import side effects)
     if not _REGISTRY:
-        from robustaudit.models.zoo import register_builtin
-
-        register_builtin(register_model)
+        for entry in builtin_entries():
+            register_model(ModelCard(**entry))

@@ -33,6 +33,7 @@ __all__ = [
     "parse_normalize",
     "prepare",
     "raised_by_model",
+    "type_name",
 ]
 
 # Only statistics that are standard and unambiguous; CIFAR-10's std, for one, circulates in two
@@ -113,6 +114,7 @@ class Normalize(nn.Module):
 
 
 _KEY = re.compile(r"^(mean|std)=(.*)$")
+_EXAMPLE = "'mean=0.49,0.48,0.45,std=0.25,0.24,0.26'"
 
 
 def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
@@ -133,14 +135,26 @@ def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
     preset = NORMALIZE_PRESETS.get(text.lower())
     if preset is not None:
         return list(preset[0]), list(preset[1])
-    example = "'mean=0.49,0.48,0.45,std=0.25,0.24,0.26'"
     if not text:
         raise UserError(
-            f"empty normalize setting; expected e.g. {example} or one of: {', '.join(NORMALIZE_PRESETS)}"
+            f"empty normalize setting; expected e.g. {_EXAMPLE} or one of: {', '.join(NORMALIZE_PRESETS)}"
         )
     # Glue "key = value" together, then commas, semicolons and spaces all separate tokens.
     text = re.sub(r"\s*=\s*", "=", text)
-    tokens = [t for t in re.split(r"[,;\s]+", text) if t]
+    values = _key_values([t for t in re.split(r"[,;\s]+", text) if t], spec)
+    for key in ("mean", "std"):
+        if key not in values:
+            raise UserError(f"normalize setting '{spec}' lacks '{key}='; expected e.g. {_EXAMPLE}")
+        if not values[key]:
+            raise UserError(
+                f"normalize setting '{spec}' gives no values for '{key}'; expected e.g. {_EXAMPLE}"
+            )
+    return _channel_stats(values["mean"], values["std"])
+
+
+def _key_values(tokens: list[str], spec: str) -> dict[str, list[float]]:
+    """``['mean=0.5', '0.4', 'std=0.2']`` -> ``{'mean': [0.5, 0.4], 'std': [0.2]}``; a value belongs to
+    the last key before it."""
     values: dict[str, list[float]] = {}
     current: str | None = None
     for token in tokens:
@@ -149,7 +163,7 @@ def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
             current = match.group(1)
             if current in values:
                 raise UserError(
-                    f"normalize setting '{spec}' gives '{current}' twice; expected e.g. {example}"
+                    f"normalize setting '{spec}' gives '{current}' twice; expected e.g. {_EXAMPLE}"
                 )
             values[current] = []
             token = match.group(2)
@@ -158,30 +172,23 @@ def parse_normalize(spec: str) -> tuple[list[float], list[float]]:
         elif "=" in token:
             key = token.split("=", 1)[0]
             raise UserError(
-                f"unknown normalize key '{key}' in '{spec}' (keys: mean, std); expected e.g. {example}"
+                f"unknown normalize key '{key}' in '{spec}' (keys: mean, std); expected e.g. {_EXAMPLE}"
             )
         if current is None:
             raise UserError(
-                f"normalize setting '{spec}' must start with 'mean=' or 'std='; expected e.g. {example}"
+                f"normalize setting '{spec}' must start with 'mean=' or 'std='; expected e.g. {_EXAMPLE}"
             )
         try:
             number = float(token)
         except ValueError:
             raise UserError(
-                f"normalize value '{token}' in '{spec}' is not a number; expected e.g. {example}"
+                f"normalize value '{token}' in '{spec}' is not a number; expected e.g. {_EXAMPLE}"
             ) from None
         values[current].append(number)
-    for key in ("mean", "std"):
-        if key not in values:
-            raise UserError(f"normalize setting '{spec}' lacks '{key}='; expected e.g. {example}")
-        if not values[key]:
-            raise UserError(
-                f"normalize setting '{spec}' gives no values for '{key}'; expected e.g. {example}"
-            )
-    return _channel_stats(values["mean"], values["std"])
+    return values
 
 
-def _describe(obj: object) -> str:
+def type_name(obj: object) -> str:
     """A type's name as a user would write it: ``int``, ``dict``, ``mypkg.Net``."""
     kind = type(obj)
     return (
@@ -197,7 +204,7 @@ def _logits(out: object, depth: int = 0) -> torch.Tensor:
         return out
     if depth > 2:
         raise UserError(
-            f"the model's output is nested too deeply to find its logits ({_describe(out)})"
+            f"the model's output is nested too deeply to find its logits ({type_name(out)})"
         )
     # `.logits` comes before the dict and tuple cases: Hugging Face outputs are dicts and torchvision's
     # GoogLeNet/Inception training outputs are namedtuples, and both name their logits explicitly.
@@ -216,7 +223,7 @@ def _logits(out: object, depth: int = 0) -> torch.Tensor:
     if isinstance(out, (tuple, list)) and out:
         return _logits(out[0], depth + 1)
     raise UserError(
-        f"the model returned {_describe(out)}; expected a logits tensor, a dict with 'out', "
+        f"the model returned {type_name(out)}; expected a logits tensor, a dict with 'out', "
         "a tuple whose first element is the logits, or an object with .logits"
     )
 
@@ -268,7 +275,7 @@ def prepare(
         ``LogitsOutput(Normalize(model, mean, std))`` or ``LogitsOutput(model)``.
     """
     if not isinstance(model, nn.Module):
-        raise UserError(f"expected a torch.nn.Module, got {_describe(model)}")
+        raise UserError(f"expected a torch.nn.Module, got {type_name(model)}")
     inner = model.model if isinstance(model, LogitsOutput) else model
     if normalize is not None:
         mean, std = normalize

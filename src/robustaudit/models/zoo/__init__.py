@@ -1,10 +1,14 @@
-"""Architectures and catalog entries of the models robustaudit ships."""
+"""Architectures and catalog entries of the models robustaudit ships.
+
+The entries are plain data (the keyword arguments of a ``ModelCard``); :mod:`robustaudit.models.catalog`
+turns them into cards on first use, so the zoo knows nothing of the registry that holds them.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from robustaudit.core.threat import ThreatModel
 from robustaudit.models.zoo.digits import DigitsCNN
@@ -28,6 +32,17 @@ _SHA256 = {
     "unet-tiny": "f8ad7ee787a1d95032e4a9252253b862a3cd68e77ad3875fc8348d0322097d39",
 }
 
+#: The DigitsCNN variants: name -> (defense, trained-for threat model, description).
+_DIGITS_MODELS: dict[str, tuple[str, ThreatModel | None, str]] = {
+    "digits-cnn": ("standard", None, "DigitsCNN, standard training on sklearn digits"),
+    "digits-cnn-pgdat": ("pgd-at", ThreatModel("linf", 0.2),
+                         "DigitsCNN, PGD adversarial training (Madry et al.) at Linf eps=0.2 on sklearn digits"),
+    "digits-cnn-trades": ("trades", ThreatModel("linf", 0.2),
+                          "DigitsCNN, TRADES (Zhang et al., beta=6) at Linf eps=0.2 on sklearn digits"),
+    "digits-cnn-ls": ("label-smoothing", None,
+                      "DigitsCNN, label smoothing 0.1 (a regularizer, not adversarial training) on sklearn digits"),
+}
+
 
 def _manifest(stem: str) -> dict:
     """The training record written next to shipped weights (sha256 and measured accuracies)."""
@@ -35,68 +50,29 @@ def _manifest(stem: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def register_builtin(register: Callable) -> None:
-    """Register the catalog entries of the shipped models with ``register`` (a ``register_model``)."""
-    from robustaudit.models.catalog import ModelCard
+def _entry(name: str, **card: Any) -> dict[str, Any]:
+    """A card's keyword arguments: ``card`` plus the pinned sha256, the weights file when one is pinned
+    and the numbers its training manifest reports."""
+    sha256 = _SHA256[name]
+    reported = {k: float(v) for k, v in _manifest(name).get("reported", {}).items()}
+    return {"name": name, **card, "weights": f"{name}.pt" if sha256 else None, "sha256": sha256,
+            "reported": reported}
 
-    for name, defense, trained_for, sha256, text in (
-        ("digits-cnn", "standard", None, _SHA256["digits-cnn"], "DigitsCNN, standard training on sklearn digits"),
-        (
-            "digits-cnn-pgdat",
-            "pgd-at",
-            ThreatModel("linf", 0.2),
-            _SHA256["digits-cnn-pgdat"],
-            "DigitsCNN, PGD adversarial training (Madry et al.) at Linf eps=0.2 on sklearn digits",
-        ),
-        (
-            "digits-cnn-trades",
-            "trades",
-            ThreatModel("linf", 0.2),
-            _SHA256["digits-cnn-trades"],
-            "DigitsCNN, TRADES (Zhang et al., beta=6) at Linf eps=0.2 on sklearn digits",
-        ),
-        (
-            "digits-cnn-ls",
-            "label-smoothing",
-            None,
-            _SHA256["digits-cnn-ls"],
-            "DigitsCNN, label smoothing 0.1 (a regularizer, not adversarial training) on sklearn digits",
-        ),
-    ):
-        meta = _manifest(name)
-        register(
-            ModelCard(
-                name=name,
-                builder=DigitsCNN,
-                dataset="digits",
-                input_shape=(1, 8, 8),
-                num_classes=10,
-                description=text,
-                defense=defense,
-                trained_for=trained_for,
-                weights=f"{name}.pt",
-                sha256=sha256,
-                reported={k: float(v) for k, v in meta.get("reported", {}).items()},
-            )
-        )
-    for name, (builder, defense, trained_for, text) in DIGITS32_MODELS.items():
-        meta = _manifest(name)
-        register(ModelCard(name=name, builder=builder, dataset="digits32", input_shape=(1, 32, 32), num_classes=10,
-                           description=text, defense=defense, trained_for=trained_for,
-                           weights=f"{name}.pt" if _SHA256[name] else None, sha256=_SHA256[name],
-                           reported={k: float(v) for k, v in meta.get("reported", {}).items()}))
-    meta = _manifest("unet-tiny")
-    register(
-        ModelCard(
-            name="unet-tiny",
-            builder=unet_tiny,
-            dataset="digit-scenes",
-            input_shape=(1, 64, 64),
-            num_classes=11,
-            description="tiny U-Net (segmentation), standard training on digit-scenes",
-            weights="unet-tiny.pt" if _SHA256["unet-tiny"] else None,
-            sha256=_SHA256["unet-tiny"],
-            reported={k: float(v) for k, v in meta.get("reported", {}).items()},
-            task="segmentation",
-        )
-    )
+
+def builtin_entries() -> list[dict[str, Any]]:
+    """The catalog entries of the shipped models, as ``ModelCard`` keyword arguments, in registration
+    order: the DigitsCNN variants, the digits32 networks, the segmentation U-Net."""
+    entries = [
+        _entry(name, builder=DigitsCNN, dataset="digits", input_shape=(1, 8, 8), num_classes=10,
+               description=text, defense=defense, trained_for=trained_for)
+        for name, (defense, trained_for, text) in _DIGITS_MODELS.items()
+    ]
+    entries += [
+        _entry(name, builder=builder, dataset="digits32", input_shape=(1, 32, 32), num_classes=10,
+               description=text, defense=defense, trained_for=trained_for)
+        for name, (builder, defense, trained_for, text) in DIGITS32_MODELS.items()
+    ]
+    entries.append(_entry("unet-tiny", builder=unet_tiny, dataset="digit-scenes", input_shape=(1, 64, 64),
+                          num_classes=11, description="tiny U-Net (segmentation), standard training on digit-scenes",
+                          task="segmentation"))
+    return entries
