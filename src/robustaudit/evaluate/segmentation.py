@@ -6,7 +6,9 @@ matrix summed over every image — so here every model × attack × eps cell is 
 audited images, in batches, with no survivor cascade and no early exit. Per cell we keep each image's
 confusion matrix ``(K, K)`` (rows: true class, columns: predicted; ignored pixels count nowhere), which
 gives the dataset figures (their sum), the per-image pixel accuracy (the ensemble picks the worst attack
-per image) and the bootstrap intervals (images resampled, their matrices re-summed).
+per image) and the bootstrap intervals (images resampled, their matrices re-summed): every figure is
+aggregated from these per-image outcomes by :func:`robustaudit.evaluate.aggregate.aggregate_segmentation`.
+An image with no valid pixel has no pixel accuracy (:mod:`~robustaudit.evaluate.segmetrics`).
 
 Intervals: 95% percentile bootstrap over images (1000 resamples, keyed by seed, model, attack and eps),
 for mIoU and pixel accuracy alike. Pixels of one image are not independent, so a Wilson interval over
@@ -41,82 +43,17 @@ from robustaudit.attacks.base import Attack, UniversalAttack
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
-from robustaudit.core.rng import stream_key
 from robustaudit.core.task import IGNORE_INDEX, SegmentationTask
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate import segmetrics
+from robustaudit.evaluate.aggregate import SegCellOutcome, aggregate_segmentation
 from robustaudit.evaluate.cost import PassCounter
-from robustaudit.evaluate.result import (
-    SEG_COLUMNS,
-    WORST_CASE,
-    ResultMatrix,
-    SegExample,
-)
+from robustaudit.evaluate.result import SEG_COLUMNS, ResultMatrix, SegExample
+from robustaudit.evaluate.segmetrics import BOOTSTRAP, image_confusion, pixel_accuracy_of
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress, sort_eps
 from robustaudit.evaluate.store import SegBatch, Store, tensors_sha256
 from robustaudit.models.wrappers import raised_by_model
-
-#: Bootstrap resamples of the 95% intervals.
-BOOTSTRAP = 1000
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def image_confusion(pred: torch.Tensor, y: torch.Tensor, num_classes: int,
-                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """One confusion matrix per image: ``pred, y (N, H, W) -> (N, K, K)`` int64, rows the true class.
-
-    Pixels labelled ``ignore_index`` count nowhere; a prediction outside ``[0, K)`` never happens (argmax).
-    """
-    n = y.shape[0]
-    valid = y != ignore_index
-    img = torch.arange(n, device=y.device).view(-1, 1, 1).expand_as(y)
-    k = num_classes
-    flat = (img * k * k + y.clamp(0, k - 1) * k + pred.clamp(0, k - 1))[valid]
-    return torch.bincount(flat, minlength=n * k * k).view(n, k, k).cpu()
-
-
-def _iou_table(cm: torch.Tensor) -> torch.Tensor:
-    """``(..., K, K) -> (..., K)`` IoU per class, NaN where the class is in neither labels nor predictions."""
-    cm = cm.double()
-    tp = cm.diagonal(dim1=-2, dim2=-1)
-    union = cm.sum(-1) + cm.sum(-2) - tp
-    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-
-
-def miou_of(cm: torch.Tensor) -> torch.Tensor:
-    """Mean IoU over the classes present in the labels or the predictions. ``(..., K, K) -> (...)``."""
-    return _iou_table(cm).nanmean(-1)
-
-
-def pixel_accuracy_of(cm: torch.Tensor) -> torch.Tensor:
-    """Correct valid pixels over valid pixels (1 where there are none). ``(..., K, K) -> (...)``."""
-    cm = cm.double()
-    total = cm.sum((-1, -2))
-    return torch.where(total > 0, cm.diagonal(dim1=-2, dim2=-1).sum(-1) / total.clamp_min(1), torch.ones_like(total))
-
-
-def class_iou_of(cm: torch.Tensor) -> list[float | None]:
-    """Per-class IoU of one ``(K, K)`` matrix; ``None`` for a class in neither labels nor predictions."""
-    return segmetrics.class_iou(cm)
-
-
-def bootstrap_interval(cms: torch.Tensor, key: int, resamples: int = BOOTSTRAP) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of mIoU and pixel accuracy, resampling images. ``cms (n, K, K)``."""
-    n, k, _ = cms.shape
-    if n == 0:
-        return {"miou": (math.nan, math.nan), "pa": (math.nan, math.nan)}
-    g = torch.Generator().manual_seed(key & 0x7FFFFFFFFFFFFFFF)
-    idx = torch.randint(n, (resamples, n), generator=g)
-    weights = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(resamples, n,
-                                                                                               dtype=torch.float64))
-    summed = (weights @ cms.reshape(n, -1).double()).view(resamples, k, k)
-    out = {}
-    for name, values in (("miou", miou_of(summed)), ("pa", pixel_accuracy_of(summed))):
-        v = values.numpy()
-        out[name] = (float(np.nanquantile(v, 0.025)), float(np.nanquantile(v, 0.975)))
-    return out
-
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_segmentation_outputs(logits: Any, y: torch.Tensor, data: ImageData, model: str) -> int:
@@ -248,8 +185,8 @@ def run_segmentation(
     bar = progress or _Quiet()
     if example_eps is None:
         example_eps = grid[len(grid) // 2]
-    rows: list[dict[str, Any]] = []
-    class_iou: dict[tuple[str, str, float], list[float | None]] = {}
+    clean_by_model: dict[str, torch.Tensor] = {}
+    outcomes: list[SegCellOutcome] = []
     unbounded: list[dict[str, Any]] = []
     examples: list[SegExample] = []
     fitted_all: dict[tuple[str, str, float], Attack] = {}
@@ -283,12 +220,10 @@ def run_segmentation(
                 stash.put(entry.name, "", 0.0, b, SegBatch(cms=clean_cms[-1], data_sha256=digest,
                                                            clean_pred=clean_preds[-1]))
                 bar.advance(len(b))
-            clean_cm = torch.cat(clean_cms)
-            clean_miou = segmetrics.miou(clean_cm.sum(0))
-            clean_pa = segmetrics.pixel_accuracy(clean_cm.sum(0))
-            class_iou[(entry.name, "clean", 0.0)] = class_iou_of(clean_cm.sum(0))
+            clean_by_model[entry.name] = torch.cat(clean_cms)
+            clean_miou = segmetrics.miou(clean_by_model[entry.name].sum(0))
+            clean_pa = segmetrics.pixel_accuracy(clean_by_model[entry.name].sum(0))
             counter = PassCounter(model)
-            cells: dict[tuple[str, float], _Cell] = {}
             for a in attacks:
                 if is_unbounded(a.attack):
                     threat = ThreatModel("unbounded", math.inf)
@@ -322,26 +257,10 @@ def run_segmentation(
                     cell = _attack_cell(entry, counter, attack, threat, batches, loaded, clean_preds, k, task, dev,
                                         seed, bar, examples if want else None, want, a.name, stash,
                                         targeted=is_targeted(attack) or isinstance(attack, FittedUAP))
-                    cells[(a.name, e)] = cell
-                    rows.append(_row(entry.name, a.name, e, norm, n, clean_miou, clean_pa, cell.matrix(), cell,
-                                     stream_key(seed, "bootstrap", entry.name, a.name, e), resamples))
-                    class_iou[(entry.name, a.name, e)] = class_iou_of(cell.matrix().sum(0))
-            # the ensemble: per image, the attack that left the lowest pixel accuracy
-            bounded = [a.name for a in attacks if not is_unbounded(a.attack)]
-            for e in grid:
-                if not bounded:
-                    break
-                stack = torch.stack([cells[(name, e)].matrix() for name in bounded])  # (A, n, K, K)
-                worst = pixel_accuracy_of(stack).argmin(0)  # (n,)
-                chosen = stack[worst, torch.arange(n)]
-                ens = _Cell(cms=[chosen], seconds=sum(cells[(name, e)].seconds for name in bounded),
-                            forward=sum(cells[(name, e)].forward for name in bounded),
-                            backward=sum(cells[(name, e)].backward for name in bounded))
-                row = _row(entry.name, WORST_CASE, e, norm, n, clean_miou, clean_pa, chosen, ens,
-                           stream_key(seed, "bootstrap", entry.name, WORST_CASE, e), resamples)
-                row["targeted_success"] = math.nan
-                rows.append(row)
-                class_iou[(entry.name, WORST_CASE, e)] = class_iou_of(chosen.sum(0))
+                    outcomes.append(SegCellOutcome(entry.name, a.name, e, norm, cell.matrix(), cell.l2, cell.linf,
+                                                   cell.hits, cell.total, cell.seconds, cell.forward, cell.backward))
+    # every figure, the per-image ensemble (worst case) included, from the per-image outcomes
+    rows, class_iou = aggregate_segmentation(clean_by_model, outcomes, seed=seed, resamples=resamples)
     records = pd.DataFrame(rows, columns=list(SEG_COLUMNS))
     result = ResultMatrix(records, task="segmentation", class_iou=class_iou, unbounded=unbounded,
                           seg_examples=examples)
@@ -447,7 +366,8 @@ def _attack_cell(entry: ModelEntry, counter: PassCounter, attack: Attack, threat
         shots: list[tuple[float, SegExample]] = []
         if examples is not None and want > 0:
             drop = pixel_accuracy_of(image_confusion(clean_pred.to(dev), y, k, task.ignore_index)) - pixel_accuracy_of(cms)
-            for i in drop.argsort(descending=True).tolist()[:want]:
+            # an image without valid pixels has no pixel accuracy (NaN): never a panel
+            for i in [i for i in drop.argsort(descending=True).tolist() if not math.isnan(drop[i])][:want]:
                 shots.append((float(drop[i]), SegExample(
                     entry.name, name, threat.eps, x[i].cpu().numpy(), adv[i].detach().cpu().numpy(),
                     y[i].cpu().numpy(), clean_pred[i].numpy(), pred[i].cpu().numpy())))
@@ -476,21 +396,6 @@ def _add(cell: _Cell, batch: SegBatch) -> None:
     cell.backward += batch.backward_passes
 
 
-def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else math.nan
-
-
-def _row(model: str, attack: str, eps: float, norm: str, n: int, clean_miou: float, clean_pa: float,
-         cms: torch.Tensor, cell: _Cell, key: int, resamples: int) -> dict[str, Any]:
-    total = cms.sum(0)
-    ci = bootstrap_interval(cms, key, resamples)
-    return dict(zip(SEG_COLUMNS, (
-        model, attack, float(eps), norm, n, clean_miou, segmetrics.miou(total), ci["miou"][0], ci["miou"][1],
-        clean_pa, segmetrics.pixel_accuracy(total), ci["pa"][0], ci["pa"][1],
-        cell.hits / cell.total if cell.total else math.nan, _median(cell.l2), _median(cell.linf),
-        float(cell.seconds), n, int(cell.forward), int(cell.backward))))
-
-
 def _unbounded_row(model: str, attack: str, cell: _Cell, clean_miou: float, clean_pa: float) -> dict[str, Any]:
     total = cell.matrix().sum(0)
     q = (lambda v, p: float(np.quantile(v, p)) if v else math.nan)
@@ -501,7 +406,7 @@ def _unbounded_row(model: str, attack: str, cell: _Cell, clean_miou: float, clea
             "median_l2": q(cell.l2, 0.5), "q25_l2": q(cell.l2, 0.25), "q75_l2": q(cell.l2, 0.75),
             "median_linf": q(cell.linf, 0.5), "q25_linf": q(cell.linf, 0.25), "q75_linf": q(cell.linf, 0.75),
             "seconds": round(cell.seconds, 3), "forward_passes": cell.forward, "backward_passes": cell.backward,
-            "class_iou": class_iou_of(total)}
+            "class_iou": segmetrics.class_iou(total)}
 
 
 # ---------------------------------------------------------------------------------------------- audit
