@@ -263,3 +263,21 @@ def seg_record(c: SegCellOutcome, n: int, clean: tuple[float, float], key: int, 
             "median_l2": float(np.median(c.l2)) if c.l2 else nan,
             "median_linf": float(np.median(c.linf)) if c.linf else nan, "seconds": float(c.seconds),
             "n_attacked": n, "forward_passes": int(c.forward), "backward_passes": int(c.backward)}
+
+
+def unbounded_record(c: SegCellOutcome, clean: tuple[float, float]) -> dict[str, Any]:
+    """The row of an attack run once outside the eps grid (unbounded DAG): dataset mIoU and pixel accuracy,
+    targeted success, the median and quartiles of the per-image L2 and Linf norms, cost, per-class IoU."""
+    total = c.cms.sum(0)
+
+    def q(v: list[float], p: float) -> float:
+        return float(np.quantile(v, p)) if v else math.nan
+
+    return {"model": c.model, "attack": c.attack, "n": len(c.l2), "clean_miou": clean[0],
+            "miou": segmetrics.miou(total), "clean_pixel_accuracy": clean[1],
+            "pixel_accuracy": segmetrics.pixel_accuracy(total),
+            "targeted_success": c.hits / c.total if c.total else math.nan,
+            "median_l2": q(c.l2, 0.5), "q25_l2": q(c.l2, 0.25), "q75_l2": q(c.l2, 0.75),
+            "median_linf": q(c.linf, 0.5), "q25_linf": q(c.linf, 0.25), "q75_linf": q(c.linf, 0.75),
+            "seconds": round(c.seconds, 3), "forward_passes": c.forward, "backward_passes": c.backward,
+            "class_iou": segmetrics.class_iou(total)}

@@ -1,4 +1,5 @@
-"""The audited samples, loaded once and cached, and the model's clean forward with its output checks."""
+"""The audited samples, loaded once and cached, and the model's forward with the checks of its clean outputs
+(classifier logits ``(N, K)``, segmentation logits ``(N, K, H, W)``)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,24 @@ def model_forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
         raise
     except Exception as exc:  # a user's model failing is a user-facing error, not our traceback
         raise UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
+
+
+def check_segmentation_outputs(logits: Any, y: torch.Tensor, data: ImageData, model: str) -> int:
+    """Refuse a model whose outputs are not per-pixel logits ``(N, K, H, W)`` matching the masks;
+    returns ``K``."""
+    if not isinstance(logits, torch.Tensor):
+        raise UserError(f"model '{model}' returned {type(logits).__name__}, expected a logits tensor")
+    if logits.dim() == 2:
+        raise UserError(f"model '{model}' returns one score vector per image {tuple(logits.shape)} but data "
+                        f"'{data.name}' is a segmentation set (a class per pixel): use a segmentation model, or "
+                        "classification data")
+    if logits.dim() != 4 or tuple(logits.shape[2:]) != tuple(y.shape[1:]):
+        raise UserError(f"model '{model}' returned shape {tuple(logits.shape)}; a segmentation model must return "
+                        f"logits (N, K, H, W) at the masks' size {tuple(y.shape[1:])}")
+    k = int(logits.shape[1])
+    if k < data.num_classes:
+        raise UserError(f"model '{model}' has {k} output classes but data '{data.name}' has {data.num_classes} "
+                        f"(labels 0..{data.num_classes - 1})")
+    if not torch.isfinite(logits).all():
+        raise UserError(f"model '{model}' returned NaN or infinite logits on clean data")
+    return k
