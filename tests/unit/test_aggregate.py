@@ -93,3 +93,20 @@ def test_without_drops_a_column_from_the_worst_case():
     assert [r["attack"] for r in rows] == ["a", "a", WORST_CASE, WORST_CASE]
     assert robust[("m", WORST_CASE, 0.2)] == [0, 1, 2]
     assert rows[3]["n_attacked"] == 6
+
+
+def test_add_columns_aggregates_again_and_keeps_the_row_order():
+    from robustaudit.evaluate.result import ResultMatrix
+
+    clean = CleanOutcome("m", list(range(10)), CORRECT)
+    result = ResultMatrix.from_outcomes(Outcomes([clean], [A1, A2]))
+    assert result.robust_ids[("m", WORST_CASE, 0.2)] == [0, 1, 2]
+    more = ResultMatrix.from_outcomes(Outcomes([clean], [B1, B2]))
+    result.add_columns(more)
+    keys = list(zip(result.records["attack"], result.records["eps"]))
+    assert keys == [("a", 0.1), ("a", 0.2), (WORST_CASE, 0.1), (WORST_CASE, 0.2), ("b", 0.1), ("b", 0.2)]
+    assert list(result.robust_ids) == [("m", a, e) for a, e in keys]
+    rows, _ = aggregate(_outcomes())  # the same figures as one run of both attacks
+    worst = result.records[result.records["attack"] == WORST_CASE].to_dict(orient="records")
+    assert worst == [r for r in rows if r["attack"] == WORST_CASE]
+    assert result.clean_interval("m") == pytest.approx((0.8, 0.4901624, 0.9433178), abs=1e-6)
