@@ -51,7 +51,7 @@ def test_no_valid_pixels_and_bad_classes():
     cm = confusion_matrix(torch.zeros(1, 2, 2, dtype=torch.int64), y, 4)
     assert cm.sum() == 0 and math.isnan(miou(cm)) and math.isnan(pixel_accuracy(cm))
     assert class_iou(cm) == [None] * 4
-    assert per_image_pixel_accuracy(torch.zeros(1, 2, 2, dtype=torch.int64), y).tolist() == [1.0]
+    assert math.isnan(per_image_pixel_accuracy(torch.zeros(1, 2, 2, dtype=torch.int64), y).item())
     with pytest.raises(ValueError, match="outside \\[0, 2\\)"):
         confusion_matrix(torch.full((1, 2, 2), 3), torch.zeros(1, 2, 2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="shape"):
@@ -99,3 +99,29 @@ def test_targeted_success():
     y = torch.tensor([[[0, 255], [0, 0]]])  # an ignored label takes its pixel out too
     assert targeted_success(pred, targets, y) == (2, 2)
     assert targeted_success(pred, torch.full_like(pred, 255)) == (0, 0)
+
+
+def test_an_image_without_valid_pixels_has_no_pixel_accuracy_and_adds_nothing():
+    """One convention everywhere (core.task.valid_share): no valid pixel, no pixel accuracy (NaN), left
+    out of per-image statistics; its confusion matrix is zero, so dataset figures are those without it."""
+    from robustaudit.evaluate.aggregate import SegCellOutcome, seg_worst_case
+    from robustaudit.evaluate.segmetrics import bootstrap_interval, image_confusion, pixel_accuracy_of
+
+    y = torch.tensor([[[0, 1], [1, 255]], [[255, 255], [255, 255]]])  # image 1: every pixel ignored
+    pred = torch.tensor([[[0, 0], [1, 1]], [[1, 0], [1, 0]]])
+    logits = torch.nn.functional.one_hot(pred, 2).permute(0, 3, 1, 2).float()
+    by_task = SEGMENTATION.pixel_accuracy(logits, y)
+    by_pred = per_image_pixel_accuracy(pred, y)
+    cms = image_confusion(pred, y, 2)
+    by_cm = pixel_accuracy_of(cms)
+    for values in (by_task, by_pred, by_cm):
+        assert values[0].item() == pytest.approx(2 / 3) and math.isnan(values[1].item())
+    assert cms[1].sum() == 0 and torch.equal(cms.sum(0), confusion_matrix(pred[:1], y[:1], 2))
+    assert pixel_accuracy(cms.sum(0)) == pytest.approx(2 / 3)
+    # the bootstrap leaves out resamples of only the empty image: the interval is the valid image's
+    assert bootstrap_interval(cms, key=1, resamples=50)["pa"] == pytest.approx((2 / 3, 2 / 3))
+    # the ensemble picks per image the lowest pixel accuracy; the empty image stays empty whichever is taken
+    worse = image_confusion(torch.zeros_like(pred), y, 2)  # image 0: 1 of 3 right
+    cells = [SegCellOutcome("m", a, 0.1, "linf", c) for a, c in (("a", cms), ("b", worse))]
+    chosen = seg_worst_case(cells).cms
+    assert torch.equal(chosen[0], worse[0]) and chosen[1].sum() == 0

@@ -401,7 +401,7 @@ def _two_models(robust_a: list[int], robust_b: list[int], n: int = 100):
     import pandas as pd
 
     from robustaudit.evaluate.result import COLUMNS, WORST_CASE, ResultMatrix
-    from robustaudit.evaluate.runner import _record
+    from robustaudit.evaluate.aggregate import record as _record
 
     rows = [_record(m, WORST_CASE, 0.1, "linf", n, n, len(r), 1.0) for m, r in (("a", robust_a), ("b", robust_b))]
     return ResultMatrix(pd.DataFrame(rows, columns=list(COLUMNS)),

@@ -40,6 +40,18 @@ CLASSIFICATION = Task()
 IGNORE_INDEX = 255
 
 
+def valid_share(hits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``hits / valid`` as float64, elementwise (any equal shapes): the share of valid pixels that are right.
+
+    The one definition of pixel accuracy: NaN where there is no valid pixel. An image with no valid
+    pixel has no pixel accuracy (nothing was there to get right or wrong), so it is left out of per-image
+    statistics (as torchmetrics and the VOC/Cityscapes evaluators leave it out), and it adds nothing to
+    a dataset-level confusion matrix.
+    """
+    hits, valid = hits.to(torch.float64), valid.to(torch.float64)
+    return torch.where(valid > 0, hits / valid.clamp_min(1), torch.full_like(valid, float("nan")))
+
+
 @dataclass(frozen=True)
 class SegmentationTask(Task):
     """Dense prediction: logits ``(N, K, H, W)``, labels ``(N, H, W)`` int64 with ``ignore_index``
@@ -76,10 +88,11 @@ class SegmentationTask(Task):
         return (logits.argmax(dim=1) == y) & self.valid(y)
 
     def pixel_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Share of each image's valid pixels predicted correctly (1 for an image with none). ``-> (N,)``."""
+        """Share of each image's valid pixels predicted correctly, float32; NaN for an image with none
+        (:func:`valid_share`). ``-> (N,)``."""
         valid = self.valid(y).flatten(1).sum(1)
         hits = self.pixel_correct(logits, y).flatten(1).sum(1)
-        return torch.where(valid > 0, hits / valid.clamp_min(1), torch.ones_like(hits, dtype=torch.float32))
+        return valid_share(hits, valid).float()
 
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Every valid pixel correct. ``-> (N,)`` bool."""

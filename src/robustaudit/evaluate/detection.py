@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,7 @@ from robustaudit.defenses.detection import (
     fit_detector,
     parse_detectors,
 )
-from robustaudit.evaluate.metrics import wilson_interval
-from robustaudit.evaluate.result import COLUMNS, WORST_CASE
+from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, CellOutcome, CleanOutcome, Outcomes, aggregate
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
 
 ADAPTIVE = " (adaptive)"
@@ -90,101 +90,137 @@ def evaluate_detection(
     """Fit each detector around each model and evaluate it (see the module docstring).
 
     Returns ``(records, robust_ids, block)``: matrix rows (:data:`COLUMNS`) named ``MODEL+DETECTOR``,
-    the ids defended per row, and the ``provenance["detection"]`` block.
+    aggregated from the per-sample outcomes (:func:`~robustaudit.evaluate.aggregate.aggregate`: an
+    outcome's "clean-correct" is correct and accepted, its "robust" is defended), the ids defended per
+    row, and the ``provenance["detection"]`` block.
     """
     names = parse_detectors(detectors)
     fit_set = fit_data_for(data, defense_data)
     fx, fy = fit_set.load(list(range(len(fit_set))))
     x_all, y_all = data.load(list(ids))
-    id_t = torch.as_tensor(list(ids), dtype=torch.int64)
     usable = [a for a in attacks if a.attack.kind in (AttackKind.FIXED_EPS, AttackKind.SCORE_BASED)]
-    skipped = [a.name for a in attacks if a not in usable]
     grid = sorted(float(e) for e in grid)
-    mid_eps = grid[len(grid) // 2]
     adaptive = DetectorAwarePGD(steps=adaptive_steps)
-    rows: list[dict[str, Any]] = []
-    robust: dict[tuple[str, str, float], list[int]] = {}
-    figures: list[dict[str, Any]] = []
-    fitted: list[dict[str, Any]] = []
+    outcomes, order, figures, fitted = Outcomes(), [], [], []
     if progress is not None:
         progress.start("detectors", len(entries) * len(names) * len(grid))
     for entry in entries:
         model = entry.module.to(device)
         for name in names:
-            t0 = time.perf_counter()
-            det = fit_detector(name, model, fx, fy, fpr=fpr, eps=mid_eps, norm=norm, seed=seed,
-                               batch_size=batch_size, data_name=fit_set.name)
-            fit_seconds = time.perf_counter() - t0
-            label = f"{entry.name}+{name}"
-            fitted.append({"model": entry.name, "detector": name, "row": label, "description": describe(det),
-                           "settings": det.settings(), "threshold": det.threshold, "fpr_target": fpr,
-                           "fit_data": fit_set.name, "fit_n": len(fx), "seconds": round(fit_seconds, 3),
-                           "latency": detector_latency(model, det, data.sample_shape, min(batch_size, len(ids)),
-                                                       device)})
-            x, y = x_all.to(device), y_all.to(device)
-            clean_scores = det.score(x, batch_size=batch_size).cpu()
-            with torch.no_grad():
-                clean_correct = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
-                                           for i in range(0, len(x), batch_size)]).cpu()
-            clean_rejected = clean_scores > det.threshold
-            clean_ok = clean_correct & ~clean_rejected
-            n = len(x)
+            det, info = _fit(entry.name, model, name, fit_set, fx, fy, fpr=fpr, eps=grid[len(grid) // 2], norm=norm,
+                             seed=seed, batch_size=batch_size)
+            fitted.append({**info, "latency": detector_latency(model, det, data.sample_shape,
+                                                               min(batch_size, len(ids)), device)})
+            judged = _Judged.of(entry.name, name, det, model, x_all.to(device), y_all.to(device), list(ids),
+                                batch_size, fpr)
+            outcomes.clean.append(CleanOutcome(judged.label, list(ids), judged.ids[judged.clean_ok].tolist()))
             for eps in grid:
-                threat = ThreatModel(norm, eps)
-                t_eps = time.perf_counter()
-                adv_a = torch.cat([adaptive(det, x[i:i + batch_size], y[i:i + batch_size], threat,
-                                            ids=id_t[i:i + batch_size], seed=seed)
-                                   for i in range(0, n, batch_size)])
-                wrong_a, scores_a = _judge(det, model, adv_a, y, batch_size)
-                t_adaptive = time.perf_counter() - t_eps
-                columns: list[tuple[str, torch.Tensor]] = []
-                for a in usable:
-                    t_a = time.perf_counter()
-                    adv_p = torch.cat([a.attack(model, x[i:i + batch_size], y[i:i + batch_size], threat,
-                                                ids=id_t[i:i + batch_size], seed=seed)
-                                       for i in range(0, n, batch_size)])
-                    wrong_p, scores_p = _judge(det, model, adv_p, y, batch_size)
-                    seconds_p = time.perf_counter() - t_a
-                    broken_p = wrong_p & ~(scores_p > det.threshold)  # misclassified AND accepted
-                    # the adaptive adversary keeps its own point where it succeeded, else the plain one
-                    won_a = wrong_a & ~(scores_a > det.threshold)
-                    wrong_k, scores_k = wrong_p | won_a, torch.where(won_a, scores_a, scores_p)
-                    for col, wrong, scores, broken, secs, is_adaptive in (
-                            (a.name, wrong_p, scores_p, broken_p, seconds_p, False),
-                            (a.name + ADAPTIVE, wrong_k, scores_k, broken_p | won_a, seconds_p + t_adaptive, True)):
-                        fooled = wrong  # the adversarial points that fool the classifier: what must be caught
-                        defended = ~broken
-                        rows.append(_record(label, col, eps, norm, n, clean_ok, defended, secs))
-                        robust[(label, col, eps)] = id_t[defended].tolist()
-                        figures.append({
-                            "model": entry.name, "detector": name, "row": label, "attack": a.name,
-                            "adaptive": is_adaptive, "column": col, "eps": eps, "norm": norm, "n": n,
-                            "threshold": det.threshold, "fpr_target": fpr,
-                            "fpr_clean": float(clean_rejected.float().mean()),
-                            "n_clean_rejected": int(clean_rejected.sum()),
-                            "auroc": auroc(clean_scores.numpy(), scores[fooled].numpy()),
-                            "n_adversarial": int(fooled.sum()),
-                            "tpr": float((scores[fooled] > det.threshold).float().mean()) if fooled.any() else None,
-                            "defended_accuracy": float(defended.float().mean()),
-                            "n_defended": int(defended.sum()),
-                            "ci_low": wilson_interval(int(defended.sum()), n)[0],
-                            "ci_high": wilson_interval(int(defended.sum()), n)[1],
-                            "undefended_accuracy": float((~wrong).float().mean()),
-                            "clean_defended_accuracy": float(clean_ok.float().mean()),
-                        })
-                        columns.append((col, defended))
-                if columns:  # per-sample worst case over this row's columns
-                    worst = torch.stack([d for _, d in columns]).all(0)
-                    rows.append(_record(label, WORST_CASE, eps, norm, n, clean_ok, worst,
-                                        float(sum(r["seconds"] for r in rows[-len(columns):]))))
-                    robust[(label, WORST_CASE, eps)] = id_t[worst].tolist()
+                cells = _eps_cells(judged, usable, adaptive, ThreatModel(norm, eps), seed, figures)
+                outcomes.cells.extend(cells)
+                order += [c.key for c in cells] + ([(judged.label, WORST_CASE, eps)] if cells else [])
                 if progress is not None:
                     progress.advance(1)
+    rows, robust = aggregate(outcomes)
+    by_key = {(r["model"], r["attack"], r["eps"]): r for r in rows}
+    for f in figures:  # the interval of the defended accuracy is the row's
+        f["ci_low"], f["ci_high"] = (by_key[(f["row"], f["column"], f["eps"])][k] for k in ("ci_low", "ci_high"))
     block = {"fpr": fpr, "adaptive": {"attack": "detector-aware PGD (Carlini & Wagner 2017), BPDA through "
                                                 "squeezers; success = misclassified and accepted",
                                       **adaptive.settings()},
-             "detectors": fitted, "rows": figures, "skipped_attacks": skipped}
-    return pd.DataFrame(rows, columns=list(COLUMNS)), robust, block
+             "detectors": fitted, "rows": figures, "skipped_attacks": [a.name for a in attacks if a not in usable]}
+    return pd.DataFrame([by_key[k] for k in order], columns=list(COLUMNS)), {k: robust[k] for k in order}, block
+
+
+def _fit(model_name: str, model: torch.nn.Module, name: str, fit_set: ImageData, fx: torch.Tensor, fy: torch.Tensor,
+         *, fpr: float, eps: float, norm: str, seed: int, batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """Detector ``name`` fitted around ``model`` on ``fx (N, C, H, W)``, ``fy (N,)``, and what the report
+    says about the fit."""
+    t0 = time.perf_counter()
+    det = fit_detector(name, model, fx, fy, fpr=fpr, eps=eps, norm=norm, seed=seed, batch_size=batch_size,
+                       data_name=fit_set.name)
+    return det, {"model": model_name, "detector": name, "row": f"{model_name}+{name}", "description": describe(det),
+                 "settings": det.settings(), "threshold": det.threshold, "fpr_target": fpr, "fit_data": fit_set.name,
+                 "fit_n": len(fx), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@dataclass
+class _Judged:
+    """One model behind one detector on the clean test inputs ``x (n, C, H, W)``, ``y (n,)``."""
+
+    label: str
+    model_name: str
+    detector: str
+    det: Any
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+    batch_size: int
+    fpr: float
+    clean_scores: torch.Tensor
+    clean_rejected: torch.Tensor
+    clean_ok: torch.Tensor  # correct and accepted
+
+    @classmethod
+    def of(cls, model_name: str, detector: str, det: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+           ids: list[int], batch_size: int, fpr: float) -> _Judged:
+        scores = det.score(x, batch_size=batch_size).cpu()
+        with torch.no_grad():
+            correct = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                                 for i in range(0, len(x), batch_size)]).cpu()
+        rejected = scores > det.threshold
+        return cls(f"{model_name}+{detector}", model_name, detector, det, model, x, y, torch.as_tensor(ids, dtype=torch.int64),
+                   batch_size, fpr, scores, rejected, correct & ~rejected)
+
+    def attack(self, attack: Any, target: Any, threat: ThreatModel, seed: int) -> torch.Tensor:
+        """``attack(target, x, y, threat)`` batch by batch: the adversarial inputs ``(n, C, H, W)``."""
+        b = self.batch_size
+        return torch.cat([attack(target, self.x[i:i + b], self.y[i:i + b], threat, ids=self.ids[i:i + b], seed=seed)
+                          for i in range(0, len(self.x), b)])
+
+
+def _eps_cells(j: _Judged, usable: Sequence[AttackEntry], adaptive: DetectorAwarePGD, threat: ThreatModel,
+               seed: int, figures: list[dict[str, Any]]) -> list[CellOutcome]:
+    """The per-sample outcomes of every column at one eps: each usable attack plain and adaptive (per
+    sample the adaptive point where it won, else the plain one); their figures appended to ``figures``."""
+    t_eps = time.perf_counter()
+    wrong_a, scores_a = _judge(j.det, j.model, j.attack(adaptive, j.det, threat, seed), j.y, j.batch_size)
+    t_adaptive = time.perf_counter() - t_eps
+    won_a = wrong_a & ~(scores_a > j.det.threshold)  # misclassified AND accepted
+    cells: list[CellOutcome] = []
+    for a in usable:
+        t_a = time.perf_counter()
+        wrong_p, scores_p = _judge(j.det, j.model, j.attack(a.attack, j.model, threat, seed), j.y, j.batch_size)
+        seconds_p = time.perf_counter() - t_a
+        broken_p = wrong_p & ~(scores_p > j.det.threshold)
+        for col, wrong, scores, broken, secs, is_adaptive in (
+                (a.name, wrong_p, scores_p, broken_p, seconds_p, False),
+                (a.name + ADAPTIVE, wrong_p | won_a, torch.where(won_a, scores_a, scores_p), broken_p | won_a,
+                 seconds_p + t_adaptive, True)):
+            defended = ~broken
+            cells.append(CellOutcome(j.label, col, threat.eps, threat.norm, attacked=j.ids.tolist(),
+                                     robust=j.ids[defended].tolist(), seconds=round(secs, 3)))
+            figures.append(_figure(j, a.name, col, is_adaptive, threat, wrong, scores, defended))
+    return cells
+
+
+def _figure(j: _Judged, attack: str, column: str, is_adaptive: bool, threat: ThreatModel, wrong: torch.Tensor,
+            scores: torch.Tensor, defended: torch.Tensor) -> dict[str, Any]:
+    """One row of the detection block: the detector's figures for one column at one eps (``ci_low`` and
+    ``ci_high`` are filled from the aggregated row)."""
+    fooled = wrong  # the adversarial points that fool the classifier: what must be caught
+    n = len(j.x)
+    return {
+        "model": j.model_name, "detector": j.detector, "row": j.label, "attack": attack,
+        "adaptive": is_adaptive, "column": column, "eps": float(threat.eps), "norm": threat.norm, "n": n,
+        "threshold": j.det.threshold, "fpr_target": j.fpr, "fpr_clean": float(j.clean_rejected.float().mean()),
+        "n_clean_rejected": int(j.clean_rejected.sum()),
+        "auroc": auroc(j.clean_scores.numpy(), scores[fooled].numpy()), "n_adversarial": int(fooled.sum()),
+        "tpr": float((scores[fooled] > j.det.threshold).float().mean()) if fooled.any() else None,
+        "defended_accuracy": float(defended.float().mean()), "n_defended": int(defended.sum()),
+        "ci_low": None, "ci_high": None, "undefended_accuracy": float((~wrong).float().mean()),
+        "clean_defended_accuracy": float(j.clean_ok.float().mean()),
+    }
 
 
 class _Defended(torch.nn.Module):
@@ -219,16 +255,3 @@ def _judge(det, model, adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> t
         wrong = torch.cat([model(adv[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
                            for i in range(0, len(adv), batch_size)]).cpu()
     return wrong, det.score(adv, batch_size=batch_size).cpu()
-
-
-def _record(model: str, attack: str, eps: float, norm: str, n: int, clean_ok: torch.Tensor, defended: torch.Tensor,
-            seconds: float) -> dict[str, Any]:
-    k = int(defended.sum())
-    lo, hi = wilson_interval(k, n)
-    nan = float("nan")
-    return {"model": model, "attack": attack, "eps": float(eps), "norm": norm, "n": n,
-            "n_clean_correct": int(clean_ok.sum()), "n_robust": k,
-            "clean_accuracy": float(clean_ok.float().mean()) if n else nan,
-            "robust_accuracy": k / n if n else nan, "ci_low": lo, "ci_high": hi, "seconds": round(seconds, 3),
-            "n_attacked": n, "forward_passes": nan, "backward_passes": nan,
-            "forward_passes_per_attacked_sample": nan, "backward_passes_per_attacked_sample": nan}

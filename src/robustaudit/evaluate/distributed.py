@@ -28,18 +28,17 @@ where rank K uses ``cuda:LOCAL_RANK``.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
 import torch
 
 from robustaudit.core.errors import UserError
-from robustaudit.evaluate.result import COLUMNS, Example, ResultMatrix
+from robustaudit.evaluate.aggregate import Outcomes
+from robustaudit.evaluate.result import Example, ResultMatrix
 from robustaudit.evaluate.store import STORE_FILE
 
 T = TypeVar("T")
@@ -313,72 +312,30 @@ def gather(ctx: DistContext, value: T) -> list[T]:
 def merge(parts: Sequence[ResultMatrix], ids: Sequence[int], *, examples_per_cell: int = 2) -> ResultMatrix:
     """The matrix of the whole audit from the matrices of disjoint shards of ``ids``.
 
-    Per model × attack × eps: counts summed (n, clean-correct, attacked, passes, seconds), robust ids
-    united, accuracies and Wilson intervals recomputed; minimal norms united (in the order of ``ids``);
-    examples: per cell the first ``examples_per_cell`` in the order of ``ids``, as a single process picks
-    them (each shard's picks hold its own first ones). A column a rank skipped (a model without input
-    gradients) is dropped from every rank. Resume and skip provenance is summed / united.
+    The shards' per-sample outcomes are concatenated and aggregated (:mod:`robustaudit.evaluate.aggregate`),
+    as one process aggregates its own: counts, intervals and the worst case come from the same function.
+    Minimal norms are united (in the order of ``ids``); examples: per cell the first ``examples_per_cell``
+    in the order of ``ids``, as a single process picks them (each shard's picks hold its own first ones). A
+    column a rank skipped (a model without input gradients) is dropped from every rank. Resume and skip
+    provenance is summed / united.
     """
-    from robustaudit.evaluate.runner import (
-        _record,  # the one place a record row is computed
-    )
-
     if not parts:
         raise ValueError("nothing to merge")
+    if any(p.outcomes is None for p in parts):
+        raise ValueError("merge needs each shard's per-sample outcomes (results of run())")
     position = {int(i): k for k, i in enumerate(ids)}
     skipped = _unique_dicts(s for p in parts for s in p.provenance.get("skipped", []))
     dropped = {(s["model"], s["attack"]) for s in skipped}
-    keys: dict[tuple[str, str, float], None] = {}
-    for p in parts:
-        for m, a, e in zip(p.records["model"], p.records["attack"], p.records["eps"]):
-            if (m, a) not in dropped:
-                keys[(m, a, float(e))] = None
-    rows, robust_ids = [], {}
-    for model, attack, eps in keys:
-        n = n_clean = attacked = forward = backward = 0
-        seconds = 0.0
-        robust: list[int] = []
-        missing = {"attacked": False, "forward": False, "backward": False}
-        for p in parts:
-            r = p.records
-            mine = r[(r["model"] == model) & (r["attack"] == attack) & (r["eps"] == eps)]
-            if mine.empty:  # this rank never ran the column: only possible with no clean-correct sample
-                of_model = r[r["model"] == model]
-                if of_model.empty or int(of_model["n_clean_correct"].iloc[0]) > 0:
-                    raise RuntimeError(f"rank results disagree: no row {model}/{attack}/eps={eps} on a rank that "
-                                       "has clean-correct samples")
-                n += int(of_model["n"].iloc[0])
-                continue
-            row = mine.iloc[0]
-            n += int(row["n"])
-            n_clean += int(row["n_clean_correct"])
-            seconds += float(row["seconds"])
-            for key, column in (("attacked", "n_attacked"), ("forward", "forward_passes"),
-                                ("backward", "backward_passes")):
-                value = float(row[column])
-                if math.isnan(value):
-                    missing[key] = True
-                elif key == "attacked":
-                    attacked += int(value)
-                elif key == "forward":
-                    forward += int(value)
-                else:
-                    backward += int(value)
-            robust.extend(p.robust_ids.get((model, attack, eps), []))
-        robust = sorted(robust)
-        rows.append(_record(model, attack, eps, str(parts[0].records["norm"].iloc[0]), n, n_clean, len(robust),
-                            seconds, None if missing["attacked"] else attacked,
-                            None if missing["forward"] else forward, None if missing["backward"] else backward))
-        robust_ids[(model, attack, eps)] = robust
+    outcomes = Outcomes.concat([p.outcomes for p in parts if p.outcomes is not None]).without(dropped)
     minimal: dict[tuple[str, str], dict[int, float]] = {}
     for p in parts:
         for key, norms in p.minimal_norms.items():
             if key[:2] not in dropped:
                 minimal.setdefault(key, {}).update(norms)
     minimal = {k: dict(sorted(v.items(), key=lambda kv: position.get(kv[0], kv[0]))) for k, v in minimal.items()}
-    result = ResultMatrix(pd.DataFrame(rows, columns=list(COLUMNS)), examples=_merge_examples(
-        [p.examples for p in parts], list(keys), position, examples_per_cell, dropped),
-        robust_ids=robust_ids, minimal_norms=minimal)
+    result = ResultMatrix.from_outcomes(outcomes, minimal_norms=minimal)
+    keys = list(zip(result.records["model"], result.records["attack"], result.records["eps"]))
+    result.examples = _merge_examples([p.examples for p in parts], keys, position, examples_per_cell, dropped)
     resumes = [p.provenance["resume"] for p in parts if "resume" in p.provenance]
     if resumes:
         result.provenance["resume"] = {k: sum(r.get(k, 0) for r in resumes) for k in resumes[0]}
@@ -423,22 +380,6 @@ def _unique_dicts(items: Any) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = [
-    "RANKS_DIR",
-    "DistContext",
-    "Launch",
-    "agree",
-    "check_layout",
-    "detect",
-    "device_for",
-    "gather",
-    "merge",
-    "rank_of",
-    "rank_store_path",
-    "receive_outcome",
-    "remove_stale_ranks",
-    "send_outcome",
-    "setup",
-    "shard",
-    "teardown",
-]
+__all__ = ["RANKS_DIR", "DistContext", "Launch", "agree", "check_layout", "detect", "device_for", "gather", "merge",
+           "rank_of", "rank_store_path", "receive_outcome", "remove_stale_ranks", "send_outcome", "setup", "shard",
+           "teardown"]

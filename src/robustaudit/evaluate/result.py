@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from robustaudit.core.errors import UserError
-from robustaudit.evaluate.metrics import wilson_interval
+# COLUMNS (one row per model × attack × eps) and WORST_CASE are defined with the figures, in aggregate
+from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, Key, Outcomes, aggregate, interval
 
 SCHEMA_VERSION = 1
 #: Segmentation results: the same document with ``"task": "segmentation"``, :data:`SEG_COLUMNS` records
@@ -25,34 +25,9 @@ SCHEMA_VERSION = 1
 #: instead of misreading it.
 SEG_SCHEMA_VERSION = 2
 SEG_EXAMPLES_FILE = "seg_examples.npz"
-WORST_CASE = "worst-case"
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.npz"
 
-#: Columns of :attr:`ResultMatrix.records`, one row per model × attack × eps. The cost columns (after
-#: ``seconds``, added without a schema change: older files read them as missing) say what the cell
-#: spent: ``n_attacked`` samples (survivors of the previous eps; for the worst case, samples at least
-#: one attack attacked), the forward / backward passes the attacks pushed through the model (in
-#: samples: a batch of B counts B), and the same per attacked sample (NaN when none was attacked).
-COLUMNS: tuple[str, ...] = (
-    "model",
-    "attack",
-    "eps",
-    "norm",
-    "n",
-    "n_clean_correct",
-    "n_robust",
-    "clean_accuracy",
-    "robust_accuracy",
-    "ci_low",
-    "ci_high",
-    "seconds",
-    "n_attacked",
-    "forward_passes",
-    "backward_passes",
-    "forward_passes_per_attacked_sample",
-    "backward_passes_per_attacked_sample",
-)
 #: Columns of a segmentation audit's records, one row per model × attack × eps (the worst case is the
 #: per-image ensemble: each image's adversarial with the lowest pixel accuracy over the attacks). mIoU
 #: and pixel accuracy come from the dataset-level confusion matrix; ``*_ci_*`` are 95% per-image
@@ -81,8 +56,6 @@ SEG_COLUMNS: tuple[str, ...] = (
     "forward_passes",
     "backward_passes",
 )
-#: The cost columns a worst-case row sums over its attack columns.
-_SUMMED = ("seconds", "forward_passes", "backward_passes")
 
 
 @dataclass
@@ -147,6 +120,9 @@ class ResultMatrix:
     unbounded: list[dict[str, Any]] = field(default_factory=list)
     #: segmentation: panels (image, ground truth, clean and adversarial prediction)
     seg_examples: list[SegExample] = field(default_factory=list)
+    #: the per-sample outcomes every figure of ``records`` was aggregated from (classification, in memory
+    #: only: ``None`` for a matrix read from ``results.json``)
+    outcomes: Outcomes | None = None
 
     @property
     def is_segmentation(self) -> bool:
@@ -225,37 +201,40 @@ class ResultMatrix:
             raise UserError(f"bound must be 'point' or 'lower', got {bound!r}")
         return self.records[self.records[column] < threshold].reset_index(drop=True)
 
+    @classmethod
+    def from_outcomes(cls, outcomes: Outcomes, **fields: Any) -> ResultMatrix:
+        """The matrix of per-sample ``outcomes`` (records and robust ids from
+        :func:`~robustaudit.evaluate.aggregate.aggregate`); ``fields``: the other attributes."""
+        rows, robust_ids = aggregate(outcomes)
+        return cls(pd.DataFrame(rows, columns=list(COLUMNS)), robust_ids=robust_ids, outcomes=outcomes, **fields)
+
+    def clean_interval(self, model: str) -> tuple[float, float, float]:
+        """``(clean accuracy, 95% Wilson low, high)`` of ``model``, from its ``n_clean_correct`` of ``n``."""
+        row = self.records[self.records["model"] == model]
+        if row.empty:
+            raise KeyError(model)
+        n, k = int(row["n"].iloc[0]), int(row["n_clean_correct"].iloc[0])
+        return (k / n if n else float("nan"), *interval(k, n))
+
     def add_columns(self, other: ResultMatrix) -> None:
         """Merge the attack columns of ``other`` (a run of more attacks on some of the same models, same
-        samples and eps) into this matrix, and recompute those models' worst case over every column."""
-        extra = other.records[other.records["attack"] != WORST_CASE]
-        self.records = pd.concat([self.records, extra], ignore_index=True)
-        self.robust_ids.update({k: v for k, v in other.robust_ids.items() if k[1] != WORST_CASE})
+        samples and eps) into this matrix: their per-sample outcomes join this matrix's and every figure of
+        those models, the worst case over every column included, is aggregated again. Rows keep their
+        order; the new columns' rows follow."""
+        if self.outcomes is None or other.outcomes is None:
+            raise ValueError("add_columns needs the per-sample outcomes of both matrices (results of run())")
+        known = {c.model for c in self.outcomes.clean}
+        self.outcomes = Outcomes(self.outcomes.clean + [c for c in other.outcomes.clean if c.model not in known],
+                                 self.outcomes.cells + [c for c in other.outcomes.cells if c.attack != WORST_CASE])
+        rows, robust_ids = aggregate(self.outcomes)
+        fresh: dict[Key, dict[str, Any]] = {(r["model"], r["attack"], r["eps"]): r for r in rows}
+        old = {(r["model"], r["attack"], float(r["eps"])): r for r in self.records.to_dict(orient="records")}
+        order = list(old) + [k for k in fresh if k not in old]
+        self.records = pd.DataFrame([fresh.get(k, old.get(k)) for k in order], columns=list(self.records.columns))
+        self.robust_ids = {k: robust_ids[k] if k in robust_ids else self.robust_ids[k]
+                           for k in order if k in robust_ids or k in self.robust_ids}
         self.minimal_norms.update(other.minimal_norms)
         self.examples.extend(other.examples)
-        for model in dict.fromkeys(extra["model"]):
-            for idx in self.records.index[(self.records["model"] == model) & (self.records["attack"] == WORST_CASE)]:
-                row = self.records.loc[idx]
-                eps = float(row["eps"])
-                robust = set.intersection(*(set(ids) for (m, a, e), ids in self.robust_ids.items()
-                                            if m == model and a != WORST_CASE and e == eps))
-                n = int(row["n"])
-                lo, hi = wilson_interval(len(robust), n)
-                self.records.loc[idx, ["n_robust", "robust_accuracy", "ci_low", "ci_high"]] = [
-                    len(robust), len(robust) / n if n else float("nan"), lo, hi]
-                cells = self.records[(self.records["model"] == model) & (self.records["attack"] != WORST_CASE)
-                                     & np.isclose(self.records["eps"], eps)]
-                for column in _SUMMED:
-                    self.records.loc[idx, column] = float(cells[column].sum())
-                grid = sorted(float(e) for e in self.records.loc[self.records["model"] == model, "eps"].unique())
-                below = [e for e in grid if e < eps and not math.isclose(e, eps)]
-                attacked = worst_case_attacked(cells.to_dict(orient="records"), self.robust_ids,
-                                               below[-1] if below else None)
-                self.records.loc[idx, "n_attacked"] = attacked
-                for kind in ("forward", "backward"):
-                    self.records.loc[idx, f"{kind}_passes_per_attacked_sample"] = (
-                        float(self.records.loc[idx, f"{kind}_passes"]) / attacked if attacked else float("nan"))
-                self.robust_ids[(model, WORST_CASE, eps)] = sorted(robust)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -358,35 +337,6 @@ class ResultMatrix:
         elif doc.get("examples") and ex_path.is_file():
             result.examples = _load_examples(ex_path)
         return result
-
-
-def worst_case_attacked(cells: Sequence[Mapping[str, Any]],
-                        robust_ids: Mapping[tuple[str, str, float], Sequence[int]], previous_eps: float | None) -> int:
-    """How many samples the attack columns ``cells`` (records of one model at one eps) attacked between
-    them: the worst-case row's ``n_attacked``.
-
-    A column that attacked every clean-correct sample (the first eps, a minimal-norm run) attacked them
-    all; otherwise each fixed-eps column attacked exactly its survivors of ``previous_eps`` (the grid
-    value below), whose ids are in ``robust_ids``, and the union is counted.
-    """
-    cells = [c for c in cells if c.get("attack") != WORST_CASE]
-    if not cells:
-        return 0
-    n_clean = int(cells[0]["n_clean_correct"])
-    if previous_eps is None or any(_count(c.get("n_attacked")) >= n_clean for c in cells):
-        return n_clean
-    union: set[int] = set()
-    for c in cells:
-        union.update(robust_ids.get((c["model"], c["attack"], previous_eps), ()))
-    return len(union)
-
-
-def _count(v: Any) -> float:
-    try:
-        out = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return out
 
 
 def _summary_of(result: ResultMatrix, model: str, attack: str) -> dict[str, Any]:

@@ -10,8 +10,13 @@ Pure torch, no model. Conventions (also in docs/segmentation.md):
   mean over classes that occur in the labels or the predictions. This is the convention of the VOC
   devkit and torchvision's references (which sum the matrix over the data set first, then divide), and
   not the per-image average: a dataset mIoU is not the mean of per-image mIoUs.
-- ``pixel_accuracy = trace(cm) / sum(cm)``: the share of valid pixels predicted right (``nan`` when
-  there are none).
+- ``pixel_accuracy = trace(cm) / sum(cm)``: the share of valid pixels predicted right, ``nan`` when
+  there are none (:func:`robustaudit.core.task.valid_share`, the one definition). Per image alike: an
+  image with no valid pixel has no pixel accuracy and is left out of per-image statistics (bootstrap
+  quantiles, the choice of example panels); its confusion matrix is all zeros, so it adds nothing to the
+  dataset-level one.
+- Intervals: 95% percentile bootstrap over images (the images are resampled and their matrices summed
+  again): pixels of one image are not independent, so an interval over pixels would be far too narrow.
 
 Example::
 
@@ -24,18 +29,26 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from robustaudit.core.task import IGNORE_INDEX
+from robustaudit.core.task import IGNORE_INDEX, valid_share
 
 __all__ = [
+    "bootstrap_interval",
     "class_iou",
     "confusion_matrix",
+    "image_confusion",
     "miou",
+    "miou_of",
     "per_image_pixel_accuracy",
     "pixel_accuracy",
+    "pixel_accuracy_of",
     "targeted_success",
 ]
+
+#: Bootstrap resamples of the 95% intervals.
+BOOTSTRAP = 1000
 
 
 def _check_pair(pred: torch.Tensor, y: torch.Tensor, what: str = "y") -> None:
@@ -87,8 +100,51 @@ def miou(cm: torch.Tensor) -> float:
 
 def pixel_accuracy(cm: torch.Tensor) -> float:
     """``trace(cm) / sum(cm)``: share of valid pixels predicted right; ``nan`` without valid pixels."""
-    total = int(cm.sum())
-    return int(cm.diagonal().sum()) / total if total else math.nan
+    return float(pixel_accuracy_of(cm))
+
+
+def pixel_accuracy_of(cm: torch.Tensor) -> torch.Tensor:
+    """Pixel accuracy of each matrix, float64: ``(..., K, K) -> (...)``; NaN where a matrix is empty."""
+    return valid_share(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-1, -2)))
+
+
+def miou_of(cm: torch.Tensor) -> torch.Tensor:
+    """Mean IoU of each matrix over its classes present in the labels or the predictions, float64:
+    ``(..., K, K) -> (...)``; NaN where a matrix is empty."""
+    cm = cm.double()
+    tp = cm.diagonal(dim1=-2, dim2=-1)
+    union = cm.sum(-1) + cm.sum(-2) - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan)).nanmean(-1)
+
+
+def image_confusion(pred: torch.Tensor, y: torch.Tensor, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """One confusion matrix per image: ``pred, y (N, H, W) -> (N, K, K)`` int64 on the CPU, rows the true
+    class. Pixels labelled ``ignore_index`` count nowhere (an image with none valid: all zeros)."""
+    n = y.shape[0]
+    valid = y != ignore_index
+    img = torch.arange(n, device=y.device).view(-1, 1, 1).expand_as(y)
+    k = num_classes
+    flat = (img * k * k + y.clamp(0, k - 1) * k + pred.clamp(0, k - 1))[valid]
+    return torch.bincount(flat, minlength=n * k * k).view(n, k, k).cpu()
+
+
+def bootstrap_interval(cms: torch.Tensor, key: int, resamples: int = BOOTSTRAP) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of mIoU and pixel accuracy (``"miou"``, ``"pa"``), resampling the images
+    of ``cms (n, K, K)`` with a generator seeded by ``key``; a resample without valid pixels is left out."""
+    n, k, _ = cms.shape
+    if n == 0:
+        return {"miou": (math.nan, math.nan), "pa": (math.nan, math.nan)}
+    g = torch.Generator().manual_seed(key & 0x7FFFFFFFFFFFFFFF)
+    idx = torch.randint(n, (resamples, n), generator=g)
+    weights = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(resamples, n, dtype=torch.float64))
+    summed = (weights @ cms.reshape(n, -1).double()).view(resamples, k, k)
+    out = {}
+    for name, values in (("miou", miou_of(summed)), ("pa", pixel_accuracy_of(summed))):
+        v = values.numpy()
+        out[name] = (float(np.nanquantile(v, 0.025)), float(np.nanquantile(v, 0.975)))
+    return out
 
 
 def targeted_success(
@@ -109,10 +165,9 @@ def targeted_success(
 
 
 def per_image_pixel_accuracy(pred: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``(N,)`` float32: each image's share of valid pixels predicted right (1.0 for an image with no
-    valid pixel: nothing there to get wrong, the convention of ``SegmentationTask.pixel_accuracy``)."""
+    """``(N,)`` float32: each image's share of valid pixels predicted right; NaN for an image with no
+    valid pixel (it has no pixel accuracy: :func:`~robustaudit.core.task.valid_share`)."""
     _check_pair(pred, y)
     valid = (y != ignore_index).flatten(1)
     hits = ((pred.to(y.device) == y).flatten(1) & valid).sum(1)
-    count = valid.sum(1)
-    return torch.where(count > 0, hits / count.clamp_min(1), torch.ones_like(hits, dtype=torch.float32)).float()
+    return valid_share(hits, valid.sum(1)).float()
