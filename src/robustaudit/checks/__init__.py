@@ -20,7 +20,7 @@ from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.data.base import ImageData
-from robustaudit.evaluate.plan import CHECK_LEVELS as LEVELS
+from robustaudit.evaluate.options import CHECK_LEVELS as LEVELS
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
@@ -34,9 +34,9 @@ EOT_K = 10
 
 def check_level(level: str) -> str:
     """Validate ``--checks``."""
-    if level not in LEVELS:
-        raise UserError(f"unknown checks level '{level}'; use {', '.join(LEVELS)}")
-    return level
+    from robustaudit.evaluate.options import check_checks
+
+    return check_checks(level)
 
 
 def run_checks(

@@ -7,7 +7,6 @@ before they are loaded: nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
+from robustaudit.core.hashing import file_sha256
 from robustaudit.core.threat import ThreatModel
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -74,12 +74,8 @@ def get_card(name: str) -> ModelCard:
     return _REGISTRY[name]
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: The sha256 of a weights file (one function for every weights file: :mod:`robustaudit.core.hashing`).
+sha256_of = file_sha256
 
 
 def create_model(name: str, *, pretrained: bool = True) -> nn.Module:

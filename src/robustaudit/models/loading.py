@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from robustaudit.core.errors import UserError, suggest, unknown
+from robustaudit.core.hashing import file_sha256
 from robustaudit.models.wrappers import ExportedModule, parse_normalize, prepare
 from robustaudit.models.wrappers import _describe as _type_name
 
@@ -106,15 +106,6 @@ class LoadedModel:
     source: str
     weights_sha256: str | None
     spec: str
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Return the sha256 hex digest of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 #: The model card beside a checkpoint: ``FILE.json`` for ``FILE`` (e.g. ``net.safetensors.json``).
