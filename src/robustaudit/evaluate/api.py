@@ -21,37 +21,19 @@ __all__ = ["attack_entries_from", "audit", "run_options"]
 
 
 def audit(
-    model: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike],
-    data: Any = "digits",
-    *,
+    model: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike], data: Any = "digits", *,
     attacks: str | Attack | Sequence[str | Attack] = DEFAULT_ATTACKS,
     eps: float | str | Sequence[float | str] = DEFAULT_EPS,
-    norm: str = "linf",
-    n: int | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    seed: int = 0,
-    out: str | Path | None = None,
-    progress: Progress | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    checks: str = "basic",
-    cost: bool = True,
-    defense: str | Sequence[str] | None = None,
-    defense_fpr: float = 0.05,
-    defense_data: Any = None,
-    physical: bool = False,
-    train_data: Any = None,
-    task: str = "auto",
-    precision: str = "fp32",
-    tf32: bool = False,
-    compile: bool = False,
-    distributed: bool = False,
+    norm: str = "linf", n: int | None = None, batch_size: int = 256, device: str = "auto", seed: int = 0,
+    out: str | Path | None = None, progress: Progress | None = None, resume: bool = False, overwrite: bool = False,
+    checks: str = "basic", cost: bool = True, defense: str | Sequence[str] | None = None, defense_fpr: float = 0.05,
+    defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",
+    precision: str = "fp32", tf32: bool = False, compile: bool = False, distributed: bool = False,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
-    Every option is documented on :class:`~robustaudit.evaluate.spec.AuditSpec` (the one place its
-    default is resolved); in short:
+    Each option is documented on :class:`~robustaudit.evaluate.spec.AuditSpec`, where its default is
+    resolved (the same for the CLI, TOML files and the pytest plugin).
 
     Args:
         model: an ``nn.Module`` mapping ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``, a model spec
@@ -60,23 +42,13 @@ def audit(
         data: an ``(x, y)`` pair of tensors (``x`` float in [0, 1], NCHW; ``y`` int64), a ``Dataset``,
             a ``DataLoader`` (materialised once), or a dataset spec string such as ``"digits"``.
         attacks: attack names with inline settings (``"pgd:steps=100"``) or Attack objects.
-        eps: radii in pixel units of ``norm``; numbers or fractions such as ``"8/255"``. Under
-            ``norm="patch"`` the default grid is the patch's area shares.
-        n: audit the first ``n`` samples (all by default).
-        out, resume, overwrite: where per-sample records and ``results.json`` go, and what to do with a
-            run stored there (continue it; discard it).
-        checks: sanity checks after the matrix: ``off``, ``basic`` or ``full`` (docs/checks.md).
-        cost: measure each model's cost (docs/cost.md) into ``provenance["models"][i]["cost"]``.
-        defense, defense_fpr, defense_data: detectors to wrap every model in (``"squeeze"``, ``"metzen"``,
-            ``"mahalanobis"``, or a list / comma-separated string), their clean false-positive rate, and
-            the data they are fitted on (default: the train split of ``data``).
-        physical: add the physical-world proxies (``provenance["physical"]``).
-        train_data: what universal attacks are fitted on (default: the train split of ``data``).
-        task: ``classification``, ``segmentation`` or ``auto`` (the data's task). Under segmentation the
-            default attacks and eps are the segmentation ones.
-        precision, tf32, compile: the attacks' precision (``fp32``, ``bf16``, ``fp16``), TF32 and
-            ``torch.compile`` (:mod:`robustaudit.evaluate.fastpath`).
-        distributed: under torchrun (or srun), audit this rank's shard and merge.
+        eps: radii in pixel units of ``norm``: numbers or fractions such as ``"8/255"``; under
+            ``norm="patch"`` the default grid is the patch's area shares, under segmentation its own.
+        defense: detectors (``"squeeze"``, ``"metzen"``, ``"mahalanobis"``, a list or comma-separated);
+            ``defense_fpr`` and ``defense_data`` set their threshold and fitting data.
+        task: ``classification``, ``segmentation`` or ``auto`` (the data's task).
+        n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
+            distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
     Returns:
         The :class:`ResultMatrix`; ``.records`` holds one row per model × attack × eps.
 

@@ -40,6 +40,8 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_SEED = 0
 DEFAULT_CHECKS = "basic"
 DEFAULT_DEFENSE_FPR = 0.05
+#: Measure each model's cost (docs/cost.md); read when a spec is resolved.
+DEFAULT_COST = True
 #: Where the CLI writes when ``--out`` is not given (the Python API writes nowhere by default).
 DEFAULT_OUT = "robustaudit-out"
 #: Threat-model norms of an audit's eps grid.
@@ -127,9 +129,17 @@ def parse_eps(value: Any, what: str = "eps") -> list[float]:
     return out
 
 
+def check_eps_type(value: Any, what: str = "eps") -> Any:
+    """Refuse an eps value of no possible type (a bool, a table) as :func:`parse_eps` does; a TOML file's
+    eps is checked so even when a flag overrides it, and parsed (once) by the spec."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+            raise UserError(f"cannot parse {what} {item!r}: expected numbers like 0.1 or 8/255")
+    return value
+
+
 def _one_eps(item: Any, what: str) -> float:
-    if isinstance(item, bool) or not isinstance(item, (int, float, str)):
-        raise UserError(f"cannot parse {what} {item!r}: expected numbers like 0.1 or 8/255")
+    check_eps_type(item, what)
     if isinstance(item, str):
         text = item.strip()
         try:

@@ -41,6 +41,7 @@ from robustaudit.evaluate.options import (  # noqa: F401 - the vocabulary, re-ex
     SEG_DEFAULT_MODELS,
     SEG_DEFAULT_N,
     TASKS,
+    check_eps_type,
     parse_eps,
 )
 
@@ -104,7 +105,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if "attack" in doc or "attacks" in doc:
         out["attacks"] = _str_list(doc.pop("attack", doc.pop("attacks", None)), "attack", path)
     if "eps" in doc:  # parsed (numbers, "8/255" strings) by the spec, as the flag's and the API's
-        out["eps"] = doc.pop("eps")
+        out["eps"] = check_eps_type(doc.pop("eps"))
     for key, value in doc.items():
         want = _TYPES.get(key)
         if want is None:

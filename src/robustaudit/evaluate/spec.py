@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from robustaudit.core.errors import UserError
+from robustaudit.core.errors import UserError, suggest
 from robustaudit.evaluate import options as opt
 from robustaudit.evaluate.plan import ModelSpec
 
@@ -159,7 +159,7 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
         ModelSpec(m) for m in (opt.SEG_DEFAULT_MODELS if segmentation else opt.DEFAULT_MODELS))
     if not models:
         raise UserError("no model given")
-    norm = opt.check_choice(g.get("norm", "linf"), opt.AUDIT_NORMS, "--norm")
+    norm = _norm(g.get("norm", "linf"))
     embedded = not models_given and "config_file" not in g
     spec = AuditSpec(
         models=models, data=str(data.name), attacks=_attacks(g.get("attacks"), segmentation),
@@ -185,7 +185,7 @@ def _plain(g: dict[str, Any]) -> dict[str, Any]:
         "device": opt.check_device(g.get("device", opt.DEFAULT_DEVICE)),
         "seed": opt.check_seed(g.get("seed", opt.DEFAULT_SEED)), "out": out, "resume": resume,
         "overwrite": overwrite, "checks": opt.check_checks(g.get("checks", opt.DEFAULT_CHECKS)),
-        "cost": bool(g.get("cost", True)), "defense_fpr": float(fpr), "defense_data": g.get("defense_data"),
+        "cost": bool(g.get("cost", opt.DEFAULT_COST)), "defense_fpr": float(fpr), "defense_data": g.get("defense_data"),
         "train_data": g.get("train_data"), "physical": bool(g.get("physical", False)),
         "precision": opt.check_choice(g.get("precision", "fp32"), opt.PRECISIONS, "--precision"),
         "tf32": bool(g.get("tf32", False)), "compile": bool(g.get("compile", False)),
@@ -217,6 +217,12 @@ def _grid(given: Any, norm: str, segmentation: bool) -> tuple[float, ...]:
     if grid == opt.DEFAULT_EPS:
         grid = opt.PATCH_DEFAULT_EPS if norm == "patch" else opt.SEG_DEFAULT_EPS if segmentation else grid
     return tuple(sorted(set(grid)))
+
+
+def _norm(norm: Any) -> str:
+    if norm not in opt.AUDIT_NORMS:
+        raise UserError(f"unknown norm '{norm}'{suggest(str(norm), opt.AUDIT_NORMS)}; use {', '.join(opt.AUDIT_NORMS)}")
+    return str(norm)
 
 
 def _n(given: Any, default_segmentation: bool) -> int | None:

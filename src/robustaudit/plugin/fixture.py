@@ -388,7 +388,7 @@ def attack_list(s: Settings) -> list[Any]:
         parse_spec,
         valid_settings,
     )
-    from robustaudit.evaluate.options import DEFAULT_ATTACKS
+    from robustaudit.evaluate.plan import DEFAULT_ATTACKS
 
     items = list(s.attacks) if s.attacks is not None else list(DEFAULT_ATTACKS)
     out: list[Any] = []
