@@ -159,3 +159,39 @@ def test_a_bad_value_is_refused_in_one_line_by_the_cli(tmp_path, capsys):
 def test_segmentation_refuses_detectors_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^detectors \(--defense\) wrap classifiers; a segmentation audit takes none$"):
         _cli(tmp_path, "--data", "digit-scenes", "--defense", "squeeze")
+
+
+def test_the_resume_fingerprint_derives_from_the_spec(tmp_path):
+    from robustaudit.data.registry import open_dataset
+    from robustaudit.evaluate.resume import fingerprint
+    from robustaudit.evaluate.spec import resolve_spec
+    from robustaudit.evaluate.subject import Subject, model_entries, model_specs
+
+    data = open_dataset("digits")
+    entries = model_entries(_net())
+    spec = resolve_spec(data, models=model_specs(entries), eps="8/255,2/255", precision="bf16", batch_size=7)
+    fp = fingerprint(spec, Subject(entries, data, []), n=10, device=torch.device("cpu"))
+    assert (fp["eps"], fp["batch_size"], fp["precision"], fp["norm"]) == ([2 / 255, 8 / 255], 7, "bf16", "linf")
+    assert "task" not in fp  # absent means classification, as in stores written before tasks existed
+    scenes = open_dataset("digit-scenes")
+    seg = resolve_spec(scenes, batch_size=64)
+    fp = fingerprint(seg, Subject([], scenes, []), n=3, device=torch.device("cpu"))
+    assert (fp["task"], fp["batch_size"], fp["eps"]) == ("segmentation", 32, [0.01, 0.02, 0.04])
+
+
+def test_weights_are_hashed_by_one_function_each(tmp_path):
+    from robustaudit.core import hashing
+    from robustaudit.defenses.detection import model_hash
+    from robustaudit.evaluate import store
+    from robustaudit.models import catalog, loading
+
+    assert catalog.sha256_of is loading.file_sha256 is hashing.file_sha256
+    assert store.state_dict_sha256 is hashing.state_dict_sha256
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"abc")
+    assert hashing.file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    net = _net()
+    assert model_hash(net) == hashing.state_dict_sha256(net)
+    with torch.no_grad():
+        net[1].bias[0] += 1
+    assert model_hash(net) == hashing.state_dict_sha256(net) != hashing.state_dict_sha256(_net())
