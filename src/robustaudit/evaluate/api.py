@@ -1,5 +1,5 @@
 """The Python API: :func:`audit`, which builds an :class:`~robustaudit.evaluate.spec.AuditSpec` and runs
-it, and :func:`run_options`, the same for options collected by the CLI (flags over a TOML file)."""
+it, and :func:`spec_of`, the same for options collected by the CLI (flags over a TOML file)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from robustaudit.evaluate.runner import Progress
 from robustaudit.evaluate.spec import AuditSpec, resolve_spec
 from robustaudit.evaluate.subject import ModelLike, attack_entries_from, model_entries, model_specs, open_subject
 
-__all__ = ["attack_entries_from", "audit", "run_options"]
+__all__ = ["attack_entries_from", "audit", "spec_of"]
 
 
 def audit(
@@ -67,16 +67,9 @@ def audit(
     return execute(spec, open_subject(spec, image_data, entries), progress)
 
 
-def run_options(given: Mapping[str, Any], *, progress: Progress | None = None) -> tuple[AuditSpec, ResultMatrix]:
-    """Open ``given["data"]`` (default ``digits``), resolve the spec of the options ``given`` (the CLI's
-    flags over its TOML file; keys of :data:`~robustaudit.evaluate.spec.GIVEN_KEYS`), load its models
-    and attacks, and run it."""
-    spec, data = spec_of(given)
-    return spec, execute(spec, open_subject(spec, data), progress)
-
-
 def spec_of(given: Mapping[str, Any]) -> tuple[AuditSpec, Any]:
-    """The resolved spec of the options ``given`` and the data it resolved against."""
+    """Open ``given["data"]`` (default ``digits``) and resolve the spec of the options ``given`` (keys of
+    :data:`~robustaudit.evaluate.spec.GIVEN_KEYS` and ``data``); returns the spec and the opened data."""
     options = dict(given)
     data = open_dataset(options.pop("data", None) or DEFAULT_DATA)
     return resolve_spec(data, **options), data

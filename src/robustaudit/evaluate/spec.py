@@ -135,9 +135,9 @@ def _data_view(given: Any) -> str | None:
     return given if isinstance(given, (str, type(None))) else "python"
 
 
-#: What :func:`resolve_spec` accepts: the spec's fields, with ``defense`` (names, or ``"none"``) for
-#: ``detectors`` and ``config_file``; ``None`` means "not given".
-GIVEN_KEYS = frozenset({f.name for f in fields(AuditSpec)} - {"detectors"} | {"defense"})
+#: What :func:`resolve_spec` accepts: the spec's fields but ``data`` (the opened data names itself), with
+#: ``defense`` (names, or ``"none"``) for ``detectors``; ``None`` means "not given".
+GIVEN_KEYS = frozenset({f.name for f in fields(AuditSpec)} - {"detectors", "data"} | {"defense"})
 
 
 def resolve_spec(data: Any, **given: Any) -> AuditSpec:
