@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from robustaudit.evaluate.options import CHECK_LEVELS  # torch-free: the one definition of the levels
+
 if TYPE_CHECKING:
     from robustaudit.plugin.fixture import ItemRecord, Robustness
     from robustaudit.plugin.settings import SessionOptions
 
 PROFILE_NAMES = ("smoke", "ci", "full")  # robustaudit.plugin.settings.PROFILES, checked by a test
 GATE_NAMES = ("point", "lower")
-CHECK_LEVELS = ("off", "basic", "full")  # robustaudit.plugin.settings.CHECK_LEVELS, checked by a test
 MARKER = "robustness"
 MARKER_HELP = (
     "robustness(attack=..., eps=..., min_accuracy=..., bound=..., norm=..., n=..., steps=..., restarts=..., "

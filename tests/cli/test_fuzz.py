@@ -38,10 +38,10 @@ WORDS = ["true", "false", "none", "nan", "inf", "-inf", "1/0", "8/255", "abc", "
 def no_cost():
     """Skip the model cost measurement (about 2 s per audit, tested in its own tests): the fast properties
     are about inputs, and a few of their draws really run. The slow property keeps it on."""
-    from robustaudit.evaluate import api
+    from robustaudit.evaluate import options
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(api.execute.__kwdefaults__, "cost", False)
+        mp.setattr(options, "DEFAULT_COST", False)
         yield
 
 

@@ -18,11 +18,9 @@ from robustaudit.data.segmentation import SegmentationTensorData
 from robustaudit.evaluate import segmetrics
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
-from robustaudit.evaluate.segmentation import (
-    image_confusion,
-    resolve_task,
-    run_segmentation,
-)
+from robustaudit.evaluate.segmetrics import image_confusion
+from robustaudit.evaluate.segrun import run_segmentation
+from robustaudit.evaluate.spec import resolve_task
 from seg_helpers import K, tiny_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,7 +150,7 @@ def test_cli_end_to_end_on_digit_scenes(tmp_path, capsys):
     assert code == 1, captured.err
     assert "mIoU" in captured.out and "sanity checks: not run" in captured.out and "below 0.99" in captured.err
     doc = json.loads((out / "results.json").read_text())
-    assert doc["task"] == "segmentation" and doc["provenance"]["config"]["task"] == "auto"
+    assert doc["task"] == "segmentation" and doc["provenance"]["config"]["task"] == "segmentation"  # resolved by the spec
     assert {r["attack"] for r in doc["records"]} == {"pgd:steps=1", "segpgd:steps=1", WORST_CASE}
     assert doc["segmentation"]["unbounded"][0]["attack"] == "dag:max_iter=2"
     html = (out / "report.html").read_text()

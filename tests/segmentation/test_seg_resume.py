@@ -22,8 +22,10 @@ from robustaudit.core.errors import UserError
 from robustaudit.data.segmentation import SegmentationTensorData
 from robustaudit.evaluate.result import SegExample
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
-from robustaudit.evaluate.segmentation import execute_segmentation
+from robustaudit.evaluate.seg_execute import execute_segmentation
+from robustaudit.evaluate.spec import ModelSpec, resolve_spec
 from robustaudit.evaluate.store import STORE_FILE, SegBatch, Store
+from robustaudit.evaluate.subject import Subject
 from seg_helpers import K, tiny_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +60,10 @@ def _audit(out: Path, data, *, resume=False, overwrite=False, progress=None):
     net = tiny_segmenter()
     train = _data(net, seed=7, n=8)
     attacks = [AttackEntry(s, from_spec(s, task="segmentation")) for s in ATTACKS]
-    return execute_segmentation([ModelEntry("net", net)], data, attacks, [0.03, 0.1], norm="linf", n=None,
-                                batch_size=4, device="cpu", seed=0, out=out, progress=progress, config={},
-                                resume=resume, overwrite=overwrite, cost=False, train_data=train)
+    spec = resolve_spec(data, models=(ModelSpec("python:net"),), attacks=ATTACKS, eps=[0.03, 0.1], norm="linf",
+                        batch_size=4, device="cpu", seed=0, out=str(out), resume=resume, overwrite=overwrite,
+                        cost=False, train_data=train)
+    return execute_segmentation(spec, Subject([ModelEntry("net", net)], data, attacks), progress)
 
 
 def _numbers(out: Path) -> tuple:

@@ -16,11 +16,11 @@ from robustaudit.attacks.base import AttackKind
 from robustaudit.checks.attacks import Context, attack_verdicts
 from robustaudit.checks.probes import Probe, probe_model
 from robustaudit.checks.verdict import Verdict
-from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.data.base import ImageData
-from robustaudit.evaluate.plan import CHECK_LEVELS as LEVELS
+from robustaudit.evaluate.options import CHECK_LEVELS as LEVELS
+from robustaudit.evaluate.options import check_checks
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
@@ -33,10 +33,8 @@ EOT_K = 10
 
 
 def check_level(level: str) -> str:
-    """Validate ``--checks``."""
-    if level not in LEVELS:
-        raise UserError(f"unknown checks level '{level}'; use {', '.join(LEVELS)}")
-    return level
+    """Validate ``--checks`` (the one validator: :func:`robustaudit.evaluate.options.check_checks`)."""
+    return check_checks(level)
 
 
 def run_checks(

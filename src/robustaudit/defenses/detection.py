@@ -62,13 +62,11 @@ def cache_dir() -> Path:
 
 
 def model_hash(model: nn.Module) -> str:
-    """sha256 of the model's state_dict (names, shapes, dtypes and bytes): the cache key of its fits."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """sha256 of the model's state_dict (names, shapes, dtypes and bytes): the cache key of its fits
+    (the one weights hash, :func:`robustaudit.core.hashing.state_dict_sha256`)."""
+    from robustaudit.core.hashing import state_dict_sha256
+
+    return state_dict_sha256(model)
 
 # ------------------------------------------------------------------------------- registry and fitting
 _DETECTORS: dict[str, type[Detector]] = {"squeeze": FeatureSqueezing, "metzen": MetzenDetector,

@@ -26,41 +26,34 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from robustaudit.core.errors import UserError
-from robustaudit.data.base import ImageData
 from robustaudit.evaluate.result import EXAMPLES_FILE, RESULTS_FILE
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.store import STORE_FILE, STORE_VERSION, Store, state_dict_sha256
 
+if TYPE_CHECKING:
+    from robustaudit.evaluate.spec import AuditSpec
+    from robustaudit.evaluate.subject import Subject
+
 __all__ = ["fingerprint", "fingerprint_difference", "open_store"]
 
 
-def fingerprint(
-    models: Sequence[ModelEntry],
-    data: ImageData,
-    attacks: Sequence[AttackEntry],
-    grid: Sequence[float],
-    *,
-    n: int,
-    norm: str,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-) -> dict[str, Any]:
-    """The JSON-able identity of a run's numbers (see the module docstring for what is in it and why).
+def fingerprint(spec: AuditSpec, subject: Subject, *, n: int, device: torch.device) -> dict[str, Any]:
+    """The JSON-able identity of a run's numbers (see the module docstring for what is in it and why): the
+    spec's options that change numbers, with the opened data, attacks and models' weights.
 
     ``n`` is the number of samples audited (after capping at the data's size); ``device`` the resolved
     device, so ``auto`` and ``cpu`` on a machine without a GPU are the same run.
     """
     from robustaudit import __version__
 
-    return {
+    data = subject.data
+    fp = {
         "robustaudit": __version__,
         "torch": torch.__version__,
         "store": STORE_VERSION,
@@ -68,13 +61,18 @@ def fingerprint(
         "data": {"name": data.name, "size": len(data), "sample_shape": list(data.sample_shape),
                  "num_classes": data.num_classes},
         "n": int(n),
-        "eps": [float(e) for e in grid],
-        "norm": norm,
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "attacks": [{"name": a.name, "class": type(a.attack).__name__, "settings": _settings(a)} for a in attacks],
-        "models": [{"name": m.name, "normalize": m.info.get("normalize"), "weights": _weights(m)} for m in models],
+        "eps": [float(e) for e in spec.eps],
+        "norm": spec.norm,
+        "batch_size": int(spec.batch_size),
+        "seed": int(spec.seed),
+        "attacks": [{"name": a.name, "class": type(a.attack).__name__, "settings": _settings(a)}
+                    for a in subject.attacks],
+        "models": [{"name": m.name, "normalize": m.info.get("normalize"), "weights": _weights(m)}
+                   for m in subject.entries],
     }
+    if spec.task != "classification":  # absent means classification (stores written before tasks existed)
+        fp["task"] = spec.task
+    return {**fp, **spec.fast.fingerprint(device)}
 
 
 def device_label(device: torch.device) -> str:
@@ -167,12 +165,12 @@ def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, r
     with fingerprint ``fp``, applying the policy of the module docstring; the store comes back ready to
     write (fresh, or holding the run to continue).
 
+    ``resume`` and ``overwrite`` exclude each other (the spec refused both together).
+
     Raises:
-        UserError: ``resume`` and ``overwrite`` together; ``resume`` with nothing (or something else)
-            stored; an unfinished run in ``out`` without ``resume`` or ``overwrite``.
+        UserError: ``resume`` with nothing (or something else) stored; an unfinished run in ``out``
+            without ``resume`` or ``overwrite``.
     """
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
     out = Path(out)
     path = out / STORE_FILE if store_path is None else Path(store_path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ run cuts the same batches, and a batch-dependent attack sees the same batch it s
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import sqlite3
@@ -46,6 +45,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from robustaudit.core.hashing import state_dict_sha256, tensors_sha256  # noqa: F401 - re-exported
 from robustaudit.evaluate.result import Example, SegExample
 
 STORE_FILE = "results.sqlite"
@@ -136,34 +136,6 @@ class SegBatch:
 def batch_key(ids: Sequence[int]) -> str:
     """The exact-ids key of a batch: ``"3,4,7"`` (order matters: it is the batch the attack saw)."""
     return ",".join(str(int(i)) for i in ids)
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    # viewed as bytes so every dtype (bfloat16 included, which numpy lacks) hashes the same way
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def tensors_sha256(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' dtypes, shapes and raw bytes (the data check of a resumed run)."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(_tensor_bytes(t))
-    return digest.hexdigest()
-
-
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """sha256 of a module's state_dict (names, dtypes, shapes, bytes): the weights of a model that was
-    not read from a file. Non-tensor entries (extra state) count by their ``repr``."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        if isinstance(value, torch.Tensor):
-            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(_tensor_bytes(value))
-        else:
-            digest.update(repr(value).encode())
-    return digest.hexdigest()
 
 
 def _npy(a: np.ndarray) -> bytes:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
+from robustaudit.core.hashing import file_sha256
 from robustaudit.core.threat import ThreatModel
-from robustaudit.models.files import file_sha256
 from robustaudit.models.zoo import builtin_entries
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -75,7 +75,7 @@ def get_card(name: str) -> ModelCard:
     return _REGISTRY[name]
 
 
-#: The sha256 hex digest of a file (the training scripts import it from here).
+#: The sha256 of a weights file (one function for every weights file: :mod:`robustaudit.core.hashing`).
 sha256_of = file_sha256
 
 

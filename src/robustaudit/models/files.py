@@ -7,8 +7,6 @@ Shared by the loaders in :mod:`robustaudit.models.loading`; every failure is a o
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 
 from robustaudit.core.errors import UserError
+from robustaudit.core.hashing import file_sha256  # re-exported: one hash for every weights file
 
 __all__ = ["describe_pickle", "file_sha256", "first_line", "sniff", "torch_load_safe"]
 
@@ -27,15 +26,6 @@ def first_line(err: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(err).__name__
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Return the sha256 hex digest of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sniff(path: Path) -> str:

@@ -14,10 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Any
 
 from robustaudit.core.errors import UserError, suggest
+from robustaudit.evaluate.options import (  # torch-free: the audit's defaults and levels, defined once
+    CHECK_LEVELS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_SEED,
+    check_choice,
+    parse_eps,
+)
 
 #: Valid keys of ``@pytest.mark.robustness(...)`` (``attack`` and ``attacks`` are synonyms).
 MARKER_KEYS: tuple[str, ...] = (
@@ -40,12 +47,6 @@ MARKER_KEYS: tuple[str, ...] = (
 BOUNDS: tuple[str, ...] = ("point", "lower")
 DEFAULT_BOUND = "point"
 DEFAULT_PROFILE = "ci"
-DEFAULT_DEVICE = "auto"
-DEFAULT_SEED = 0
-DEFAULT_BATCH_SIZE = 256
-#: Levels of the sanity checks that follow every audit (``robustaudit.evaluate.plan.CHECK_LEVELS``, not
-#: imported: this module stays torch-free; a test holds the two equal).
-CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,7 @@ def check_profile(value: str, what: str) -> str:
 
 def check_checks(value: Any, what: str) -> str:
     """A sanity-check level (:data:`CHECK_LEVELS`); a :class:`UserError` naming the valid ones."""
-    if not isinstance(value, str) or value not in CHECK_LEVELS:
-        hint = suggest(value, CHECK_LEVELS) if isinstance(value, str) else ""
-        raise UserError(f"{what} must be one of {', '.join(CHECK_LEVELS)}, got {value!r}{hint}")
-    return value
+    return check_choice(value, CHECK_LEVELS, what)
 
 
 def check_bound(value: Any, what: str) -> str:
@@ -260,23 +258,23 @@ def _attacks(value: Any, where: str) -> tuple[Any, ...]:
 
 
 def _eps(value: Any, where: str) -> tuple[float, ...]:
+    """Numbers or fractions such as ``"8/255"`` (parsed as the audit parses them), each >= 0."""
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise UserError(f"{where}: eps is empty; give a radius such as 0.1 or a list of them")
-    out = []
-    for item in items:
-        number: float | None = None
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            number = float(item)
-        elif isinstance(item, str):
-            try:
-                number = float(Fraction(item.strip()))
-            except (ValueError, ZeroDivisionError):
-                number = None
-        if number is None or math.isnan(number) or number < 0:
-            raise UserError(f"{where}: eps must be numbers >= 0 (or fractions such as '8/255'), got {item!r}")
-        out.append(number)
-    return tuple(out)
+    try:
+        return tuple(parse_eps(items))
+    except UserError:
+        bad = next((i for i in items if not _parses(i)), items)
+        raise UserError(f"{where}: eps must be numbers >= 0 (or fractions such as '8/255'), got {bad!r}") from None
+
+
+def _parses(item: Any) -> bool:
+    try:
+        parse_eps([item])
+    except UserError:
+        return False
+    return True
 
 
 def _positive_int(value: Any, what: str, *, extra: str = "") -> int:

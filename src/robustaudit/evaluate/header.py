@@ -1,0 +1,105 @@
+"""What every audit's provenance starts with, and the helpers both tasks' executors share.
+
+Below :mod:`robustaudit.evaluate.execute` and :mod:`robustaudit.evaluate.seg_execute` (neither imports
+the other): the run header, the examples' eps, the fitted attacks' artifacts, the models' cost blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustaudit.attacks.base import Attack, UniversalAttack
+from robustaudit.data.base import ImageData
+from robustaudit.evaluate.cost import MemoryProbe, model_cost
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry
+
+__all__ = ["attacks_block", "example_eps", "fit_split", "jsonable", "model_costs", "run_header", "save_fitted"]
+
+
+def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, config: dict[str, Any],
+               data: ImageData, n: int, norm: str, grid: list[float], entries: Sequence[ModelEntry],
+               costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The provenance every audit starts with (both tasks): versions, device, seed, times, config, data,
+    threat model and models with their cost blocks. ``t0`` is the run's ``perf_counter`` start."""
+    from robustaudit import __version__
+
+    return {
+        "robustaudit": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "seed": seed,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "config": config,
+        "data": {"name": data.name, "n": n, "num_classes": data.num_classes,
+                 "sample_shape": list(data.sample_shape), "class_names": data.class_names},
+        "threat": {"norm": norm, "bounds": [0.0, 1.0], "eps": grid},
+        "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
+                   for e in entries],
+    }
+
+
+def attacks_block(attacks: Sequence[AttackEntry], **extra: Any) -> list[dict[str, Any]]:
+    """``provenance["attacks"]``: each column's name, class, kind and settings (plus ``extra`` keys)."""
+    return [{"name": a.name, "class": type(a.attack).__name__, "kind": a.attack.kind.value, **extra,
+             "settings": jsonable(a.attack.settings())} for a in attacks]
+
+
+def example_eps(entries: Sequence[ModelEntry], grid: Sequence[float]) -> float:
+    """The eps of the report's examples and 2×2 table: the models' shared trained-for eps when it is in
+    the grid, else the grid's median."""
+    trained = {e.info.get("trained_eps") for e in entries} - {None}
+    if len(trained) == 1 and (t := trained.pop()) in grid:
+        return float(t)
+    return sorted(grid)[len(grid) // 2]
+
+
+def fit_split(data: ImageData, attacks: Sequence[AttackEntry], given: Any) -> ImageData | None:
+    """The training data universal attacks are fitted on, opened only when one is in the audit."""
+    if not any(isinstance(a.attack, UniversalAttack) for a in attacks):
+        return None
+    from robustaudit.data.registry import train_split_of
+
+    return train_split_of(data, given, flag="--train-data (train_data=)", purpose="universal attacks are fitted")
+
+
+def save_fitted(fitted: dict[tuple[str, str, float], Attack], fits: list[dict[str, Any]], out: Path) -> None:
+    """Write each fitted attack's artifact (when it has ``save``) under ``out/artifacts``; its path
+    goes into the matching ``fits`` entry, relative to ``out``."""
+    for (model, attack, eps), fitted_attack in fitted.items():
+        save = getattr(fitted_attack, "save", None)
+        if save is None:
+            continue
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{model}-{attack}-eps{eps:g}")
+        path = out / "artifacts" / f"{name}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(path)
+        for fit in fits:
+            if (fit["model"], fit["attack"], fit["eps"]) == (model, attack, eps):
+                fit["artifact"] = str(path.relative_to(out))
+
+
+def model_costs(entries: Sequence[ModelEntry], data: ImageData, batch_size: int, device: torch.device,
+                probe: MemoryProbe | None) -> dict[str, dict[str, Any]]:
+    """Each model's ``cost`` block: the memory probes' figures (CPU) collected, the rest measured now,
+    one model at a time on ``device``."""
+    memory = probe.collect() if probe is not None else {}
+    return {e.name: model_cost(e.module, data.sample_shape, batch_size, device, memory.get(e.name))
+            for e in entries}
+
+
+def jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as JSON values (anything else by its ``repr``)."""
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()}

@@ -1,0 +1,172 @@
+"""The audit options' vocabulary and their one-line validators: the one place each is defined.
+
+Standard library only (plus ``robustaudit.core.errors``): the pytest plugin validates markers and
+``--robust-*`` options with these before torch is imported. :class:`~robustaudit.evaluate.spec.AuditSpec`
+resolves the defaults below and calls the validators; the CLI, the TOML loader, the Python API and the
+plugin all go through it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from robustaudit.core.errors import UserError, suggest
+
+#: The embedded default audit's models, attacks and eps grid (classification, ``--data digits``).
+DEFAULT_MODELS: tuple[str, ...] = ("digits-cnn", "digits-cnn-pgdat", "digits-cnn-trades", "digits-cnn-ls")
+DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
+DEFAULT_EPS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+#: The grid of ``--norm patch`` when no eps is given: shares of the image area a patch covers.
+PATCH_DEFAULT_EPS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2)
+#: What a segmentation audit runs when the classification defaults were kept (``--data digit-scenes``
+#: alone): the shipped U-Net, the three dense attacks, a small Linf grid that shows a curve.
+SEG_DEFAULT_MODELS: tuple[str, ...] = ("unet-tiny",)
+SEG_DEFAULT_ATTACKS: tuple[str, ...] = ("pgd", "segpgd", "cospgd")
+SEG_DEFAULT_EPS: tuple[float, ...] = (0.01, 0.02, 0.04)
+#: Images of the bare default segmentation audit (no model, no n): 100 of digit-scenes' 200 test scenes.
+SEG_DEFAULT_N = 100
+#: The largest batch of a segmentation audit: masks and per-pixel logits are K*H*W times larger.
+SEG_MAX_BATCH = 32
+#: The detector of the embedded default audit (no model, no config file): every kind of row is shown.
+DEFAULT_DEFENSE = "squeeze"
+DEFAULT_DATA = "digits"
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_DEVICE = "auto"
+DEFAULT_SEED = 0
+DEFAULT_CHECKS = "basic"
+DEFAULT_DEFENSE_FPR = 0.05
+#: Measure each model's cost (docs/cost.md); read when a spec is resolved.
+DEFAULT_COST = True
+#: Where the CLI writes when ``--out`` is not given (the Python API writes nowhere by default).
+DEFAULT_OUT = "robustaudit-out"
+#: Threat-model norms of an audit's eps grid.
+AUDIT_NORMS: tuple[str, ...] = ("linf", "l2", "l1", "patch")
+#: ``task``: ``auto`` reads it from the data (``ImageData.task``).
+TASKS: tuple[str, ...] = ("auto", "classification", "segmentation")
+#: What ``precision`` takes (the precision attacks run at; robustaudit.evaluate.fastpath applies it).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: Sanity-check levels (robustaudit.checks runs them; the pytest plugin validates with them).
+CHECK_LEVELS: tuple[str, ...] = ("off", "basic", "full")
+#: What ``--fail-on`` gates on (a CLI gate, not an audit option).
+FAIL_ON: tuple[str, ...] = ("point", "lower")
+
+#: What ``device`` takes; whether the device exists is checked when the audit starts (runner.resolve_device).
+_DEVICE = re.compile(r"(auto|cpu|cuda|mps)(:\d+)?")
+_DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+#: Names people reach for that torch spells differently.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps"}
+
+
+def check_choice(value: Any, choices: Sequence[str], what: str) -> str:
+    """``value`` when it is one of ``choices``; else one line naming them, with a close match."""
+    if isinstance(value, str) and value in choices:
+        return value
+    hint = suggest(value.lower(), choices) if isinstance(value, str) else ""
+    raise UserError(f"{what} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
+def check_checks(level: Any, what: str = "--checks") -> str:
+    """A sanity-check level (:data:`CHECK_LEVELS`)."""
+    return check_choice(level, CHECK_LEVELS, what)
+
+
+def check_device(device: Any) -> str:
+    """Refuse a device string that is no device at all, with a close match; existence is checked when
+    the audit starts."""
+    if isinstance(device, str) and _DEVICE.fullmatch(device.strip()):
+        return device.strip()
+    base = str(device).partition(":")[0].strip().lower()
+    close = _DEVICE_ALIASES.get(base)
+    hint = f" (did you mean '{close}'?)" if close else suggest(base, _DEVICE_NAMES)
+    raise UserError(f"unknown device '{device}'{hint}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_resume(resume: bool, overwrite: bool, out: str | None) -> None:
+    """``resume`` and ``overwrite`` exclude each other; ``resume`` needs the run's output directory."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the stored run or discard it")
+    if resume and out is None:
+        raise UserError("resume needs the output directory of the run to continue (out=...)")
+
+
+def check_out(out: str) -> str:
+    """Refuse an output directory that cannot be one, before any model runs: an empty path, an existing
+    file, a path under a file, or a folder that cannot be written."""
+    if not out.strip():
+        raise UserError("--out is empty; give the directory the results go to")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a directory")
+    parent = path
+    while not parent.exists():  # the deepest existing ancestor is the one that gets written
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--out '{out}' cannot be created: '{parent}' is a file")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out '{out}' cannot be written: no write permission on '{parent}'")
+    return out
+
+
+def parse_eps(value: Any, what: str = "eps") -> list[float]:
+    """``"0.1,0.2"``, ``"8/255,16/255"``, a number, or a list of numbers and such strings -> floats,
+    each finite and >= 0 (one line naming the bad item otherwise)."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    out = [_one_eps(item, what) for item in items]
+    if not out:
+        raise UserError(f"the {what} grid is empty")
+    return out
+
+
+def check_eps_type(value: Any, what: str = "eps") -> Any:
+    """Refuse an eps value of no possible type (a bool, a table) as :func:`parse_eps` does; a TOML file's
+    eps is checked so even when a flag overrides it, and parsed (once) by the spec."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+            raise UserError(f"cannot parse {what} {item!r}: expected numbers like 0.1 or 8/255")
+    return value
+
+
+def _one_eps(item: Any, what: str) -> float:
+    check_eps_type(item, what)
+    if isinstance(item, str):
+        text = item.strip()
+        try:
+            e = float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"cannot parse {what} '{text}': expected numbers like 0.1 or 8/255") from None
+    else:
+        e = float(item)
+    if e != e or e in (float("inf"), float("-inf")):
+        raise UserError(f"{what} must be finite, got {item!r}")
+    if e < 0:
+        raise UserError(f"{what} must be >= 0, got {item!r}")
+    return e
+
+
+def check_int(value: Any, what: str, *, low: int | None = None) -> int:
+    """An integer (not a bool) at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{what} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise UserError(f"{what} must be >= {low}, got {value}")
+    return value
+
+
+def check_seed(seed: Any) -> int:
+    """Torch generators take 64-bit seeds."""
+    seed = check_int(seed, "--seed")
+    if not -(2**63) <= seed < 2**63:
+        raise UserError(f"--seed must fit in 64 bits (|seed| < 2**63), got {seed}")
+    return seed

@@ -1,0 +1,274 @@
+"""AuditSpec: one audit's every option, resolved from the data, the task and the models, validated once.
+
+The CLI (flags over a TOML file), the Python API (:func:`robustaudit.audit`) and the pytest plugin (through
+``audit``) each collect what the user gave and call :func:`resolve_spec`; what was not given (``None``)
+gets its default here and nowhere else. Defaults that depend on the audit:
+
+- the task: ``auto`` is the data's task (:func:`resolve_task`);
+- under segmentation, kept classification defaults mean the segmentation ones: models ``unet-tiny``,
+  attacks pgd, segpgd, cospgd, eps 0.01, 0.02, 0.04, and without a model the first 100 images; the
+  batch is at most 32 (masks and per-pixel logits are K*H*W times larger);
+- ``norm="patch"`` without an eps grid gets the patch grid (area shares), not the Lp radii;
+- the embedded default audit (no model, no config file, classification) adds the ``squeeze`` detector.
+
+Below the spec nothing re-parses or re-defaults: the executor takes the spec and the opened models, data
+and attacks (:mod:`robustaudit.evaluate.subject`); the resume fingerprint derives from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from robustaudit.core.errors import UserError, suggest
+from robustaudit.evaluate import options as opt
+from robustaudit.evaluate.plan import ModelSpec
+
+__all__ = ["AuditSpec", "ModelSpec", "resolve_spec", "resolve_task"]
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Everything an audit does, resolved and validated (build it with :func:`resolve_spec`).
+
+    Attributes:
+        models: the rows. A ``ModelSpec`` loads one by spec (catalog name, ``file.py:callable``,
+            ``torchvision:resnet18``...) with its weights and normalization; models handed over in Python
+            (an ``nn.Module`` mapping ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``) are described by
+            ``name`` and opened by the caller.
+        data: the data's name (a spec such as ``"digits"``, or the name of data handed over in Python).
+        attacks: attack specs with inline settings (``"pgd:steps=100"``) or Attack objects.
+        eps: the radii in pixel units of ``norm``, ascending, without duplicates.
+        norm: ``linf``, ``l2``, ``l1`` or ``patch`` (eps is then the share of the image area a patch covers).
+        n: audit the first ``n`` samples (``None``: all).
+        out: when given, per-sample records go to ``out/results.sqlite`` batch by batch and the result to
+            ``out/results.json``. An ``out`` holding an unfinished run is refused unless ``resume`` or
+            ``overwrite`` says what to do with it; a finished one is overwritten.
+        resume: continue the run stored in ``out``: finished batches are read back, not recomputed, and
+            the numbers equal an uninterrupted run's. Refused (UserError naming the part) when the
+            configuration, the data or the weights differ from the stored run's.
+        overwrite: discard an unfinished run stored in ``out`` (excludes ``resume``).
+        checks: sanity checks after the matrix: ``off``, ``basic`` (a fraction of the audit's time) or
+            ``full`` (more samples and checks, adaptive EOT/BPDA/Square re-runs); verdicts in
+            ``result.checks`` (see docs/checks.md).
+        cost: measure each model's cost (parameters, MACs/FLOPs per input, latency, peak memory: see
+            docs/cost.md) into ``provenance["models"][i]["cost"]``; ``False`` leaves the block out. The
+            passes and seconds each attack cell spent are in the records either way.
+        detectors: detectors to wrap every model in (``squeeze``, ``metzen``, ``mahalanobis``): each adds
+            ``MODEL+DETECTOR`` rows with the plain and the detector-aware adaptive attack (see
+            :mod:`robustaudit.evaluate.detection`) and a ``provenance["detection"]`` block (AUROC, TPR,
+            FPR, defended accuracy).
+        defense_fpr: the clean false-positive rate the detectors' thresholds are set at, on clean
+            validation data held out of the fitting split.
+        defense_data: the data detectors are fitted on (a spec, opened at its train split, or data like
+            ``data``); ``None``: the train split of ``data``.
+        train_data: what universal attacks (patches, universal perturbations, learned generators) are
+            fitted on, in the forms ``defense_data`` takes; ``None``: the train split of ``data``.
+        physical: add the physical-world proxies (Kurakin et al.): the destruction rate of each attack's
+            adversarial examples at the summary eps under JPEG, blur, resizing, rotation, translation and a
+            printed-photo simulation (``provenance["physical"]``, see :mod:`robustaudit.evaluate.physical`).
+        task: ``classification`` or ``segmentation`` (logits ``(N, K, H, W)``, masks ``(N, H, W)``: mIoU
+            and pixel accuracy instead of accuracy, see :mod:`robustaudit.evaluate.segrun`).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (GPU only): autocast for the attacks' forward and
+            backward; the clean pass and the verdict on the final adversarial points stay float32 (see
+            :mod:`robustaudit.evaluate.fastpath`, ``provenance["precision"]``).
+        tf32: allow TF32 for float32 matmuls and convolutions on NVIDIA GPUs (off: fp32 means fp32).
+        compile: ``torch.compile`` the model the attacks get (eager, with a warning, when it fails).
+        distributed: when this process was started by torchrun (or srun) as one of several, audit this
+            rank's shard and merge (see :mod:`robustaudit.evaluate.distributed`): every rank returns the
+            same result; only rank 0 writes ``results.json``. Without a launcher: a plain audit.
+        trust_pickle: allow loading a pickled whole model (runs code from the file).
+        config_file: the TOML file the options came from (``None``: none).
+    """
+
+    models: tuple[ModelSpec, ...]
+    data: str
+    attacks: tuple[Any, ...]
+    eps: tuple[float, ...]
+    norm: str = "linf"
+    n: int | None = None
+    batch_size: int = opt.DEFAULT_BATCH_SIZE
+    device: str = opt.DEFAULT_DEVICE
+    seed: int = opt.DEFAULT_SEED
+    out: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    checks: str = opt.DEFAULT_CHECKS
+    cost: bool = True
+    detectors: tuple[str, ...] = ()
+    defense_fpr: float = opt.DEFAULT_DEFENSE_FPR
+    defense_data: Any = None
+    train_data: Any = None
+    physical: bool = False
+    task: str = "classification"
+    precision: str = "fp32"
+    tf32: bool = False
+    compile: bool = False
+    distributed: bool = False
+    trust_pickle: bool = False
+    config_file: str | None = None
+
+    @property
+    def fast(self) -> Any:
+        """The attacks' precision, TF32 and compile switches (:class:`~robustaudit.evaluate.fastpath.FastPath`)."""
+        from robustaudit.evaluate.fastpath import FastPath
+
+        return FastPath(precision=self.precision, tf32=self.tf32, compile=self.compile)
+
+    def config(self) -> dict[str, Any]:
+        """The JSON view of the spec: ``provenance["config"]`` and the store's ``config`` meta."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["models"] = [_model_view(m) for m in self.models]
+        doc["attacks"] = [a if isinstance(a, str) else getattr(a, "name", type(a).__name__) for a in self.attacks]
+        doc["eps"] = list(self.eps)
+        doc["detectors"] = list(self.detectors)
+        doc["defense_data"] = _data_view(self.defense_data)
+        doc["train_data"] = _data_view(self.train_data)
+        return doc
+
+
+def _model_view(m: ModelSpec) -> dict[str, Any]:
+    return {"spec": m.spec, "weights": m.weights, "normalize": m.normalize}
+
+
+def _data_view(given: Any) -> str | None:
+    return given if isinstance(given, (str, type(None))) else "python"
+
+
+#: What :func:`resolve_spec` accepts: the spec's fields but ``data`` (the opened data names itself), with
+#: ``defense`` (names, or ``"none"``) for ``detectors``; ``None`` means "not given".
+GIVEN_KEYS = frozenset({f.name for f in fields(AuditSpec)} - {"detectors", "data"} | {"defense"})
+
+
+def resolve_spec(data: Any, **given: Any) -> AuditSpec:
+    """The spec of an audit of ``data`` (an opened :class:`~robustaudit.data.base.ImageData`) with the
+    options ``given`` (keys :data:`GIVEN_KEYS`; ``None``: not given, the default is resolved here).
+
+    ``attacks`` equal to :data:`~robustaudit.evaluate.options.DEFAULT_ATTACKS` and ``eps`` equal to
+    :data:`~robustaudit.evaluate.options.DEFAULT_EPS` count as not given (they are ``audit()``'s
+    defaults). Raises a one-line :class:`UserError` on the first bad value.
+    """
+    unknown = sorted(set(given) - GIVEN_KEYS)
+    if unknown:
+        raise TypeError(f"resolve_spec() got unknown options {unknown}")
+    g = {k: v for k, v in given.items() if v is not None}
+    task = resolve_task(g.get("task", "auto"), data)
+    segmentation = task == "segmentation"
+    models_given = "models" in g
+    models = tuple(g["models"]) if models_given else tuple(
+        ModelSpec(m) for m in (opt.SEG_DEFAULT_MODELS if segmentation else opt.DEFAULT_MODELS))
+    if not models:
+        raise UserError("no model given")
+    norm = _norm(g.get("norm", "linf"))
+    embedded = not models_given and "config_file" not in g
+    spec = AuditSpec(
+        models=models, data=str(data.name), attacks=_attacks(g.get("attacks"), segmentation),
+        eps=_grid(g.get("eps"), norm, segmentation), norm=norm,
+        n=_n(g.get("n"), segmentation and not models_given), batch_size=_batch(g.get("batch_size"), segmentation),
+        task=task, detectors=_detectors(g.get("defense"), embedded and not segmentation),
+        **_plain(g))
+    _check_task(spec)
+    return spec
+
+
+def _plain(g: dict[str, Any]) -> dict[str, Any]:
+    """The options whose default does not depend on the data, validated."""
+    out = g.get("out")
+    if out is not None:
+        out = opt.check_out(str(out))
+    resume, overwrite = bool(g.get("resume", False)), bool(g.get("overwrite", False))
+    opt.check_resume(resume, overwrite, out)
+    fpr = g.get("defense_fpr", opt.DEFAULT_DEFENSE_FPR)
+    if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0.0 < float(fpr) < 1.0:
+        raise UserError(f"--defense-fpr must be in (0, 1), got {fpr!r}")
+    return {
+        "device": opt.check_device(g.get("device", opt.DEFAULT_DEVICE)),
+        "seed": opt.check_seed(g.get("seed", opt.DEFAULT_SEED)), "out": out, "resume": resume,
+        "overwrite": overwrite, "checks": opt.check_checks(g.get("checks", opt.DEFAULT_CHECKS)),
+        "cost": bool(g.get("cost", opt.DEFAULT_COST)), "defense_fpr": float(fpr), "defense_data": g.get("defense_data"),
+        "train_data": g.get("train_data"), "physical": bool(g.get("physical", False)),
+        "precision": opt.check_choice(g.get("precision", "fp32"), opt.PRECISIONS, "--precision"),
+        "tf32": bool(g.get("tf32", False)), "compile": bool(g.get("compile", False)),
+        "distributed": bool(g.get("distributed", False)), "trust_pickle": bool(g.get("trust_pickle", False)),
+        "config_file": None if g.get("config_file") is None else str(g["config_file"]),
+    }
+
+
+def _attacks(given: Any, segmentation: bool) -> tuple[Any, ...]:
+    if given is None:
+        given = opt.DEFAULT_ATTACKS
+    items = tuple(given) if _is_sequence(given) else (given,)
+    if not items:
+        raise UserError("no attack given")
+    if items == opt.DEFAULT_ATTACKS:
+        return opt.SEG_DEFAULT_ATTACKS if segmentation else opt.DEFAULT_ATTACKS
+    return items
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _grid(given: Any, norm: str, segmentation: bool) -> tuple[float, ...]:
+    """The eps grid: parsed (``"8/255"`` strings too), ascending, without duplicates; not given (or
+    ``audit()``'s default grid): the patch grid under ``norm="patch"``, the segmentation grid under
+    segmentation, else the default grid."""
+    grid = tuple(opt.parse_eps(given)) if given is not None else opt.DEFAULT_EPS
+    if grid == opt.DEFAULT_EPS:
+        grid = opt.PATCH_DEFAULT_EPS if norm == "patch" else opt.SEG_DEFAULT_EPS if segmentation else grid
+    return tuple(sorted(set(grid)))
+
+
+def _norm(norm: Any) -> str:
+    if norm not in opt.AUDIT_NORMS:
+        raise UserError(f"unknown norm '{norm}'{suggest(str(norm), opt.AUDIT_NORMS)}; use {', '.join(opt.AUDIT_NORMS)}")
+    return str(norm)
+
+
+def _n(given: Any, default_segmentation: bool) -> int | None:
+    if given is None:
+        return opt.SEG_DEFAULT_N if default_segmentation else None  # the bare default fits a 2-core CPU
+    return opt.check_int(given, "--n", low=1)
+
+
+def _batch(given: Any, segmentation: bool) -> int:
+    size = opt.check_int(opt.DEFAULT_BATCH_SIZE if given is None else given, "--batch-size", low=1)
+    return min(size, opt.SEG_MAX_BATCH) if segmentation else size
+
+
+def _detectors(given: Any, embedded: bool) -> tuple[str, ...]:
+    """``defense`` names (a comma-separated string or a list; ``"none"``: no detector); not given: the
+    embedded default audit's detector, else none."""
+    if given is None:
+        given = opt.DEFAULT_DEFENSE if embedded else "none"
+    if isinstance(given, str) and given.strip().lower() == "none":
+        return ()
+    from robustaudit.defenses.detection import parse_detectors  # a misspelt name fails before any model loads
+
+    return tuple(parse_detectors(given))
+
+
+def _check_task(spec: AuditSpec) -> None:
+    """What a segmentation audit cannot do, refused in one line before anything is loaded."""
+    if spec.task != "segmentation":
+        return
+    if spec.detectors:
+        raise UserError("detectors (--defense) wrap classifiers; a segmentation audit takes none")
+    if spec.physical:
+        raise UserError("--physical (physical-world proxies) measures classifiers' adversarial examples; a "
+                        "segmentation audit takes none")
+    if spec.precision != "fp32" or spec.compile:
+        raise UserError("segmentation audits run in one process at fp32: drop torchrun/srun, --precision and --compile")
+
+
+def resolve_task(requested: str, data: Any) -> str:
+    """``auto`` -> the data's task; an explicit task must match the data's (one line when it does not)."""
+    opt.check_choice(requested, opt.TASKS, "--task")
+    have = getattr(data, "task", "classification")
+    if requested == "auto" or requested == have:
+        return have
+    if requested == "segmentation":
+        raise UserError(f"--task segmentation needs segmentation data (a class per pixel); '{data.name}' has one "
+                        "label per image: use digit-scenes, segfolder:ROOT or voc:ROOT, or --task classification")
+    raise UserError(f"--task classification needs one label per image; '{data.name}' is a segmentation set (a "
+                    "class per pixel): use --task segmentation (or auto)")

@@ -1,0 +1,172 @@
+"""What an audit runs on: the opened models, data and attacks of an :class:`AuditSpec`.
+
+The spec holds names and options; :func:`open_subject` turns its model specs and attack specs into the
+runner's :class:`ModelEntry` rows and :class:`AttackEntry` columns (or takes models handed over in Python)
+and refuses, before anything runs, models built for the other task or another input shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from robustaudit.attacks.base import Attack
+from robustaudit.attacks.registry import from_spec, parse_spec, split_specs
+from robustaudit.core.errors import UserError
+from robustaudit.data.base import ImageData
+from robustaudit.evaluate.plan import ModelSpec
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry
+from robustaudit.evaluate.spec import AuditSpec
+from robustaudit.models.loading import LoadedModel, load_model
+from robustaudit.models.wrappers import prepare
+
+ModelLike = nn.Module | str | LoadedModel
+
+__all__ = ["ModelLike", "Subject", "attack_entries_from", "check_model_tasks", "model_entries", "open_subject"]
+
+
+@dataclass
+class Subject:
+    """The rows, the data and the columns of one audit (opened from its spec)."""
+
+    entries: list[ModelEntry]
+    data: ImageData
+    attacks: list[AttackEntry]
+
+
+def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | None = None) -> Subject:
+    """Open ``spec``'s models (unless ``entries``, models handed over in Python, are given) and attacks
+    on ``data``; refuse models of the other task or input shape."""
+    if entries is None:
+        entries = [_load(m, spec.trust_pickle) for m in spec.models]
+    _unique([e.name for e in entries], "model")
+    attacks = attack_entries_from(list(spec.attacks), task=spec.task)
+    check_model_tasks(entries, spec.task, data)  # a catalog segmentation model: one line, not a shape error
+    if spec.task == "classification":
+        from robustaudit.evaluate.physical import check_patch_norm
+
+        check_patch_norm(attacks, spec.norm)
+    return Subject(entries, data, attacks)
+
+
+def _load(m: ModelSpec, trust_pickle: bool) -> ModelEntry:
+    # the class count comes from the weights (or an inline num_classes=), never from the data: the
+    # runner then checks outputs against labels with a message about both
+    loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=trust_pickle)
+    entry = _model_entry(loaded.name, loaded)
+    entry.info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
+    return entry
+
+
+def model_entries(model: Any) -> list[ModelEntry]:
+    """The rows of ``audit(model, ...)``: an ``nn.Module``, a spec string, a :class:`LoadedModel`, or a
+    list / ``{name: model}`` mapping of those."""
+    return [_model_entry(name, m) for name, m in _named_models(model)]
+
+
+def model_specs(entries: Sequence[ModelEntry]) -> tuple[ModelSpec, ...]:
+    """How the spec describes models handed over in Python: their spec string, else ``python:NAME``."""
+    return tuple(ModelSpec(e.info.get("spec") or f"python:{e.name}") for e in entries)
+
+
+def attack_entries_from(attacks: str | Attack | Sequence[str | Attack], *,
+                        task: str = "classification") -> list[AttackEntry]:
+    """Build the attack columns, named by their spec (``pgd:steps=100``) or class name; names unique.
+    ``task`` picks the registry's table (under segmentation ``pgd`` is pixel-wise PGD)."""
+    # a comma-separated list names several attacks, as on the command line ("fgsm,pgd:steps=50,restarts=2")
+    given = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    items = [spec for item in given for spec in (split_specs(item) if isinstance(item, str) else [item])]
+    if not items:
+        raise UserError("no attack given")
+    out = []
+    for item in items:
+        if isinstance(item, Attack):
+            out.append(AttackEntry(item.name, item))
+        elif isinstance(item, str):
+            name, settings = parse_spec(item)
+            label = name if not settings else item.strip()
+            out.append(AttackEntry(label, from_spec(item, resolve_model=_surrogate, task=task)))
+        else:
+            raise UserError(f"an attack is a name like 'pgd' or an Attack object, got {type(item).__name__}")
+    seen: dict[str, int] = {}
+    for entry in out:  # the same attack twice with different objects: keep both columns apart
+        seen[entry.name] = seen.get(entry.name, 0) + 1
+        if seen[entry.name] > 1:
+            entry.name = f"{entry.name}#{seen[entry.name]}"
+    return out
+
+
+def _surrogate(spec: str) -> nn.Module:
+    """Surrogate models of transfer attacks (``transfer:surrogate=digits-cnn(pgd)``), by model spec."""
+    return load_model(spec).module
+
+
+def _named_models(model: Any) -> list[tuple[str | None, ModelLike]]:
+    if isinstance(model, Mapping):
+        return [(str(k), v) for k, v in model.items()]
+    if isinstance(model, (nn.Module, str, LoadedModel)):
+        return [(None, model)]
+    if isinstance(model, Sequence) and model:
+        return [(None, m) for m in model]
+    raise UserError(f"model must be an nn.Module, a spec string or a list of them, got {type(model).__name__}")
+
+
+def _model_entry(name: str | None, model: ModelLike) -> ModelEntry:
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(model, LoadedModel):
+        info = {"source": model.source, "spec": model.spec, "weights_sha256": model.weights_sha256}
+        card = _card(model.spec) if model.source == "catalog" else None
+        if card is not None:
+            info.update(defense=card.defense, trained_for=str(card.trained_for) if card.trained_for else None,
+                        trained_eps=card.trained_for.eps if card.trained_for else None)
+        module, label = model.module, name or model.name
+    elif isinstance(model, nn.Module):
+        module, label = prepare(model), name or type(model).__name__
+        info = {"source": "python", "spec": None, "weights_sha256": None}
+    else:
+        raise UserError(f"model must be an nn.Module or a spec string, got {type(model).__name__}")
+    info["params"] = sum(p.numel() for p in module.parameters())
+    return ModelEntry(label, module, info)
+
+
+def _card(spec: str) -> Any:
+    from robustaudit.models.catalog import get_card
+
+    try:
+        return get_card(spec)
+    except UserError:
+        return None
+
+
+def _unique(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"{what} name '{dupes[0]}' appears twice; each row needs its own name")
+
+
+def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData) -> None:
+    """Refuse, before anything runs, a catalog model whose card says it does the other task or takes
+    inputs of another shape (a classifier's exact ``(C, H, W)``; a segmentation model's channels)."""
+    from robustaudit.models.catalog import get_card, model_names
+
+    for e in entries:
+        card = _card(str(e.info["spec"])) if e.info.get("source") == "catalog" and e.info.get("spec") else None
+        if card is None:
+            continue
+        if card.task == task:
+            shape, want = tuple(data.sample_shape), tuple(card.input_shape)
+            if shape != want and (task == "classification" or shape[0] != want[0]):
+                fits = [m for m in model_names() if tuple(get_card(m).input_shape) == shape and get_card(m).task == task]
+                hint = f" (catalog models for it: {', '.join(fits)})" if fits else ""
+                raise UserError(f"model '{e.name}' takes {'x'.join(map(str, want))} inputs but data '{data.name}' "
+                                f"has {'x'.join(map(str, shape))} images{hint}")
+            continue
+        if task == "segmentation":
+            raise UserError(f"model '{e.name}' is a classifier (one score vector per image) but data '{data.name}' "
+                            "is a segmentation set (a class per pixel): use a segmentation model such as unet-tiny")
+        raise UserError(f"model '{e.name}' is a segmentation model (per-pixel logits) but data '{data.name}' has "
+                        "one label per image: use segmentation data (digit-scenes) or a classifier")
