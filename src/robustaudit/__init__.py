@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from robustaudit.core.version import __version__
 __all__ = ["ResultMatrix", "ThreatModel", "__version__", "audit"]
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from robustaudit.cli import main
 SPECS = {
     "fgsm": "fgsm",
     "pgd": "pgd:steps=5",
+    "detector-aware-pgd": "detector-aware-pgd:steps=5",  # on a plain model: the classifier alone
     "bim": "bim:steps=5",
     "illc": "illc:steps=5",
     "mifgsm": "mifgsm:steps=5",

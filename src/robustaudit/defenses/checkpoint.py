@@ -138,7 +138,7 @@ def train_checkpoint(
     Raises :class:`UserError` for a bad checkpoint name, a data set without a train split, an
     architecture that does not fit the data.
     """
-    import robustaudit
+    from robustaudit.core.version import __version__
     from robustaudit.data.registry import open_dataset
     from robustaudit.models.loading import file_sha256
 
@@ -184,7 +184,7 @@ def train_checkpoint(
         "seed": config.seed,
         "train_seconds": round(log.seconds, 1),
         "torch": torch.__version__,
-        "robustaudit": robustaudit.__version__,
+        "robustaudit": __version__,
         "weights": out.name,
         "sha256": file_sha256(out),
     }

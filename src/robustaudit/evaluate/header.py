@@ -30,7 +30,7 @@ def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, c
                costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The provenance every audit starts with (both tasks): versions, device, seed, times, config, data,
     threat model and models with their cost blocks. ``t0`` is the run's ``perf_counter`` start."""
-    from robustaudit import __version__
+    from robustaudit.core.version import __version__
 
     return {
         "robustaudit": __version__,

@@ -50,7 +50,7 @@ def fingerprint(spec: AuditSpec, subject: Subject, *, n: int, device: torch.devi
     ``n`` is the number of samples audited (after capping at the data's size); ``device`` the resolved
     device, so ``auto`` and ``cpu`` on a machine without a GPU are the same run.
     """
-    from robustaudit import __version__
+    from robustaudit.core.version import __version__
 
     data = subject.data
     fp = {
