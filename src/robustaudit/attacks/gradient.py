@@ -67,6 +67,15 @@ def random_start(
     return clip_to_bounds(x + delta, threat.bounds)
 
 
+def start_in_ball(self: Attack, p: Problem, a: Active, restart: int) -> None:
+    """The engine's ``_start`` hook of the PGD family: the iterate ``a["xa"]`` starts at a keyed uniform
+    point of the ball (``random_start``) or at the clean input."""
+    if self.random_start:
+        a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
+    else:
+        a["xa"] = a.x.clone()
+
+
 class FGSM(Attack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps along the gradient.
 
@@ -152,11 +161,7 @@ class PGD(Attack, IterativeSearch):
         return self.search(problem, range(self.restarts)).x
 
     # ------------------------------------------------------------------ the engine's hooks
-    def _start(self, p: Problem, a: Active, restart: int) -> None:
-        if self.random_start:
-            a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
-        else:
-            a["xa"] = a.x.clone()
+    _start = start_in_ball
 
     def _last(self, p: Problem) -> int:
         return self.steps  # steps gradient queries, then the last iterate is scored

@@ -32,7 +32,7 @@ from robustaudit.attacks.dense import (
     target_map,
 )
 from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
-from robustaudit.attacks.gradient import random_start
+from robustaudit.attacks.gradient import start_in_ball
 from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Setting, Settings
 from robustaudit.attacks.seg_uap import FittedUAP, SegUAP, hide_class_target
 from robustaudit.core.errors import UserError
@@ -150,11 +150,7 @@ class SegPGD(DenseAttack, IterativeSearch):
         return self.search(Problem(model, x, y, threat, targets, ids, task, seed), range(self.restarts)).x
 
     # ------------------------------------------------------------------ the engine's hooks
-    def _start(self, p: Problem, a: Active, restart: int) -> None:
-        if self.random_start:
-            a["xa"] = random_start(a.x, a.ids, p.threat, self.stream(p.seed, p.threat, restart))
-        else:
-            a["xa"] = a.x.clone()
+    _start = start_in_ball
 
     def _last(self, p: Problem) -> int:
         return self.steps  # the last iterate is scored, not moved

@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from robustaudit.attacks.base import Attack, UniversalAttack
 from robustaudit.core.errors import UserError
@@ -85,10 +88,31 @@ def _attack_call(ctx: ModelRun, a: AttackEntry, attack: Attack, x: torch.Tensor,
             raise
         if isinstance(exc, RuntimeError) and _NO_GRAD.search(str(exc)):
             raise NoInputGradients(str(exc).strip().splitlines()[0]) from None
-        if raised_by_model(exc, ctx.model):  # the user's model failed on the attack's input, not the attack
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward during attack "
-                            f"'{a.name}': {first}") from None
+        # the user's model failed on the attack's input, not the attack
+        if (err := model_error(exc, ctx.name, ctx.model, f"during attack '{a.name}'")) is not None:
+            raise err from None
+        raise
+
+
+def model_error(exc: BaseException, name: str, model: nn.Module, doing: str) -> UserError | None:
+    """One line naming the model when ``exc`` passed through the ``forward`` of the user's ``model``
+    (it failed on an attack's input), else ``None``: a bug in an attack stays an internal error."""
+    if not raised_by_model(exc, model):
+        return None
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return UserError(f"model '{name}' raised {type(exc).__name__} in forward {doing}: {first}")
+
+
+@contextmanager
+def blame_model(name: str, model: nn.Module, doing: str) -> Iterator[None]:
+    """Turn the user's model's failures inside the block into :func:`model_error`'s one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if (err := model_error(exc, name, model, doing)) is not None:
+            raise err from None
         raise
 
 
@@ -100,16 +124,9 @@ def fitted_attack(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> Attack:
         assert isinstance(universal, UniversalAttack) and ctx.state.train_data is not None  # run() checked
         t0 = time.perf_counter()
         ctx.counter.take()
-        try:
+        with blame_model(ctx.name, ctx.model, f"while fitting '{a.name}'"):
             fitted = universal.fit(ctx.counter, ctx.state.train_data, threat, seed=ctx.seed, task=ctx.task,
                                    device=ctx.dev, progress=ctx.bar)
-        except UserError:
-            raise
-        except Exception as exc:
-            if raised_by_model(exc, ctx.model):
-                raise UserError(f"model '{ctx.name}' raised {type(exc).__name__} in forward while fitting "
-                                f"'{a.name}': {exc}") from None
-            raise
         forward, backward = ctx.counter.take()
         ctx.state.fitted[key] = fitted
         ctx.state.fits.append({"model": ctx.name, "attack": a.name, "eps": threat.eps,

@@ -34,13 +34,13 @@ from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate import segmetrics
 from robustaudit.evaluate.aggregate import SegCellOutcome, aggregate_segmentation, unbounded_record
+from robustaudit.evaluate.attacking import blame_model
 from robustaudit.evaluate.cost import PassCounter
 from robustaudit.evaluate.entries import AttackEntry, ModelEntry, NoProgress, Progress, sort_eps
 from robustaudit.evaluate.result import SEG_COLUMNS, ResultMatrix, SegExample
 from robustaudit.evaluate.samples import check_segmentation_outputs, model_forward
 from robustaudit.evaluate.segmetrics import BOOTSTRAP, image_confusion, pixel_accuracy_of
 from robustaudit.evaluate.store import SegBatch, Store, tensors_sha256
-from robustaudit.models.wrappers import raised_by_model
 
 
 @dataclass
@@ -314,16 +314,8 @@ def _attack_batch(run: _SegRun, m: _Model, attack: Attack, threat: ThreatModel, 
     task, entry = run.task, m.entry
     targets = _targets(attack, y, clean_pred.to(run.dev), m.k, task) if targeted else None
     m.counter.take()
-    try:
+    with blame_model(entry.name, entry.module, f"during attack '{name}'"):
         adv = attack(m.counter, x, y, threat, targets=targets, ids=torch.tensor(b), seed=run.seed, task=task)
-    except UserError:
-        raise
-    except Exception as exc:
-        if raised_by_model(exc, entry.module):
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise UserError(f"model '{entry.name}' raised {type(exc).__name__} in forward during attack "
-                            f"'{name}': {first}") from None
-        raise
     if adv.shape != x.shape or not torch.isfinite(adv).all():
         raise RuntimeError(f"attack '{name}' returned a bad tensor (shape {tuple(adv.shape)})")
     with torch.no_grad():
@@ -370,15 +362,8 @@ def _stored_fit(stash: _Stash, model: str, entry: AttackEntry, eps: float, batch
 
 def _fit(entry: ModelEntry, counter: PassCounter, attack: UniversalAttack, train: ImageData | None,
          threat: ThreatModel, seed: int, task: SegmentationTask, dev: torch.device, bar: Any, name: str) -> Attack:
-    try:
+    with blame_model(entry.name, entry.module, f"while fitting '{name}'"):
         return attack.fit(counter, train, threat, seed=seed, task=task, device=dev, progress=bar)
-    except UserError:
-        raise
-    except Exception as exc:
-        if raised_by_model(exc, entry.module):
-            raise UserError(f"model '{entry.name}' raised {type(exc).__name__} in forward while fitting "
-                            f"'{name}': {exc}") from None
-        raise
 
 
 def _outcome(model: str, attack: str, eps: float, norm: str, cell: _Cell) -> SegCellOutcome:
