@@ -76,6 +76,18 @@ def hyperplane_box_projection(
     room = torch.where(moving, room, torch.zeros_like(room))
     rate = torch.ones_like(a) if norm == "linf" else a
     kink = torch.where(moving, room / torch.where(moving, rate, torch.ones_like(rate)), torch.zeros_like(room))
+    lam = _gain_solution(kink, a, room, rate, g, points.shape[1])
+    # (lam = inf times rate = 0 gives nan on coordinates that do not move: masked out)
+    step = torch.where(moving, torch.minimum(lam * rate, room), torch.zeros_like(room))
+    return ws.sign() * step  # <ws, d> = g  <=>  <w, d> = gap
+
+
+def _gain_solution(
+    kink: torch.Tensor, a: torch.Tensor, room: torch.Tensor, rate: torch.Tensor, g: torch.Tensor, d: int
+) -> torch.Tensor:
+    """``lam`` ``(M, 1)`` where the piecewise-linear gain ``h(lam) = sum_i a_i min(lam rate_i, room_i)``
+    reaches ``g`` ``(M, 1)``, from the kinks ``(M, D)`` (``d = D``); ``inf`` where even the whole box
+    falls short (see :func:`hyperplane_box_projection`)."""
     kink_s, order = kink.sort(dim=1)
     a_s, room_s, rate_s = a.gather(1, order), room.gather(1, order), rate.gather(1, order)
     slope = a_s * rate_s
@@ -84,16 +96,13 @@ def hyperplane_box_projection(
     free = total - slope.cumsum(dim=1)  # slope of h beyond kink j
     gain = sat + kink_s * free  # h(kink_j)
     m = (gain < g).sum(dim=1, keepdim=True)  # kinks passed before h reaches g
-    feasible = m < points.shape[1]
+    feasible = m < d
     zero = torch.zeros_like(g)
     sat_pad = torch.cat([zero, sat], dim=1)
     free_pad = torch.cat([total, free], dim=1)
-    m = m.clamp_max(points.shape[1])
+    m = m.clamp_max(d)
     lam = (g - sat_pad.gather(1, m)) / free_pad.gather(1, m).clamp_min(1e-30)
-    lam = torch.where(feasible, lam.clamp_min(0), torch.full_like(lam, math.inf))
-    # (lam = inf times rate = 0 gives nan on coordinates that do not move: masked out)
-    step = torch.where(moving, torch.minimum(lam * rate, room), torch.zeros_like(room))
-    return ws.sign() * step  # <ws, d> = g  <=>  <w, d> = gap
+    return torch.where(feasible, lam.clamp_min(0), torch.full_like(lam, math.inf))
 
 
 class FABTargeted(Attack):

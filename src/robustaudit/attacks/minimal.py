@@ -172,7 +172,6 @@ class CarliniWagnerL2(Attack):
         x_rec = torch.tanh(w0s) * half + mid  # the start point as tanh sees it: the distance term's anchor
         mod = torch.zeros_like(xs)  # the optimised variable: w = w0 + mod
         m1, m2 = torch.zeros_like(xs), torch.zeros_like(xs)  # Adam's moments (elementwise, hence per sample)
-        b1, b2, tiny = 0.9, 0.999, 1e-8
         b_x, b_norm = best[idx], best_norm[idx]
         b_found = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
         alive = torch.ones(len(idx), dtype=torch.bool, device=x.device)
@@ -192,17 +191,10 @@ class CarliniWagnerL2(Attack):
                 xa, logits, loss = xa.detach(), logits.detach(), loss.detach()
                 # keep the smallest adversarial seen (masked: no host sync)
                 hit = self._hit(logits, ys, ts, task) & alive
-                nrm = lp_norm(xa - xs, "l2")
-                better = hit & (nrm < b_norm)
-                b_x = torch.where(column(better, xa), xa, b_x)
-                b_norm = torch.where(better, nrm, b_norm)
-                b_found = b_found | hit
+                nrm, b_x, b_norm, b_found = _keep_smallest(xa, xs, hit, b_x, b_norm, b_found)
                 run_norm = torch.where(hit, torch.minimum(run_norm, nrm), run_norm)
                 # Adam (Kingma & Ba 2015, Alg. 1) with bias correction; frozen samples do not move
-                t = step + 1
-                m1 = b1 * m1 + (1 - b1) * grad
-                m2 = b2 * m2 + (1 - b2) * grad * grad
-                upd = self.lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + tiny)
+                m1, m2, upd = _adam_step(m1, m2, grad, step + 1, self.lr)
                 mod = torch.where(column(alive, mod), mod - upd, mod)
             if self.abort_early and step % check_every == 0:
                 # C&W's early abort, per sample: stop when the objective did not improve by 0.01% over a
@@ -226,12 +218,34 @@ class CarliniWagnerL2(Attack):
         with torch.no_grad():  # the last update has not been scored yet
             xa = torch.tanh(w0s + mod) * half + mid
             hit = self._hit(model(xa), ys, ts, task) & alive
-            nrm = lp_norm(xa - xs, "l2")
-            better = hit & (nrm < b_norm)
-            b_x = torch.where(column(better, xa), xa, b_x)
-            b_norm = torch.where(better, nrm, b_norm)
-            b_found = b_found | hit
+            _, b_x, b_norm, b_found = _keep_smallest(xa, xs, hit, b_x, b_norm, b_found)
         best[idx], best_norm[idx], found[idx] = b_x, b_norm, b_found
+
+
+def _keep_smallest(
+    xa: torch.Tensor, xs: torch.Tensor, hit: torch.Tensor, b_x: torch.Tensor, b_norm: torch.Tensor,
+    b_found: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the smallest adversarial seen (masked: no host sync): candidates ``xa`` ``(B, ...)`` around
+    ``xs``, ``hit`` ``(B,)`` where adversarial; returns ``(L2 norms (B,), b_x, b_norm, b_found)``."""
+    nrm = lp_norm(xa - xs, "l2")
+    better = hit & (nrm < b_norm)
+    b_x = torch.where(column(better, xa), xa, b_x)
+    b_norm = torch.where(better, nrm, b_norm)
+    b_found = b_found | hit
+    return nrm, b_x, b_norm, b_found
+
+
+def _adam_step(
+    m1: torch.Tensor, m2: torch.Tensor, grad: torch.Tensor, t: int, lr: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Adam step (Kingma & Ba 2015, Alg. 1) with bias correction at step ``t`` (from 1): the new
+    moments and the update, all shaped like ``grad``."""
+    b1, b2, tiny = 0.9, 0.999, 1e-8
+    m1 = b1 * m1 + (1 - b1) * grad
+    m2 = b2 * m2 + (1 - b2) * grad * grad
+    upd = lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + tiny)
+    return m1, m2, upd
 
 
 # ---------------------------------------------------------------------------------------- DeepFool
