@@ -138,20 +138,40 @@ def train_checkpoint(
     Raises :class:`UserError` for a bad checkpoint name, a data set without a train split, an
     architecture that does not fit the data.
     """
-    from robustaudit.core.version import __version__
     from robustaudit.data.registry import open_dataset
-    from robustaudit.models.loading import file_sha256
 
-    out = Path(out)
-    if out.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise UserError(f"--out '{out}' must end in {', '.join(CHECKPOINT_SUFFIXES)} (a state_dict checkpoint)")
-    if out.is_dir():
-        raise UserError(f"--out '{out}' is a directory; give a checkpoint file name")
+    out = _checked_out(out)
     require_train_split(data)
     train_data, test_data = open_dataset(data, split="train"), open_dataset(data, split="test")
     torch.manual_seed(config.seed)  # the architecture's initial weights
     model, arch_spec = build_architecture(arch, train_data.num_classes, dropout)
     x, y = train_data.load(range(len(train_data)))
+    _check_fits(model, x, arch, data)
+    config.build()  # validate the defense and its settings before the data and the loop are costly
+    log = train(model, x, y, config, on_epoch=on_epoch)
+    threat = ThreatModel(config.norm, config.eps)
+    xt, yt = test_data.load(range(min(EVAL_N, len(test_data))))
+    clean, robust = evaluate(model, xt, yt, threat, seed=config.seed)
+    _save(model, out)
+    record = _card(out, arch_spec, data, config, dropout, train_data.num_classes, list(x.shape[1:]),
+                   {"clean": clean, "robust": robust, "n": len(yt)}, log)
+    path = card_path(out)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return TrainResult(out, path, record, log)
+
+
+def _checked_out(out: str | Path) -> Path:
+    """``out`` as a path, or :class:`UserError` when it is no checkpoint file name."""
+    out = Path(out)
+    if out.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"--out '{out}' must end in {', '.join(CHECKPOINT_SUFFIXES)} (a state_dict checkpoint)")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a directory; give a checkpoint file name")
+    return out
+
+
+def _check_fits(model: nn.Module, x: torch.Tensor, arch: str, data: str) -> None:
+    """:class:`UserError` unless ``model`` takes the images ``x (N, C, H, W)`` (one forward of two, eval mode)."""
     try:
         with torch.no_grad():
             model.eval()
@@ -159,19 +179,23 @@ def train_checkpoint(
     except Exception as err:  # noqa: BLE001 - a shape mismatch between architecture and data
         raise UserError(f"architecture '{arch}' does not take {data} images of shape "
                         f"{tuple(x.shape[1:])}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    config.build()  # validate the defense and its settings before the data and the loop are costly
-    log = train(model, x, y, config, on_epoch=on_epoch)
-    threat = ThreatModel(config.norm, config.eps)
-    xt, yt = test_data.load(range(min(EVAL_N, len(test_data))))
-    clean, robust = evaluate(model, xt, yt, threat, seed=config.seed)
-    _save(model, out)
+
+
+def _card(out: Path, arch_spec: Any, data: str, config: TrainConfig, dropout: float | None, num_classes: int,
+          input_shape: list[int], scores: dict[str, Any], log: TrainLog) -> dict[str, Any]:
+    """The card of the checkpoint just written to ``out``; ``scores``: ``clean``, ``robust``, ``n`` of the
+    held-out evaluation."""
+    from robustaudit.core.version import __version__
+    from robustaudit.models.loading import file_sha256
+
     settings = config.build().settings()
-    record: dict[str, Any] = {
+    clean, robust = scores["clean"], scores["robust"]
+    return {
         "format": CARD_FORMAT,
         "name": out.stem,
         "architecture": arch_spec,
-        "num_classes": train_data.num_classes,
-        "input_shape": list(x.shape[1:]),
+        "num_classes": num_classes,
+        "input_shape": input_shape,
         "data": data,
         "defense": config.defense,
         "settings": settings,
@@ -179,7 +203,7 @@ def train_checkpoint(
         "dropout": dropout,
         "train": {**vars(config), "settings": dict(config.settings)},
         "reported": {"clean_accuracy": round(clean, 4), f"pgd{EVAL_STEPS}_{config.norm}_{config.eps:g}": round(robust, 4),
-                     "n": len(yt)},
+                     "n": scores["n"]},
         "events": list(log.events),
         "seed": config.seed,
         "train_seconds": round(log.seconds, 1),
@@ -188,6 +212,3 @@ def train_checkpoint(
         "weights": out.name,
         "sha256": file_sha256(out),
     }
-    path = card_path(out)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return TrainResult(out, path, record, log)

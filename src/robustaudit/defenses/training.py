@@ -317,15 +317,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     history = TrainLog()
     start = time.perf_counter()
-    ids_all = torch.arange(x.shape[0])
-    guard = None
-    if defense.guard_size > 0:
-        # held out: the guard must see samples the model does not train on, or it measures memory
-        cut = max(1, x.shape[0] - defense.guard_size)
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(stream_key(config.seed, "guard")))
-        held, kept = order[cut:].sort().values, order[:cut].sort().values
-        guard = (x[held], y[held])
-        x, y, ids_all = x[kept], y[kept], ids_all[kept]
+    x, y, ids_all, guard = _hold_out_guard(x, y, defense.guard_size, config.seed)
     n = x.shape[0]
     warmup = max(1, min(config.eps_warmup, epochs))
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -333,40 +325,74 @@ def train(
         order = torch.randperm(n, generator=g)
         eps = config.eps * min(1.0, (epoch + 1) / warmup)
         threat = ThreatModel(config.norm, eps)
-        total_loss, total_correct = 0.0, 0
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            xb, yb, ids = x[idx], y[idx], ids_all[idx]
-            if config.augment:
-                from robustaudit.defenses.augment import augment
-
-                xb = augment(xb, ids, stream_key(config.seed, epoch, "augment"))
-            model.train()
-            loss_sum, correct = defense.train_batch(model, opt, xb, yb, BatchContext(epoch, threat, config.seed, ids))
-            history.optimizer_steps += defense.replays
-            total_loss += loss_sum
-            total_correct += correct
+        total_loss, total_correct = _epoch(model, opt, defense, (x, y, ids_all), order, threat, config, epoch, history)
         sched.step()
         history.loss.append(total_loss / n)
         history.accuracy.append(total_correct / n)
         if on_epoch is not None:
             on_epoch(epoch, history.loss[-1], history.accuracy[-1])
         if guard is not None:
-            # always at the full training eps: the collapse shows there first
-            acc = guard_accuracy(model, guard[0], guard[1], ThreatModel(config.norm, config.eps), config.seed)
-            history.guard_accuracy.append(acc)
-            if best is None or acc >= best[0]:
-                best = (acc, epoch, copy.deepcopy(model.state_dict()))
-            elif acc < best[0] - defense.guard_drop:
-                model.load_state_dict(best[2])
-                history.rolled_back_to = best[1]
-                note = (
-                    f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} (epoch "
-                    f"{best[1] + 1}) to {acc:.3f} (epoch {epoch + 1}); stopped and rolled back to epoch {best[1] + 1}"
-                )
-                history.events.append(note)
-                log.warning(note)
+            best, stop = _guard_epoch(model, guard, config, defense.guard_drop, epoch, best, history)
+            if stop:
                 break
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _hold_out_guard(x: torch.Tensor, y: torch.Tensor, guard_size: int, seed: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(x, y, ids, guard)``: the training samples ``(N', ...)`` with their ids ``(N',)`` and the held-out
+    guard batch ``(x_g, y_g)`` of ``guard_size`` samples (``None`` when 0)."""
+    ids_all = torch.arange(x.shape[0])
+    guard = None
+    if guard_size > 0:
+        # held out: the guard must see samples the model does not train on, or it measures memory
+        cut = max(1, x.shape[0] - guard_size)
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(stream_key(seed, "guard")))
+        held, kept = order[cut:].sort().values, order[:cut].sort().values
+        guard = (x[held], y[held])
+        x, y, ids_all = x[kept], y[kept], ids_all[kept]
+    return x, y, ids_all, guard
+
+
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, defense: Defense,
+           data: tuple[torch.Tensor, torch.Tensor, torch.Tensor], order: torch.Tensor, threat: ThreatModel,
+           config: TrainConfig, epoch: int, history: TrainLog) -> tuple[float, int]:
+    """One epoch over ``data`` = ``(x, y, ids)`` in batch ``order``; ``(summed loss, correct count)``."""
+    x, y, ids_all = data
+    total_loss, total_correct = 0.0, 0
+    for i in range(0, x.shape[0], config.batch_size):
+        idx = order[i : i + config.batch_size]
+        xb, yb, ids = x[idx], y[idx], ids_all[idx]
+        if config.augment:
+            from robustaudit.defenses.augment import augment
+
+            xb = augment(xb, ids, stream_key(config.seed, epoch, "augment"))
+        model.train()
+        loss_sum, correct = defense.train_batch(model, opt, xb, yb, BatchContext(epoch, threat, config.seed, ids))
+        history.optimizer_steps += defense.replays
+        total_loss += loss_sum
+        total_correct += correct
+    return total_loss, total_correct
+
+
+def _guard_epoch(model: nn.Module, guard: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, drop: float,
+                 epoch: int, best: tuple[float, int, dict[str, torch.Tensor]] | None, history: TrainLog
+                 ) -> tuple[tuple[float, int, dict[str, torch.Tensor]] | None, bool]:
+    """Fast-AT's guard after ``epoch``: ``(best, stop)``; on a fall of more than ``drop`` below the best
+    accuracy, the model is rolled back to the best epoch and ``stop`` is True."""
+    # always at the full training eps: the collapse shows there first
+    acc = guard_accuracy(model, guard[0], guard[1], ThreatModel(config.norm, config.eps), config.seed)
+    history.guard_accuracy.append(acc)
+    if best is None or acc >= best[0]:
+        return (acc, epoch, copy.deepcopy(model.state_dict())), False
+    if acc < best[0] - drop:
+        model.load_state_dict(best[2])
+        history.rolled_back_to = best[1]
+        note = (f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} (epoch "
+                f"{best[1] + 1}) to {acc:.3f} (epoch {epoch + 1}); stopped and rolled back to epoch {best[1] + 1}")
+        history.events.append(note)
+        log.warning(note)
+        return best, True
+    return best, False

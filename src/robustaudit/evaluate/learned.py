@@ -138,56 +138,100 @@ def learned_report(
         for (model_name, attack, eps), gen in generators.items():
             target_model = by_name[model_name].module
             threat = ThreatModel(norm, eps)
-            labels, linf, l2 = [], [], []
-            clean: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
-            broken: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
-            hit: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
-            for chunk in chunks:
-                x, y = data.load(chunk)
-                xd = x.to(device)
-                adv = gen(target_model, xd, y.to(device), threat, seed=seed)
-                labels.append(y)
-                with torch.no_grad():
-                    for name, module, _ in others:
-                        clean[name].append(module(xd).argmax(1).cpu() == y)
-                        b, h = _scores(module, adv, y, gen.target)
-                        broken[name].append(b)
-                        hit[name].append(h)
-                delta = (adv - xd)[clean[model_name][-1].to(device)]
-                linf += lp_norm(delta, "linf").tolist()
-                l2 += lp_norm(delta, "l2").tolist()
-            n_batch = min(batch_size, len(ids))
-            xb, yb = (t.to(device) for t in data.load(ids[:n_batch]))
-            gen_speed, pgd_speed = images_per_second(
-                [partial(gen, target_model, xb, yb, threat, seed=seed), partial(pgd, target_model, xb, yb, threat,
-                                                                                  seed=seed)], n_batch, device,
-                repeats=repeats)
-            y_all = torch.cat(labels)
-            success: dict[str, Any] = {}
-            transfer = []
-            for name, _, source in others:
-                ok = torch.cat(clean[name])
-                rate = _rate(int((torch.cat(broken[name]) & ok).sum()), int(ok.sum()))
-                if gen.target is not None:
-                    eligible = ok & (y_all != gen.target)
-                    rate["targeted"] = _rate(int((torch.cat(hit[name]) & eligible).sum()), int(eligible.sum()))
-                if name == model_name:
-                    success = rate
-                else:
-                    transfer.append({"model": name, "source": source, **rate})
-            fit = next((f for f in fits if (f["model"], f["attack"], f["eps"]) == (model_name, attack, eps)), {})
-            rows.append({
-                "model": model_name, "attack": attack, "eps": eps, "norm": norm, "target": gen.target,
-                "success": success,
-                "mean_linf": statistics.fmean(linf) if linf else None,
-                "mean_l2": statistics.fmean(l2) if l2 else None,
-                "fit_seconds": fit.get("seconds", gen.meta.get("fit_seconds")),
-                "fit_passes": {"forward": fit.get("forward_passes"), "backward": fit.get("backward_passes")},
-                "loaded_from": gen.meta.get("loaded_from"),
-                "train_success": gen.meta.get("train", {}).get("last_epoch_success"),
-                "throughput": {"batch": n_batch, "generator_images_per_s": gen_speed, "pgd_images_per_s": pgd_speed,
-                               "speedup": gen_speed / pgd_speed if pgd_speed else None},
-                "transfer": transfer,
-            })
+            labels, linf, l2, clean, broken, hit = _stream(gen, target_model, model_name, threat, others, data,
+                                                           chunks, device, seed)
+            throughput = _throughput([gen, pgd], target_model, data, ids[:min(batch_size, len(ids))], threat,
+                                     device, seed, repeats)
+            success, transfer = _success(gen.target, model_name, others, torch.cat(labels), clean, broken, hit)
+            rows.append(_row((model_name, attack, eps), norm, gen, fits, success, (linf, l2), throughput, transfer))
     return {"reference": {**PGD_REFERENCE, "device": str(device), "repeats": repeats}, "generators": rows,
             **({"transfer_skipped": skipped} if skipped else {})}
+
+
+def _stream(gen: GeneratorAttack, target_model: nn.Module, model_name: str, threat: ThreatModel,
+            others: Sequence[tuple[str, nn.Module, str]], data: ImageData, chunks: Sequence[Sequence[int]],
+            device: torch.device, seed: int) -> tuple[list[torch.Tensor], list[float], list[float],
+                                                      dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]],
+                                                      dict[str, list[torch.Tensor]]]:
+    """Attack every chunk with ``gen`` on ``target_model`` and score the images on every model in ``others``.
+
+    Returns ``(labels, linf, l2, clean, broken, hit)``: the labels ``(B,)`` per chunk; the Linf and L2 norms of
+    the perturbations of the samples ``target_model`` classifies correctly; and per scoring model, per chunk,
+    ``(B,)`` bool: clean-correct, misclassified under attack, classified as the target.
+    """
+    labels, linf, l2 = [], [], []
+    clean: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+    broken: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+    hit: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in others}
+    for chunk in chunks:
+        x, y = data.load(chunk)
+        xd = x.to(device)
+        adv = gen(target_model, xd, y.to(device), threat, seed=seed)
+        labels.append(y)
+        with torch.no_grad():
+            for name, module, _ in others:
+                clean[name].append(module(xd).argmax(1).cpu() == y)
+                b, h = _scores(module, adv, y, gen.target)
+                broken[name].append(b)
+                hit[name].append(h)
+        delta = (adv - xd)[clean[model_name][-1].to(device)]
+        linf += lp_norm(delta, "linf").tolist()
+        l2 += lp_norm(delta, "l2").tolist()
+    return labels, linf, l2, clean, broken, hit
+
+
+def _success(target: int | None, model_name: str, others: Sequence[tuple[str, nn.Module, str]], y_all: torch.Tensor,
+             clean: dict[str, list[torch.Tensor]], broken: dict[str, list[torch.Tensor]],
+             hit: dict[str, list[torch.Tensor]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(success, transfer)``: the generator's rates on its own model, and on each other model in ``others``
+    (``y_all (N,)`` the labels; the per-chunk masks as :func:`_stream` returns them)."""
+    success: dict[str, Any] = {}
+    transfer = []
+    for name, _, source in others:
+        ok = torch.cat(clean[name])
+        rate = _rate(int((torch.cat(broken[name]) & ok).sum()), int(ok.sum()))
+        if target is not None:
+            eligible = ok & (y_all != target)
+            rate["targeted"] = _rate(int((torch.cat(hit[name]) & eligible).sum()), int(eligible.sum()))
+        if name == model_name:
+            success = rate
+        else:
+            transfer.append({"model": name, "source": source, **rate})
+    return success, transfer
+
+
+def _throughput(attacks: Sequence[Attack], target_model: nn.Module, data: ImageData, batch_ids: Sequence[int],
+                threat: ThreatModel, device: torch.device, seed: int, repeats: int) -> dict[str, Any]:
+    """The ``throughput`` field: images/s of the generator and of PGD (``attacks``, in that order) on the
+    batch ``batch_ids``, timed in turns by :func:`images_per_second`."""
+    n_batch = len(batch_ids)
+    xb, yb = (t.to(device) for t in data.load(batch_ids))
+    gen, pgd = attacks
+    gen_speed, pgd_speed = images_per_second(
+        [partial(gen, target_model, xb, yb, threat, seed=seed), partial(pgd, target_model, xb, yb, threat,
+                                                                          seed=seed)], n_batch, device,
+        repeats=repeats)
+    return {"batch": n_batch, "generator_images_per_s": gen_speed, "pgd_images_per_s": pgd_speed,
+            "speedup": gen_speed / pgd_speed if pgd_speed else None}
+
+
+def _row(key: tuple[str, str, float], norm: str, gen: GeneratorAttack, fits: list[dict[str, Any]],
+         success: dict[str, Any], norms: tuple[list[float], list[float]], throughput: dict[str, Any],
+         transfer: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``generators`` row for the generator fitted at ``key`` = (model, attack column, eps); ``norms``:
+    the Linf and L2 norms of its perturbations; ``fits``: the runner's fit records."""
+    model_name, attack, eps = key
+    linf, l2 = norms
+    fit = next((f for f in fits if (f["model"], f["attack"], f["eps"]) == (model_name, attack, eps)), {})
+    return {
+        "model": model_name, "attack": attack, "eps": eps, "norm": norm, "target": gen.target,
+        "success": success,
+        "mean_linf": statistics.fmean(linf) if linf else None,
+        "mean_l2": statistics.fmean(l2) if l2 else None,
+        "fit_seconds": fit.get("seconds", gen.meta.get("fit_seconds")),
+        "fit_passes": {"forward": fit.get("forward_passes"), "backward": fit.get("backward_passes")},
+        "loaded_from": gen.meta.get("loaded_from"),
+        "train_success": gen.meta.get("train", {}).get("last_epoch_success"),
+        "throughput": throughput,
+        "transfer": transfer,
+    }
