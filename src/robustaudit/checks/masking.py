@@ -6,7 +6,7 @@ attacks with attacks that need no gradient, so a gap points at masking.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -14,8 +14,8 @@ from robustaudit.attacks.base import AttackKind
 from robustaudit.checks.verdict import Verdict, paired_status, share, tolerance
 from robustaudit.core.rng import stream_key
 
-if TYPE_CHECKING:
-    from robustaudit.checks.attacks import Context
+#: :class:`robustaudit.checks.attacks.Context`, which runs these checks (importing it here would be a cycle)
+Context = Any
 
 WHITE_BOX = (AttackKind.FIXED_EPS, AttackKind.MINIMAL_NORM)
 BLACK_BOX = (AttackKind.SCORE_BASED, AttackKind.DECISION_BASED, AttackKind.TRANSFER)
