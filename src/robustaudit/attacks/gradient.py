@@ -67,6 +67,14 @@ def random_start(
     return clip_to_bounds(x + delta, threat.bounds)
 
 
+#: The step and start settings of the PGD families (classification and segmentation), in their order.
+STEP_SETTINGS = (
+    Float("step_size", None, "absolute step (default: rel_step_size * eps)", 0, open_low=True, optional=True),
+    Float("rel_step_size", None, "step as a fraction of eps (default 2.5 / steps)", 0, open_low=True, optional=True),
+    Bool("random_start", True, "start uniformly inside the ball rather than at x"),
+)
+
+
 def start_in_ball(self: Attack, p: Problem, a: Active, restart: int) -> None:
     """The engine's ``_start`` hook of the PGD family: the iterate ``a["xa"]`` starts at a keyed uniform
     point of the ball (``random_start``) or at the clean input."""
@@ -125,10 +133,7 @@ class PGD(Attack, IterativeSearch):
     SETTINGS = Settings(
         Int("steps", 50, "iterations per restart", 1, MAX_STEPS),
         Int("restarts", 1, "random restarts, on samples still unbroken", 1, MAX_RESTARTS),
-        Float("step_size", None, "absolute step (default: rel_step_size * eps)", 0, open_low=True, optional=True),
-        Float("rel_step_size", None, "step as a fraction of eps (default 2.5 / steps)", 0, open_low=True,
-              optional=True),
-        Bool("random_start", True, "start uniformly inside the ball rather than at x"),
+        *STEP_SETTINGS,
         _LOSS,
         Bool("early_stop", True, "freeze samples once adversarial"),
         Int("compact_every", 5, "steps between drops of finished samples from the batch (a host sync)", 1, MAX_STEPS),

@@ -20,10 +20,7 @@ at full resolution, so one generator pass costs a few forward passes of a small 
 forward-backward passes as PGD-10 does. GroupNorm (per sample) rather than
 BatchNorm, so a sample's perturbation never depends on its batch. Any ``(C, H, W)`` from 4×4 up works.
 
-Training is deterministic on CPU for a seed: weights are initialised from a generator keyed by (seed,
-attack, norm, eps), each epoch's shuffle from (seed, attack, norm, eps, epoch), the global RNG is left
-untouched, and the target model's parameters never receive a gradient (generator gradients come from
-``torch.autograd.grad`` over the generator's own parameters).
+Training is deterministic on CPU for a seed (see :mod:`robustaudit.attacks.learned_fit`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from robustaudit.attacks.dense import (
     target_map,
 )
 from robustaudit.attacks.engine import Active, IterativeSearch, Problem, Query, view
-from robustaudit.attacks.gradient import start_in_ball
+from robustaudit.attacks.gradient import STEP_SETTINGS, start_in_ball
 from robustaudit.attacks.settings import MAX_RESTARTS, MAX_STEPS, Bool, Choice, Float, Int, Setting, Settings
 from robustaudit.attacks.seg_uap import FittedUAP, SegUAP, hide_class_target
 from robustaudit.core.errors import UserError
@@ -84,10 +84,7 @@ class SegPGD(DenseAttack, IterativeSearch):
     SETTINGS = Settings(
         Int("steps", 10, "iterations per restart", 1, MAX_STEPS),
         Int("restarts", 1, "random restarts", 1, MAX_RESTARTS),
-        Float("step_size", None, "absolute step (default: rel_step_size * eps)", 0, open_low=True, optional=True),
-        Float("rel_step_size", None, "step as a fraction of eps (default 2.5 / steps)", 0, open_low=True,
-              optional=True),
-        Bool("random_start", True, "start uniformly inside the ball rather than at x"),
+        *STEP_SETTINGS,
         Setting("target", None, None, "a target map: shift (c -> c + 1) or a class (C or class:C); none: untargeted",
                 optional=True, parse=parse_target, kind="shift | class"),
         exclusive=(("step_size", "rel_step_size"),),
