@@ -21,7 +21,8 @@ import torch
 from robustaudit.attacks.registry import from_spec
 from robustaudit.data.registry import open_dataset
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
-from robustaudit.evaluate.segmentation import run_segmentation
+from robustaudit.evaluate.runner import run as run_segmentation
+
 from robustaudit.models.loading import load_model
 
 

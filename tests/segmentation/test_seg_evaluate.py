@@ -17,9 +17,8 @@ from robustaudit.core.errors import UserError
 from robustaudit.data.segmentation import SegmentationTensorData
 from robustaudit.evaluate import segmetrics
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
-from robustaudit.evaluate.runner import AttackEntry, ModelEntry
+from robustaudit.evaluate.runner import AttackEntry, ModelEntry, run
 from robustaudit.evaluate.segmetrics import image_confusion
-from robustaudit.evaluate.segrun import run_segmentation
 from robustaudit.evaluate.spec import resolve_task
 from seg_helpers import K, tiny_segmenter
 
@@ -50,8 +49,8 @@ def test_confusion_matrices_ignore_pixels_and_match_segmetrics():
 
 def test_miou_falls_with_eps_and_ensemble_is_worst(small):
     net, data = small
-    result = run_segmentation([ModelEntry("net", net)], data, _entries("pgd:steps=5", "segpgd:steps=5"),
-                              [0.02, 0.08, 0.3], batch_size=4, resamples=200)
+    result = run([ModelEntry("net", net)], data, _entries("pgd:steps=5", "segpgd:steps=5"),
+                 [0.02, 0.08, 0.3], batch_size=4, resamples=200)
     r = result.records
     for attack in ("pgd:steps=5", "segpgd:steps=5", WORST_CASE):
         mious = r[r["attack"] == attack].sort_values("eps")["miou"].tolist()
@@ -68,9 +67,9 @@ def test_miou_falls_with_eps_and_ensemble_is_worst(small):
 
 def test_targeted_success_and_unbounded_dag(small):
     net, data = small
-    result = run_segmentation([ModelEntry("net", net)], data,
-                              _entries("segpgd:steps=5,target=shift", "dag:gamma=0.01,max_iter=30"), [0.1],
-                              batch_size=5, resamples=50)
+    result = run([ModelEntry("net", net)], data,
+                 _entries("segpgd:steps=5,target=shift", "dag:gamma=0.01,max_iter=30"), [0.1],
+                 batch_size=5, resamples=50)
     row = result.records[result.records["attack"] == "segpgd:steps=5,target=shift"].iloc[0]
     assert 0 < row["targeted_success"] <= 1
     (dag,) = result.unbounded
@@ -79,8 +78,8 @@ def test_targeted_success_and_unbounded_dag(small):
 
 def test_results_round_trip(small, tmp_path):
     net, data = small
-    result = run_segmentation([ModelEntry("net", net)], data, _entries("pgd:steps=2", "dag:max_iter=3"), [0.05],
-                              batch_size=5, resamples=50)
+    result = run([ModelEntry("net", net)], data, _entries("pgd:steps=2", "dag:max_iter=3"), [0.05],
+                 batch_size=5, resamples=50)
     result.save(tmp_path)
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["schema_version"] == 2 and doc["task"] == "segmentation"
@@ -126,9 +125,9 @@ def test_unet_segpgd_vs_pgd_and_dag():
 
     model = _trained_unet()
     data = open_dataset("digit-scenes")
-    result = run_segmentation([ModelEntry("unet", model)], data,
-                              _entries("pgd:steps=10", "segpgd:steps=10", "dag"), [0.02], ids=list(range(48)),
-                              batch_size=16, resamples=100)
+    result = run([ModelEntry("unet", model)], data,
+                 _entries("pgd:steps=10", "segpgd:steps=10", "dag"), [0.02], ids=list(range(48)),
+                 batch_size=16, resamples=100)
     r = result.records
     pgd = r[r["attack"] == "pgd:steps=10"].iloc[0]["miou"]
     seg = r[r["attack"] == "segpgd:steps=10"].iloc[0]["miou"]

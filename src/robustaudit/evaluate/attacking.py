@@ -32,8 +32,10 @@ _NO_GRAD = re.compile(r"does not require grad|not have been used in the graph|nu
 
 
 def attack_in_chunks(ctx: ModelRun, a: AttackEntry, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                      threat: ThreatModel, batch: list[int]) -> tuple[torch.Tensor, int, int]:
-    """``attack`` on one batch ``x (B, C, H, W)``, ``y (B,)``; returns ``(adv (B, C, H, W), forward, backward)``.
+                     threat: ThreatModel, batch: list[int],
+                     targets: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    """``attack`` on one batch ``x (B, C, H, W)``, ``y (B,)`` or ``(B, H, W)`` (``targets`` alike, for a
+    targeted attack); returns ``(adv (B, C, H, W), forward, backward)``.
 
     The batch goes to the attack whole unless an earlier batch of this model and attack ran out of
     memory: then in chunks of the size that last fit. Out of memory halves the chunk and retries it;
@@ -51,7 +53,8 @@ def attack_in_chunks(ctx: ModelRun, a: AttackEntry, attack: Attack, x: torch.Ten
         size = min(ctx.state.chunks.get(key, n), n - start)
         part = slice(start, start + size)
         try:
-            parts.append(_attack_call(ctx, a, attack, x[part], y[part], threat, batch[part]))
+            parts.append(_attack_call(ctx, a, attack, x[part], y[part], threat, batch[part],
+                                      None if targets is None else targets[part]))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -75,12 +78,12 @@ def attack_in_chunks(ctx: ModelRun, a: AttackEntry, attack: Attack, x: torch.Ten
 
 
 def _attack_call(ctx: ModelRun, a: AttackEntry, attack: Attack, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-                 batch: list[int]) -> torch.Tensor:
+                 batch: list[int], targets: torch.Tensor | None) -> torch.Tensor:
     """One attack call; the model's and autograd's failures become the runner's errors (an allocator out of
     memory propagates as it is: the caller halves the chunk)."""
     try:
         # the attack gets the counting wrapper; the runner scores with the bare model (not counted)
-        return attack(ctx.counter, x, y, threat, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
+        return attack(ctx.counter, x, y, threat, targets=targets, ids=torch.tensor(batch), seed=ctx.seed, task=ctx.task)
     except UserError:
         raise
     except Exception as exc:
@@ -128,9 +131,10 @@ def fitted_attack(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> Attack:
             fitted = universal.fit(ctx.counter, ctx.state.train_data, threat, seed=ctx.seed, task=ctx.task,
                                    device=ctx.dev, progress=ctx.bar)
         forward, backward = ctx.counter.take()
+        fit = {"model": ctx.name, "attack": a.name, "eps": threat.eps, "seconds": round(time.perf_counter() - t0, 3),
+               "forward_passes": forward, "backward_passes": backward}
         ctx.state.fitted[key] = fitted
-        ctx.state.fits.append({"model": ctx.name, "attack": a.name, "eps": threat.eps,
-                               "seconds": round(time.perf_counter() - t0, 3), "forward_passes": forward,
-                               "backward_passes": backward})
+        ctx.state.fits.append(fit)
+        ctx.scoring.save_fit(ctx, a, threat.eps, fit, fitted)
         ctx.bar.start(f"{ctx.name}: {a.name}", ctx.n_clean)
     return ctx.state.fitted[key]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from robustaudit.core.errors import UserError
+from robustaudit.core.task import task_named
 from robustaudit.data.base import subset
 from robustaudit.evaluate import distributed as multiproc
 from robustaudit.evaluate import extras
@@ -45,10 +45,9 @@ __all__ = ["execute"]
 def execute(spec: AuditSpec, subject: Subject, progress: Progress | None = None) -> ResultMatrix:
     """Run ``spec`` on ``subject`` and attach provenance; writes under ``spec.out`` when given."""
     launch = multiproc.detect() if spec.distributed else None
+    if launch is not None:
+        task_named(spec.task).refuse(["distributed"])
     if spec.task == "segmentation":
-        if launch is not None:
-            raise UserError("segmentation audits run in one process at fp32: drop torchrun/srun, --precision "
-                            "and --compile")
         from robustaudit.evaluate.seg_execute import execute_segmentation
 
         return execute_segmentation(spec, subject, progress)

@@ -41,6 +41,8 @@ class ModelRun:
     counter: PassCounter
     #: inputs go to the device in channels_last (the model's weights are)
     nhwc: bool = False
+    #: the task's store-and-aggregate side (:mod:`robustaudit.evaluate.scoring`)
+    scoring: Any = None
 
 
 @dataclass

@@ -30,19 +30,16 @@ class Samples:
         size = len(ids) * c * h * w * 4
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if size <= _CACHE_BYTES else None
         self.device = device if device is not None and device.type == "cuda" and _fits_on(device, size) else None
-        self.labels: dict[int, int] = {}
 
     def batches(self, ids: Sequence[int]) -> list[list[int]]:
         return [list(ids[i : i + self.batch_size]) for i in range(0, len(ids), self.batch_size)]
 
     def load(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (B, C, H, W)``, ``y (B,)`` for sample ids ``ids``: on the host, or on the GPU when resident."""
+        """``x (B, C, H, W)``, ``y (B,)`` (segmentation: masks ``(B, H, W)``) for sample ids ``ids``: on the host, or on the GPU when resident."""
         if self._cache is not None and all(i in self._cache for i in ids):
             xs, ys = zip(*(self._cache[i] for i in ids))
             return torch.stack(xs), torch.stack(ys)
         x, y = self.data.load(list(ids))
-        for i, label in zip(ids, y.tolist()):
-            self.labels[i] = label
         if self.device is not None:  # resident on the GPU: copied once, from pinned memory
             x, y = to_device(x, self.device), to_device(y, self.device)
         if self._cache is not None:

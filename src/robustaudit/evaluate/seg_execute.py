@@ -1,14 +1,16 @@
-"""The segmentation audit behind ``audit(...)`` on segmentation data and the CLI: run the cells
-(:func:`robustaudit.evaluate.segrun.run_segmentation`), attach the provenance, write ``results.json``
-(and the panels, the fitted perturbations) under ``spec.out``.
+"""The segmentation audit behind ``audit(...)`` on segmentation data and the CLI: run the cells through the
+one runner (:func:`robustaudit.evaluate.runner.run`, with the data's
+:class:`~robustaudit.core.task.SegmentationTask`), attach the provenance, write ``results.json`` (and the
+panels, the fitted perturbations) under ``spec.out``.
 
 With ``out``, every batch goes to ``out/results.sqlite`` as it finishes, opened through the same policy
 and fingerprint as classification (``evaluate/resume.py``; the fingerprint says ``task: segmentation``):
 ``resume`` continues a stored run, ``overwrite`` discards an unfinished one.
 
-Sanity checks are classification-specific (their evidence is per-sample robust ids) and are not run:
-``provenance["checks"]["skipped"]`` says so and the reports show it. The spec refuses detectors, the
-physical proxies and non-fp32 precision for segmentation before anything is loaded.
+What the task lacks is said by the task (``SegmentationTask.unsupported``): the sanity checks are
+classification-specific (their evidence is per-sample robust ids) and are not run
+(``provenance["checks"]["skipped"]`` gives the task's reason, the reports show it); the spec refuses
+detectors, the physical proxies and non-fp32 precision before anything is loaded, ``execute`` torchrun.
 """
 
 from __future__ import annotations
@@ -18,22 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustaudit.core.task import IGNORE_INDEX
+from robustaudit.core.task import IGNORE_INDEX, task_of
 from robustaudit.data.base import subset
 from robustaudit.evaluate.header import example_eps, fit_split, jsonable, model_costs, run_header, save_fitted
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
-from robustaudit.evaluate.runner import Progress, resolve_device
+from robustaudit.evaluate.runner import Progress, resolve_device, run
 from robustaudit.evaluate.segmetrics import BOOTSTRAP
-from robustaudit.evaluate.segrun import run_segmentation
 from robustaudit.evaluate.spec import AuditSpec
 from robustaudit.evaluate.subject import Subject
 
 __all__ = ["execute_segmentation"]
-
-#: ``provenance["checks"]`` of a segmentation audit.
-_SKIPPED = ("the sanity checks are classification-specific (per-sample verdicts); not run for segmentation")
-
 
 def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress | None = None) -> ResultMatrix:
     """Run the segmentation audit of ``spec`` (its batch is already capped for segmentation) on ``subject``."""
@@ -49,9 +46,9 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
         fp = fingerprint(spec, subject, n=len(ids), device=dev)
         store = open_store(spec.out, fp, spec.config(), resume=spec.resume, overwrite=spec.overwrite)
     try:
-        result = run_segmentation(entries, data, attacks, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size,
-                                  device=dev, seed=spec.seed, progress=progress, train_data=train,
-                                  example_eps=example_eps(entries, grid), store=store, reuse=spec.resume)
+        result = run(entries, data, attacks, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size, device=dev,
+                     seed=spec.seed, progress=progress, train_data=train, example_eps=example_eps(entries, grid),
+                     store=store, reuse=spec.resume, task=task_of(data))
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if store is not None:
             store.close()
@@ -74,7 +71,7 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
         "example_eps": example_eps(entries, grid),
         "batch_size": spec.batch_size,
         "intervals": f"95% percentile bootstrap over images ({BOOTSTRAP} resamples)",
-        "checks": {"level": spec.checks, "seconds": 0.0, "skipped": _SKIPPED},
+        "checks": {"level": spec.checks, "seconds": 0.0, "skipped": task_of(data).why_not("checks")},
         **({"fits": fits} if fits else {}),
         **({"cost": {"seconds": round(t_cost, 3), "batch_size": cost_batch}} if spec.cost else {}),
         **({"resume": resumed} if spec.resume and resumed is not None else {}),

@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from robustaudit.core.task import IGNORE_INDEX, valid_share
+from robustaudit.core.task import IGNORE_INDEX, image_confusion, valid_share
 
 __all__ = [
     "bootstrap_interval",
@@ -115,18 +115,6 @@ def miou_of(cm: torch.Tensor) -> torch.Tensor:
     tp = cm.diagonal(dim1=-2, dim2=-1)
     union = cm.sum(-1) + cm.sum(-2) - tp
     return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan)).nanmean(-1)
-
-
-def image_confusion(pred: torch.Tensor, y: torch.Tensor, num_classes: int,
-                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """One confusion matrix per image: ``pred, y (N, H, W) -> (N, K, K)`` int64 on the CPU, rows the true
-    class. Pixels labelled ``ignore_index`` count nowhere (an image with none valid: all zeros)."""
-    n = y.shape[0]
-    valid = y != ignore_index
-    img = torch.arange(n, device=y.device).view(-1, 1, 1).expand_as(y)
-    k = num_classes
-    flat = (img * k * k + y.clamp(0, k - 1) * k + pred.clamp(0, k - 1))[valid]
-    return torch.bincount(flat, minlength=n * k * k).view(n, k, k).cpu()
 
 
 def bootstrap_interval(cms: torch.Tensor, key: int, resamples: int = BOOTSTRAP) -> dict[str, tuple[float, float]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from robustaudit.core.errors import UserError, suggest
+from robustaudit.core.task import task_named
 from robustaudit.evaluate import options as opt
 from robustaudit.evaluate.plan import ModelSpec
 
@@ -249,16 +250,10 @@ def _detectors(given: Any, embedded: bool) -> tuple[str, ...]:
 
 
 def _check_task(spec: AuditSpec) -> None:
-    """What a segmentation audit cannot do, refused in one line before anything is loaded."""
-    if spec.task != "segmentation":
-        return
-    if spec.detectors:
-        raise UserError("detectors (--defense) wrap classifiers; a segmentation audit takes none")
-    if spec.physical:
-        raise UserError("--physical (physical-world proxies) measures classifiers' adversarial examples; a "
-                        "segmentation audit takes none")
-    if spec.precision != "fp32" or spec.compile:
-        raise UserError("segmentation audits run in one process at fp32: drop torchrun/srun, --precision and --compile")
+    """What the task cannot do (``Task.unsupported``), refused in one line before anything is loaded."""
+    in_use = {"detectors": bool(spec.detectors), "physical": bool(spec.physical),
+              "precision": spec.precision != "fp32", "compile": bool(spec.compile)}
+    task_named(spec.task).refuse(o for o, used in in_use.items() if used)
 
 
 def resolve_task(requested: str, data: Any) -> str:
