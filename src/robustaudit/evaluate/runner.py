@@ -28,6 +28,7 @@ from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.aggregate import CleanOutcome
+from robustaudit.evaluate.artifacts import Artifacts
 from robustaudit.evaluate.attacking import NoInputGradients, attack_in_chunks, fitted_attack
 from robustaudit.evaluate.cost import PassCounter, split_evenly
 from robustaudit.evaluate.entries import (AttackEntry, ModelEntry, NoProgress, Progress, resolve_device,  # noqa: F401
@@ -58,6 +59,7 @@ def run(
     reuse: bool = False,
     train_data: ImageData | None = None,
     fast: FastPath | None = None,
+    artifacts: Artifacts | None = None,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -69,10 +71,9 @@ def run(
         reuse: resume: read every batch already in ``store`` back instead of recomputing it (the caller
             checked the configuration and weights; the data is checked here against the stored hashes).
         train_data: what universal attacks are fitted on (once per model and eps, lazily); required when
-            one is in ``attacks``; fits in ``provenance["fitted"]`` (objects) and ``provenance["fits"]``.
-        fast: the attack's precision, ``torch.compile``, channels_last (:mod:`~robustaudit.evaluate.fastpath`);
-            clean pass and scoring stay float32. Out of memory halves an attack batch (no result changes;
-            ``provenance["oom_halvings"]``).
+            one is in ``attacks``; fitted into ``artifacts`` (read back on resume), records in ``provenance["fits"]``.
+        fast: the attack's precision, ``torch.compile``, channels_last (:mod:`~robustaudit.evaluate.fastpath`); clean
+            pass and scoring stay float32. Out of memory halves a batch (same results; ``provenance["oom_halvings"]``).
     Returns:
         A :class:`ResultMatrix` aggregated from the per-sample outcomes (``outcomes``); ``provenance`` left
         to the caller except ``resume`` (reused / computed batches, when ``reuse``). Each row says what it
@@ -85,8 +86,8 @@ def run(
                                 train_data=train_data)
     dev, bar, fast, n = torch.device(device), progress or NoProgress(), fast or FastPath(), len(sample_ids)
     samples = Samples(data, sample_ids, batch_size, dev)
-    state = RunState(example_eps=grid[len(grid) // 2] if example_eps is None else example_eps,
-                     examples_per_cell=examples_per_cell, reuse=reuse, train_data=train_data)
+    state = RunState(example_eps=grid[len(grid) // 2] if example_eps is None else example_eps, reuse=reuse,
+                     examples_per_cell=examples_per_cell, train_data=train_data, artifacts=artifacts or Artifacts())
     for entry in models:
         model = entry.module
         nhwc = fast.uses_channels_last(dev, tuple(data.sample_shape))
@@ -148,9 +149,8 @@ def _result(state: RunState) -> ResultMatrix:
         result.provenance["skipped"] = state.skipped
     if state.halvings:
         result.provenance["oom_halvings"] = state.halvings
-    if state.fitted:
-        result.provenance["fitted"] = state.fitted
-        result.provenance["fits"] = state.fits
+    if state.artifacts.records:
+        result.provenance["fits"] = list(state.artifacts.records)
     return result
 
 
