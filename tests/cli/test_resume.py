@@ -258,7 +258,8 @@ def test_api_resume_checks_state_dict_of_a_python_model(tmp_path, digits_test):
     kw = {"attacks": ["fgsm"], "eps": [0.1], "n": 32, "batch_size": 16, "device": "cpu", "out": tmp_path / "run"}
     first = robustaudit.audit(net, (x, y), **kw)
     again = robustaudit.audit(net, (x, y), resume=True, **kw)
-    assert again.provenance["resume"] == {"reused_batches": 4, "computed_batches": 0}
+    assert again.provenance["resume"] == {"reused_batches": 4, "computed_batches": 0, "reused_stages": 2,
+                                          "computed_stages": 0}  # the checks and the cost
     assert again.records.drop(columns="seconds").equals(first.records.drop(columns="seconds"))
     with torch.no_grad():
         next(net.parameters()).view(-1)[0] += 1e-3

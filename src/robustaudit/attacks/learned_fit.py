@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustaudit.attacks.base import FitProgress, TrainingData, UniversalAttack
-from robustaudit.attacks.learned_fitted import GeneratorAttack, _shape, read_generator
+from robustaudit.attacks.learned_fitted import GeneratorAttack, _shape, generator_net, read_generator
 from robustaudit.attacks.learned_nets import PerturbationNet, _seeded, bound, downsamplings, state_sha256
 from robustaudit.attacks.settings import (
     MAX_BATCH,
@@ -207,13 +207,8 @@ class LearnedAttack(UniversalAttack):
         if self.target is not None and meta.get("target") != self.target:
             raise UserError(f"{what}: generator file '{self.load}' was fit for target {meta.get('target')}, "
                             f"not {self.target}")
-        g = PerturbationNet(shape[0], width=width, down=down)
-        try:
-            g.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise UserError(f"{what}: generator file '{self.load}' does not fit its architecture: "
-                            f"{str(exc).splitlines()[0][:160]}") from None
-        return GeneratorAttack(generator=g.eval(), meta={**meta, "loaded_from": str(self.load)})
+        g = generator_net(state, shape[0], width, down, what, self.load)
+        return GeneratorAttack(generator=g, meta={**meta, "loaded_from": str(self.load)})
 
 
 def _innermost(model: nn.Module) -> nn.Module:

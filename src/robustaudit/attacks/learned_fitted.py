@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robustaudit.attacks.base import Attack, AttackKind
-from robustaudit.attacks.learned_nets import bound
+from robustaudit.attacks.learned_nets import PerturbationNet, bound
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import clip_to_bounds
 
@@ -121,3 +121,27 @@ def read_generator(path: str | Path, what: str) -> tuple[dict[str, Any], dict[st
     except (TypeError, ValueError):
         raise UserError(f"{what}: generator file '{path}' has an unreadable card") from None
     return meta, blob["state_dict"]
+
+
+def generator_net(state: dict[str, torch.Tensor], channels: int, width: int, down: int, what: str,
+                  path: str | Path) -> nn.Module:
+    """The :class:`PerturbationNet` of a saved generator, its weights ``state`` loaded, in eval mode."""
+    g = PerturbationNet(channels, width=width, down=down)
+    try:
+        g.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{what}: generator file '{path}' does not fit its architecture: "
+                        f"{str(exc).splitlines()[0][:160]}") from None
+    return g.eval()
+
+
+def load_generator(path: str | Path) -> GeneratorAttack:
+    """A generator as :meth:`GeneratorAttack.save` wrote it, meta unchanged (an audit's own artifact, read
+    back on resume: the same perturbations as the generator that was fitted)."""
+    what = "fitted generator"
+    meta, state = read_generator(path, what)
+    try:
+        channels, width, down = int(meta["input_shape"][0]), int(meta["arch"]["width"]), int(meta["arch"]["down"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise UserError(f"{what}: generator file '{path}' has an incomplete card") from None
+    return GeneratorAttack(generator=generator_net(state, channels, width, down, what, path), meta=meta)

@@ -120,9 +120,11 @@ def blame_model(name: str, model: nn.Module, doing: str) -> Iterator[None]:
 
 
 def fitted_attack(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> Attack:
-    """The universal attack ``a`` fitted against this model at ``threat`` on the training data (once)."""
+    """The universal attack ``a`` fitted against this model at ``threat`` on the training data (once; a
+    resumed run reads a stored fit back from its artifact instead of fitting again)."""
     key = (ctx.name, a.name, threat.eps)
-    if key not in ctx.state.fitted:
+    fitted = ctx.state.artifacts.get(key)
+    if fitted is None:
         universal = a.attack
         assert isinstance(universal, UniversalAttack) and ctx.state.train_data is not None  # run() checked
         t0 = time.perf_counter()
@@ -133,8 +135,7 @@ def fitted_attack(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> Attack:
         forward, backward = ctx.counter.take()
         fit = {"model": ctx.name, "attack": a.name, "eps": threat.eps, "seconds": round(time.perf_counter() - t0, 3),
                "forward_passes": forward, "backward_passes": backward}
-        ctx.state.fitted[key] = fitted
-        ctx.state.fits.append(fit)
+        ctx.state.artifacts.put(key, fitted, fit)
         ctx.scoring.save_fit(ctx, a, threat.eps, fit, fitted)
         ctx.bar.start(f"{ctx.name}: {a.name}", ctx.n_clean)
-    return ctx.state.fitted[key]
+    return fitted

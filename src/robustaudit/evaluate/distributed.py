@@ -344,9 +344,8 @@ def merge(parts: Sequence[ResultMatrix], ids: Sequence[int], *, examples_per_cel
     halvings = [dict(h, rank=k) for k, p in enumerate(parts) for h in p.provenance.get("oom_halvings", [])]
     if halvings:
         result.provenance["oom_halvings"] = halvings
-    for key in ("fitted", "fits"):  # universal attacks: every rank fitted the same (keyed) artefact
-        if key in parts[0].provenance:
-            result.provenance[key] = parts[0].provenance[key]
+    if "fits" in parts[0].provenance:  # universal attacks: every rank fitted the same (keyed) artefact
+        result.provenance["fits"] = parts[0].provenance["fits"]
     return result
 
 

@@ -30,12 +30,14 @@ from robustaudit.evaluate import distributed as multiproc
 from robustaudit.evaluate import extras
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe
 from robustaudit.evaluate.fastpath import halving_summary, tf32_mode
-from robustaudit.evaluate.header import attacks_block, example_eps, fit_split, model_costs, run_header, save_fitted
-from robustaudit.evaluate.physical import link_artifacts, physical_sections
+from robustaudit.evaluate.artifacts import Artifacts
+from robustaudit.evaluate.header import attacks_block, example_eps, fit_split, model_costs, run_header
+from robustaudit.evaluate.physical import physical_sections
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
 from robustaudit.evaluate.runner import Progress, resolve_device, run
 from robustaudit.evaluate.spec import AuditSpec
+from robustaudit.evaluate.stages import Stage, Stages
 from robustaudit.evaluate.store import Store
 from robustaudit.evaluate.subject import Subject
 
@@ -81,6 +83,9 @@ class _Run:
     store: Store | None = None
     probe: MemoryProbe | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the stages after the matrix (stored, read back on resume) and the fitted attacks (OUT/artifacts)
+    stages: Stages = field(default_factory=Stages)
+    artifacts: Artifacts = field(default_factory=Artifacts)
 
     @property
     def cost_batch(self) -> int:
@@ -93,12 +98,14 @@ class _Run:
         return run(sub.entries, sub.data, sub.attacks, grid, norm=s.norm, ids=audited, batch_size=s.batch_size,
                    device=self.dev, seed=s.seed, store=self.store, progress=bar,
                    example_eps=example_eps(sub.entries, grid), reuse=s.resume,
-                   train_data=fit_split(sub.data, sub.attacks, s.train_data), fast=s.fast)
+                   train_data=fit_split(sub.data, sub.attacks, s.train_data), fast=s.fast, artifacts=self.artifacts)
 
     def timed(self, name: str, stage: Any, *args: Any, **kwargs: Any) -> Any:
+        """``stage(*args, **kwargs)``, its seconds under ``name``: this process's, plus what the parts read
+        back from the store cost when they were computed."""
         t = time.perf_counter()
         out = stage(*args, **kwargs)
-        self.seconds[name] = time.perf_counter() - t
+        self.seconds[name] = time.perf_counter() - t + self.stages.credit.get(name, 0.0)
         return out
 
 
@@ -111,8 +118,11 @@ def _execute(spec: AuditSpec, subject: Subject, progress: Progress | None,
     if spec.out is not None:
         fp = fingerprint(spec, subject, n=len(r.ids), device=dev)
         r.store = _open_store(spec.out, fp, spec.config(), resume=spec.resume, overwrite=spec.overwrite, dist=dist)
+        r.stages = Stages(r.store, reuse=spec.resume)
+        # one place for the fitted attacks: rank 0's (or the only process's) OUT/artifacts
+        r.artifacts = Artifacts(spec.out if dist is None or dist.is_main else None, r.store, reuse=spec.resume)
     try:
-        if spec.cost and dev.type == "cpu" and (dist is None or dist.is_main):
+        if spec.cost and dev.type == "cpu" and (dist is None or dist.is_main) and not r.stages.stored("cost"):
             r.probe = MemoryProbe([(e.name, e.module) for e in subject.entries], subject.data.sample_shape,
                                   r.cost_batch)
         result = _matrix(r)
@@ -144,16 +154,16 @@ def _matrix(r: _Run) -> ResultMatrix | None:
 
 def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
     """The stages after the matrix, each timed; their provenance sections."""
-    spec, sub, dev = r.spec, r.subject, r.dev
-    added = r.timed("checks", extras.sanity_checks, spec, sub, result, r.ids, dev, r.store, r.progress)
-    detection = r.timed("detect", extras.detectors, spec, sub, result, r.ids, dev, r.progress)
-    costs = r.timed("cost", lambda: model_costs(sub.entries, sub.data, r.cost_batch, dev, r.probe)
-                    if spec.cost else {})
-    learned = extras.learned(spec, sub, result, r.ids, dev)
+    spec, sub, dev, stages = r.spec, r.subject, r.dev, r.stages
+    added = r.timed("checks", extras.sanity_checks, spec, sub, result, r.ids, dev, r.store, r.progress, stages)
+    detection = r.timed("detect", extras.detectors, spec, sub, result, r.ids, dev, r.progress, stages)
+    costs = r.timed("cost", lambda: stages.run(Stage("cost", lambda: model_costs(
+        sub.entries, sub.data, r.cost_batch, dev, r.probe))) if spec.cost else {})
+    learned = extras.learned(spec, sub, r.artifacts, r.ids, dev, stages)
     # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
     grid = list(spec.eps)
     patches, physical_world = physical_sections(
-        result, sub.entries, sub.data, r.ids, sub.attacks, grid, physical=spec.physical, norm=spec.norm,
+        r.artifacts, stages, sub.entries, sub.data, r.ids, sub.attacks, grid, physical=spec.physical, norm=spec.norm,
         seed=spec.seed, device=dev, batch_size=spec.batch_size, progress=r.progress,
         summary_eps=example_eps(sub.entries, grid), train_data=lambda: fit_split(sub.data, sub.attacks, spec.train_data))
     return {"added": added, "detection": detection, "costs": costs, "learned": learned, "patch": patches,
@@ -161,13 +171,13 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
 
 
 def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
-    """Attach the provenance, save the artifacts, write ``results.json``; mark the store finished."""
+    """Attach the provenance, write ``results.json``; mark the store finished."""
     spec, sub, dev = r.spec, r.subject, r.dev
     resumed = result.provenance  # the runner's batch counts (when resuming) and skipped attacks
-    fitted = resumed.pop("fitted", {})  # objects: their artifacts are saved, not serialised
-    if spec.out is not None:
-        save_fitted(fitted, resumed.get("fits", []), Path(spec.out))
-        link_artifacts(s["patch"], resumed.get("fits", []))
+    if r.artifacts.records:  # the runner's fits and the patch section's, saved as they were made
+        resumed["fits"] = r.artifacts.records
+    if "resume" in resumed:
+        resumed["resume"].update(r.stages.resume_counts())
     grid, detection = list(spec.eps), s["detection"]
     result.provenance = {
         **run_header(dev, spec.seed, r.started, r.t0, spec.config(), sub.data, len(r.ids), spec.norm, grid,

@@ -1,6 +1,7 @@
 """What a classification audit runs after the matrix: sanity checks, detectors, the learned report.
 
-Each takes the spec's resolved options and the opened subject; none re-defaults anything.
+Each takes the spec's resolved options and the opened subject; none re-defaults anything. Their costly
+part runs as a stage (:mod:`robustaudit.evaluate.stages`): stored when done, read back on resume.
 """
 
 from __future__ import annotations
@@ -9,30 +10,32 @@ from typing import Any
 
 import torch
 
+from robustaudit.evaluate.artifacts import Artifacts
 from robustaudit.evaluate.header import example_eps
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, Progress, run
 from robustaudit.evaluate.spec import AuditSpec
+from robustaudit.evaluate.stages import Stage, Stages, decode_checks, decode_detection, encode_checks, encode_detection
 from robustaudit.evaluate.store import Store
 from robustaudit.evaluate.subject import Subject
 
 __all__ = ["detectors", "learned", "sanity_checks"]
 
 
-def learned(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list[int],
-            device: torch.device) -> dict[str, Any] | None:
+def learned(spec: AuditSpec, subject: Subject, artifacts: Artifacts, ids: list[int],
+            device: torch.device, stages: Stages) -> dict[str, Any] | None:
     """``provenance["learned"]`` for the generators (ATN, AdvGAN) the runner fitted, else ``None``."""
-    fitted = result.provenance.get("fitted") or {}
-    if not fitted:
+    if not artifacts.records:
         return None
     from robustaudit.evaluate.learned import learned_report
 
-    return learned_report(fitted, result.provenance.get("fits", []), subject.entries, subject.data, ids,
-                          norm=spec.norm, device=device, batch_size=spec.batch_size, seed=spec.seed)
+    return stages.run(Stage("learned", lambda: learned_report(
+        artifacts.fitted(), artifacts.records, subject.entries, subject.data, ids, norm=spec.norm, device=device,
+        batch_size=spec.batch_size, seed=spec.seed)))
 
 
 def detectors(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list[int], device: torch.device,
-              progress: Progress | None) -> dict[str, Any] | None:
+              progress: Progress | None, stages: Stages) -> dict[str, Any] | None:
     """Fit and evaluate ``spec.detectors``; append their ``MODEL+DETECTOR`` rows to ``result``; return the
     ``provenance["detection"]`` block (``None`` without detectors)."""
     if not spec.detectors:
@@ -41,17 +44,17 @@ def detectors(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list
 
     from robustaudit.evaluate.detection import evaluate_detection
 
-    records, robust, block = evaluate_detection(
+    records, robust, block = stages.run(Stage("detect", lambda: evaluate_detection(
         subject.entries, subject.data, ids, subject.attacks, list(spec.eps), detectors=list(spec.detectors),
         fpr=spec.defense_fpr, defense_data=spec.defense_data, norm=spec.norm, device=device, seed=spec.seed,
-        batch_size=spec.batch_size, progress=progress)
+        batch_size=spec.batch_size, progress=progress), encode_detection, decode_detection))
     result.records = pd.concat([result.records, records], ignore_index=True)
     result.robust_ids.update(robust)
     return block
 
 
 def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list[int], device: torch.device,
-                  store: Store | None, progress: Progress | None) -> list[tuple[str, AttackEntry]]:
+                  store: Store | None, progress: Progress | None, stages: Stages) -> list[tuple[str, AttackEntry]]:
     """Fill ``result.checks``; at ``full``, run the adaptive attacks the probes call for over the whole
     audit and merge their columns. Returns the added ``(model, attack)`` columns."""
     if spec.checks == "off":
@@ -62,8 +65,9 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
         progress.start("sanity checks", 1)
     grid = list(spec.eps)
     entries, data, attacks = subject.entries, subject.data, subject.attacks
-    verdicts, probes = run_checks(entries, data, ids, attacks, result, level=spec.checks, grid=grid, norm=spec.norm,
-                                  device=device, seed=spec.seed, batch_size=spec.batch_size)
+    verdicts, probes = stages.run(Stage("checks", lambda: run_checks(
+        entries, data, ids, attacks, result, level=spec.checks, grid=grid, norm=spec.norm, device=device,
+        seed=spec.seed, batch_size=spec.batch_size), encode_checks, decode_checks))
     added: list[tuple[str, AttackEntry]] = []
     if spec.checks == "full":
         for entry in entries:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import re
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustaudit.attacks.base import Attack, UniversalAttack
+from robustaudit.attacks.base import UniversalAttack
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.cost import MemoryProbe, model_cost
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
-__all__ = ["attacks_block", "example_eps", "fit_split", "jsonable", "model_costs", "run_header", "save_fitted"]
+__all__ = ["attacks_block", "example_eps", "fit_split", "jsonable", "model_costs", "run_header"]
 
 
 def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, config: dict[str, Any],
@@ -73,22 +71,6 @@ def fit_split(data: ImageData, attacks: Sequence[AttackEntry], given: Any) -> Im
     from robustaudit.data.registry import train_split_of
 
     return train_split_of(data, given, flag="--train-data (train_data=)", purpose="universal attacks are fitted")
-
-
-def save_fitted(fitted: dict[tuple[str, str, float], Attack], fits: list[dict[str, Any]], out: Path) -> None:
-    """Write each fitted attack's artifact (when it has ``save``) under ``out/artifacts``; its path
-    goes into the matching ``fits`` entry, relative to ``out``."""
-    for (model, attack, eps), fitted_attack in fitted.items():
-        save = getattr(fitted_attack, "save", None)
-        if save is None:
-            continue
-        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{model}-{attack}-eps{eps:g}")
-        path = out / "artifacts" / f"{name}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save(path)
-        for fit in fits:
-            if (fit["model"], fit["attack"], fit["eps"]) == (model, attack, eps):
-                fit["artifact"] = str(path.relative_to(out))
 
 
 def model_costs(entries: Sequence[ModelEntry], data: ImageData, batch_size: int, device: torch.device,

@@ -23,7 +23,6 @@ import torch
 
 from robustaudit.attacks.patch import AdversarialPatch, FittedPatch
 from robustaudit.core.modes import eval_mode, on_device
-from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.metrics import binomial_tail, wilson_interval
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
@@ -45,7 +44,6 @@ def evaluate_patches(
     grid: Sequence[float],
     fitted: dict[tuple[str, str, float], Any],
     *,
-    train_data: ImageData | None,
     seed: int,
     device: torch.device,
     batch_size: int,
@@ -54,8 +52,8 @@ def evaluate_patches(
 ) -> dict[str, Any]:
     """The ``provenance["patch"]`` block: one row per model × patch column × eps.
 
-    ``fitted`` holds the runner's fitted patches by (model, attack, eps); a missing one (a resumed run
-    whose batches were all stored) is fitted again here, deterministically, on ``train_data``.
+    ``fitted`` holds the fitted patches by (model, attack, eps) (the caller fits those the runner did not:
+    :func:`~robustaudit.evaluate.physical.physical_sections`); a key without one has no row.
     """
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -69,11 +67,7 @@ def evaluate_patches(
                     key = (entry.name, a.name, float(eps))
                     patch = fitted.get(key)
                     if patch is None:
-                        if train_data is None:
-                            continue
-                        patch = a.attack.fit(model, train_data, ThreatModel("patch", eps), seed=seed, device=device,
-                                             progress=progress)
-                        fitted[key] = patch
+                        continue
                     assert isinstance(patch, FittedPatch)
                     if progress is not None:
                         progress.start(f"{entry.name}: {a.name} vs noise control (eps={eps:g})", 2 * len(ids))

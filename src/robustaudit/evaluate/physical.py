@@ -33,7 +33,10 @@ from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.data.transforms import Transform, physical_transforms
 from robustaudit.evaluate.metrics import wilson_interval
+from robustaudit.evaluate.artifacts import Artifacts
+from robustaudit.evaluate.patch import evaluate_patches, patch_columns
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
+from robustaudit.evaluate.stages import Stage, Stages
 
 #: Samples per model the proxies recompute adversarial examples on (evenly spread over the audit).
 MAX_SAMPLES = 256
@@ -99,8 +102,9 @@ def evaluate_physical(
                     lo, hi = wilson_interval(destroyed, n)
                     rows.append({"model": entry.name, "attack": a.name, "transform": t.name,
                                  "n_adversarial": int((clean_ok & ~adv_ok).sum()), "n": n, "destroyed": destroyed,
-                                 "rate": destroyed / n if n else float("nan"), "ci": [lo, hi],
-                                 "clean_kept": kept / int(clean_ok.sum()) if int(clean_ok.sum()) else float("nan")})
+                                 # None, not NaN, without a count: results.json is strict JSON
+                                 "rate": destroyed / n if n else None, "ci": [lo, hi],
+                                 "clean_kept": kept / int(clean_ok.sum()) if int(clean_ok.sum()) else None})
     out = {"eps": float(eps), "norm": norm, "n_samples": m,
            "transforms": [{"name": t.name, "description": t.description} for t in transforms],
            "rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
@@ -159,7 +163,8 @@ def check_patch_norm(attacks: Sequence[AttackEntry], norm: str) -> None:
 
 
 def physical_sections(
-    result: Any,
+    artifacts: Artifacts,
+    stages: Stages,
     entries: Sequence[ModelEntry],
     data: ImageData,
     ids: Sequence[int],
@@ -176,28 +181,46 @@ def physical_sections(
     train_data: Callable[[], ImageData | None],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The audit's ``provenance["patch"]`` block (when it has patch columns) and ``provenance["physical"]``
-    (when ``physical``). Patches a resumed run did not fit again are fitted here (deterministic; opening
-    ``train_data()`` only then) and join ``result.provenance["fitted"]`` so their artifacts are saved too."""
-    from robustaudit.evaluate.patch import evaluate_patches, patch_columns
-
-    fitted = result.provenance.setdefault("fitted", {})
-    patches = None
-    columns = patch_columns(attacks)
-    if columns:
-        before = set(fitted)
-        missing = any((e.name, a.name, float(eps)) not in fitted for e in entries for a in columns for eps in grid)
-        patches = evaluate_patches(entries, data, ids, attacks, grid, fitted, train_data=train_data() if missing else None,
-                                   seed=seed, device=device, batch_size=batch_size, progress=progress)
-        fits = result.provenance.setdefault("fits", [])
-        for model, attack, eps in sorted(set(fitted) - before):
-            fits.append({"model": model, "attack": attack, "eps": eps, "note": "fitted again for the patch section"})
-    world = None
+    (when ``physical``), each a stage (stored; read back on resume). Patches the runner did not fit (a cell
+    without survivors) are fitted here (opening ``train_data()`` only then) into ``artifacts``."""
+    patches = world = None
+    if patch_columns(attacks):
+        patches = stages.run(Stage("patch", lambda: _patch_section(
+            artifacts, entries, data, ids, attacks, grid, seed=seed, device=device, batch_size=batch_size,
+            progress=progress, train_data=train_data)))
     if physical:
-        world = evaluate_physical(entries, data, ids, attacks, fitted, eps=summary_eps, norm=norm, seed=seed,
-                                  device=device, batch_size=batch_size, progress=progress)
-    if not fitted:
-        result.provenance.pop("fitted")
+        world = stages.run(Stage("physical", lambda: evaluate_physical(
+            entries, data, ids, attacks, artifacts.fitted(), eps=summary_eps, norm=norm, seed=seed, device=device,
+            batch_size=batch_size, progress=progress)))
     return patches, world
+
+
+def _patch_section(artifacts: Artifacts, entries: Sequence[ModelEntry], data: ImageData, ids: Sequence[int],
+                   attacks: Sequence[AttackEntry], grid: Sequence[float], *, seed: int, device: torch.device,
+                   batch_size: int, progress: Progress | None, train_data: Callable[[], ImageData | None]
+                   ) -> dict[str, Any]:
+    """:func:`~robustaudit.evaluate.patch.evaluate_patches` over every model × patch column × eps, after fitting
+    the patches that are not at hand (deterministic: keyed by the seed), their rows linked to the artifacts."""
+    columns = patch_columns(attacks)
+    by_name = {e.name: e for e in entries}
+    keys = sorted((e.name, a.name, float(eps)) for e in entries for a in columns for eps in grid)
+    missing = [k for k in keys if artifacts.get(k) is None]
+    train = train_data() if missing else None
+    known = {k: r for k, r in zip(artifacts.keys(), artifacts.records)}
+    for key in missing:
+        if train is None:
+            continue
+        model, attack = by_name[key[0]].module, next(a for a in columns if a.name == key[1])
+        with on_device(model, device), eval_mode(model):
+            patch = attack.attack.fit(model, train, ThreatModel("patch", key[2]), seed=seed, device=device,
+                                      progress=progress)
+        record = known.get(key) or {"model": key[0], "attack": key[1], "eps": key[2],
+                                    "note": "fitted again for the patch section"}
+        artifacts.put(key, patch, dict(record))
+    rows = evaluate_patches(entries, data, ids, attacks, grid, artifacts.fitted(), seed=seed, device=device,
+                            batch_size=batch_size, progress=progress)
+    link_artifacts(rows, artifacts.records)
+    return rows
 
 
 def link_artifacts(patches: dict[str, Any] | None, fits: list[dict[str, Any]]) -> None:

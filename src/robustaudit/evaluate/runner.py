@@ -30,6 +30,7 @@ from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.task import SegmentationTask, Task, task_of
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
+from robustaudit.evaluate.artifacts import Artifacts
 from robustaudit.evaluate.attacking import NoInputGradients, attack_in_chunks, fitted_attack
 from robustaudit.evaluate.cost import PassCounter
 from robustaudit.evaluate.entries import (AttackEntry, ModelEntry, NoProgress, Progress, resolve_device,  # noqa: F401
@@ -58,6 +59,7 @@ def run(
     train_data: ImageData | None = None,
     fast: FastPath | None = None,
     resamples: int = BOOTSTRAP,
+    artifacts: Artifacts | None = None,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -70,7 +72,8 @@ def run(
         task: what the models do (default: the data's, :func:`~robustaudit.core.task.task_of`).
         reuse: resume: read every batch already in ``store`` back instead of recomputing it (the caller
             checked the configuration and weights; the data is checked here against the stored hashes).
-        train_data: what universal attacks are fitted on (once per model and eps, lazily).
+        train_data: what universal attacks are fitted on (once per model and eps, lazily); required when
+            one is in ``attacks``; fitted into ``artifacts`` (read back on resume), records in ``provenance["fits"]``.
         fast: the attack's precision, ``torch.compile``, channels_last (scoring stays float32); a task that
             lacks one refuses it (``Task.refuse``). Out of memory halves an attack batch (no result changes).
         resamples: bootstrap resamples of segmentation's intervals.
@@ -87,7 +90,8 @@ def run(
     task.refuse(o for o, used in (("precision", fast.precision != "fp32"), ("compile", fast.compile)) if used)
     samples = Samples(data, sample_ids, batch_size, dev)
     state = RunState(example_eps=grid[len(grid) // 2] if example_eps is None else example_eps,
-                     examples_per_cell=examples_per_cell, reuse=reuse, train_data=train_data)
+                     examples_per_cell=examples_per_cell, reuse=reuse, train_data=train_data,
+                     artifacts=artifacts or Artifacts())
     scoring = _scoring(task, state, seed, resamples)
     nhwc = task.supports("channels_last") and fast.uses_channels_last(dev, tuple(data.sample_shape))
     for entry in models:
@@ -155,12 +159,11 @@ def _reuse_fit(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> None:
     """A resumed run takes a universal attack's stored fit (when the task stores fits) instead of fitting
     again; the fit record stays in the provenance even when every batch of the cell is stored."""
     key = (ctx.name, a.name, threat.eps)
-    if key in ctx.state.fitted:
+    if ctx.state.artifacts.get(key) is not None:
         return
     stored = ctx.scoring.stored_fit(ctx, a, threat.eps)
     if stored is not None:
-        ctx.state.fits.append(stored[0])
-        ctx.state.fitted[key] = stored[1]
+        ctx.state.artifacts.adopt(key, stored[1], stored[0])
 
 
 def _checked(models: Sequence[ModelEntry], data: ImageData, attacks: Sequence[AttackEntry], eps: Sequence[float],
@@ -197,9 +200,8 @@ def _result(scoring: Scoring, state: RunState) -> ResultMatrix:
         result.provenance["skipped"] = state.skipped
     if state.halvings:
         result.provenance["oom_halvings"] = state.halvings
-    if state.fitted:
-        result.provenance["fitted"] = state.fitted
-        result.provenance["fits"] = state.fits
+    if state.artifacts.records:
+        result.provenance["fits"] = list(state.artifacts.records)
     return result
 
 

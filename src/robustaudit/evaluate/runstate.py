@@ -10,10 +10,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from robustaudit.attacks.base import Attack
 from robustaudit.core.task import Task
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.aggregate import CellOutcome, Outcomes
+from robustaudit.evaluate.artifacts import Artifacts
 from robustaudit.evaluate.cost import PassCounter
 from robustaudit.evaluate.entries import Progress
 from robustaudit.evaluate.result import Example
@@ -60,9 +60,8 @@ class RunState:
     minimal_norms: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     train_data: ImageData | None = None
-    #: universal attacks fitted per (model, attack, eps), and what each fit cost
-    fitted: dict[tuple[str, str, float], Attack] = field(default_factory=dict)
-    fits: list[dict[str, Any]] = field(default_factory=list)
+    #: universal attacks fitted per (model, attack, eps) and what each fit cost (saved, reloaded on resume)
+    artifacts: Artifacts = field(default_factory=Artifacts)
     #: out-of-memory halvings (model, attack, eps, from, to) and the attack chunk size that last fit,
     #: per (model, attack): later batches start there instead of running out of memory again
     halvings: list[dict[str, Any]] = field(default_factory=list)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from pathlib import Path
 from typing import Any
 
 from robustaudit.core.task import IGNORE_INDEX, task_of
 from robustaudit.data.base import subset
-from robustaudit.evaluate.header import example_eps, fit_split, jsonable, model_costs, run_header, save_fitted
+from robustaudit.evaluate.artifacts import Artifacts
+from robustaudit.evaluate.header import example_eps, fit_split, jsonable, model_costs, run_header
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
 from robustaudit.evaluate.runner import Progress, resolve_device, run
@@ -48,7 +48,8 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
     try:
         result = run(entries, data, attacks, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size, device=dev,
                      seed=spec.seed, progress=progress, train_data=train, example_eps=example_eps(entries, grid),
-                     store=store, reuse=spec.resume, task=task_of(data))
+                     store=store, reuse=spec.resume, task=task_of(data),
+                     artifacts=Artifacts(spec.out, store, reuse=spec.resume))
     except BaseException:  # Ctrl-C included: every finished batch is committed; close cleanly
         if store is not None:
             store.close()
@@ -57,11 +58,8 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
     cost_batch = min(spec.batch_size, len(ids))
     costs = model_costs(entries, data, cost_batch, dev, None) if spec.cost else {}
     t_cost = time.perf_counter() - t_cost
-    fitted = result.provenance.pop("fitted", {})
-    fits = result.provenance.pop("fits", [])
+    fits = result.provenance.pop("fits", [])  # the fitted perturbations were saved in OUT/artifacts as fitted
     resumed = result.provenance.pop("resume", None)
-    if spec.out is not None:
-        save_fitted(fitted, fits, Path(spec.out))
     header = run_header(dev, spec.seed, started, t0, spec.config(), data, len(ids), spec.norm, grid, entries, costs)
     header["data"]["ignore_index"] = getattr(data, "ignore_index", IGNORE_INDEX)
     result.provenance = {

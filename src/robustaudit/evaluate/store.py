@@ -25,6 +25,8 @@ WAL mode keeps a committed transaction through a process crash. Tables:
 - ``seg_examples(model, attack, eps, ids, rank, drop, ...)`` — the panel images picked from a batch.
 - ``seg_fits(model, attack, eps, ...)`` — a fitted universal perturbation and what its fit cost, so a
   resumed run whose cell is wholly stored need not fit it again.
+- ``stages(name, key, value, seconds)`` — a stage after the matrix (checks, detectors, cost, learned, patch,
+  physical; ``fit`` for a fitted attack's record) finished for ``key``: its JSON output and what it cost.
 - ``meta(key, value)`` — JSON values: ``config``, ``fingerprint`` (what must match to resume),
   ``finished`` (true once ``results.json`` is written), and whatever later stages add.
 
@@ -88,11 +90,13 @@ CREATE TABLE IF NOT EXISTS seg_fits (
     model TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, seconds REAL NOT NULL,
     forward_passes INTEGER NOT NULL, backward_passes INTEGER NOT NULL, xi BLOB NOT NULL, static BLOB,
     PRIMARY KEY (model, attack, eps));
+CREATE TABLE IF NOT EXISTS stages (
+    name TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (name, key));
 """
 
 
 _TABLES = ("meta", "clean", "clean_batches", "adv", "adv_batches", "examples", "cells", "seg_batches",
-           "seg_examples", "seg_fits")
+           "seg_examples", "seg_fits", "stages")
 
 
 @dataclass
@@ -185,6 +189,22 @@ class Store:
         """The JSON value stored under ``key``, or ``default``."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def put_stage(self, name: str, key: str, value: Any, seconds: float) -> None:
+        """Stage ``name``'s JSON-able output for ``key`` and its seconds, in one commit (replaces an earlier one)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?)",
+                             (name, key, json.dumps(value), float(seconds)))
+
+    def stage(self, name: str, key: str = "") -> tuple[Any, float] | None:
+        """``(output, seconds)`` of stage ``name`` for ``key`` as :meth:`put_stage` wrote it, or ``None``."""
+        row = self._db.execute("SELECT value, seconds FROM stages WHERE name = ? AND key = ?", (name, key)).fetchone()
+        return None if row is None else (json.loads(row[0]), float(row[1]))
+
+    def stage_outputs(self, name: str) -> list[Any]:
+        """Every stored output of stage ``name``, in the order first written."""
+        return [json.loads(r[0]) for r in self._db.execute("SELECT value FROM stages WHERE name = ? ORDER BY rowid",
+                                                           (name,))]
 
     def count_batches(self) -> int:
         """Finished batches (clean and attacked, of either task) of the stored run."""
