@@ -73,7 +73,7 @@ def test_failing_check_fails_the_gate_unless_allowed(project):
     # the failure lists each failing check: model, id, message, doc link, and the escape hatch
     result.stdout.fnmatch_lines([
         ("*RobustnessFailure: sanity checks failed (checks=basic): the robust accuracy of Sequential is "
-        "probably too high; 1 failing check(s)"),
+        "an upper bound (logits-output failed)"),
         "*  fail  logits-output  [[]Sequential[]]  outputs are probabilities * (docs/checks.md#logits-output)",
         "*allow_failed_checks=True (on assert_robust() or the marker) accepts the figures anyway",
         "*settings: profile smoke, n=32, steps=10, restarts=1, seed=0, device=cpu, checks=basic",
@@ -202,8 +202,8 @@ def test_gate_fails_on_fail_verdicts_only():
     with pytest.raises(RobustnessFailure) as info:
         bad.assert_robust(0.8)
     lines = str(info.value).splitlines()
-    assert lines[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net, Other is probably too "
-                        "high; 3 failing check(s)")
+    assert lines[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net, Other is an upper "
+                        "bound (unbounded failed, eps-zero failed)")
     assert lines[1] == "  fail  unbounded  [Net]  unbounded fail (docs/checks.md#unbounded)"
     assert lines[2] == "  fail  eps-zero  [audit]  eps-zero fail (docs/checks.md#eps-zero)"
     # a model filter keeps that model's verdicts and the audit-wide ones
