@@ -216,3 +216,20 @@ def test_gate_fails_on_fail_verdicts_only():
         bad.assert_robust(0.95)
     with pytest.raises(UserError, match="allow_failed_checks must be True or False"):
         bad.assert_robust(0.8, allow_failed_checks="yes")  # type: ignore[arg-type]
+
+
+def test_an_answered_failure_no_longer_fails_the_gate():
+    """A fail that --checks full answered (answered_by: its adaptive columns joined the worst case) is no
+    upper bound; an unanswered one (missing or empty answered_by) still fails, unless allowed."""
+    from robustaudit.plugin.fixture import RobustnessFailure
+
+    answered = _result([{**_verdict("fail", check="loss-gap"), "answered_by": ["apgd-dlr"]}])
+    assert answered.reliability == {"Net": {"reliable": True, "reasons": []}}
+    assert answered.assert_robust(0.8) is answered
+    open_ = _result([{**_verdict("fail", check="loss-gap"), "answered_by": []}, _verdict("fail", check="random-noise")])
+    assert open_.reliability == {"Net": {"reliable": False, "reasons": ["loss-gap failed", "random-noise failed"]}}
+    with pytest.raises(RobustnessFailure) as info:
+        open_.assert_robust(0.8)
+    assert str(info.value).splitlines()[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net is "
+                                               "an upper bound (loss-gap failed, random-noise failed)")
+    assert open_.assert_robust(0.8, allow_failed_checks=True) is open_
