@@ -26,7 +26,7 @@ from robustaudit.cli_common import (
 
 AUDIT_EXAMPLES = """\
 examples:
-  robustaudit audit                                   # the embedded default: digits, 2 models, FGSM+PGD
+  robustaudit audit                                   # the embedded default: digits models, FGSM+PGD
   robustaudit audit --model digits-cnn --attack pgd:steps=100,restarts=3 --eps 0.1,0.2
   robustaudit audit --model nets.py:make_net --weights net.safetensors --data cifar10:~/data \\
       --normalize mean=0.49,0.48,0.45,std=0.25,0.24,0.26 --eps 2/255,4/255,8/255 --n 1000
@@ -37,9 +37,12 @@ examples:
   robustaudit audit --config audit.toml --device cuda --precision bf16   # attacks in bf16, verdict in fp32
   torchrun --nproc-per-node=4 -m robustaudit -- audit --config audit.toml --out run1   # docs/scaling.md
 
---fail-under X exits 1 when any robust accuracy (worst case included) is below X. It gates on the lower
-bound of the 95% Wilson interval by default (--fail-on lower: fails only when the data show the model is
-below X); --fail-on point gates on the point estimate instead (stricter at small n).
+--fail-under X exits 1 when any robust accuracy (worst case included) is below X. By default (--fail-on
+lower) a row fails when the lower bound of its 95% Wilson interval is below X: the data must show the
+model reaches X, which is stricter at small n (0.680 [0.542-0.792] fails X = 0.6). --fail-on point fails
+a row only when its point estimate is below X (0.680 passes X = 0.6). The gate also fails when a model's
+figures are upper bounds (a failing sanity check no adaptive attack answered; docs/checks.md#upper-bounds);
+--allow-unreliable accepts them.
 
 Every finished batch is stored in DIR/results.sqlite as it completes. After a crash, Ctrl-C or SIGTERM,
 the same command with --resume reuses the stored batches and gives the numbers an uninterrupted run
@@ -83,7 +86,11 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
 
 def _how_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--fail-under", type=float, metavar="X", dest="fail_under", help="exit 1 when a robust accuracy is below X (see below)")
-    a.add_argument("--fail-on", choices=["lower", "point"], dest="fail_on", help="gate on the 95%% lower bound (default) or the point estimate")
+    a.add_argument("--fail-on", choices=["lower", "point"], dest="fail_on",
+                   help="lower (default): a row fails when its 95%% lower bound is below X (stricter at small n); "
+                   "point: when its point estimate is below X")
+    a.add_argument("--allow-unreliable", action="store_true", default=None, dest="allow_unreliable",
+                   help="let --fail-under pass figures that a failing sanity check marks as upper bounds")
     a.add_argument("--trust-pickle", action="store_true", default=None, dest="trust_pickle",
                    help="allow loading a pickled whole model (runs code from the file: only for files you trust)")
     a.add_argument("--json", action="store_true", help="print results.json on stdout (tables go to stderr)")
@@ -121,7 +128,8 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
 
 
 #: Flags that give an option of the same name (``None``: not given).
-_PLAIN_FLAGS = ("data", "norm", "n", "batch_size", "device", "seed", "out", "fail_under", "fail_on", "trust_pickle",
+_PLAIN_FLAGS = ("data", "norm", "n", "batch_size", "device", "seed", "out", "fail_under", "fail_on", "allow_unreliable",
+                "trust_pickle",
                 "resume", "overwrite", "checks", "train_data", "task", "precision", "compile", "physical",
                 "defense", "defense_fpr", "defense_data", "eps")
 
@@ -155,14 +163,15 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def gate_from(given: dict[str, Any]) -> tuple[float | None, str]:
-    """Take the ``--fail-under`` / ``--fail-on`` gate out of ``given``, validated."""
+def gate_from(given: dict[str, Any]) -> tuple[float | None, str, bool]:
+    """Take the ``--fail-under`` / ``--fail-on`` / ``--allow-unreliable`` gate out of ``given``, validated."""
     from robustaudit.evaluate.options import FAIL_ON, check_choice
 
     fail_under, fail_on = given.pop("fail_under", None), given.pop("fail_on", "lower")
+    allow_unreliable = bool(given.pop("allow_unreliable", False))
     if fail_under is not None and not 0.0 <= fail_under <= 1.0:
         raise_usage(f"--fail-under is an accuracy in [0, 1], got {fail_under}")
-    return fail_under, check_choice(fail_on, FAIL_ON, "--fail-on")
+    return fail_under, check_choice(fail_on, FAIL_ON, "--fail-on"), allow_unreliable
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
@@ -230,10 +239,21 @@ def _show(result: Any, out_dir: str, out: Any, err: Any, *, processes: bool) -> 
               f"{paths['html'].name} in {out_dir}/ ({result.provenance['seconds']:.1f} s)")
 
 
-def _gate(result: Any, fail_under: float | None, fail_on: str, err: Any) -> int:
-    """``--fail-under``: exit 1 when a row is below it (its lower 95% bound with ``--fail-on lower``)."""
+def _gate(result: Any, fail_under: float | None, fail_on: str, allow_unreliable: bool, err: Any) -> int:
+    """``--fail-under``: exit 1 when a row is below it (its lower 95% bound with ``--fail-on lower``), or
+    when a model's figures are upper bounds (an unanswered failing sanity check) unless ``allow_unreliable``."""
+    from rich.text import Text
+
     if fail_under is None:
         return EXIT_OK
+    unreliable = {m: r["reasons"] for m, r in result.reliability.items() if not r["reliable"]}
+    # one line: which models, which checks (Text: model names are data, not markup)
+    named = "; ".join(f"{m} ({', '.join(reasons)})" for m, reasons in unreliable.items())
+    failed = bool(unreliable) and not allow_unreliable
+    if failed:
+        err.print(Text("FAIL", style="bold red") + Text(f": upper bounds, not figures to gate on: {named}; see "
+                                                        "docs/checks.md#upper-bounds (--allow-unreliable accepts them)"),
+                  soft_wrap=True)
     failing = result.below(fail_under, bound="lower" if fail_on == "lower" else "point")
     # segmentation gates on mIoU (ResultMatrix.below picks the column)
     value, low, high = (("miou", "miou_ci_low", "miou_ci_high") if result.is_segmentation
@@ -242,12 +262,16 @@ def _gate(result: Any, fail_under: float | None, fail_on: str, err: Any) -> int:
     if not failing.empty:
         what = "lower 95% bound" if fail_on == "lower" else metric
         worst = failing.sort_values(value).iloc[0]
-        err.print(f"[bold red]FAIL[/]: {len(failing)} row(s) with {what} below {fail_under:g}; worst: "
-                  f"{worst['model']} / {worst['attack']} @ eps={worst['eps']:g}: "
-                  f"{worst[value]:.3f} [{worst[low]:.3f}, {worst[high]:.3f}]")
+        err.print(Text("FAIL", style="bold red") + Text(
+            f": {len(failing)} row(s) with {what} below {fail_under:g}; worst: {worst['model']} / {worst['attack']} "
+            f"@ eps={worst['eps']:g}: {worst[value]:.3f} [{worst[low]:.3f}, {worst[high]:.3f}]"))
         return EXIT_GATE
-    err.print(f"[green]PASS[/]: every {metric} ({'lower bound' if fail_on == 'lower' else 'point estimate'}) "
-              f">= {fail_under:g}")
+    if failed:
+        return EXIT_GATE
+    accepted = f"; upper bounds accepted by --allow-unreliable: {named}" if unreliable else ""
+    gated = "lower bound" if fail_on == "lower" else "point estimate"
+    err.print(Text("PASS", style="green") + Text(f": every {metric} ({gated}) >= {fail_under:g}{accepted}"),
+              soft_wrap=True)
     return EXIT_OK
 
 

@@ -73,7 +73,7 @@ def test_failing_check_fails_the_gate_unless_allowed(project):
     # the failure lists each failing check: model, id, message, doc link, and the escape hatch
     result.stdout.fnmatch_lines([
         ("*RobustnessFailure: sanity checks failed (checks=basic): the robust accuracy of Sequential is "
-        "probably too high; 1 failing check(s)"),
+        "an upper bound (logits-output failed)"),
         "*  fail  logits-output  [[]Sequential[]]  outputs are probabilities * (docs/checks.md#logits-output)",
         "*allow_failed_checks=True (on assert_robust() or the marker) accepts the figures anyway",
         "*settings: profile smoke, n=32, steps=10, restarts=1, seed=0, device=cpu, checks=basic",
@@ -202,8 +202,8 @@ def test_gate_fails_on_fail_verdicts_only():
     with pytest.raises(RobustnessFailure) as info:
         bad.assert_robust(0.8)
     lines = str(info.value).splitlines()
-    assert lines[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net, Other is probably too "
-                        "high; 3 failing check(s)")
+    assert lines[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net, Other is an upper "
+                        "bound (unbounded failed, eps-zero failed)")
     assert lines[1] == "  fail  unbounded  [Net]  unbounded fail (docs/checks.md#unbounded)"
     assert lines[2] == "  fail  eps-zero  [audit]  eps-zero fail (docs/checks.md#eps-zero)"
     # a model filter keeps that model's verdicts and the audit-wide ones
@@ -216,3 +216,20 @@ def test_gate_fails_on_fail_verdicts_only():
         bad.assert_robust(0.95)
     with pytest.raises(UserError, match="allow_failed_checks must be True or False"):
         bad.assert_robust(0.8, allow_failed_checks="yes")  # type: ignore[arg-type]
+
+
+def test_an_answered_failure_no_longer_fails_the_gate():
+    """A fail that --checks full answered (answered_by: its adaptive columns joined the worst case) is no
+    upper bound; an unanswered one (missing or empty answered_by) still fails, unless allowed."""
+    from robustaudit.plugin.fixture import RobustnessFailure
+
+    answered = _result([{**_verdict("fail", check="loss-gap"), "answered_by": ["apgd-dlr"]}])
+    assert answered.reliability == {"Net": {"reliable": True, "reasons": []}}
+    assert answered.assert_robust(0.8) is answered
+    open_ = _result([{**_verdict("fail", check="loss-gap"), "answered_by": []}, _verdict("fail", check="random-noise")])
+    assert open_.reliability == {"Net": {"reliable": False, "reasons": ["loss-gap failed", "random-noise failed"]}}
+    with pytest.raises(RobustnessFailure) as info:
+        open_.assert_robust(0.8)
+    assert str(info.value).splitlines()[0] == ("sanity checks failed (checks=basic): the robust accuracy of Net is "
+                                               "an upper bound (loss-gap failed, random-noise failed)")
+    assert open_.assert_robust(0.8, allow_failed_checks=True) is open_

@@ -1,8 +1,8 @@
 """The TOML audit file: its keys mirror the CLI flags, read into the options an AuditSpec resolves.
 
 TOML keys (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``, ``norm``, ``n``,
-``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``resume``, ``overwrite``,
-``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``, ``precision``,
+``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``allow_unreliable``, ``resume``,
+``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``, ``precision``,
 ``tf32``, ``compile``, ``physical``, ``trust_pickle``); flags given on the command line override the
 file. Models may also be tables::
 
@@ -60,7 +60,7 @@ _TYPES: dict[str, type] = {
     "data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
     "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool, "checks": str,
     "defense": str, "defense_fpr": float, "defense_data": str, "physical": bool, "train_data": str,
-    "task": str, "precision": str, "tf32": bool, "compile": bool,
+    "task": str, "precision": str, "tf32": bool, "compile": bool, "allow_unreliable": bool,
 }
 
 

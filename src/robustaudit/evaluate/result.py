@@ -17,6 +17,7 @@ import pandas as pd
 from robustaudit.core.errors import UserError
 # COLUMNS (one row per model × attack × eps) and WORST_CASE are defined with the figures, in aggregate
 from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, Key, Outcomes, aggregate, interval
+from robustaudit.evaluate.reliability import detector_bases, reliability_of
 
 SCHEMA_VERSION = 1
 #: Segmentation results: the same document with ``"task": "segmentation"``, :data:`SEG_COLUMNS` records
@@ -35,26 +36,9 @@ EXAMPLES_FILE = "examples.npz"
 #: for untargeted attacks); ``median_l2`` / ``median_linf`` are the medians over images of the
 #: perturbation's norms.
 SEG_COLUMNS: tuple[str, ...] = (
-    "model",
-    "attack",
-    "eps",
-    "norm",
-    "n",
-    "clean_miou",
-    "miou",
-    "miou_ci_low",
-    "miou_ci_high",
-    "clean_pixel_accuracy",
-    "pixel_accuracy",
-    "pa_ci_low",
-    "pa_ci_high",
-    "targeted_success",
-    "median_l2",
-    "median_linf",
-    "seconds",
-    "n_attacked",
-    "forward_passes",
-    "backward_passes",
+    "model", "attack", "eps", "norm", "n", "clean_miou", "miou", "miou_ci_low", "miou_ci_high",
+    "clean_pixel_accuracy", "pixel_accuracy", "pa_ci_low", "pa_ci_high", "targeted_success", "median_l2",
+    "median_linf", "seconds", "n_attacked", "forward_passes", "backward_passes",
 )
 
 
@@ -127,6 +111,13 @@ class ResultMatrix:
     @property
     def is_segmentation(self) -> bool:
         return self.task == "segmentation"
+
+    @property
+    def reliability(self) -> dict[str, dict[str, Any]]:
+        """Per model ``{"reliable": bool, "reasons": [...]}`` from ``checks``, computed on each read so it
+        follows the checks as they are attached (``results.json`` stores it as ``"reliability"``): an
+        unanswered ``fail`` verdict makes the model's figures upper bounds (:mod:`.reliability`)."""
+        return reliability_of(self.checks, self.models, detector_bases(self.provenance))
 
     def miou(self, model: str, attack: str, eps: float) -> float:
         """mIoU of one segmentation cell; ``attack`` may be :data:`WORST_CASE` (the per-image ensemble)."""
@@ -249,6 +240,7 @@ class ResultMatrix:
                 "provenance": self.provenance,
                 "records": records,
                 "checks": self.checks,
+                "reliability": self.reliability,
                 "examples": SEG_EXAMPLES_FILE if self.seg_examples else None,
                 "segmentation": {
                     "class_iou": [{"model": m, "attack": a, "eps": float(e), "iou": [_plain(v) for v in iou]}
@@ -261,6 +253,7 @@ class ResultMatrix:
             "provenance": self.provenance,
             "records": records,
             "checks": self.checks,
+            "reliability": self.reliability,
             "examples": EXAMPLES_FILE if self.examples else None,
             "minimal_norms": [
                 {"model": m, "attack": a, **{k: _plain(v) for k, v in _summary_of(self, m, a).items()},

@@ -2,8 +2,11 @@
 
 A gate has two halves: the threshold on the selected rows, and the audit's sanity checks. A ``fail``
 verdict means the measured robust accuracy is probably too high (probabilities instead of logits, masked
-gradients, ...), so a test must not pass on it; ``allow_failed_checks=True`` accepts such figures once
-the user has read the verdicts. ``warn`` verdicts never fail a gate; the summary and reports show them.
+gradients, ...): the figure is only an upper bound, so a test must not pass on it;
+``allow_failed_checks=True`` accepts such figures once the user has read the verdicts. A ``fail`` that an
+adaptive evaluation of ``checks="full"`` answered (``answered_by``: its columns joined the worst case) no
+longer fails the gate (:mod:`robustaudit.evaluate.reliability`, the rule the CLI's ``--fail-under`` uses
+too). ``warn`` verdicts never fail a gate; the summary and reports show them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from robustaudit.core.errors import UserError
+from robustaudit.evaluate.reliability import detector_bases, unanswered
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.plugin.settings import check_bound, validate
 from robustaudit.plugin.tables import MATRIX_HEADERS, check_line, matrix_rows, pct, row_key, text_table, useful_records
@@ -132,11 +136,10 @@ def evaluate_gate(result: RobustResult, min_accuracy: float | None, *, bound: st
     checked = [row_key(r) for r in rows.to_dict(orient="records")]
     failing = [k for k in checked if k in failing_keys]
     # checks are per model (or audit-wide, model None), not per attack or eps: a model filter narrows them
-    failed_checks = [
-        {k: c.get(k) for k in ("id", "model", "message", "doc")}
-        for c in result.checks
-        if c.get("status") == "fail" and (model is None or c.get("model") in (None, model))
-    ]
+    # (a detector row MODEL+DETECTOR to its model's); an answered fail (answered_by) is not an upper bound
+    checked_model = None if model is None else detector_bases(result.provenance).get(model, model)
+    failed_checks = [{k: c.get(k) for k in ("id", "model", "message", "doc")}
+                     for c in unanswered(result.checks, checked_model)]
     allowed = checked_kwargs["allow_failed_checks"]
     return {"min_accuracy": min_accuracy, "bound": bound, "filters": filters,
             "checked": [list(k) for k in checked], "failing": [list(k) for k in failing],
@@ -186,8 +189,9 @@ def checks_message(gate: Mapping[str, Any]) -> str:
     models = list(dict.fromkeys(str(c.get("model")) for c in failed if c.get("model") is not None))
     whose = f" of {', '.join(models)}" if models else ""
     level = f" (checks={gate['checks']})" if gate.get("checks") else ""
-    head = (f"sanity checks failed{level}: the robust accuracy{whose} is probably too high; "
-            f"{len(failed)} failing check(s)")
+    names = ", ".join(dict.fromkeys(f"{c.get('id')} failed" for c in failed))
+    # the reason in one line, naming the failed checks; the details and the way out follow
+    head = f"sanity checks failed{level}: the robust accuracy{whose} is an upper bound ({names})"
     lines = [head]
     lines += ["  " + check_line({**c, "status": "fail"}) for c in failed]
     lines.append(CHECKS_ADVICE)

@@ -19,7 +19,7 @@ from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Image, Section
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING, Cell, format_cell
-from robustaudit.reports.view.numbers import DASH
+from robustaudit.reports.view.numbers import DASH, format_upper_bound
 
 TEMPLATE = "report.html.j2"
 SEGMENTATION_TEMPLATE = "segmentation.html.j2"
@@ -53,8 +53,11 @@ def cell_style(accuracy: float) -> str:
     return f"background-color: hsl({hue:.0f}, 70%, 86%)"
 
 
-def _cell(cell: Cell | None) -> dict[str, str]:
-    return {"text": format_cell(cell), "style": cell_style(cell.accuracy) if cell is not None else ""}
+def _cell(cell: Cell | None, upper: bool = False) -> dict[str, Any]:
+    """An accuracy cell; an upper bound (``upper``) reads "≤ ..." and is never coloured as a pass."""
+    if upper:
+        return {"text": format_upper_bound(format_cell(cell)), "style": "", "upper": True}
+    return {"text": format_cell(cell), "style": cell_style(cell.accuracy) if cell is not None else "", "upper": False}
 
 
 def _images(view: ReportView | SegmentationView) -> list[Image]:
@@ -92,7 +95,7 @@ def _matrix_groups(view: ReportView) -> list[dict[str, Any]]:
         if not groups or groups[-1]["model"] != row.model:
             groups.append({"model": row.model, "rows": []})
         groups[-1]["rows"].append({"attack": row.attack, "worst_case": row.worst_case, "clean": row.clean_text,
-                                   "cells": [_cell(c) for c in row.cells], "seconds": row.seconds_text})
+                                   "cells": [_cell(c, row.upper_bound) for c in row.cells], "seconds": row.seconds_text})
     return groups
 
 
@@ -113,6 +116,6 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
     return _environment().get_template(TEMPLATE).render(
         view=view, figures=_figures(result, view) if images else {}, image_titles=IMAGE_TITLES,
         matrix=_matrix_groups(view), summary=[{"model": r.model, "training": r.training, "clean": _cell(r.clean),
-                                               "adversarial": _cell(r.adversarial)} for r in view.summary.rows],
+                                               "adversarial": _cell(r.adversarial, r.upper_bound)} for r in view.summary.rows],
         dash=DASH, worst_case=WORST_CASE, worst_case_meaning=WORST_CASE_MEANING,
     )

@@ -96,8 +96,16 @@ def _matrix(view: ReportView) -> str:
 
 def _summary(view: ReportView) -> str:
     s = view.summary
-    rows = [[md_escape(r.model), md_escape(r.training), r.clean.text, r.adversarial_text] for r in s.rows]
-    return f"## {s.title}\n\n{s.note}\n\n" + _grid(["model", "training", "clean test", "adversarial test"], rows, 2)
+    rows = [[md_escape(r.model), md_escape(r.training), r.clean.text,
+             f"**{r.adversarial_text}**" if r.upper_bound else r.adversarial_text] for r in s.rows]
+    text = f"## {s.title}\n\n{s.note}\n\n" + _grid(["model", "training", "clean test", "adversarial test"], rows, 2)
+    rel = view.reliability
+    if rel.unreliable:  # never a colour in Markdown: the marks are the ≤ and these lines
+        text += "\n\n" + "\n".join(f"- ⚠️ **{md_escape(line)}**" for line in rel.lines())
+        text += "\n\n" + md_escape(rel.explanation)
+    if rel.note:
+        text += "\n\n" + md_escape(rel.note)
+    return text
 
 
 def _checks(view: ReportView) -> str:

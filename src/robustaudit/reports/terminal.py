@@ -65,8 +65,20 @@ def _summary_table(view: ReportView) -> RichTable:
     table.add_column("clean test", justify="right")
     table.add_column("adversarial test", justify="right")
     for row in s.rows:
-        table.add_row(Text(row.model), Text(row.training), Text(row.clean.text), Text(row.adversarial_text))
+        table.add_row(Text(row.model), Text(row.training), Text(row.clean.text),
+                      Text(row.adversarial_text, style="bold red" if row.upper_bound else ""))
     return table
+
+
+def _print_reliability(view: ReportView, console: Console) -> None:
+    """The upper bounds, one line per unreliable model, or the note that nothing was checked."""
+    rel = view.reliability
+    for line in rel.lines():
+        console.print(Text(line, style="bold red"))
+    if rel.unreliable:
+        console.print(Text(rel.explanation, style="red"))
+    if rel.note:
+        console.print(Text(rel.note, style="dim"))
 
 
 def _checks_table(checks: list[CheckRow]) -> RichTable:
@@ -89,6 +101,7 @@ def _print_classification(view: ReportView, console: Console) -> None:
         table = _matrix_table(view, intervals=False)
     console.print(table)
     console.print(_summary_table(view))
+    _print_reliability(view, console)
     if view.brief_cost:
         console.print(rich_table(view.brief_cost, no_wrap="all"))
     for tie in view.model_ties:  # the terminal names model ties at the table's eps; report.md lists them all

@@ -19,6 +19,7 @@ _NAMES = {
     "matrix_rows": "matrix", "summary_eps": "matrix",
     "DASH": "numbers", "format_count": "numbers", "format_eps": "numbers", "format_percent": "numbers",
     "ReportView": "report", "report_view": "report",
+    "ModelReliability": "reliability", "ReliabilityView": "reliability", "reliability_view": "reliability",
     "SegmentationView": "segmentation", "segmentation_view": "segmentation",
 }
 __all__ = sorted(_NAMES)

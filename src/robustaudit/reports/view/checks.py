@@ -39,11 +39,18 @@ def doc_href(doc: Any) -> str | None:
 
 
 def check_rows(result: ResultMatrix) -> list[CheckRow]:
-    """Every verdict, in the order the checks ran."""
+    """Every verdict, in the order the checks ran; a failure an adaptive evaluation answered says by what."""
     return [CheckRow(status=str(c.get("status", DASH)), mark=STATUS_MARK.get(str(c.get("status")), ""),
-                     id=str(c.get("id", DASH)), model=str(c.get("model") or DASH), message=str(c.get("message", "")),
+                     id=str(c.get("id", DASH)), model=str(c.get("model") or DASH), message=_message(c),
                      doc=str(c["doc"]) if c.get("doc") else None, doc_href=doc_href(c.get("doc")))
             for c in result.checks]
+
+
+def _message(check: dict[str, Any]) -> str:
+    """The verdict's message; ``answered_by`` (the adaptive columns merged into the worst case) appended."""
+    answered = check.get("answered_by")
+    message = str(check.get("message", ""))
+    return f"{message} (answered by {', '.join(map(str, answered))} in the worst case)" if answered else message
 
 
 def checks_tally(checks: list[dict[str, Any]]) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 from robustaudit.evaluate.metrics import wilson_interval
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.numbers import (
-    DASH, as_float, format_eps, format_passes, format_percent, format_percent_ci, format_seconds,
+    DASH, as_float, format_eps, format_passes, format_percent, format_percent_ci, format_seconds, format_upper_bound,
 )
 from robustaudit.reports.view.overview import model_cards, norm_label, parse_trained_for, sample_count, training_label
 
@@ -66,6 +66,9 @@ class MatrixRow:
     seconds: float
     forward: float = math.nan
     backward: float = math.nan
+    #: the row is the model's headline (its worst case) and the model's figures are unreliable: the
+    #: cells read "≤ 89.0 [...]" (see :mod:`robustaudit.evaluate.reliability`)
+    upper_bound: bool = False
 
     @property
     def worst_case(self) -> bool:
@@ -78,13 +81,14 @@ class MatrixRow:
 
     @property
     def cell_texts(self) -> tuple[str, ...]:
-        """Each eps: ``"58.1 [53.0–63.0]"``."""
-        return tuple(format_cell(c) for c in self.cells)
+        """Each eps: ``"58.1 [53.0–63.0]"`` (``"≤ 58.1 [53.0–63.0]"`` for an upper bound)."""
+        return tuple(format_upper_bound(format_cell(c), self.upper_bound) for c in self.cells)
 
     @property
     def short_texts(self) -> tuple[str, ...]:
-        """Each eps without its interval: ``"58.1"``."""
-        return tuple(format_percent(c.accuracy if c else None) for c in self.cells)
+        """Each eps without its interval: ``"58.1"`` (``"≤ 58.1"`` for an upper bound)."""
+        return tuple(format_upper_bound(format_percent(c.accuracy if c else None), self.upper_bound)
+                     for c in self.cells)
 
     @property
     def seconds_text(self) -> str:
@@ -103,10 +107,11 @@ class SummaryRow:
     training: str
     clean: Cell
     adversarial: Cell | None
+    upper_bound: bool = False  # the model's figures are unreliable: "≤ 89.0 [...]"
 
     @property
     def adversarial_text(self) -> str:
-        return format_cell(self.adversarial)
+        return format_upper_bound(format_cell(self.adversarial), self.upper_bound)
 
 
 def rows_of(result: ResultMatrix, model: str, attack: str) -> pd.DataFrame:
@@ -137,12 +142,14 @@ def matrix_rows(result: ResultMatrix) -> list[MatrixRow]:
     """The matrix as rows: per model (run order), its attacks (run order), then the worst case."""
     grid = result.eps_values
     out: list[MatrixRow] = []
+    unreliable = {m for m, r in result.reliability.items() if not r["reliable"]}
     for model in result.models:
         present = set(result.records.loc[result.records["model"] == model, "attack"])
         attacks = [a for a in result.attacks if a in present]
         if WORST_CASE in present:
             attacks.append(WORST_CASE)
         for attack in attacks:
+            # the headline: the worst case, or every row of a model that has none (one attack)
             rows = rows_of(result, model, attack)
             seconds = pd.to_numeric(rows["seconds"], errors="coerce")
             out.append(MatrixRow(
@@ -154,6 +161,7 @@ def matrix_rows(result: ResultMatrix) -> list[MatrixRow]:
                 seconds=float(seconds.sum()) if seconds.notna().any() else math.nan,
                 forward=_per_clean_sample(rows, "forward_passes"),
                 backward=_per_clean_sample(rows, "backward_passes"),
+                upper_bound=model in unreliable and (attack == WORST_CASE or WORST_CASE not in present),
             ))
     return out
 
@@ -228,6 +236,7 @@ def summary_rows(result: ResultMatrix, eps: float | None = None) -> list[Summary
     """
     eps = summary_eps(result) if eps is None else eps
     out: list[SummaryRow] = []
+    reliability = result.reliability
     for model in result.models:
         rows = rows_of(result, model, WORST_CASE)
         if rows.empty:
@@ -235,7 +244,8 @@ def summary_rows(result: ResultMatrix, eps: float | None = None) -> list[Summary
             if len(present) == 1:
                 rows = rows_of(result, model, present[0])
         adversarial = cell_at(rows, eps) if not rows.empty and math.isfinite(as_float(eps)) else None
-        out.append(SummaryRow(model, training_label(result, model), clean_cell(result, model), adversarial))
+        out.append(SummaryRow(model, training_label(result, model), clean_cell(result, model), adversarial,
+                              upper_bound=not reliability.get(model, {}).get("reliable", True)))
     return out
 
 

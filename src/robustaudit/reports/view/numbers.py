@@ -11,6 +11,8 @@ from typing import Any
 
 #: What a missing or undefined number is shown as.
 DASH = "—"
+#: What marks a figure that is only an upper bound (an unanswered failing sanity check).
+UPPER_BOUND = "≤"
 
 
 def as_float(value: Any) -> float:
@@ -49,6 +51,11 @@ def format_percent_ci(share: Any, low: Any = None, high: Any = None) -> str:
     if is_finite(low) and is_finite(high):
         text += f" [{format_percent(low)}–{format_percent(high)}]"
     return text
+
+
+def format_upper_bound(text: str, upper: bool = True) -> str:
+    """``"89.0 [84.0–93.0]" -> "≤ 89.0 [84.0–93.0]"`` when ``upper``; a dash stays a dash."""
+    return f"{UPPER_BOUND} {text}" if upper and text != DASH else text
 
 
 def format_eps(eps: Any) -> str:

@@ -18,6 +18,7 @@ from robustaudit.reports.view.overview import (
     TITLE, attacks_table, config_json, data_items, headline, models_table, provenance_items, threat_items,
 )
 from robustaudit.reports.view.physical import patch_section, physical_section
+from robustaudit.reports.view.reliability import ReliabilityView, reliability_view
 
 CURVES_ALT = "robust accuracy against ε, one panel per model"
 EXAMPLES_ALT = "clean, adversarial and perturbation images"
@@ -54,6 +55,9 @@ class ReportView:
     provenance: list[tuple[str, str]]
     config: str | None
     checks_line: str  # the terminal's closing line on the checks
+    #: per model: reliable or an upper bound (``≤ 89.0 (upper bound: loss-gap failed)``), and whether the
+    #: checks ran at all
+    reliability: ReliabilityView
 
 
 def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
@@ -76,4 +80,5 @@ def report_view(result: ResultMatrix) -> ReportView:
         brief_cost=brief_cost_table(result), checks=check_rows(result), checks_tally=checks_tally(result.checks),
         provenance=provenance_items(result), config=config_json(result),
         checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
+        reliability=reliability_view(result),
     )
