@@ -2,8 +2,10 @@
 
 ``basic`` (the default) probes each model on a small subsample and runs a few independent attacks there;
 ``full`` uses a larger subsample, doubles restarts too, runs a black-box attack when the audit has none,
-and names the adaptive attacks (EOT for randomized models, BPDA or Square for dead gradients) that the
-caller re-runs over the whole audit so the report shows both figures. See ``docs/checks.md``.
+and answers every failing verdict with the adaptive evaluation :data:`robustaudit.checks.adaptive.ADAPTIVE`
+maps it to (margin loss, BPDA, Square, EOT, the black-box result), which the caller runs over the whole
+audit and merges into the worst case. See ``docs/checks.md``. :func:`adaptive_attacks` is the older,
+probe-only mapping, kept for callers of the Python API.
 """
 
 from __future__ import annotations

@@ -25,22 +25,31 @@ FAIL_SHARE = 0.10
 
 @dataclass(frozen=True)
 class Verdict:
-    """One check's outcome for one model (``model=None``: about the whole audit)."""
+    """One check's outcome for one model (``model=None``: about the whole audit).
+
+    ``answered_by``: the attack columns of the adaptive evaluation that ``--checks full`` ran over the whole
+    audit and merged into the worst case in answer to this (failing) verdict; empty when none was.
+    """
 
     id: str
     model: str | None
     status: str
     message: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    answered_by: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` form: ``id``, ``model``, ``status``, ``message``, ``doc``, ``evidence``."""
-        return {"id": self.id, "model": self.model, "status": self.status, "message": self.message,
-                "doc": f"{DOC}#{self.id}", "evidence": dict(self.evidence)}
+        """The ``results.json`` form: ``id``, ``model``, ``status``, ``message``, ``doc``, ``evidence``, and
+        ``answered_by`` (a list of attack column names) only when non-empty, so older files read the same."""
+        out = {"id": self.id, "model": self.model, "status": self.status, "message": self.message,
+               "doc": f"{DOC}#{self.id}", "evidence": dict(self.evidence)}
+        if self.answered_by:
+            out["answered_by"] = list(self.answered_by)
+        return out
 
 
 def tolerance(n: int, rate: float = NOISE_RATE, alpha: float = ALPHA) -> int:

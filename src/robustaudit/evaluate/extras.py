@@ -59,7 +59,7 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
     audit and merge their columns. Returns the added ``(model, attack)`` columns."""
     if spec.checks == "off":
         return []
-    from robustaudit.checks import adaptive_attacks, run_checks
+    from robustaudit.checks import run_checks
 
     if progress is not None:
         progress.start("sanity checks", 1)
@@ -70,18 +70,52 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
         seed=spec.seed, batch_size=spec.batch_size), encode_checks, decode_checks))
     added: list[tuple[str, AttackEntry]] = []
     if spec.checks == "full":
+        from robustaudit.checks.adaptive import answered, estimate_passes, plan_adaptive
+
         for entry in entries:
-            extra = adaptive_attacks(probes[entry.name], entry.module, attacks) if entry.name in probes else []
-            if not extra:
+            if entry.name not in probes:
                 continue
-            more = run([entry], data, extra, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size,
-                       device=device, seed=spec.seed, store=store, progress=progress,
-                       example_eps=example_eps(entries, grid), reuse=spec.resume)
-            result.add_columns(more)
-            added += [(entry.name, a) for a in extra]
-            counts = more.provenance.get("resume")
-            if counts and "resume" in result.provenance:
-                for key, value in counts.items():
-                    result.provenance["resume"][key] += value
+            mine = [k for k, v in enumerate(verdicts) if v.model == entry.name]
+            columns = [a for (m, a, _e) in result.robust_ids if m == entry.name]
+            plan = plan_adaptive([verdicts[k] for k in mine], probes[entry.name], entry.module, attacks, columns)
+            if plan.run:
+                _announce(entry.name, plan.run, estimate_passes(plan.run, result, entry.name, grid), result, progress)
+                more = run([entry], data, plan.run, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size,
+                           device=device, seed=spec.seed, store=store, progress=progress,
+                           example_eps=example_eps(entries, grid), reuse=spec.resume)
+                result.add_columns(more)
+                added += [(entry.name, a) for a in plan.run]
+                counts = more.provenance.get("resume")
+                if counts and "resume" in result.provenance:
+                    for key, value in counts.items():
+                        result.provenance["resume"][key] += value
+            ran = {a for (m, a, _e) in result.robust_ids if m == entry.name}
+            for k, v in zip(mine, answered([verdicts[k] for k in mine], plan, ran)):
+                verdicts[k] = v
     result.checks = [v.to_dict() for v in verdicts]
     return added
+
+
+#: An adaptive evaluation expected to take longer than this (seconds) is announced with a warning.
+ANNOUNCE_SECONDS = 30.0
+
+
+def _announce(model: str, extra: list[AttackEntry], passes: int, result: ResultMatrix,
+              progress: Progress | None) -> None:
+    """Show the cost estimate of ``model``'s adaptive columns before they run: on the progress bar, and as a
+    warning when it exceeds :data:`ANNOUNCE_SECONDS` at the audit's own measured seconds per pass."""
+    import warnings
+
+    from robustaudit.evaluate.result import WORST_CASE
+
+    rows = result.records[(result.records["model"] == model) & (result.records["attack"] != WORST_CASE)]
+    spent = float(rows["seconds"].sum())
+    done = float(rows[["forward_passes", "backward_passes"]].fillna(0).to_numpy().sum())
+    seconds = passes * spent / done if done > 0 else float("nan")
+    names = ", ".join(a.name for a in extra)
+    text = f"adaptive attacks for {model} ({names}): about {passes:,} passes" + (
+        f", ~{seconds:.0f} s" if seconds == seconds else "")
+    if progress is not None:
+        progress.start(text, 1)
+    if seconds == seconds and seconds > ANNOUNCE_SECONDS:
+        warnings.warn(f"--checks full: {text} before they finish", stacklevel=3)
