@@ -6,12 +6,13 @@ bare forward+backward loop of the default standard CNN (a batch of 256 digits, t
 the default audit, both in CPU seconds (``time.process_time``: another job on a shared machine slows the
 wall clock, much less the CPU time), and bounds their ratio.
 
-Measured on the shared 2-core development machine (busy, one thread): the audit took about 34 CPU s,
-one forward+backward batch about 4.4 ms: a ratio of about 7,700. The default before issue 17 took
-about 190 CPU s (a ratio near 43,000). The bound, 12,000, leaves about 50% for machine differences
-(cache sizes, the per-step overhead of Python next to the model's arithmetic) while still failing if the
-default grew back towards its old cost; on the quiet machine the 60 s promise was measured against
-(README), 12,000 batches of the loop take well under 60 s.
+Measured on the shared 2-core development machine (load about 10, one thread): the audit took 38 CPU s
+(a fresh detector fit included), one forward+backward batch 28 ms: a ratio of about 1,350. The default
+before issue 17 took about 190 CPU s on that machine, a ratio near 6,800. The bound, 2,500, leaves
+about 85% for machine differences (cache sizes, Python's per-step overhead next to the model's
+arithmetic, noise in the loop's timing) and still fails long before the default grows back to its old
+cost. The wall-clock promise itself (under 60 s on a quiet 2-core machine) is measured, not tested: see
+the README.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import pytest
 import torch
 
-RATIO_BOUND = 12_000
+RATIO_BOUND = 2_500
 
 
 def _bare_loop_seconds(repeats: int = 200) -> float:
