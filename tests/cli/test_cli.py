@@ -30,13 +30,14 @@ def test_small_audit_writes_four_files(tmp_path, capsys):
     assert doc["schema_version"] == 1
     prov = doc["provenance"]
     assert prov["seed"] == 0 and prov["device"].startswith("cpu") and prov["torch"] == torch.__version__
-    assert [m["name"] for m in prov["models"]] == ["digits-cnn", "digits-cnn-pgdat", "digits-cnn-trades", "digits-cnn-ls"]
+    assert [m["name"] for m in prov["models"]] == ["digits-cnn", "digits-cnn-pgdat"]  # the 2×2 table
     assert all(len(m["weights_sha256"]) == 64 for m in prov["models"])
     recs = doc["records"]
     plain = [r for r in recs if "+" not in r["model"]]
     detected = [r for r in recs if r["model"].endswith("+squeeze")]  # the default audit's detector rows
-    assert len(plain) == 4 * 3 * 2  # models × (2 attacks + worst case) × eps
-    assert len(detected) == 4 * 5 * 2  # models × (2 attacks, 2 adaptive attacks, worst case) × eps
+    assert len(plain) == 2 * 3 * 2  # models × (2 attacks + worst case) × eps
+    # digits-cnn alone behind the detector: (2 attacks, 2 adaptive, worst case) × eps
+    assert {r["model"] for r in detected} == {"digits-cnn+squeeze"} and len(detected) == 5 * 2
     assert len(recs) == len(plain) + len(detected)
     for r in recs:
         assert isinstance(r["eps"], float) and isinstance(r["robust_accuracy"], float) and r["n"] == 40

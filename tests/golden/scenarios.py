@@ -29,8 +29,11 @@ FLAWED = str(HERE / "flawed.py") + ":make_quantized"
 
 #: name -> (launcher, CLI arguments after ``audit``)
 SCENARIOS: dict[str, tuple[str, list[str]]] = {
-    # (a) the default audit: four catalog models, squeeze detector + adaptive attack, basic checks, cost
-    "a_default": ("python", ["--n", "48"]),
+    # (a) the default audit as it was when recorded (spelt out since the default changed, issues 16/17):
+    # four catalog models, fgsm + pgd at four eps, squeeze detector + adaptive attack, basic checks, cost
+    "a_default": ("python", ["--model", "digits-cnn", "--model", "digits-cnn-pgdat", "--model", "digits-cnn-trades",
+                             "--model", "digits-cnn-ls", "--attack", "fgsm", "--attack", "pgd",
+                             "--eps", "0.05,0.1,0.2,0.3", "--defense", "squeeze", "--n", "48"]),
     # (b) the README's segmentation audit
     "b_segmentation": ("python", ["--data", "digit-scenes", "--model", "unet-tiny", "--attack", "pgd:steps=5",
                                   "--attack", "segpgd:steps=5", "--attack", "cospgd:steps=5",

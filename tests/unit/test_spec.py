@@ -86,7 +86,13 @@ def test_segmentation_data_alone_gets_the_segmentation_defaults(tmp_path):
     default = _cli(tmp_path)
     assert (default.task, default.detectors, default.n, default.batch_size) == ("classification", ("squeeze",),
                                                                                 None, 256)
-    assert [m.spec for m in default.models] == list(opt.DEFAULT_MODELS) and default.eps == opt.DEFAULT_EPS
+    assert [m.spec for m in default.models] == list(opt.DEFAULT_MODELS) and default.eps == opt.EMBEDDED_EPS
+    # the embedded default: the 2×2 table's two models, a scale-invariant attack, one detector row
+    assert opt.DEFAULT_MODELS == ("digits-cnn", "digits-cnn-pgdat") and default.eps == (0.1, 0.2, 0.3)
+    assert "pgd:loss=margin" in default.attacks and default.defense_models == ("digits-cnn",)
+    # the detector given explicitly wraps every model; a model given keeps the full default grid
+    assert _cli(tmp_path, "--defense", "squeeze").defense_models == ()
+    assert _cli(tmp_path, "--model", "digits-cnn").eps == opt.DEFAULT_EPS
     # a TOML file saying only the data resolves like the flag (no detector: a config file was given)
     toml = _toml(tmp_path, 'data = "digit-scenes"\n')
     assert (toml.attacks, toml.eps, toml.n, toml.detectors) == (spec.attacks, spec.eps, 100, ())

@@ -21,10 +21,19 @@ from robustaudit.core.task import CLASSIFICATION, Task
 _DETERMINISM_RTOL = 1e-4
 #: Finite-difference step, in pixel units along a ±1 direction (a quarter of one 8-bit level).
 _FD_STEP = 1e-3
-#: Random directions per sample for the finite-difference test.
-_FD_DIRECTIONS = 4
-#: A directional derivative agrees when |fd - autograd| <= this share of their magnitude.
-_FD_RTOL = 0.1
+#: Random directions per sample for the finite-difference test (odd: the per-sample median is one of them).
+_FD_DIRECTIONS = 5
+#: A directional derivative agrees when |fd - autograd| <= this share of ``||grad||_2``, the typical size
+#: of ``grad · d`` for a random ±1 direction ``d`` (``E[(grad · d)^2] = ||grad||_2^2``). Measured on honest
+#: ReLU networks at the step above (the difference crosses ReLU kinks, so it is not exact): the per-sample
+#: median error is at most 0.16 ||grad|| on a random-weight ResNet-18 at 32×32 and 64×64 and on
+#: digits32-cnn, at most 0.02 on the digits CNNs; a lying gradient (a straight-through estimator, a
+#: detached purifier) is off by about ||grad|| (the median of |N(0, 1)| is 0.67).
+_FD_RTOL = 0.3
+#: float32 rounding of one forward pass, in units of eps32 × the largest logit: the difference quotient
+#: divides it by the step, so a tiny step on large logits measures rounding, not slope.
+_FD_ROUNDING = 64
+_EPS32 = float(torch.finfo(torch.float32).eps)
 
 
 @dataclass
@@ -166,30 +175,43 @@ def _gradient_verdicts(name: str, model: nn.Module, x: torch.Tensor, y: torch.Te
 
 def _finite_difference_verdict(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task,
                                grad: torch.Tensor, seed: int, probe: Probe) -> Verdict:
-    """Central differences of the margin along random ±1 directions against autograd's ``grad · d``."""
+    """Central differences of the margin along random ±1 directions against autograd's ``grad · d``.
+
+    ``x (N, C, H, W)``, ``y (N,)``, ``grad`` like ``x`` (of the summed margin). Per sample and direction the
+    error ``|fd - grad · d|`` is compared with ``_FD_RTOL * ||grad||_2`` plus the float32 rounding of the
+    quotient; a sample agrees when the median over its directions does (a robust statistic: one direction
+    that crosses a kink or a rounding boundary does not decide it).
+    """
     vid = "finite-differences"
     gen = torch.Generator().manual_seed(seed)
-    agree = total = 0
+    g = grad.double()
+    scale = g.flatten(1).norm(dim=1)  # (N,)
+    errors, tols = [], []
     with torch.no_grad():
         for _ in range(_FD_DIRECTIONS):
             d = (torch.randint(0, 2, x.shape, generator=gen) * 2 - 1).to(x.device, x.dtype)
-            up = task.margin(model(x + _FD_STEP * d), y).double()
-            down = task.margin(model(x - _FD_STEP * d), y).double()
+            up_logits, down_logits = model(x + _FD_STEP * d), model(x - _FD_STEP * d)
+            up = task.margin(up_logits, y).double()
+            down = task.margin(down_logits, y).double()
             fd = (up - down) / (2 * _FD_STEP)
-            ad = (grad.double() * d.double()).flatten(1).sum(1)
-            ok = (fd - ad).abs() <= _FD_RTOL * (fd.abs() + ad.abs()) + 1e-6
-            agree += int(ok.sum())
-            total += len(x)
+            ad = (g * d.double()).flatten(1).sum(1)
+            size = torch.maximum(up_logits.detach().flatten(1).abs().amax(1), down_logits.detach().flatten(1).abs().amax(1))
+            rounding = _FD_ROUNDING * _EPS32 * size.double() / _FD_STEP
+            errors.append(((fd - ad).abs() / scale.clamp_min(1e-30)).cpu())
+            tols.append((_FD_RTOL + rounding / scale.clamp_min(1e-30)).cpu())
+    ratio = (torch.stack(errors) / torch.stack(tols)).median(dim=0).values  # (N,) per-sample median
+    agree, total = int((ratio <= 1).sum()), len(x)
     rate = agree / total
-    evidence = {"agree": agree, "total": total, "step": _FD_STEP}
+    evidence = {"agree": agree, "total": total, "step": _FD_STEP, "directions": _FD_DIRECTIONS,
+                "median_error": round(float(torch.stack(errors).median()), 6), "rtol": _FD_RTOL}
     if rate >= 0.75:
-        return Verdict(vid, name, "pass", f"finite differences agree with autograd on {share(agree, total)} "
-                       "sample-directions", evidence)
+        return Verdict(vid, name, "pass", f"finite differences agree with autograd on {share(agree, total)} samples "
+                       f"(median over {_FD_DIRECTIONS} directions)", evidence)
     probe.dead_gradients = probe.dead_gradients or rate < 0.5
     status = "fail" if rate < 0.5 else "warn"
     return Verdict(vid, name, status, f"finite differences disagree with autograd on {share(total - agree, total)} "
-                   "sample-directions: the gradients do not describe the model (shattered or approximated "
-                   "gradients); use bpda(...) or black-box attacks", evidence)
+                   f"samples (median over {_FD_DIRECTIONS} directions): the gradients do not describe the model "
+                   "(shattered or approximated gradients); use bpda(...) or black-box attacks", evidence)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,8 +114,9 @@ def evaluate_detection(
             judged = _Judged.of(entry.name, name, det, model, x_all.to(device), y_all.to(device), list(ids),
                                 batch_size, fpr)
             outcomes.clean.append(CleanOutcome(judged.label, list(ids), judged.ids[judged.clean_ok].tolist()))
+            state: dict[str, _Broken] = {}  # per column, the sweep so far: survivors only
             for eps in grid:
-                cells = _eps_cells(judged, usable, adaptive, ThreatModel(norm, eps), seed, figures)
+                cells = _eps_cells(judged, usable, adaptive, ThreatModel(norm, eps), seed, figures, state)
                 outcomes.cells.extend(cells)
                 order += [c.key for c in cells] + ([(judged.label, WORST_CASE, eps)] if cells else [])
                 if progress is not None:
@@ -172,36 +173,90 @@ class _Judged:
         return cls(f"{model_name}+{detector}", model_name, detector, det, model, x, y, torch.as_tensor(ids, dtype=torch.int64),
                    batch_size, fpr, scores, rejected, correct & ~rejected)
 
-    def attack(self, attack: Any, target: Any, threat: ThreatModel, seed: int) -> torch.Tensor:
-        """``attack(target, x, y, threat)`` batch by batch: the adversarial inputs ``(n, C, H, W)``."""
-        b = self.batch_size
-        return torch.cat([attack(target, self.x[i:i + b], self.y[i:i + b], threat, ids=self.ids[i:i + b], seed=seed)
-                          for i in range(0, len(self.x), b)])
+    def attack(self, attack: Any, target: Any, threat: ThreatModel, seed: int, rows: torch.Tensor) -> torch.Tensor:
+        """``attack(target, x[rows], y[rows], threat)`` batch by batch: adversarial inputs ``(len(rows), C, H, W)``.
+        Draws are keyed by sample id, so a sample's point does not depend on which others are attacked."""
+        b, x, y, ids = self.batch_size, self.x[rows.to(self.x.device)], self.y[rows.to(self.y.device)], self.ids[rows]
+        if not len(rows):
+            return x
+        return torch.cat([attack(target, x[i:i + b], y[i:i + b], threat, ids=ids[i:i + b], seed=seed)
+                          for i in range(0, len(x), b)])
+
+    def judged(self, attack: Any, target: Any, threat: ThreatModel, seed: int, before: _Broken | None) -> _Broken:
+        """The column's state after ``attack`` at ``threat``: samples broken at a smaller eps (``before``) keep
+        their point (it lies in the larger ball: survivors only, curves monotone); the rest are attacked."""
+        n = len(self.x)
+        state = _Broken.none(n) if before is None else before.copy()
+        rows = (~state.broken).nonzero().flatten()
+        wrong, scores = _judge(self.det, self.model, self.attack(attack, target, threat, seed, rows),
+                               self.y[rows.to(self.y.device)], self.batch_size)
+        state.wrong[rows], state.scores[rows] = wrong, scores
+        state.broken[rows] = wrong & ~(scores > self.det.threshold)  # misclassified AND accepted
+        return state
+
+
+@dataclass
+class _Broken:
+    """One detector column at one eps, per sample ``(n,)``: its point misclassified, its score, and broken
+    (misclassified and accepted)."""
+
+    wrong: torch.Tensor
+    scores: torch.Tensor
+    broken: torch.Tensor
+
+    @classmethod
+    def none(cls, n: int) -> _Broken:
+        return cls(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.zeros(n, dtype=torch.bool))
+
+    def copy(self) -> _Broken:
+        return _Broken(self.wrong.clone(), self.scores.clone(), self.broken.clone())
 
 
 def _eps_cells(j: _Judged, usable: Sequence[AttackEntry], adaptive: DetectorAwarePGD, threat: ThreatModel,
-               seed: int, figures: list[dict[str, Any]]) -> list[CellOutcome]:
+               seed: int, figures: list[dict[str, Any]], state: dict[str, _Broken]) -> list[CellOutcome]:
     """The per-sample outcomes of every column at one eps: each usable attack plain and adaptive (per
-    sample the adaptive point where it won, else the plain one); their figures appended to ``figures``."""
-    t_eps = time.perf_counter()
-    wrong_a, scores_a = _judge(j.det, j.model, j.attack(adaptive, j.det, threat, seed), j.y, j.batch_size)
-    t_adaptive = time.perf_counter() - t_eps
-    won_a = wrong_a & ~(scores_a > j.det.threshold)  # misclassified AND accepted
-    cells: list[CellOutcome] = []
+    sample the adaptive point where it won, else the plain one); their figures appended to ``figures``.
+
+    ``state`` carries each column's outcome from the previous eps and is updated: a sample broken there
+    keeps its point, so only survivors are attacked. The adaptive attack runs once per eps on the samples
+    that every plain column and the adaptive sweep so far left standing (elsewhere each adaptive column
+    is broken already), and stops per sample at its first success (the attack's early stop)."""
+    plain: dict[str, tuple[_Broken, float]] = {}
     for a in usable:
         t_a = time.perf_counter()
-        wrong_p, scores_p = _judge(j.det, j.model, j.attack(a.attack, j.model, threat, seed), j.y, j.batch_size)
-        seconds_p = time.perf_counter() - t_a
-        broken_p = wrong_p & ~(scores_p > j.det.threshold)
+        plain[a.name] = (j.judged(a.attack, j.model, threat, seed, state.get(a.name)), time.perf_counter() - t_a)
+        state[a.name] = plain[a.name][0]
+    t_eps = time.perf_counter()
+    before = state.get(ADAPTIVE)
+    if before is None:
+        before = _Broken.none(len(j.x))
+    skip = before.broken | _all_broken(plain, len(j.x))  # adaptive already won, or every plain column broke it
+    runs = j.judged(adaptive, j.det, threat, seed, _Broken(before.wrong, before.scores, skip))
+    won = before.broken | (~skip & runs.broken)
+    state[ADAPTIVE] = _Broken(torch.where(~skip, runs.wrong, before.wrong), torch.where(~skip, runs.scores, before.scores),
+                              won)
+    t_adaptive = time.perf_counter() - t_eps
+    won_a, scores_a = state[ADAPTIVE].broken, state[ADAPTIVE].scores  # won_a: misclassified and accepted
+    cells: list[CellOutcome] = []
+    for a in usable:
+        p, seconds_p = plain[a.name]
         for col, wrong, scores, broken, secs, is_adaptive in (
-                (a.name, wrong_p, scores_p, broken_p, seconds_p, False),
-                (a.name + ADAPTIVE, wrong_p | won_a, torch.where(won_a, scores_a, scores_p), broken_p | won_a,
-                 seconds_p + t_adaptive, True)):
+                (a.name, p.wrong, p.scores, p.broken, seconds_p, False),
+                (a.name + ADAPTIVE, p.wrong | won_a, torch.where(won_a, scores_a, p.scores),
+                 p.broken | won_a, seconds_p + t_adaptive, True)):
             defended = ~broken
             cells.append(CellOutcome(j.label, col, threat.eps, threat.norm, attacked=j.ids.tolist(),
                                      robust=j.ids[defended].tolist(), seconds=round(secs, 3)))
             figures.append(_figure(j, a.name, col, is_adaptive, threat, wrong, scores, defended))
     return cells
+
+
+def _all_broken(plain: dict[str, tuple[_Broken, float]], n: int) -> torch.Tensor:
+    """``(n,)`` bool: broken in every plain column."""
+    out = torch.ones(n, dtype=torch.bool)
+    for p, _ in plain.values():
+        out &= p.broken
+    return out
 
 
 def _figure(j: _Judged, attack: str, column: str, is_adaptive: bool, threat: ThreatModel, wrong: torch.Tensor,

@@ -44,8 +44,9 @@ def detectors(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list
 
     from robustaudit.evaluate.detection import evaluate_detection
 
+    wrapped = [e for e in subject.entries if not spec.defense_models or e.name in spec.defense_models]
     records, robust, block = stages.run(Stage("detect", lambda: evaluate_detection(
-        subject.entries, subject.data, ids, subject.attacks, list(spec.eps), detectors=list(spec.detectors),
+        wrapped, subject.data, ids, subject.attacks, list(spec.eps), detectors=list(spec.detectors),
         fpr=spec.defense_fpr, defense_data=spec.defense_data, norm=spec.norm, device=device, seed=spec.seed,
         batch_size=spec.batch_size, progress=progress), encode_detection, decode_detection))
     result.records = pd.concat([result.records, records], ignore_index=True)

@@ -9,7 +9,8 @@ gets its default here and nowhere else. Defaults that depend on the audit:
   attacks pgd, segpgd, cospgd, eps 0.01, 0.02, 0.04, and without a model the first 100 images; the
   batch is at most 32 (masks and per-pixel logits are K*H*W times larger);
 - ``norm="patch"`` without an eps grid gets the patch grid (area shares), not the Lp radii;
-- the embedded default audit (no model, no config file, classification) adds the ``squeeze`` detector.
+- the embedded default audit (no model, no config file, classification) runs on the grid
+  ``EMBEDDED_EPS`` (unless eps is given) and adds the ``squeeze`` detector around ``digits-cnn`` alone.
 
 Below the spec nothing re-parses or re-defaults: the executor takes the spec and the opened models, data
 and attacks (:mod:`robustaudit.evaluate.subject`); the resume fingerprint derives from it.
@@ -59,6 +60,7 @@ class AuditSpec:
             ``MODEL+DETECTOR`` rows with the plain and the detector-aware adaptive attack (see
             :mod:`robustaudit.evaluate.detection`) and a ``provenance["detection"]`` block (AUROC, TPR,
             FPR, defended accuracy).
+        defense_models: the names of the models the detectors wrap (``()``: every model).
         defense_fpr: the clean false-positive rate the detectors' thresholds are set at, on clean
             validation data held out of the fitting split.
         defense_data: the data detectors are fitted on (a spec, opened at its train split, or data like
@@ -97,6 +99,7 @@ class AuditSpec:
     checks: str = opt.DEFAULT_CHECKS
     cost: bool = True
     detectors: tuple[str, ...] = ()
+    defense_models: tuple[str, ...] = ()
     defense_fpr: float = opt.DEFAULT_DEFENSE_FPR
     defense_data: Any = None
     train_data: Any = None
@@ -123,6 +126,7 @@ class AuditSpec:
         doc["attacks"] = [a if isinstance(a, str) else getattr(a, "name", type(a).__name__) for a in self.attacks]
         doc["eps"] = list(self.eps)
         doc["detectors"] = list(self.detectors)
+        doc["defense_models"] = list(self.defense_models)
         doc["defense_data"] = _data_view(self.defense_data)
         doc["train_data"] = _data_view(self.train_data)
         return doc
@@ -138,7 +142,7 @@ def _data_view(given: Any) -> str | None:
 
 #: What :func:`resolve_spec` accepts: the spec's fields but ``data`` (the opened data names itself), with
 #: ``defense`` (names, or ``"none"``) for ``detectors``; ``None`` means "not given".
-GIVEN_KEYS = frozenset({f.name for f in fields(AuditSpec)} - {"detectors", "data"} | {"defense"})
+GIVEN_KEYS = frozenset({f.name for f in fields(AuditSpec)} - {"detectors", "defense_models", "data"} | {"defense"})
 
 
 def resolve_spec(data: Any, **given: Any) -> AuditSpec:
@@ -164,9 +168,10 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
     embedded = not models_given and "config_file" not in g
     spec = AuditSpec(
         models=models, data=str(data.name), attacks=_attacks(g.get("attacks"), segmentation),
-        eps=_grid(g.get("eps"), norm, segmentation), norm=norm,
+        eps=_grid(g.get("eps"), norm, segmentation, embedded), norm=norm,
         n=_n(g.get("n"), segmentation and not models_given), batch_size=_batch(g.get("batch_size"), segmentation),
         task=task, detectors=_detectors(g.get("defense"), embedded and not segmentation),
+        defense_models=opt.DEFAULT_DEFENSE_MODELS if embedded and "defense" not in g and not segmentation else (),
         **_plain(g))
     _check_task(spec)
     return spec
@@ -210,13 +215,14 @@ def _is_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple))
 
 
-def _grid(given: Any, norm: str, segmentation: bool) -> tuple[float, ...]:
+def _grid(given: Any, norm: str, segmentation: bool, embedded: bool = False) -> tuple[float, ...]:
     """The eps grid: parsed (``"8/255"`` strings too), ascending, without duplicates; not given (or
     ``audit()``'s default grid): the patch grid under ``norm="patch"``, the segmentation grid under
-    segmentation, else the default grid."""
+    segmentation, the embedded default's grid when no model was given, else the default grid."""
     grid = tuple(opt.parse_eps(given)) if given is not None else opt.DEFAULT_EPS
     if grid == opt.DEFAULT_EPS:
-        grid = opt.PATCH_DEFAULT_EPS if norm == "patch" else opt.SEG_DEFAULT_EPS if segmentation else grid
+        grid = (opt.PATCH_DEFAULT_EPS if norm == "patch" else opt.SEG_DEFAULT_EPS if segmentation
+                else opt.EMBEDDED_EPS if embedded and given is None else grid)
     return tuple(sorted(set(grid)))
 
 

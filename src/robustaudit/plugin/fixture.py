@@ -214,8 +214,16 @@ def attack_list(s: Settings) -> list[Any]:
             out.append(item)
             continue
         name, inline = parse_spec(item)
-        if inline:
+        if inline and s.attacks is not None:
             out.append(item)
+            continue
+        if inline:  # a default attack with inline settings (pgd:loss=margin): the profile's budget joins them
+            valid = valid_settings(attack_class(name))
+            extra = {k: getattr(s, k) for k in ("steps", "restarts") if k in valid and k not in inline}
+            used.update({k: True for k in extra})
+            defaults = get(name, **inline).settings()
+            extra = {k: v for k, v in extra.items() if defaults.get(k) != v}  # the ci profile keeps the bare label
+            out.append(item + "".join(f",{k}={v}" for k, v in extra.items()))
             continue
         valid = valid_settings(attack_class(name))
         extra = {k: getattr(s, k) for k in ("steps", "restarts") if k in valid}
