@@ -208,8 +208,25 @@ NET_SOURCE = textwrap.dedent(
             return "logits"
 
 
+    class ToCuda(Net):
+        def forward(self, x):
+            return self.fc(x.to("cuda").flatten(1))
+
+
     def raises():
         return Raises()
+
+
+    def half():
+        return Net().half()
+
+
+    def meta():
+        return Net().to("meta")
+
+
+    def to_cuda():
+        return ToCuda()
 
 
     def in_place():
@@ -603,6 +620,12 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, model=net(t, "in_place"))), "in forward during attack 'fgsm'"),
     C(M, "calls sys.exit in forward", "`sys.exit(3)`",
       _a(lambda t: audit(t, model=net(t, "exits"))), "called sys.exit(3)"),
+    C(M, "float16 weights", "`return Net().half()`",
+      _a(lambda t: audit(t, model=net(t, "half"))), "has float16 weights: audits take a float32 model"),
+    C(M, "weights on the meta device", "`return Net().to('meta')`",
+      _a(lambda t: audit(t, model=net(t, "meta"))), "has its weights on the 'meta' device"),
+    C(M, "forward moves tensors to an absent device", "`x.to('cuda')` in forward on a CPU machine",
+      _a(lambda t: audit(t, "--device", "cpu", model=net(t, "to_cuda"))), "moves tensors to another device in forward"),
     C(M, "returns NaN", "logits `* nan`",
       _a(lambda t: audit(t, model=net(t, "nans"))), "returned NaN or infinite logits"),
     C(M, "factory returns a non-module", "`def not_a_module(): return 42`",
