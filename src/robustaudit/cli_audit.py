@@ -86,6 +86,9 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--fail-on", choices=["lower", "point"], dest="fail_on", help="gate on the 95%% lower bound (default) or the point estimate")
     a.add_argument("--trust-pickle", action="store_true", default=None, dest="trust_pickle",
                    help="allow loading a pickled whole model (runs code from the file: only for files you trust)")
+    a.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr (default: a bar with ETA on a terminal, else a plain line per "
+                   "finished stage and at most one every 5 s, with elapsed time and ETA)")
     a.add_argument("--json", action="store_true", help="print results.json on stdout (tables go to stderr)")
     a.add_argument("--resume", action="store_true", default=None,
                    help="continue the unfinished run stored in --out: finished batches are reused, not recomputed")
@@ -193,7 +196,9 @@ def cmd_audit(args: argparse.Namespace, err: Any) -> int:
     if Rank.value > 0:  # rank 0 speaks for all: tables, progress, warnings and user errors (internal errors excepted)
         out.quiet = err.quiet = True
     try:
-        with RichProgress(err) if Rank.value == 0 else contextlib.nullcontext() as bar:
+        from robustaudit.cli_progress import make_progress
+
+        with make_progress(err, quiet=bool(args.quiet)) if Rank.value == 0 else contextlib.nullcontext() as bar:
             result = execute(spec, open_subject(spec, data), bar)
     except KeyboardInterrupt:
         err.print(interrupted(spec.out, getattr(args, "argv", []), launch.world_size if launch else 1),
@@ -278,30 +283,3 @@ def interrupted(out_dir: str, argv: Sequence[str], world_size: int = 1) -> str:
     words = [w for w in argv if w != "--overwrite"]
     command = shlex.join(["robustaudit", *words, *([] if "--resume" in words else ["--resume"])])
     return f"interrupted: {done} finished batches are stored in {path}; continue with: {command}"
-
-
-class RichProgress:
-    """The runner's Progress protocol on a rich progress bar (on stderr, transient)."""
-
-    def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=True)
-        self._task = None
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def start(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(description, total=max(total, 1))
-
-    def advance(self, amount: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, amount)

@@ -17,6 +17,7 @@ and attacks (:mod:`robustaudit.evaluate.subject`); the resume fingerprint derive
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -168,6 +169,8 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
         task=task, detectors=_detectors(g.get("defense"), embedded and not segmentation),
         **_plain(g))
     _check_task(spec)
+    for line in opt.check_eps_range(spec.eps, spec.norm, tuple(getattr(data, "sample_shape", ()))):
+        warnings.warn(line, stacklevel=2)
     return spec
 
 
