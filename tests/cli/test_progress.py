@@ -54,3 +54,27 @@ def test_plain_progress_is_rate_limited_and_gives_an_eta() -> None:
 
 def test_duration() -> None:
     assert [duration(s) for s in (0.4, 59, 80, 3599, 7500)] == ["0s", "59s", "1m20s", "59m59s", "2h05m"]
+
+
+def test_too_few_clean_correct_samples_are_warned_in_the_summary_and_results_json(tmp_path: Path, capsys) -> None:
+    import json
+
+    argv = ["audit", "--out", str(tmp_path / "out"), "--n", "12", "--eps", "0.1", "--checks", "off",
+            "--model", "digits-cnn", "--attack", "fgsm", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    (line,) = doc["provenance"]["warnings"]
+    assert line.startswith("model 'digits-cnn': only ") and "clean-correct samples (of 12)" in line
+    assert f"warning: {line}" in err
+
+
+def test_near_chance_accuracy_is_warned() -> None:
+    import pandas as pd
+
+    from robustaudit.evaluate.header import meaningless_warnings
+
+    rows = pd.DataFrame({"model": ["a", "a", "b", "c"], "n": [200, 200, 200, 20], "n_clean_correct": [25, 25, 190, 19]})
+    lines = meaningless_warnings(rows, 10)
+    assert len(lines) == 2 and "'a': clean accuracy 0.125 is near chance (0.100 for 10 classes)" in lines[0]
+    assert "'c': only 19 clean-correct samples (of 20)" in lines[1]
