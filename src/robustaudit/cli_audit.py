@@ -62,7 +62,8 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags; flags override it")
     a.add_argument("--model", action="append", metavar="M",
                    help="catalog name, file.py:callable, package.module:callable, torchvision:ARCH, a .pt2 "
-                   "export or a TorchScript file; repeat for several rows (default: digits-cnn, digits-cnn-pgdat)")
+                   "export or a TorchScript file; repeat for several rows (default: the catalog models trained "
+                   "on --data; digits: the digits-cnn family)")
     a.add_argument("--weights", action="append", metavar="FILE",
                    help="state_dict .pt (loaded with weights_only=True) or .safetensors; one per --model")
     a.add_argument("--normalize", action="append", metavar="SPEC",
