@@ -68,7 +68,8 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags; flags override it")
     a.add_argument("--model", action="append", metavar="M",
                    help="catalog name, file.py:callable, package.module:callable, torchvision:ARCH, a .pt2 "
-                   "export or a TorchScript file; repeat for several rows (default: digits-cnn, digits-cnn-pgdat)")
+                   "export or a TorchScript file; repeat for several rows (default: the catalog models trained "
+                   "on --data; digits: the digits-cnn family)")
     a.add_argument("--weights", action="append", metavar="FILE",
                    help="state_dict .pt (loaded with weights_only=True) or .safetensors; one per --model")
     a.add_argument("--normalize", action="append", metavar="SPEC",
@@ -96,6 +97,9 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
                    help="let --fail-under pass figures that a failing sanity check marks as upper bounds")
     a.add_argument("--trust-pickle", action="store_true", default=None, dest="trust_pickle",
                    help="allow loading a pickled whole model (runs code from the file: only for files you trust)")
+    a.add_argument("--quiet", action="store_true",
+                   help="no progress on stderr (default: a bar with ETA on a terminal, else a plain line per "
+                   "finished stage and at most one every 5 s, with elapsed time and ETA)")
     a.add_argument("--json", action="store_true", help="print results.json on stdout (tables go to stderr)")
     a.add_argument("--resume", action="store_true", default=None,
                    help="continue the unfinished run stored in --out: finished batches are reused, not recomputed")
@@ -205,7 +209,9 @@ def cmd_audit(args: argparse.Namespace, err: Any) -> int:
     if Rank.value > 0:  # rank 0 speaks for all: tables, progress, warnings and user errors (internal errors excepted)
         out.quiet = err.quiet = True
     try:
-        with RichProgress(err) if Rank.value == 0 else contextlib.nullcontext() as bar:
+        from robustaudit.cli_progress import make_progress
+
+        with make_progress(err, quiet=bool(args.quiet)) if Rank.value == 0 else contextlib.nullcontext() as bar:
             result = execute(spec, open_subject(spec, data), bar)
     except KeyboardInterrupt:
         err.print(interrupted(spec.out, getattr(args, "argv", []), launch.world_size if launch else 1),
@@ -232,6 +238,8 @@ def _show(result: Any, out_dir: str, out: Any, err: Any, *, processes: bool) -> 
             [result.provenance.get("out-of-memory")]:
         if note:  # what produced the adversarial points, and batches halved for memory: also in the reports
             out.print(f"note: {note}", soft_wrap=True, markup=False)
+    for line in result.provenance.get("warnings", []):  # an audit whose figures mean nothing (results.json too)
+        err.print(f"warning: {line}", soft_wrap=True, markup=False)
     if Rank.value > 0:  # rank 0 wrote the results; every rank computes the same exit code
         paths = {"markdown": Path("report.md"), "html": Path("report.html")}
     else:
@@ -305,30 +313,3 @@ def interrupted(out_dir: str, argv: Sequence[str], world_size: int = 1) -> str:
     words = [w for w in argv if w != "--overwrite"]
     command = shlex.join(["robustaudit", *words, *([] if "--resume" in words else ["--resume"])])
     return f"interrupted: {done} finished batches are stored in {path}; continue with: {command}"
-
-
-class RichProgress:
-    """The runner's Progress protocol on a rich progress bar (on stderr, transient)."""
-
-    def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=True)
-        self._task = None
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def start(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(description, total=max(total, 1))
-
-    def advance(self, amount: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, amount)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ SMALL = ["--n", "40", "--attack", "fgsm", "--attack", "pgd:steps=5", "--eps", "0
 def _err_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # progress lines of the stages finished before the error ("[  1.2 s] digits-cnn: clean: 8/8, done in 1s")
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"\[ *\d+\.\d s\] ", line)]
     assert len(lines) == 1, err
     return lines[0]
 

@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import struct
 import textwrap
 import warnings
@@ -208,8 +209,25 @@ NET_SOURCE = textwrap.dedent(
             return "logits"
 
 
+    class ToCuda(Net):
+        def forward(self, x):
+            return self.fc(x.to("cuda").flatten(1))
+
+
     def raises():
         return Raises()
+
+
+    def half():
+        return Net().half()
+
+
+    def meta():
+        return Net().to("meta")
+
+
+    def to_cuda():
+        return ToCuda()
 
 
     def in_place():
@@ -603,6 +621,12 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, model=net(t, "in_place"))), "in forward during attack 'fgsm'"),
     C(M, "calls sys.exit in forward", "`sys.exit(3)`",
       _a(lambda t: audit(t, model=net(t, "exits"))), "called sys.exit(3)"),
+    C(M, "float16 weights", "`return Net().half()`",
+      _a(lambda t: audit(t, model=net(t, "half"))), "has float16 weights: audits take a float32 model"),
+    C(M, "weights on the meta device", "`return Net().to('meta')`",
+      _a(lambda t: audit(t, model=net(t, "meta"))), "has its weights on the 'meta' device"),
+    C(M, "forward moves tensors to an absent device", "`x.to('cuda')` in forward on a CPU machine",
+      _a(lambda t: audit(t, "--device", "cpu", model=net(t, "to_cuda"))), "moves tensors to another device in forward"),
     C(M, "returns NaN", "logits `* nan`",
       _a(lambda t: audit(t, model=net(t, "nans"))), "returned NaN or infinite logits"),
     C(M, "factory returns a non-module", "`def not_a_module(): return 42`",
@@ -669,6 +693,8 @@ CASES: list[Case] = [
     C(A, "eps NaN", "`--eps nan`", _a(lambda t: audit(t, "--eps", "nan")), "eps must be finite"),
     C(A, "eps infinite", "`--eps inf`", _a(lambda t: audit(t, "--eps", "inf")), "eps must be finite"),
     C(A, "eps not a number", "`--eps abc`", _a(lambda t: audit(t, "--eps", "abc")), "cannot parse eps 'abc'"),
+    C(A, "eps beyond the data range", "`--eps 8` on [0, 1] images", _a(lambda t: audit(t, "--eps", "8")),
+      "eps 8 (linf) reaches every image: images are in [0, 1], so a linf radius must be below 1 (did you mean 8/255?)"),
     C(A, "eps divides by zero", "`--eps 1/0`", _a(lambda t: audit(t, "--eps", "1/0")), "cannot parse eps '1/0'"),
     C(A, "eps list with a hole", "`--eps 0.1,,0.2`", _a(lambda t: audit(t, "--eps", "0.1,,0.2")), "cannot parse eps ''"),
     C(A, "device that is not there", "`--device cuda:7`", _a(lambda t: audit(t, "--device", "cuda:7")), "'cuda:7'"),
@@ -925,11 +951,15 @@ def rgb_patch(tmp: Path) -> Path:
     return path
 
 
+PROGRESS_LINE = re.compile(r"^\[ *\d+\.\d s\] ")
+
+
 def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
-    """The one non-empty line on stderr (rich prints with soft_wrap=True: no wrapping)."""
+    """The one non-empty line on stderr (rich prints with soft_wrap=True: no wrapping) besides the progress
+    lines of the stages that finished before the failure (``[  1.2 s] model: attack: 8/8, done in 1s``)."""
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1, err
     return lines[0]
 

@@ -18,6 +18,7 @@ from robustaudit.core.threat import ThreatModel
 from robustaudit.evaluate.entries import AttackEntry
 from robustaudit.evaluate.fastpath import is_out_of_memory, release_memory
 from robustaudit.evaluate.runstate import ModelRun
+from robustaudit.models.storage import device_failure
 from robustaudit.models.wrappers import raised_by_model
 
 
@@ -103,7 +104,7 @@ def model_error(exc: BaseException, name: str, model: nn.Module, doing: str) -> 
     if not raised_by_model(exc, model):
         return None
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return UserError(f"model '{name}' raised {type(exc).__name__} in forward {doing}: {first}")
+    return device_failure(exc, name) or UserError(f"model '{name}' raised {type(exc).__name__} in forward {doing}: {first}")
 
 
 @contextmanager

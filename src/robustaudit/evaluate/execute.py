@@ -31,7 +31,8 @@ from robustaudit.evaluate import extras
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe
 from robustaudit.evaluate.fastpath import halving_summary, tf32_mode
 from robustaudit.evaluate.artifacts import Artifacts
-from robustaudit.evaluate.header import attacks_block, example_eps, fit_split, model_costs, run_header
+from robustaudit.evaluate.header import (attacks_block, example_eps, fit_split, meaningless_warnings, model_costs,
+                                         run_header)
 from robustaudit.evaluate.physical import physical_sections
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
@@ -198,6 +199,9 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         **({"out-of-memory": halving_summary(resumed["oom_halvings"])} if resumed.get("oom_halvings") else {}),
         **resumed,
     }
+    meaningless = meaningless_warnings(result.records, sub.data.num_classes)  # near chance, too few samples
+    if meaningless:
+        result.provenance["warnings"] = meaningless
     if spec.out is not None:
         result.save(spec.out)
         r.store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it

@@ -85,3 +85,26 @@ def model_costs(entries: Sequence[ModelEntry], data: ImageData, batch_size: int,
 def jsonable(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as JSON values (anything else by its ``repr``)."""
     return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in settings.items()}
+
+
+#: Fewer clean-correct samples than this: each robust accuracy's 95% interval is wider than about ±0.15.
+MIN_CLEAN_CORRECT = 30
+
+
+def meaningless_warnings(records: Any, num_classes: int) -> list[str]:
+    """One line per model whose figures the intervals make meaningless: clean accuracy within 1.5x of
+    chance (1 / ``num_classes``), or fewer than :data:`MIN_CLEAN_CORRECT` clean-correct samples (only those
+    are attacked). ``records``: the matrix's rows (columns ``model``, ``n``, ``n_clean_correct``)."""
+    if records is None or len(records) == 0 or "n_clean_correct" not in records:
+        return []
+    out = []
+    for model, rows in records.groupby("model", sort=False):
+        n, correct = int(rows["n"].iloc[0]), int(rows["n_clean_correct"].iloc[0])
+        chance = 1.0 / max(num_classes, 1)
+        if n and num_classes > 1 and correct / n <= 1.5 * chance:
+            out.append(f"model '{model}': clean accuracy {correct / n:.3f} is near chance ({chance:.3f} for "
+                       f"{num_classes} classes): its robust accuracies say nothing about robustness")
+        elif correct < MIN_CLEAN_CORRECT:
+            out.append(f"model '{model}': only {correct} clean-correct samples (of {n}) are attacked: the 95% "
+                       f"intervals are too wide for any figure to mean much; audit at least {MIN_CLEAN_CORRECT}")
+    return out

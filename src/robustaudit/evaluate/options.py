@@ -134,8 +134,8 @@ def parse_eps(value: Any, what: str = "eps") -> list[float]:
     each finite and >= 0 (one line naming the bad item otherwise)."""
     if isinstance(value, str):
         items: list[Any] = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
+    elif isinstance(value, (list, tuple)):  # a list item may itself be "0.1,0.2" (a marker's eps=["0.1,0.2"])
+        items = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
     else:
         items = [value]
     out = [_one_eps(item, what) for item in items]
@@ -168,6 +168,31 @@ def _one_eps(item: Any, what: str) -> float:
     if e < 0:
         raise UserError(f"{what} must be >= 0, got {item!r}")
     return e
+
+
+def check_eps_range(grid: Sequence[float], norm: str, sample_shape: Sequence[int]) -> list[str]:
+    """Refuse an eps grid at or beyond the data range; return a warning line for radii above half of it.
+
+    Images live in [0, 1]: the range of a ``norm`` ball over one image is the distance between the
+    all-zeros and the all-ones image (1 in Linf, sqrt(C*H*W) in L2, C*H*W in L1). A radius at or beyond
+    it reaches every image (the audit measures nothing); above half of it every image reaches the same
+    mid-gray image, so no class can be told apart and robust accuracy is that of a constant input: a
+    warning, not a refusal (stress tests use such radii on purpose). ``patch`` radii are area shares
+    (checked by the patch attack)."""
+    if norm not in ("linf", "l2", "l1") or not grid:
+        return []
+    d = 1
+    for size in sample_shape:
+        d *= int(size)
+    span = {"linf": 1.0, "l2": d ** 0.5, "l1": float(d)}[norm]
+    top = max(grid)
+    if top >= span:
+        raise UserError(f"eps {top:g} ({norm}) reaches every image: images are in [0, 1], so a {norm} radius must be "
+                        f"below {span:g} (did you mean {top:g}/255?)")
+    if top > span / 2:
+        return [f"eps {top:g} ({norm}) is above half the data range ({span / 2:g}): every image can be turned into "
+                "the same mid-gray image, so robust accuracy there measures the threat model, not the model"]
+    return []
 
 
 def check_int(value: Any, what: str, *, low: int | None = None) -> int:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from robustaudit.core.errors import UserError
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.fastpath import to_device
+from robustaudit.models.storage import device_failure
 
 #: Inputs kept in host memory between attacks when they fit; larger sets are reloaded per batch.
 _CACHE_BYTES = 1 << 30
@@ -82,7 +83,7 @@ def model_forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     except UserError:
         raise
     except Exception as exc:  # a user's model failing is a user-facing error, not our traceback
-        raise UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
+        raise device_failure(exc, name) or UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
 
 
 def check_segmentation_outputs(logits: Any, y: torch.Tensor, data: ImageData, model: str) -> int:

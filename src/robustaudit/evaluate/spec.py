@@ -5,6 +5,8 @@ The CLI (flags over a TOML file), the Python API (:func:`robustaudit.audit`) and
 gets its default here and nowhere else. Defaults that depend on the audit:
 
 - the task: ``auto`` is the data's task (:func:`resolve_task`);
+- the models of a classification audit without any: the catalog models trained on the data
+  (``--data digits32`` alone audits digits32-cnn and digits32-resnet), else the embedded default models;
 - under segmentation, kept classification defaults mean the segmentation ones: models ``unet-tiny``,
   attacks pgd, segpgd, cospgd, eps 0.01, 0.02, 0.04, and without a model the first 100 images; the
   batch is at most 32 (masks and per-pixel logits are K*H*W times larger);
@@ -18,6 +20,7 @@ and attacks (:mod:`robustaudit.evaluate.subject`); the resume fingerprint derive
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -161,7 +164,7 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
     segmentation = task == "segmentation"
     models_given = "models" in g
     models = tuple(g["models"]) if models_given else tuple(
-        ModelSpec(m) for m in (opt.SEG_DEFAULT_MODELS if segmentation else opt.DEFAULT_MODELS))
+        ModelSpec(m) for m in (opt.SEG_DEFAULT_MODELS if segmentation else _default_models(data)))
     if not models:
         raise UserError("no model given")
     norm = _norm(g.get("norm", "linf"))
@@ -174,7 +177,23 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
         defense_models=opt.DEFAULT_DEFENSE_MODELS if embedded and "defense" not in g and not segmentation else (),
         **_plain(g))
     _check_task(spec)
+    for line in opt.check_eps_range(spec.eps, spec.norm, tuple(getattr(data, "sample_shape", ()))):
+        warnings.warn(line, stacklevel=2)
     return spec
+
+
+def _default_models(data: Any) -> tuple[str, ...]:
+    """The classification default rows for ``data``: the embedded default models on their own data (digits),
+    else the catalog models trained on ``data`` (``--data digits32`` alone: digits32-cnn, digits32-resnet),
+    else the embedded defaults (the subject then says which catalog models fit, if any)."""
+    from robustaudit.models.catalog import get_card, model_names
+
+    name = str(getattr(data, "name", "")).partition(":")[0]
+    trained_on = {get_card(m).dataset for m in opt.DEFAULT_MODELS}
+    if name in trained_on:
+        return opt.DEFAULT_MODELS
+    own = tuple(m for m in model_names() if get_card(m).dataset == name and get_card(m).task == "classification")
+    return own or opt.DEFAULT_MODELS
 
 
 def _plain(g: dict[str, Any]) -> dict[str, Any]:

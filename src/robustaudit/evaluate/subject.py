@@ -21,6 +21,7 @@ from robustaudit.evaluate.plan import ModelSpec
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.spec import AuditSpec
 from robustaudit.models.loading import LoadedModel, load_model
+from robustaudit.models.storage import check_storage
 from robustaudit.models.wrappers import prepare
 
 ModelLike = nn.Module | str | LoadedModel
@@ -129,6 +130,7 @@ def _model_entry(name: str | None, model: ModelLike) -> ModelEntry:
         info = {"source": "python", "spec": None, "weights_sha256": None}
     else:
         raise UserError(f"model must be an nn.Module or a spec string, got {type(model).__name__}")
+    check_storage(module, label)  # meta or half weights: one line now, not a torch error in the first forward
     info["params"] = sum(p.numel() for p in module.parameters())
     return ModelEntry(label, module, info)
 

@@ -48,6 +48,7 @@ from robustaudit.models.factories import DOTTED, from_import, from_python_file
 from robustaudit.models.files import file_sha256
 from robustaudit.models.model_files import from_model_file
 from robustaudit.models.state_dicts import existing_file, load_state_dict, read_state_dict
+from robustaudit.models.storage import check_storage
 from robustaudit.models.torchvision_models import TORCHVISION_PREFIX, from_torchvision
 from robustaudit.models.wrappers import parse_normalize, prepare
 
@@ -139,6 +140,7 @@ def load_model(
 
     model, source, name, sha = _resolve(text, weights_path, num_classes, trust_pickle)
     module = prepare(model, normalize=stats)
+    check_storage(module, name)  # meta or half weights: one line, before .cpu() fails on them
     # A model loaded for an audit has no mode of the user's to preserve; eval is the one that
     # matches how it is used (the runner still guards modes around attacks).
     module.cpu().eval()

@@ -1,0 +1,80 @@
+"""Progress without a terminal (issue 17.2): plain lines on stderr, rate-limited, silenced by --quiet."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from robustaudit.cli import main
+from robustaudit.cli_progress import PlainProgress, duration
+
+LINE = re.compile(r"^\[ *\d+\.\d s\] (.+?): (\d+/\d+, )?(done in \d+[smh]|ETA [\dmsh]+|starting.*)$")
+
+
+def _audit(tmp: Path, *extra: str) -> list[str]:
+    return ["audit", "--out", str(tmp / "out"), "--n", "16", "--eps", "0.1,0.2", "--checks", "off",
+            "--model", "digits-cnn", "--attack", "fgsm,pgd:steps=3", *extra]
+
+
+def test_plain_lines_per_stage_on_stderr_without_a_terminal(tmp_path: Path, capsys) -> None:
+    assert main(_audit(tmp_path)) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    stages = [LINE.match(line).group(1) for line in lines]  # every progress line has the plain format
+    assert stages == ["digits-cnn: clean", "digits-cnn: fgsm", "digits-cnn: pgd:steps=3"], err
+    assert all("done in" in line for line in lines)
+    assert re.search(r"16/16, done in \d+s$", lines[0]) and "32/32" in lines[1]  # 16 samples x 2 eps (at most)
+
+
+def test_quiet_silences_progress(tmp_path: Path, capsys) -> None:
+    assert main(_audit(tmp_path, "--quiet")) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+
+
+def test_plain_progress_is_rate_limited_and_gives_an_eta() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    bar = PlainProgress(lines.append, every=5.0, clock=lambda: now[0])
+    bar.start("m: pgd", 100)
+    for _ in range(99):  # one sample a second for 99 s: a line every 5 s at most
+        now[0] += 1.0
+        bar.advance(1)
+    assert len(lines) == 19  # at 5, 10, ..., 95 s
+    assert lines[0] == "[    5.0 s] m: pgd: 5/100, ETA 1m35s"
+    now[0] += 1.0
+    bar.advance(1)  # the stage's end is always reported
+    assert lines[-1] == "[  100.0 s] m: pgd: 100/100, done in 1m40s"
+    bar.start("fit patch (eps=0.1)", 500)
+    assert lines[-1].startswith("[  100.0 s] fit patch (eps=0.1): starting (500 units)")
+    bar.advance(0)
+    with bar:
+        pass
+    assert lines[-1] == "[  100.0 s] fit patch (eps=0.1): 0/500, done in 0s"
+
+
+def test_duration() -> None:
+    assert [duration(s) for s in (0.4, 59, 80, 3599, 7500)] == ["0s", "59s", "1m20s", "59m59s", "2h05m"]
+
+
+def test_too_few_clean_correct_samples_are_warned_in_the_summary_and_results_json(tmp_path: Path, capsys) -> None:
+    import json
+
+    argv = ["audit", "--out", str(tmp_path / "out"), "--n", "12", "--eps", "0.1", "--checks", "off",
+            "--model", "digits-cnn", "--attack", "fgsm", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    (line,) = doc["provenance"]["warnings"]
+    assert line.startswith("model 'digits-cnn': only ") and "clean-correct samples (of 12)" in line
+    assert f"warning: {line}" in err
+
+
+def test_near_chance_accuracy_is_warned() -> None:
+    import pandas as pd
+
+    from robustaudit.evaluate.header import meaningless_warnings
+
+    rows = pd.DataFrame({"model": ["a", "a", "b", "c"], "n": [200, 200, 200, 20], "n_clean_correct": [25, 25, 190, 19]})
+    lines = meaningless_warnings(rows, 10)
+    assert len(lines) == 2 and "'a': clean accuracy 0.125 is near chance (0.100 for 10 classes)" in lines[0]
+    assert "'c': only 19 clean-correct samples (of 20)" in lines[1]
