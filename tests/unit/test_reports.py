@@ -231,7 +231,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
     assert "| small-cnn-at | pgd-at (linf eps=0.2) | 92.0 [" in summary
     assert _expected_cell("small-cnn-at", WORST_CASE, 1) in summary
     assert _expected_cell("small-cnn", WORST_CASE, 1) in summary
-    assert "| ❌ fail | `large-eps` | small-cnn-at |" in md
+    assert "| ✗ fail | `large-eps` | small-cnn-at |" in md
     assert "1 pass, 0 warn, 1 fail" in md
     assert "| seed | 1234 |" in md and "| wall time | 12.3 s |" in md
     assert '```json\n{\n  "models": [' in md

@@ -18,6 +18,7 @@ from robustaudit.reports.view.overview import (
     TITLE, attacks_table, config_json, data_items, headline, models_table, provenance_items, threat_items,
 )
 from robustaudit.reports.view.physical import patch_section, physical_section
+from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, verdict_view
 
 CURVES_ALT = "robust accuracy against ε, one panel per model"
 EXAMPLES_ALT = "clean, adversarial and perturbation images"
@@ -54,6 +55,9 @@ class ReportView:
     provenance: list[tuple[str, str]]
     config: str | None
     checks_line: str  # the terminal's closing line on the checks
+    verdict: VerdictView  # the first screen's headline per model
+    access: str | None  # what the attacks may see and aim at ("white-box (gradients), untargeted: pgd")
+    examples_note: str | None  # set when the examples cover only some models
 
 
 def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
@@ -64,8 +68,10 @@ def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
 def report_view(result: ResultMatrix) -> ReportView:
     """Build every section of the classification report from ``result``."""
     empty = result.records.empty
+    access = access_text(result)
+    threat = [*threat_items(result), *([("attacks", access)] if access else [])]
     return ReportView(
-        title=TITLE, headline=headline(result), threat=threat_items(result), data=data_items(result),
+        title=TITLE, headline=headline(result), threat=threat, data=data_items(result),
         models=models_table(result), attacks=attacks_table(result), empty=empty,
         matrix=matrix_view(result), summary=summary_view(result), ties=ties_section(result),
         model_ties=() if empty else _model_ties(result),
@@ -76,4 +82,5 @@ def report_view(result: ResultMatrix) -> ReportView:
         brief_cost=brief_cost_table(result), checks=check_rows(result), checks_tally=checks_tally(result.checks),
         provenance=provenance_items(result), config=config_json(result),
         checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
+        verdict=verdict_view(result), access=access, examples_note=examples_note(result),
     )
