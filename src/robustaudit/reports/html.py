@@ -116,7 +116,8 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
     if result.is_segmentation:
         seg = segmentation_view(result)
         figures = _figures(result, seg) if images else {}
-        return _environment().get_template(SEGMENTATION_TEMPLATE).render(view=seg, figures=figures)
+        return _environment().get_template(SEGMENTATION_TEMPLATE).render(
+            view=seg, figures=figures, dash=DASH, marks=MARKS, doc_ids=set())
     view = report_view(result)
     reliability = reliability_of(result)
     docs = [(i, check_doc(i)) for i in dict.fromkeys(c.id for c in view.checks) if check_doc(i)]
