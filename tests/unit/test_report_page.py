@@ -120,7 +120,8 @@ def test_details_are_collapsed_and_hold_matrix_noise_checks_and_provenance(page)
 def test_markdown_shows_the_same_marks_and_the_per_eps_noise_table():
     md = render_markdown(_result())
     assert "| ✗ fail | `loss-gap` |" in md and "| ! warn | `monotone-eps` |" in md
-    assert "| ε | model pairs within noise |" not in md or "Differences within noise" in md
+    # without stored per-sample outcomes nothing is compared, and the section says so instead of a table
+    assert "No per-sample outcomes were stored, so nothing is compared." in md
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -168,3 +169,18 @@ def test_chromium_shows_the_first_screen_at_1400_and_scrolls_the_matrix_at_800(b
     scroll.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
     last = tab.locator("#matrix-scroll th").last.bounding_box()
     assert last["x"] + last["width"] <= 800 + 1  # the last column can be scrolled into view
+
+
+def test_markdown_and_terminal_write_the_upper_bound_too():
+    import io
+
+    from rich.console import Console
+
+    from robustaudit.reports import render_terminal
+
+    result = _result()
+    summary = render_markdown(result).split("## Clean vs adversarial")[1].split("\n## ")[0]
+    assert "| digits-model-1 | — | 97.5 [" in summary and "| ≤ 47.4 (upper bound: loss-gap failed) |" in summary
+    console = Console(file=io.StringIO(), width=250)
+    render_terminal(result, console)
+    assert "≤ 47.4 (upper bound: loss-gap failed)" in console.file.getvalue()
