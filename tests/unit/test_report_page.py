@@ -184,3 +184,11 @@ def test_markdown_and_terminal_write_the_upper_bound_too():
     console = Console(file=io.StringIO(), width=250)
     render_terminal(result, console)
     assert "≤ 47.4 (upper bound: loss-gap failed)" in console.file.getvalue()
+
+
+def test_check_docs_come_from_docs_checks_md_including_shared_sections(tmp_path):
+    from robustaudit.reports.view.checkdocs import check_doc
+
+    assert check_doc("loss-gap")[0].startswith("The audit's iterative attack with the other loss")
+    assert check_doc("more-steps") == check_doc("more-restarts") != ()  # "### more-steps, more-restarts"
+    assert check_doc("no-such-check") == () and check_doc("loss-gap", tmp_path / "absent.md") == ()
