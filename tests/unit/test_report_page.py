@@ -192,3 +192,16 @@ def test_check_docs_come_from_docs_checks_md_including_shared_sections(tmp_path)
     assert check_doc("loss-gap")[0].startswith("The audit's iterative attack with the other loss")
     assert check_doc("more-steps") == check_doc("more-restarts") != ()  # "### more-steps, more-restarts"
     assert check_doc("no-such-check") == () and check_doc("loss-gap", tmp_path / "absent.md") == ()
+
+
+def test_the_threat_model_says_what_the_attacks_may_see_and_aim_at_for_segmentation_too():
+    from test_report_view import _segmentation
+
+    result = _segmentation()
+    result.provenance["attacks"] = [{"name": "pgd", "kind": "fixed-eps", "settings": {}},
+                                    {"name": "segpgd:target=1", "kind": "fixed-eps", "settings": {"target": 1}},
+                                    {"name": "square", "kind": "score-based", "settings": {}}]
+    page = render_html(result, images=False)
+    threat = page.split('id="threat">')[1].split("</p>")[0]
+    assert ("attacks: white-box (gradients), untargeted: pgd; white-box (gradients), targeted: segpgd:target=1; "
+            "black-box (scores only), untargeted: square") in threat

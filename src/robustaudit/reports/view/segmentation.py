@@ -15,7 +15,7 @@ from robustaudit.reports.view.blocks import Image, Section, Table
 from robustaudit.reports.view.matrix import Cell, format_cell
 from robustaudit.reports.view.numbers import DASH, as_float, format_eps, format_number, format_percent
 from robustaudit.reports.view.overview import training_label
-from robustaudit.reports.view.verdict import VerdictView, reliability_of, verdict_row
+from robustaudit.reports.view.verdict import VerdictView, access_text, reliability_of, verdict_row
 
 TITLE = "Robustness audit: segmentation"
 #: The ensemble row's label and meaning.
@@ -157,7 +157,8 @@ def _overview(result: ResultMatrix) -> tuple[Section, ...]:
     return (
         Section("Threat model", notes=(f"norm: {threat.get('norm', DASH)}",
                                        "eps: " + ", ".join(format_eps(e) for e in threat.get("eps", [])),
-                                       "bounds: [0, 1]")),
+                                       "bounds: [0, 1]",
+                                       *([f"attacks: {access}"] if (access := access_text(result)) else []))),
         Section("Data", notes=(f"{data.get('name', DASH)}: {data.get('n', DASH)} images, "
                                f"{data.get('num_classes', DASH)} classes, ignore index {data.get('ignore_index', 255)} "
                                "(counts nowhere)",)),
