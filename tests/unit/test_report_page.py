@@ -205,3 +205,12 @@ def test_the_threat_model_says_what_the_attacks_may_see_and_aim_at_for_segmentat
     threat = page.split('id="threat">')[1].split("</p>")[0]
     assert ("attacks: white-box (gradients), untargeted: pgd; white-box (gradients), targeted: segpgd:target=1; "
             "black-box (scores only), untargeted: square") in threat
+
+
+def test_markdown_leads_with_the_verdict():
+    md = render_markdown(_result())
+    verdict = md.split("## Verdict\n\n")[1].split("\n## ")[0]
+    assert md.index("## Verdict") < md.index("## Threat model") < md.index("## Robust accuracy")
+    assert "| digits-model-1 | ≤ 47.4 (upper bound: loss-gap failed) | ✗ upper bound: loss-gap failed |" in verdict
+    assert "| digits-model-0 | 44.6 [40.6–48.6] | ✓ reliable |" in verdict
+    assert verdict.count("! no sanity check ran") == 4

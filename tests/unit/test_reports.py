@@ -209,6 +209,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
     headings = re.findall(r"^#+ (.+)$", md, flags=re.M)
     assert headings[0] == "Robustness audit"
     assert [h.split(" (")[0] for h in headings[1:]] == [
+        "Verdict",
         "Threat model",
         "Data",
         "Models",
