@@ -242,7 +242,7 @@ def test_report_block(digits_cnn, tmp_path):
     md = render_markdown(result)
     assert "## Learned attacks" in md and "### Transfer success %" in md and rate in md
     html = render_html(result, images=False)
-    assert "<h2>Learned attacks</h2>" in html and "digits-cnn-trades" in html and rate in html
+    assert "<summary>Learned attacks</summary>" in html and "digits-cnn-trades" in html and rate in html
     console = Console(record=True, width=200)
     render_terminal(result, console)
     text = console.export_text()

@@ -72,12 +72,13 @@ def test_upper_bound_in_terminal_markdown_and_html():
     assert "digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)" in text
     assert "≤ 89.0 [84.0–93.0]" in text  # the worst-case cell of the matrix and the summary
     markdown = render_markdown(result)
-    assert "- ⚠️ **digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)**" in markdown
+    assert "- **digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)**" in markdown
     assert "| **≤ 89.0 [84.0–93.0]** |" in markdown and "| 89.0 [84.0–93.0] |" in markdown  # pgd's own row
     page = render_html(result, images=False)
-    assert page.count('<td class="num upper"') == 2  # matrix worst case and summary, never coloured as a pass
+    # the verdict, the matrix's worst case and the summary, never coloured as a pass
+    assert page.count('<td class="num upper"') == 3
     assert "≤ 89.0 [84.0–93.0]</td>" in page and "hsl(107" not in page.split("<h2>Clean vs")[1].split("</table>")[0]
-    assert "digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)" in page
+    assert "≤ 89.0 (upper bound: loss-gap failed)" in page  # the verdict on the first screen
     # answered: no mark anywhere
     answered = _result([_verdict("loss-gap", "digits-cnn", answered_by=["apgd-dlr"])])
     assert "≤" not in _terminal(answered) and "≤" not in render_markdown(answered)
@@ -87,8 +88,10 @@ def test_upper_bound_in_terminal_markdown_and_html():
 def test_checks_off_says_the_figures_were_not_checked():
     off = _result([], level="off")
     assert off.reliability == {"digits-cnn": {"reliable": True, "reasons": []}}
-    for text in (_terminal(off), render_markdown(off), render_html(off, images=False)):
+    for text in (_terminal(off), render_markdown(off)):
         assert "The figures were not checked (--checks off)" in text and "≤" not in text
+    page = render_html(off, images=False)
+    assert "No sanity check ran: the figures are not checked" in page and "≤" not in page
     assert "not checked" not in _terminal(_result([_verdict("loss-gap", "digits-cnn", "pass")]))
 
 

@@ -105,7 +105,13 @@ def test_a_segmentation_report_renders_again_from_its_results_json(tmp_path):
     assert "| unet | worst-case (per image) | 78.1 / 98.4 | 25.0 [15.0–35.0] / 90.0 | 0.5 |" in md
     assert "| 1 | 60.0 | — |" in md  # class 1: clean IoU, then absent under pgd
     page = render_html(loaded, images=False)
-    assert '<tr style="font-weight:bold"><td>unet</td><td>worst-case (per image)</td>' in page
+    assert '<tr class="worst"><td>unet</td><td>worst-case (per image)</td>' in page
+    # the same page as classification: first screen, styled, threat model, details, provenance
+    for part in ('id="verdict"', 'id="clean-vs-adversarial"', 'id="checks-tally"', 'id="threat"', "<style>",
+                 '<details id="matrix">', '<details id="provenance">'):
+        assert part in page, part
+    assert "25.0 [15.0–35.0]" in page.split('id="verdict"')[1].split("</table>")[0]
+    assert "no sanity check ran" in page and "reliable<" not in page  # nothing checks segmentation
     console = Console(file=io.StringIO(), width=200)
     render_terminal(loaded, console)
     assert "25.0 [15.0–35.0] / 90.0" in console.file.getvalue()

@@ -209,6 +209,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
     headings = re.findall(r"^#+ (.+)$", md, flags=re.M)
     assert headings[0] == "Robustness audit"
     assert [h.split(" (")[0] for h in headings[1:]] == [
+        "Verdict",
         "Threat model",
         "Data",
         "Models",
@@ -231,7 +232,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
     assert "| small-cnn-at | pgd-at (linf eps=0.2) | 92.0 [" in summary
     assert _expected_cell("small-cnn-at", WORST_CASE, 1) in summary
     assert _expected_cell("small-cnn", WORST_CASE, 1) in summary
-    assert "| ❌ fail | `large-eps` | small-cnn-at |" in md
+    assert "| ✗ fail | `large-eps` | small-cnn-at |" in md
     assert "1 pass, 0 warn, 1 fail" in md
     assert "| seed | 1234 |" in md and "| wall time | 12.3 s |" in md
     assert '```json\n{\n  "models": [' in md
@@ -256,9 +257,13 @@ def test_html_is_self_contained_and_has_numbers_and_images(result):
     )
     assert page.count("data:image/png;base64,") == 2  # curves and examples
     assert _expected_cell("small-cnn-at", "pgd", 2) in page
-    assert "<h2>Examples</h2>" in page and "<h2>Accuracy curves</h2>" in page
-    assert "Sanity checks (1 pass, 0 warn, 1 fail)" in page
-    assert '<a href="docs/checks.md#logits">' in page
+    assert "<summary>Examples</summary>" in page and "<h2>Accuracy curves</h2>" in page
+    assert "Sanity checks: 1 pass, 0 warn, 1 fail" in page
+    # no relative link that breaks outside the source tree: a documented check links to its inlined section
+    assert 'href="docs/' not in page and "docs/checks.md#logits" in page
+    result.checks[0]["id"] = "logits-output"
+    page = render_html(result, images=False)
+    assert '<a href="#doc-logits-output">' in page and '<section class="doc" id="doc-logits-output">' in page
     assert "hsl(" in page  # cells coloured by robust accuracy
 
 
@@ -281,7 +286,7 @@ def test_html_without_examples_omits_the_section(result):
     result.examples = []
     assert examples_png(result) is None
     page = render_html(result)
-    assert "<h2>Examples</h2>" not in page
+    assert "<summary>Examples</summary>" not in page
     assert page.count("data:image/png;base64,") == 1
 
 
@@ -387,7 +392,7 @@ def test_reports_render_the_same_after_a_results_json_round_trip(result, tmp_pat
     loaded = ResultMatrix.load(tmp_path)
     assert render_markdown(loaded) == render_markdown(result)
     assert render_html(loaded, images=False) == render_html(result, images=False)
-    assert "<h2>Examples</h2>" in render_html(loaded)
+    assert "<summary>Examples</summary>" in render_html(loaded)
 
 
 def test_single_attack_without_worst_case_rows_is_its_own_worst_case(result):
@@ -416,7 +421,7 @@ def test_rows_within_noise_are_named_and_significant_differences_are_not():
     close = _two_models(list(range(50)), list(range(45)))
     (tie,) = ties(close)
     assert (tie.first, tie.second, tie.n) == ("a", "b", 100) and tie.p_value == 0.0625
-    assert "cannot be told apart at n=100" in render_markdown(close)
+    assert "| 0.1 | 1 of 1: a ≈ b | — |" in render_markdown(close)  # the per-ε table names few pairs
     # 6 discordant samples, all one way: p = 2 / 64 = 0.03125 -> a real difference
     far = _two_models(list(range(50)), list(range(44)))
     assert ties(far) == []

@@ -19,12 +19,17 @@ from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Image, Section
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING, Cell, format_cell
+from robustaudit.reports.view.checkdocs import check_doc
+from robustaudit.reports.view.checks import STATUS_MARK
 from robustaudit.reports.view.numbers import DASH, format_upper_bound
+from robustaudit.reports.view.verdict import Reliability, bounded_text, reliability_of
 
 TEMPLATE = "report.html.j2"
 SEGMENTATION_TEMPLATE = "segmentation.html.j2"
 #: Headings of the figures that stand as sections of their own.
 IMAGE_TITLES = {"accuracy_curves": "Accuracy curves", "examples": "Examples"}
+#: Status glyphs: the checks' marks, and the verdict's (reliable, upper bound, not checked).
+MARKS = {**STATUS_MARK, "reliable": STATUS_MARK["pass"], "upper": STATUS_MARK["fail"], "unchecked": "!"}
 
 
 @lru_cache(maxsize=1)
@@ -53,10 +58,10 @@ def cell_style(accuracy: float) -> str:
     return f"background-color: hsl({hue:.0f}, 70%, 86%)"
 
 
-def _cell(cell: Cell | None, upper: bool = False) -> dict[str, Any]:
-    """An accuracy cell; an upper bound (``upper``) reads "≤ ..." and is never coloured as a pass."""
-    if upper:
-        return {"text": format_upper_bound(format_cell(cell)), "style": "", "upper": True}
+def _cell(cell: Cell | None, reliability: Reliability | None = None) -> dict[str, Any]:
+    """A coloured accuracy cell; an upper bound is written ``≤ ...`` and never coloured (never a pass)."""
+    if reliability is not None and not reliability.reliable:
+        return {"text": bounded_text(cell, reliability), "style": "", "upper": True}
     return {"text": format_cell(cell), "style": cell_style(cell.accuracy) if cell is not None else "", "upper": False}
 
 
@@ -88,6 +93,11 @@ def _figures(result: ResultMatrix, view: ReportView | SegmentationView) -> dict[
     return out
 
 
+def _bound(cell: Cell | None) -> dict[str, Any]:
+    """A matrix cell of an upper-bound row: ``≤ ...``, never coloured (the reasons stand in the verdict)."""
+    return {"text": format_upper_bound(format_cell(cell)), "style": "", "upper": True}
+
+
 def _matrix_groups(view: ReportView) -> list[dict[str, Any]]:
     """The matrix rows grouped per model: one ``<tbody>`` each, so the groups read apart."""
     groups: list[dict[str, Any]] = []
@@ -95,7 +105,8 @@ def _matrix_groups(view: ReportView) -> list[dict[str, Any]]:
         if not groups or groups[-1]["model"] != row.model:
             groups.append({"model": row.model, "rows": []})
         groups[-1]["rows"].append({"attack": row.attack, "worst_case": row.worst_case, "clean": row.clean_text,
-                                   "cells": [_cell(c, row.upper_bound) for c in row.cells], "seconds": row.seconds_text})
+                                   "cells": [_bound(c) if row.upper_bound else _cell(c) for c in row.cells],
+                                   "seconds": row.seconds_text})
     return groups
 
 
@@ -111,11 +122,16 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
     if result.is_segmentation:
         seg = segmentation_view(result)
         figures = _figures(result, seg) if images else {}
-        return _environment().get_template(SEGMENTATION_TEMPLATE).render(view=seg, figures=figures)
+        return _environment().get_template(SEGMENTATION_TEMPLATE).render(
+            view=seg, figures=figures, dash=DASH, marks=MARKS, doc_ids=set())
     view = report_view(result)
+    reliability = reliability_of(result)
+    docs = [(i, check_doc(i)) for i in dict.fromkeys(c.id for c in view.checks) if check_doc(i)]
     return _environment().get_template(TEMPLATE).render(
         view=view, figures=_figures(result, view) if images else {}, image_titles=IMAGE_TITLES,
         matrix=_matrix_groups(view), summary=[{"model": r.model, "training": r.training, "clean": _cell(r.clean),
-                                               "adversarial": _cell(r.adversarial, r.upper_bound)} for r in view.summary.rows],
-        dash=DASH, worst_case=WORST_CASE, worst_case_meaning=WORST_CASE_MEANING,
+                                               "adversarial": _cell(r.adversarial, reliability.get(r.model))}
+                                              for r in view.summary.rows],
+        attention=[c for c in view.checks if c.status != "pass"], docs=docs, doc_ids={i for i, _ in docs},
+        dash=DASH, marks=MARKS, worst_case=WORST_CASE, worst_case_meaning=WORST_CASE_MEANING,
     )

@@ -13,9 +13,10 @@ from typing import Any
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Section, Table
-from robustaudit.reports.view.checks import CHECK_HEADERS
+from robustaudit.reports.view.checks import CHECK_HEADERS, STATUS_MARK
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING
 from robustaudit.reports.view.numbers import DASH
+from robustaudit.reports.view.verdict import RELIABLE, UNCHECKED, UPPER_BOUND, VerdictView
 
 _MD_SPECIAL = re.compile(r"([\\`*|<>&])")
 
@@ -94,6 +95,13 @@ def _matrix(view: ReportView) -> str:
     return f"## {md_escape(m.title)}\n\n{note}\n\n{grid}"
 
 
+def verdict(v: VerdictView) -> str:
+    """``## Verdict``: the lead sentence and each model's headline with its status (a plain mark, no emoji)."""
+    mark = {RELIABLE: STATUS_MARK["pass"], UPPER_BOUND: STATUS_MARK["fail"], UNCHECKED: STATUS_MARK["warn"]}
+    rows = [[md_escape(r.model), md_escape(r.text), f"{mark[r.status]} {md_escape(r.note)}"] for r in v.rows]
+    return f"## Verdict\n\n{v.lead}\n\n" + _grid(["model", "worst case", "status"], rows, 1)
+
+
 def _summary(view: ReportView) -> str:
     s = view.summary
     rows = [[md_escape(r.model), md_escape(r.training), r.clean.text,
@@ -101,7 +109,7 @@ def _summary(view: ReportView) -> str:
     text = f"## {s.title}\n\n{s.note}\n\n" + _grid(["model", "training", "clean test", "adversarial test"], rows, 2)
     rel = view.reliability
     if rel.unreliable:  # never a colour in Markdown: the marks are the ≤ and these lines
-        text += "\n\n" + "\n".join(f"- ⚠️ **{md_escape(line)}**" for line in rel.lines())
+        text += "\n\n" + "\n".join(f"- **{md_escape(line)}**" for line in rel.lines())
         text += "\n\n" + md_escape(rel.explanation)
     if rel.note:
         text += "\n\n" + md_escape(rel.note)
@@ -126,7 +134,9 @@ def _provenance(view: ReportView) -> str | None:
 
 
 def _classification(view: ReportView) -> str:
-    parts = [f"# {view.title}", md_escape(view.headline), "## Threat model\n\n" + _items(view.threat)]
+    parts = [f"# {view.title}", md_escape(view.headline)]
+    parts += [] if view.empty else [verdict(view.verdict)]
+    parts.append("## Threat model\n\n" + _items(view.threat))
     if view.data:
         parts.append("## Data\n\n" + _items(view.data))
     parts += [section(Section(title, table=t)) for title, t in (("Models", view.models), ("Attacks", view.attacks)) if t]
@@ -140,7 +150,8 @@ def _classification(view: ReportView) -> str:
 
 
 def _segmentation(view: SegmentationView) -> str:
-    parts = [f"# {view.title}", view.headline, *(section(s) for s in view.overview), section(view.matrix)]
+    parts = [f"# {view.title}", view.headline, verdict(view.verdict), *(section(s) for s in view.overview),
+             section(view.summary), section(view.matrix)]
     parts += [section(s) for s in (*view.per_class, *view.extra, view.checks, view.provenance)]
     return "\n\n".join(parts) + "\n"
 

@@ -14,6 +14,7 @@ from robustaudit.reports.view import ReportView, SegmentationView, report_view, 
 from robustaudit.reports.view.blocks import Table
 from robustaudit.reports.view.checks import CheckRow
 from robustaudit.reports.view.segmentation import SKIPPED_CHECKS
+from robustaudit.reports.view.verdict import UPPER_BOUND
 
 _STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -64,21 +65,14 @@ def _summary_table(view: ReportView) -> RichTable:
     table.add_column("training")
     table.add_column("clean test", justify="right")
     table.add_column("adversarial test", justify="right")
+    shown = {v.model: v for v in view.verdict.rows}
     for row in s.rows:
-        table.add_row(Text(row.model), Text(row.training), Text(row.clean.text),
-                      Text(row.adversarial_text, style="bold red" if row.upper_bound else ""))
+        verdict = shown.get(row.model)
+        # an upper bound reads "≤ 89.0 (upper bound: loss-gap failed)", in yellow, never as a pass
+        adversarial = (Text(verdict.text, style="yellow") if verdict is not None and verdict.status == UPPER_BOUND
+                       else Text(row.adversarial_text))
+        table.add_row(Text(row.model), Text(row.training), Text(row.clean.text), adversarial)
     return table
-
-
-def _print_reliability(view: ReportView, console: Console) -> None:
-    """The upper bounds, one line per unreliable model, or the note that nothing was checked."""
-    rel = view.reliability
-    for line in rel.lines():
-        console.print(Text(line, style="bold red"))
-    if rel.unreliable:
-        console.print(Text(rel.explanation, style="red"))
-    if rel.note:
-        console.print(Text(rel.note, style="dim"))
 
 
 def _checks_table(checks: list[CheckRow]) -> RichTable:
@@ -91,6 +85,17 @@ def _checks_table(checks: list[CheckRow]) -> RichTable:
             message.append(f" ({c.doc})", style="dim")
         table.add_row(Text(c.status, style=_STATUS_STYLE.get(c.status, "")), Text(c.id), Text(c.model), message)
     return table
+
+
+def _print_reliability(view: ReportView, console: Console) -> None:
+    """The upper bounds, one line per unreliable model, or the note that nothing was checked."""
+    rel = view.reliability
+    for line in rel.lines():
+        console.print(Text(line, style="bold red"))
+    if rel.unreliable:
+        console.print(Text(rel.explanation, style="red"))
+    if rel.note:
+        console.print(Text(rel.note, style="dim"))
 
 
 def _print_classification(view: ReportView, console: Console) -> None:

@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports.view.numbers import DASH
 
-#: Status -> marker, so a failing check stands out in a long job summary.
-STATUS_MARK = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
+#: Status -> marker, so a failing check stands out in a long job summary. Plain symbols (Dingbats and
+#: ASCII), not emoji: they render with any text font, where an emoji shows as an empty box without one.
+STATUS_MARK = {"pass": "✓", "warn": "!", "fail": "✗"}
 CHECK_HEADERS = ("status", "check", "model", "message", "doc")
 
 

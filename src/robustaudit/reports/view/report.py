@@ -19,6 +19,7 @@ from robustaudit.reports.view.overview import (
 )
 from robustaudit.reports.view.physical import patch_section, physical_section
 from robustaudit.reports.view.reliability import ReliabilityView, reliability_view
+from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, verdict_view
 
 CURVES_ALT = "robust accuracy against ε, one panel per model"
 EXAMPLES_ALT = "clean, adversarial and perturbation images"
@@ -58,6 +59,9 @@ class ReportView:
     #: per model: reliable or an upper bound (``≤ 89.0 (upper bound: loss-gap failed)``), and whether the
     #: checks ran at all
     reliability: ReliabilityView
+    verdict: VerdictView  # the first screen's headline per model
+    access: str | None  # what the attacks may see and aim at ("white-box (gradients), untargeted: pgd")
+    examples_note: str | None  # set when the examples cover only some models
 
 
 def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
@@ -68,8 +72,10 @@ def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
 def report_view(result: ResultMatrix) -> ReportView:
     """Build every section of the classification report from ``result``."""
     empty = result.records.empty
+    access = access_text(result)
+    threat = [*threat_items(result), *([("attacks", access)] if access else [])]
     return ReportView(
-        title=TITLE, headline=headline(result), threat=threat_items(result), data=data_items(result),
+        title=TITLE, headline=headline(result), threat=threat, data=data_items(result),
         models=models_table(result), attacks=attacks_table(result), empty=empty,
         matrix=matrix_view(result), summary=summary_view(result), ties=ties_section(result),
         model_ties=() if empty else _model_ties(result),
@@ -81,4 +87,5 @@ def report_view(result: ResultMatrix) -> ReportView:
         provenance=provenance_items(result), config=config_json(result),
         checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
         reliability=reliability_view(result),
+        verdict=verdict_view(result), access=access, examples_note=examples_note(result),
     )

@@ -12,7 +12,10 @@ import numpy as np
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.blocks import Image, Section, Table
+from robustaudit.reports.view.matrix import Cell, format_cell
 from robustaudit.reports.view.numbers import DASH, as_float, format_eps, format_number, format_percent
+from robustaudit.reports.view.overview import training_label
+from robustaudit.reports.view.verdict import VerdictView, access_text, reliability_of, verdict_row
 
 TITLE = "Robustness audit: segmentation"
 #: The ensemble row's label and meaning.
@@ -38,6 +41,8 @@ class SegmentationView:
     panels: Image | None
     checks: Section
     provenance: Section
+    verdict: VerdictView  # the first screen: per model the worst-case mIoU at the summary eps
+    summary: Section  # clean vs adversarial mIoU per model at the summary eps
 
 
 def summary_eps(result: ResultMatrix) -> float | None:
@@ -152,11 +157,39 @@ def _overview(result: ResultMatrix) -> tuple[Section, ...]:
     return (
         Section("Threat model", notes=(f"norm: {threat.get('norm', DASH)}",
                                        "eps: " + ", ".join(format_eps(e) for e in threat.get("eps", [])),
-                                       "bounds: [0, 1]")),
+                                       "bounds: [0, 1]",
+                                       *([f"attacks: {access}"] if (access := access_text(result)) else []))),
         Section("Data", notes=(f"{data.get('name', DASH)}: {data.get('n', DASH)} images, "
                                f"{data.get('num_classes', DASH)} classes, ignore index {data.get('ignore_index', 255)} "
                                "(counts nowhere)",)),
     )
+
+
+def _worst_cells(result: ResultMatrix, eps: float | None) -> dict[str, Cell | None]:
+    """Per model the per-image worst-case mIoU at ``eps`` with its bootstrap interval (None when absent)."""
+    r, out = result.records, {}
+    for model in result.models:
+        rows = r[(r["model"] == model) & (r["attack"] == WORST_CASE)]
+        rows = rows[np.isclose(rows["eps"].astype(float), eps)] if eps is not None else rows.iloc[0:0]
+        out[model] = (None if rows.empty else
+                      Cell(as_float(rows["miou"].iloc[0]), as_float(rows["miou_ci_low"].iloc[0]),
+                           as_float(rows["miou_ci_high"].iloc[0])))
+    return out
+
+
+def _verdict_and_summary(result: ResultMatrix, eps: float | None) -> tuple[VerdictView, Section]:
+    """The first screen's verdict (never "reliable": no sanity check covers segmentation) and the
+    clean-vs-adversarial mIoU table."""
+    worst, reliability, r = _worst_cells(result, eps), reliability_of(result), result.records
+    rows = tuple(verdict_row(m, c, reliability.get(m), checked=False) for m, c in worst.items())
+    eps_text = format_eps(eps) if eps is not None else DASH
+    lead = (f"mIoU in % under the {ENSEMBLE} at eps={eps_text}, with its 95% per-image bootstrap interval; "
+            f"{SKIPPED_CHECKS}.")
+    clean = {m: format_percent(r.loc[r["model"] == m, "clean_miou"].iloc[0]) for m in worst}
+    table = Table(("model", "training", "clean mIoU", "adversarial mIoU"),
+                  tuple((m, training_label(result, m), clean[m], format_cell(c)) for m, c in worst.items()))
+    return VerdictView(lead, rows), Section(f"Clean vs adversarial mIoU (eps={eps_text})", table=table,
+                                            paragraph=f"Adversarial: the {ENSEMBLE} over all attacks.")
 
 
 def segmentation_view(result: ResultMatrix) -> SegmentationView:
@@ -164,6 +197,7 @@ def segmentation_view(result: ResultMatrix) -> SegmentationView:
     prov = result.provenance
     eps = summary_eps(result)
     items = [(k, prov.get(k)) for k in ("robustaudit", "torch", "device", "seed", "seconds")]
+    verdict, summary = _verdict_and_summary(result, eps)
     matrix = Section("mIoU and pixel accuracy under attack", table=matrix_table(result),
                      after=f"{CI_NOTE}. {ENSEMBLE_MEANING}. Each cell is an independent run over every image.")
     return SegmentationView(
@@ -174,4 +208,5 @@ def segmentation_view(result: ResultMatrix) -> SegmentationView:
         panels=Image("seg_panels", "segmentation panels", note=PANELS_NOTE) if result.seg_examples else None,
         checks=Section("Sanity checks", paragraph=SKIPPED_CHECKS + "."),
         provenance=Section("Provenance", notes=tuple(f"{k}: {v}" for k, v in items if v is not None)),
+        verdict=verdict, summary=summary,
     )
