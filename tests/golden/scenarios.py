@@ -7,6 +7,12 @@ times, versions and machine, must stay equal per sample across refactors.
 
 Each run is small (tens of samples, few steps) so that ``tests/regression/test_golden.py`` can run all
 six in CI; one torch thread, so the numbers do not depend on the machine's core count.
+
+Recorded before the redesign and kept equal through it. Re-recorded once since, on purpose, for changes of
+behaviour of issues 16/17, each checked to only lower a figure or add a key: the finite-differences check
+(median over 5 directions per sample, its message and evidence), detector rows whose ε sweep now attacks
+the survivors of the smaller ε (ten detector-defended rows of a_default and one of e_detector lower, none
+higher), ``provenance.warnings`` and ``reliability`` added.
 """
 
 from __future__ import annotations

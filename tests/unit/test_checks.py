@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robustaudit.checks import adaptive_attacks, run_checks
+from robustaudit.checks import run_checks
+from robustaudit.checks.adaptive import plan_adaptive
+from robustaudit.checks.probes import probe_model
 from robustaudit.checks.verdict import Verdict, paired_status, tolerance
 from robustaudit.data.digits import digits_split
 from robustaudit.evaluate.api import attack_entries_from
@@ -131,7 +133,8 @@ def test_randomness_in_forward_is_flagged_and_full_reruns_with_eot(digits_cnn):
     verdicts, probe, _, atts = _audit_and_check(Noisy(digits_cnn), attacks=("pgd:steps=10",), n=32)
     assert _status(verdicts, "deterministic") == "fail" and probe.randomized
     assert "eot" in verdicts["deterministic"].message
-    assert [a.name for a in adaptive_attacks(probe, Noisy(digits_cnn), atts)] == ["eot(pgd:steps=10)"]
+    plan = plan_adaptive([verdicts["deterministic"]], probe, atts, [a.name for a in atts])
+    assert [a.name for a in plan.run] == ["eot(pgd:steps=10)"]
 
 
 def test_quantized_inputs_have_dead_gradients_and_full_reruns_with_bpda(digits_cnn):
@@ -141,7 +144,28 @@ def test_quantized_inputs_have_dead_gradients_and_full_reruns_with_bpda(digits_c
     assert "bpda" in verdicts["input-gradients"].message
     # the attack-side evidence agrees: PGD cannot leave the class even with the whole box
     assert _status(verdicts, "unbounded") == "fail"
-    assert [a.name for a in adaptive_attacks(probe, model, atts)] == ["bpda(fgsm)", "bpda(pgd:steps=20)"]
+    assert probe.bpda_identity  # the quantizer keeps the shape: BPDA's identity backward stands in for it
+    plan = plan_adaptive([verdicts["input-gradients"]], probe, atts, [a.name for a in atts])
+    assert {"bpda(fgsm)", "bpda(pgd:steps=20)", "square"} <= {a.name for a in plan.run}
+
+
+class _Levels(nn.Module):
+    """A thermometer-style encoding: ``(N, 1, H, W) -> (N, 4, H, W)``, no identity can stand in for it."""
+
+    def forward(self, x):
+        return torch.cat([(x > t).float() for t in (0.2, 0.4, 0.6, 0.8)], dim=1)
+
+
+def test_a_shape_changing_preprocess_gets_square_not_bpda():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    model = Quantized(net)
+    model.preprocess = _Levels()
+    x, y = digits_split("test").load(range(16))
+    probe = probe_model("m", model, x, y)
+    assert not probe.differentiable and not probe.bpda_identity
+    atts = attack_entries_from(["fgsm", "pgd:steps=5"])
+    plan = plan_adaptive([Verdict("input-gradients", "m", "fail", "dead")], probe, atts, ["fgsm", "pgd:steps=5"])
+    assert [a.name for a in plan.run] == ["square"]
 
 
 def test_saturated_logits_warn_and_show_a_loss_gap(digits_cnn):

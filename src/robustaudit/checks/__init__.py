@@ -4,8 +4,7 @@
 ``full`` uses a larger subsample, doubles restarts too, runs a black-box attack when the audit has none,
 and answers every failing verdict with the adaptive evaluation :data:`robustaudit.checks.adaptive.ADAPTIVE`
 maps it to (margin loss, BPDA, Square, EOT, the black-box result), which the caller runs over the whole
-audit and merges into the worst case. See ``docs/checks.md``. :func:`adaptive_attacks` is the older,
-probe-only mapping, kept for callers of the Python API.
+audit and merges into the worst case. See ``docs/checks.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 
-from robustaudit.attacks.base import AttackKind
 from robustaudit.checks.attacks import Context, attack_verdicts
 from robustaudit.checks.probes import Probe, probe_model
 from robustaudit.checks.verdict import Verdict
@@ -26,12 +24,10 @@ from robustaudit.evaluate.options import check_checks
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
-__all__ = ["LEVELS", "Probe", "Verdict", "adaptive_attacks", "check_level", "run_checks"]
+__all__ = ["LEVELS", "Probe", "Verdict", "check_level", "run_checks"]
 
 #: Subsample size per model and level: small enough for basic to cost a fraction of the audit.
 SUBSAMPLE = {"basic": 32, "full": 128}
-#: EOT samples per gradient of the adaptive re-run of a randomized model.
-EOT_K = 10
 
 
 def check_level(level: str) -> str:
@@ -60,7 +56,7 @@ def run_checks(
         models, data, ids, attacks, grid, norm: what the audit ran (``ids`` the audited sample ids).
         result: the audit's matrix, with per-sample robust ids.
     Returns:
-        The verdicts, and each model's :class:`Probe` (flags read by :func:`adaptive_attacks`).
+        The verdicts, and each model's :class:`Probe` (flags read by :func:`robustaudit.checks.adaptive.plan_adaptive`).
     """
     check_level(level)
     if level == "off":
@@ -84,22 +80,3 @@ def run_checks(
                           list(grid), norm, seed, batch_size, task, probe, level)
             verdicts.extend(attack_verdicts(ctx))
     return verdicts, probes
-
-
-def adaptive_attacks(probe: Probe, module: torch.nn.Module, attacks: Sequence[AttackEntry]) -> list[AttackEntry]:
-    """The attacks ``--checks full`` re-runs on a model whose probes found randomness or dead gradients:
-    EOT around each gradient attack for a randomized model; BPDA around them when the model exposes its
-    ``preprocess`` module, else Square, for dead or meaningless gradients."""
-    from robustaudit.attacks.square import Square
-    from robustaudit.attacks.wrappers import BPDA, EOT, _find_preprocess
-
-    gradient = [a for a in attacks if a.attack.kind in (AttackKind.FIXED_EPS, AttackKind.MINIMAL_NORM)]
-    out: list[AttackEntry] = []
-    if probe.randomized and probe.differentiable:
-        out += [AttackEntry(f"eot({a.name})", EOT(a.attack, k=EOT_K)) for a in gradient]
-    if probe.dead_gradients:
-        if _find_preprocess(module) is not None:
-            out += [AttackEntry(f"bpda({a.name})", BPDA(a.attack)) for a in gradient]
-        elif not any(a.attack.kind is AttackKind.SCORE_BASED for a in attacks):
-            out.append(AttackEntry("square", Square()))
-    return out

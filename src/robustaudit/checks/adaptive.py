@@ -33,10 +33,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-import torch
 
 from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.checks.probes import Probe
+from robustaudit.checks.variants import iterative_attack, variant
 from robustaudit.checks.verdict import Verdict
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.evaluate.runner import AttackEntry
@@ -80,18 +80,18 @@ class Plan:
     answers: dict[int, list[str]] = field(default_factory=dict)
 
 
-def plan_adaptive(verdicts: Sequence[Verdict], probe: Probe, module: torch.nn.Module,
-                  attacks: Sequence[AttackEntry], columns: Sequence[str]) -> Plan:
+def plan_adaptive(verdicts: Sequence[Verdict], probe: Probe, attacks: Sequence[AttackEntry],
+                  columns: Sequence[str]) -> Plan:
     """The adaptive columns for one model's failing ``verdicts``.
 
     Args:
         verdicts: the model's verdicts (only ``fail`` ones with an :data:`ADAPTIVE` entry are answered).
-        probe: the model's probe flags (randomized, differentiable, dead gradients).
-        module: the audited model (BPDA looks for its ``preprocess``).
+        probe: the model's probe flags (randomized, differentiable, dead gradients, and whether BPDA's
+            identity can stand in for its ``preprocess``).
         attacks: the audit's attack columns; ``columns``: the columns the matrix holds for this model
             (the runner's ``square`` in place of skipped gradient attacks included).
     """
-    families = _Families(probe, module, attacks, columns)
+    families = _Families(probe, attacks, columns)
     plan = Plan()
     for i, v in enumerate(verdicts):
         if v.status != "fail" or v.id not in ADAPTIVE:
@@ -120,12 +120,10 @@ def answered(verdicts: Sequence[Verdict], plan: Plan, ran: set[str]) -> list[Ver
 class _Families:
     """Builds each family's columns for one model, once."""
 
-    def __init__(self, probe: Probe, module: torch.nn.Module, attacks: Sequence[AttackEntry],
-                 columns: Sequence[str]) -> None:
-        from robustaudit.attacks.wrappers import _find_preprocess
-
+    def __init__(self, probe: Probe, attacks: Sequence[AttackEntry], columns: Sequence[str]) -> None:
         self.probe, self.attacks, self.columns = probe, list(attacks), list(columns)
-        self.preprocess = _find_preprocess(module) is not None
+        # BPDA with the identity backward: only where the preprocess keeps the shape (Square answers otherwise)
+        self.preprocess = probe.bpda_identity
         self.gradient = [a for a in attacks if a.attack.kind in _GRADIENT]
         self._cache: dict[str, list[AttackEntry]] = {}
 
@@ -141,7 +139,7 @@ class _Families:
     # ------------------------------------------------------------------ wrapping
     def _adapt(self, entries: list[AttackEntry]) -> list[AttackEntry]:
         """Gradient columns as they can run on this model: through BPDA when its gradients are useless
-        (nothing without a ``preprocess`` module), averaged by EOT when it is randomized."""
+        (nothing without a shape-keeping ``preprocess`` module), averaged by EOT when it is randomized."""
         from robustaudit.attacks.wrappers import BPDA, EOT
 
         if self.gradients_useless:
@@ -160,8 +158,8 @@ class _Families:
         have = self._existing(lambda a: a.kind in _GRADIENT and a.settings().get("loss") in ("margin", "dlr"))
         if have and not self.gradients_useless and not self.probe.randomized:
             return have
-        iterative = _iterative(self.gradient)
-        margin = None if iterative is None else _rebuilt(iterative.attack, loss="margin")
+        iterative = iterative_attack(self.gradient)
+        margin = None if iterative is None else variant(iterative.attack, loss="margin")
         if iterative is not None and margin is not None:
             entry = AttackEntry(_with(iterative.name, "loss=margin"), margin)
         else:
@@ -191,13 +189,13 @@ class _Families:
         return have or self._square()
 
     def _more(self, setting: str) -> list[AttackEntry]:
-        iterative = _iterative(self.gradient)
+        iterative = iterative_attack(self.gradient)
         if iterative is None:
             return []
         value = iterative.attack.settings().get(setting)
         if not isinstance(value, int):
             return []
-        stronger = _rebuilt(iterative.attack, **{setting: 2 * value})
+        stronger = variant(iterative.attack, **{setting: 2 * value})
         if stronger is None:
             return []
         return self._adapt([AttackEntry(_with(iterative.name, f"{setting}={2 * value}"), stronger)])
@@ -207,27 +205,6 @@ class _Families:
 
     def _more_restarts(self) -> list[AttackEntry]:
         return self._more("restarts")
-
-
-def _iterative(gradient: Sequence[AttackEntry]) -> AttackEntry | None:
-    """The first fixed-eps gradient attack with ``steps`` (not FGSM): the one the checks vary."""
-    for a in gradient:
-        if a.attack.kind is AttackKind.FIXED_EPS and "steps" in a.attack.settings() and a.attack.name != "fgsm":
-            return a
-    return None
-
-
-def _rebuilt(attack: Attack, **changes: object) -> Attack | None:
-    """``attack``'s class with some settings changed; ``None`` when the class cannot take them."""
-    from robustaudit.core.errors import UserError
-
-    settings = attack.settings()
-    if any(k not in settings for k in changes):
-        return None
-    try:
-        return type(attack)(**{**settings, **changes})
-    except (TypeError, UserError):  # a wrapper (positional attack) or a budget beyond its cap
-        return None
 
 
 def _with(name: str, setting: str) -> str:

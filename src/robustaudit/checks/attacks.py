@@ -19,8 +19,8 @@ import torch.nn as nn
 from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.checks.masking import black_vs_white, n_clean, random_noise
 from robustaudit.checks.probes import Probe
+from robustaudit.checks.variants import iterative_attack, variant
 from robustaudit.checks.verdict import Verdict, paired_status, share, tolerance
-from robustaudit.core.errors import UserError
 from robustaudit.core.task import Task
 from robustaudit.core.threat import ThreatModel
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
@@ -109,23 +109,7 @@ def attack_verdicts(ctx: Context) -> list[Verdict]:
 # ---------------------------------------------------------------------------------------- helpers
 def _iterative(ctx: Context) -> AttackEntry | None:
     """The audit's first iterative white-box attack with a ``steps`` setting (the one checks vary)."""
-    for a in ctx.of((AttackKind.FIXED_EPS,)):
-        if "steps" in a.attack.settings() and type(a.attack).__name__ != "FGSM":
-            return a
-    return None
-
-
-def _variant(attack: Attack, **changes: object) -> Attack | None:
-    """The same attack class with some settings changed, or ``None`` when it cannot be rebuilt."""
-    settings = attack.settings()
-    if any(k not in settings for k in changes):
-        return None
-    try:
-        return type(attack)(**{**settings, **changes})
-    except TypeError:  # wrappers take the wrapped attack positionally
-        return None
-    except UserError:  # a doubled budget beyond its declared cap (attacks/settings.py)
-        return None
+    return iterative_attack(ctx.of((AttackKind.FIXED_EPS,)))
 
 
 def _default_pgd(**settings: object) -> Attack:
@@ -284,7 +268,7 @@ def _more_effort(ctx: Context) -> list[Verdict]:
         changes.append(("restarts", {"restarts": 2 * settings["restarts"]}))
     out = []
     for what, change in changes:
-        stronger = _variant(a.attack, **change)
+        stronger = variant(a.attack, **change)
         if stronger is None:
             continue
         robust = ctx.robust_after(stronger, eps, rows)
@@ -304,13 +288,13 @@ def _loss_gap(ctx: Context) -> list[Verdict]:
         return []
     loss = a.attack.settings()["loss"]
     other = "margin" if loss == "ce" else "ce"
-    variant = _variant(a.attack, loss=other)
-    if variant is None:
+    switched = variant(a.attack, loss=other)
+    if switched is None:
         return []
     eps = ctx.probe_eps()
     base = ctx.audit_robust(a.name, eps)
     rows = base.nonzero().flatten()  # only what the audit left standing can show a gap
-    robust = ctx.robust_after(variant, eps, rows)
+    robust = ctx.robust_after(switched, eps, rows)
     gap = int((base[rows] & ~robust[rows]).sum())
     n = len(ctx.correct_rows)
     status = paired_status(gap, n)

@@ -44,6 +44,9 @@ class Probe:
     differentiable: bool = True
     randomized: bool = False
     dead_gradients: bool = False
+    #: the model has a ``preprocess`` module that keeps the input's shape, so BPDA's identity backward can
+    #: stand in for it (a thermometer encoding, ``(N, 1, H, W) -> (N, L, H, W)``, cannot)
+    bpda_identity: bool = False
     verdicts: list[Verdict] = field(default_factory=list)
 
 
@@ -53,11 +56,23 @@ def probe_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     probe = Probe(name)
     with torch.no_grad():
         first = model(x)
+    probe.bpda_identity = _preprocess_keeps_shape(model, x)
     probe.verdicts.append(_logits_verdict(name, first))
     probe.verdicts.append(_determinism_verdict(name, model, x, first, probe))
     probe.verdicts.append(_autograd_verdict(name, model, x))
     probe.verdicts.extend(_gradient_verdicts(name, model, x, y, task, seed, probe))
     return probe
+
+
+def _preprocess_keeps_shape(model: nn.Module, x: torch.Tensor) -> bool:
+    from robustaudit.attacks.wrappers import _find_preprocess
+
+    pre = _find_preprocess(model)
+    if pre is None:
+        return False
+    with torch.no_grad():
+        out = pre(x[:1])
+    return isinstance(out, torch.Tensor) and out.shape == x[:1].shape
 
 
 def _logits_verdict(name: str, out: torch.Tensor) -> Verdict:

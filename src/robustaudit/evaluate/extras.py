@@ -78,7 +78,7 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
                 continue
             mine = [k for k, v in enumerate(verdicts) if v.model == entry.name]
             columns = [a for (m, a, _e) in result.robust_ids if m == entry.name]
-            plan = plan_adaptive([verdicts[k] for k in mine], probes[entry.name], entry.module, attacks, columns)
+            plan = plan_adaptive([verdicts[k] for k in mine], probes[entry.name], attacks, columns)
             if plan.run:
                 _announce(entry.name, plan.run, estimate_passes(plan.run, result, entry.name, grid), result, progress)
                 more = run([entry], data, plan.run, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size,

@@ -133,7 +133,8 @@ def decode_checks(doc: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     from robustaudit.checks.probes import Probe
     from robustaudit.checks.verdict import Verdict
 
-    verdicts = [Verdict(**v) for v in doc["verdicts"]]
+    # JSON has no tuple: answered_by comes back as a list and must be the tuple the verdict was built with.
+    verdicts = [Verdict(**{**v, "answered_by": tuple(v.get("answered_by", ()))}) for v in doc["verdicts"]]
     probes = {name: Probe(**{k: v for k, v in p.items() if k != "verdicts"},
                           verdicts=[verdicts[k] for k in p["verdicts"]]) for name, p in doc["probes"].items()}
     return verdicts, probes
