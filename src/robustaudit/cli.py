@@ -54,10 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list catalog models, attacks, datasets or defenses",
                         description="List what robustaudit knows.",
                         epilog="examples:\n  robustaudit list models\n  robustaudit list attacks\n"
-                               "  robustaudit list attacks pgd     # its settings: type, default, range",
+                               "  robustaudit list attacks pgd     # its settings: type, default, range\n"
+                               "  robustaudit list models --source torchvision   # published weights, offline",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("what", choices=["models", "attacks", "datasets", "defenses"])
     ls.add_argument("name", nargs="?", metavar="NAME", help="with attacks: one attack's settings in detail")
+    ls.add_argument("--source", choices=["catalog", "torchvision", "timm"], default=None,
+                    help="with models: whose models (default catalog: ours); torchvision lists its classification "
+                    "weight enums with published top-1 and marks those in the cache")
+    ls.add_argument("--model-dir", metavar="DIR", dest="model_dir",
+                    help="with --source torchvision: the cache to look in (default: torch.hub.get_dir())")
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
@@ -151,7 +157,13 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
         from robustaudit.core.errors import UserError
 
         raise UserError(f"list {args.what} takes no NAME; a NAME shows one attack: robustaudit list attacks {args.name}")
-    if args.what == "models":
+    if (args.source is not None or args.model_dir is not None) and args.what != "models":
+        from robustaudit.core.errors import UserError
+
+        raise UserError(f"--source and --model-dir go with 'list models', not 'list {args.what}'")
+    if args.what == "models" and args.source not in (None, "catalog"):
+        _list_source(out, table, args.source, args.model_dir)
+    elif args.what == "models":
         from robustaudit.models.catalog import get_card, model_names
         from robustaudit.reports.view.numbers import format_count
 
@@ -185,6 +197,29 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
             table.add_row(name, text)
         out.print(table)
     return EXIT_OK
+
+
+def _list_source(console, table, source: str, model_dir: str | None) -> None:
+    """Published models of another library, offline: torchvision's weight enums (``timm``: its extra)."""
+    if source == "timm":
+        from robustaudit.models.timm_models import list_timm_models
+
+        names = list_timm_models()  # one line naming the extra when timm is missing
+        console.print("\n".join(f"timm:{name}" for name in names))
+        return
+    from robustaudit.models.torchvision_weights import hub_dir, list_torchvision_weights
+
+    rows = list_torchvision_weights(model_dir)
+    for col in ("model", "params", "acc@1 (ImageNet-1K)", "cached"):
+        table.add_column(col, justify="right" if col in ("params", "acc@1 (ImageNet-1K)") else "left")
+    for row in rows:
+        table.add_row(row["spec"] + (" (DEFAULT)" if row["default"] else ""),
+                      f"{row['params']:,}" if row["params"] is not None else "—",
+                      f"{row['acc1']:.1f}%" if row["acc1"] is not None else "—", "yes" if row["cached"] else "")
+    console.print(table)
+    cached = sum(row["cached"] for row in rows)
+    console.print(f"{len(rows)} weight enums, {cached} in {hub_dir(model_dir) / 'checkpoints'}; published top-1 from "
+                  "torchvision's metadata. Audit one with --model SPEC (--allow-download fetches a missing file).")
 
 
 def _list_attacks(console, table, name: str | None) -> None:

@@ -31,6 +31,7 @@ examples:
   robustaudit audit --model nets.py:make_net --weights net.safetensors --data cifar10:~/data \\
       --normalize mean=0.49,0.48,0.45,std=0.25,0.24,0.26 --eps 2/255,4/255,8/255 --n 1000
   robustaudit audit --model torchvision:resnet18 --weights r18.pt --data imagefolder:val:size=224
+  robustaudit audit --model torchvision:resnet18:weights=IMAGENET1K_V1 --data imagefolder:val:size=224
   robustaudit audit --config audit.toml --device cuda --fail-under 0.5 --fail-on lower
   robustaudit audit --json > results.json
   robustaudit audit --model digits-cnn --out run1 --resume   # continue run1 after a crash or Ctrl-C
@@ -74,6 +75,12 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
                    help="state_dict .pt (loaded with weights_only=True) or .safetensors; one per --model")
     a.add_argument("--normalize", action="append", metavar="SPEC",
                    help="mean=..,std=.. : wrap a model that expects normalized inputs; one per --model")
+    a.add_argument("--model-dir", metavar="DIR", dest="model_dir",
+                   help="cache of published weights (torchvision:ARCH:weights=ENUM: torch hub's directory, files "
+                   "in DIR/checkpoints/; default: torch.hub.get_dir())")
+    a.add_argument("--allow-download", action="store_true", default=None, dest="allow_download",
+                   help="download published weights missing from the cache (default: never; a missing file is "
+                   "an error naming the path expected)")
     a.add_argument("--data", metavar="D", help="digits (default), cifar10:ROOT, mnist:ROOT, imagefolder:ROOT[:size=N], tensors:FILE")
     a.add_argument("--attack", action="append", metavar="A",
                    help="attack with inline settings, e.g. pgd:steps=50,restarts=2; repeat for several (default: fgsm, pgd)")
@@ -136,7 +143,7 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
 
 #: Flags that give an option of the same name (``None``: not given).
 _PLAIN_FLAGS = ("data", "norm", "n", "batch_size", "device", "seed", "out", "fail_under", "fail_on", "allow_unreliable",
-                "trust_pickle",
+                "trust_pickle", "allow_download", "model_dir",
                 "resume", "overwrite", "checks", "train_data", "task", "precision", "compile", "physical",
                 "defense", "defense_fpr", "defense_data", "eps")
 

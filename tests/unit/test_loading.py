@@ -500,7 +500,7 @@ def test_torchvision_inference_for_archs_not_buildable_on_meta(tmp_path):
             r"num_classes must be a positive integer, got 'ten'",
         ),
         ("torchvision:resnet18:num_classes", r"setting 'num_classes' is not KEY=VALUE"),
-        ("torchvision:resnet18:weights=DEFAULT", r"never downloads weights"),
+        ("torchvision:fcn_resnet50:weights_backbone=DEFAULT", r"weights_backbone is not supported"),
     ],
 )
 def test_torchvision_errors(spec, match):

@@ -29,6 +29,7 @@ def audit(
     checks: str = "basic", cost: bool = True, defense: str | Sequence[str] | None = None, defense_fpr: float = 0.05,
     defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",
     precision: str = "fp32", tf32: bool = False, compile: bool = False, distributed: bool = False,
+    allow_download: bool = False, model_dir: str | Path | None = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -47,6 +48,9 @@ def audit(
         defense: detectors (``"squeeze"``, ``"metzen"``, ``"mahalanobis"``, a list or comma-separated);
             ``defense_fpr`` and ``defense_data`` set their threshold and fitting data.
         task: ``classification``, ``segmentation`` or ``auto`` (the data's task).
+        allow_download, model_dir: how model spec strings with published weights
+            (``"torchvision:resnet18:weights=IMAGENET1K_V1"``) find them: the cache directory, and
+            whether a missing file may be downloaded (off by default).
         n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
             distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
     Returns:
@@ -56,14 +60,15 @@ def audit(
         >>> result = robustaudit.audit(net, (x_test, y_test), attacks=["pgd"], eps=["8/255"])
         >>> result.robust_accuracy("model", "pgd", 8 / 255)
     """
-    entries = model_entries(model)
+    model_dir = None if model_dir is None else str(model_dir)
+    entries = model_entries(model, model_dir=model_dir, allow_download=allow_download)
     image_data = open_dataset(data) if isinstance(data, str) else as_image_data(data)
     spec = resolve_spec(
         image_data, models=model_specs(entries), attacks=attacks, eps=eps, norm=norm, n=n, batch_size=batch_size,
         device=device, seed=seed, out=None if out is None else str(out), resume=resume, overwrite=overwrite,
         checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
         physical=physical, train_data=train_data, task=task, precision=precision, tf32=tf32, compile=compile,
-        distributed=distributed)
+        distributed=distributed, allow_download=allow_download, model_dir=model_dir)
     return execute(spec, open_subject(spec, image_data, entries), progress)
 
 

@@ -3,8 +3,8 @@
 TOML keys (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``, ``norm``, ``n``,
 ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``allow_unreliable``, ``resume``,
 ``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``, ``precision``,
-``tf32``, ``compile``, ``physical``, ``trust_pickle``); flags given on the command line override the
-file. Models may also be tables::
+``tf32``, ``compile``, ``physical``, ``trust_pickle``, ``allow_download``, ``model_dir``); flags given on
+the command line override the file. Models may also be tables::
 
     [[models]]
     spec = "nets.py:make_net"
@@ -61,6 +61,7 @@ _TYPES: dict[str, type] = {
     "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool, "checks": str,
     "defense": str, "defense_fpr": float, "defense_data": str, "physical": bool, "train_data": str,
     "task": str, "precision": str, "tf32": bool, "compile": bool, "allow_unreliable": bool,
+    "allow_download": bool, "model_dir": str,
 }
 
 

@@ -1,7 +1,8 @@
 """Crash-safe runs: what must match to resume a stored run, and when an ``--out`` may be written.
 
 A run's *fingerprint* is everything its numbers depend on, minus what only changes how they are shown
-(``out``, ``fail_under``, ``fail_on``, ``trust_pickle``, the ``resume``/``overwrite`` switches): the
+(``out``, ``fail_under``, ``fail_on``, ``trust_pickle``, ``allow_download``, ``model_dir``, the
+``resume``/``overwrite`` switches; the weights' sha256 is in it, wherever they were read from): the
 robustaudit and torch versions and the store layout (a resumed run mixes old and new batches, so both
 halves must come from the same code), the device (GPU kernels round differently from CPU ones), the
 data set's name and size, ``n``, the eps grid, the norm, the batch size (batches are keyed by their

@@ -84,6 +84,10 @@ class AuditSpec:
             rank's shard and merge (see :mod:`robustaudit.evaluate.distributed`): every rank returns the
             same result; only rank 0 writes ``results.json``. Without a launcher: a plain audit.
         trust_pickle: allow loading a pickled whole model (runs code from the file).
+        allow_download: let a model source download published weights missing from its cache
+            (``torchvision:ARCH:weights=ENUM``); off, a missing file is refused naming the path expected.
+        model_dir: the cache published weights are read from (torchvision: torch hub's directory, files
+            in its ``checkpoints/``); ``None``: each library's own default.
         config_file: the TOML file the options came from (``None``: none).
     """
 
@@ -113,6 +117,8 @@ class AuditSpec:
     compile: bool = False
     distributed: bool = False
     trust_pickle: bool = False
+    allow_download: bool = False
+    model_dir: str | None = None
     config_file: str | None = None
 
     @property
@@ -215,6 +221,8 @@ def _plain(g: dict[str, Any]) -> dict[str, Any]:
         "precision": opt.check_choice(g.get("precision", "fp32"), opt.PRECISIONS, "--precision"),
         "tf32": bool(g.get("tf32", False)), "compile": bool(g.get("compile", False)),
         "distributed": bool(g.get("distributed", False)), "trust_pickle": bool(g.get("trust_pickle", False)),
+        "allow_download": bool(g.get("allow_download", False)),
+        "model_dir": None if g.get("model_dir") is None else str(g["model_dir"]),
         "config_file": None if g.get("config_file") is None else str(g["config_file"]),
     }
 

@@ -7,6 +7,7 @@ and refuses, before anything runs, models built for the other task or another in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +43,11 @@ def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | N
     """Open ``spec``'s models (unless ``entries``, models handed over in Python, are given) and attacks
     on ``data``; refuse models of the other task or input shape."""
     if entries is None:
-        entries = [_load(m, spec.trust_pickle) for m in spec.models]
+        entries = [_load(m, spec) for m in spec.models]
     _unique([e.name for e in entries], "model")
     attacks = attack_entries_from(list(spec.attacks), task=spec.task)
     check_model_tasks(entries, spec.task, data)  # a catalog segmentation model: one line, not a shape error
+    warn_input_sizes(entries, data)
     if spec.task == "classification":
         from robustaudit.evaluate.physical import check_patch_norm
 
@@ -53,19 +55,22 @@ def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | N
     return Subject(entries, data, attacks)
 
 
-def _load(m: ModelSpec, trust_pickle: bool) -> ModelEntry:
+def _load(m: ModelSpec, spec: AuditSpec) -> ModelEntry:
     # the class count comes from the weights (or an inline num_classes=), never from the data: the
     # runner then checks outputs against labels with a message about both
-    loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=trust_pickle)
+    loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=spec.trust_pickle,
+                        model_dir=spec.model_dir, allow_download=spec.allow_download)
     entry = _model_entry(loaded.name, loaded)
     entry.info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     return entry
 
 
-def model_entries(model: Any) -> list[ModelEntry]:
+def model_entries(model: Any, *, model_dir: str | None = None, allow_download: bool = False) -> list[ModelEntry]:
     """The rows of ``audit(model, ...)``: an ``nn.Module``, a spec string, a :class:`LoadedModel`, or a
-    list / ``{name: model}`` mapping of those."""
-    return [_model_entry(name, m) for name, m in _named_models(model)]
+    list / ``{name: model}`` mapping of those; spec strings are loaded with ``model_dir`` and
+    ``allow_download`` (see :func:`~robustaudit.models.loading.load_model`)."""
+    return [_model_entry(name, load_model(m, model_dir=model_dir, allow_download=allow_download)
+                         if isinstance(m, str) else m) for name, m in _named_models(model)]
 
 
 def model_specs(entries: Sequence[ModelEntry]) -> tuple[ModelSpec, ...]:
@@ -119,7 +124,8 @@ def _model_entry(name: str | None, model: ModelLike) -> ModelEntry:
     if isinstance(model, str):
         model = load_model(model)
     if isinstance(model, LoadedModel):
-        info = {"source": model.source, "spec": model.spec, "weights_sha256": model.weights_sha256}
+        info = {"source": model.source, "spec": model.spec, "weights_sha256": model.weights_sha256,
+                **(model.card or {})}
         card = _card(model.spec) if model.source == "catalog" else None
         if card is not None:
             info.update(defense=card.defense, trained_for=str(card.trained_for) if card.trained_for else None,
@@ -172,3 +178,21 @@ def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData)
                             "is a segmentation set (a class per pixel): use a segmentation model such as unet-tiny")
         raise UserError(f"model '{e.name}' is a segmentation model (per-pixel logits) but data '{data.name}' has "
                         "one label per image: use segmentation data (digit-scenes) or a classifier")
+
+
+def warn_input_sizes(entries: Sequence[ModelEntry], data: ImageData) -> None:
+    """One warning per model whose published weights were trained at another input size than the data's
+    images (a torchvision enum's crop size): it runs (convolutional nets pool to any size), but its
+    published accuracy does not describe it at this size. Nothing is resized here: the data's own
+    ``size=`` setting does that, when the user asks."""
+    shape = tuple(getattr(data, "sample_shape", ()))
+    for e in entries:
+        want = e.info.get("input_size")
+        if not want or len(shape) != 3 or tuple(shape[1:]) == tuple(want):
+            continue
+        size = "x".join(map(str, want))
+        resize = e.info.get("resize_size")
+        how = f" (resized to {resize[0]}, centre-cropped)" if resize else ""
+        warnings.warn(f"model '{e.name}' ({e.info.get('weights_enum')}) was trained on {size} inputs{how} but data "
+                      f"'{data.name}' has {shape[1]}x{shape[2]} images: its published accuracy does not apply at "
+                      f"this size; resize the data to {size} (e.g. imagefolder:ROOT:size={want[0]})", stacklevel=3)

@@ -12,6 +12,11 @@ Spec forms, tried in this order:
 ``torchvision:ARCH[:k=v,...]``      a torchvision classification or segmentation architecture
                                     (FCN, DeepLabV3, LRASPP), no weights downloaded; e.g.
                                     ``torchvision:resnet18:num_classes=10``
+``torchvision:ARCH:weights=ENUM``   torchvision's published weights from torch hub's cache
+                                    (``model_dir``; downloaded only with ``allow_download``),
+                                    normalized as the enum says (:mod:`.torchvision_weights`)
+``timm:NAME``                       a timm architecture (optional extra) with ``weights``,
+                                    normalized as timm's config says (:mod:`.timm_models`)
 an existing file                    TorchScript (``torch.jit.save``), ``torch.export``
                                     (``.pt2``), or, with ``trust_pickle``, a pickled module
 ``path/to/file.py:CALLABLE``        a factory in a Python file, called without arguments
@@ -32,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -49,7 +55,8 @@ from robustaudit.models.files import file_sha256
 from robustaudit.models.model_files import from_model_file
 from robustaudit.models.state_dicts import existing_file, load_state_dict, read_state_dict
 from robustaudit.models.storage import check_storage
-from robustaudit.models.torchvision_models import TORCHVISION_PREFIX, from_torchvision
+from robustaudit.models.timm_models import TIMM_PREFIX
+from robustaudit.models.torchvision_models import TORCHVISION_PREFIX, from_torchvision, parse_torchvision
 from robustaudit.models.wrappers import parse_normalize, prepare
 
 # card_path, check_card and file_sha256 are re-exported: callers import them from here
@@ -85,6 +92,8 @@ class LoadedModel:
         weights_sha256: sha256 hex of the file the weights were read from (``weights``, the model
             file, or the catalog's shipped weights); ``None`` when nothing was read.
         spec: the spec string as given.
+        card: what a published model's source says about it (``torchvision:ARCH:weights=ENUM``: the
+            enum, its url, published figures and input size); ``None`` for the other forms.
     """
 
     name: str
@@ -92,6 +101,7 @@ class LoadedModel:
     source: str
     weights_sha256: str | None
     spec: str
+    card: dict[str, Any] | None = None
 
 
 def load_model(
@@ -101,6 +111,8 @@ def load_model(
     normalize: str | None = None,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    model_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
 ) -> LoadedModel:
     """Load the model named by ``spec`` (see the module docstring for the forms).
 
@@ -116,6 +128,10 @@ def load_model(
             wins over it) and for a factory that takes a ``num_classes`` argument; for a catalog
             model it must match the card. Other forms fix their classes and reject it.
         trust_pickle: allow unpickling a whole pickled module, which runs code from the file.
+        model_dir: where published weights are cached (``torchvision:...:weights=ENUM``: torch hub's
+            directory, files in its ``checkpoints/``); ``None``: the library's own default.
+        allow_download: download published weights missing from the cache (off: a missing file is a
+            UserError naming the path expected).
 
     Returns:
         a :class:`LoadedModel` whose ``module`` takes ``(N, C, H, W)`` in [0, 1] and returns logits.
@@ -138,13 +154,53 @@ def load_model(
     if weights_path is not None:
         check_card(weights_path)  # before anything reads the file: a replaced file is never unpickled
 
-    model, source, name, sha = _resolve(text, weights_path, num_classes, trust_pickle)
+    card = None
+    if _names_weights(text):  # published weights: the source gives the normalization and a card
+        pretrained = _published(text, weights_path, stats, num_classes, model_dir, allow_download)
+        model, source, name, sha = pretrained.model, pretrained.source, text, pretrained.sha256
+        stats, card = pretrained.normalize, pretrained.card
+    else:
+        model, source, name, sha = _resolve(text, weights_path, num_classes, trust_pickle)
+    return _ready(model, stats, LoadedModel(name, model, source, sha, spec, card))
+
+
+def _ready(model: nn.Module, stats: Any, loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with ``model`` wrapped by ``prepare`` as its module: checked, on the CPU, in eval mode."""
+    name = loaded.name
     module = prepare(model, normalize=stats)
     check_storage(module, name)  # meta or half weights: one line, before .cpu() fails on them
     # A model loaded for an audit has no mode of the user's to preserve; eval is the one that
     # matches how it is used (the runner still guards modes around attacks).
     module.cpu().eval()
-    return LoadedModel(name=name, module=module, source=source, weights_sha256=sha, spec=spec)
+    return dataclasses.replace(loaded, module=module)
+
+
+def _names_weights(spec: str) -> bool:
+    """``torchvision:ARCH:...weights=ENUM...`` (published weights named by the spec itself) or ``timm:NAME``."""
+    if spec.startswith(TIMM_PREFIX):
+        return True
+    return spec.startswith(TORCHVISION_PREFIX) and "weights" in parse_torchvision(spec)[1]
+
+
+def _published(spec: str, weights: Path | None, stats: Any, num_classes: int | None, model_dir: Any,
+               allow_download: bool) -> Any:
+    """The :class:`~robustaudit.models.torchvision_weights.Pretrained` of ``spec``; the enum names the
+    weights and the normalization, so a ``--weights`` file or ``--normalize`` beside it is refused."""
+    from robustaudit.models.torchvision_weights import from_torchvision_weights
+
+    if spec.startswith(TIMM_PREFIX):
+        from robustaudit.models.timm_models import from_timm
+
+        if stats is not None:
+            raise UserError(f"'{spec}': timm's config gives the normalization; drop --normalize")
+        return from_timm(spec, weights, num_classes)
+    if weights is not None:
+        raise UserError(f"'{spec}' names its weights (weights=); drop --weights {weights}, or drop weights= to "
+                        "load the file into the bare architecture")
+    if stats is not None:
+        raise UserError(f"'{spec}': the weights enum gives the normalization; drop --normalize")
+    return from_torchvision_weights(spec, model_dir=model_dir, allow_download=allow_download,
+                                    num_classes=num_classes)
 
 
 # --------------------------------------------------------------------------------------------------

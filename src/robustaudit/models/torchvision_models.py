@@ -18,15 +18,16 @@ from robustaudit.models.factories import IDENT
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 
-__all__ = ["TORCHVISION_PREFIX", "from_torchvision"]
+__all__ = ["TORCHVISION_PREFIX", "from_torchvision", "parse_torchvision", "quiet_torchvision_init"]
 
 
 TORCHVISION_PREFIX = "torchvision:"
 
 
-def from_torchvision(
-    spec: str, weights: Path | None, num_classes: int | None
-) -> tuple[nn.Module, str, str, str | None]:
+def parse_torchvision(spec: str) -> tuple[str, dict[str, Any], bool]:
+    """``torchvision:ARCH[:k=v,...]`` -> ``(arch, builder keyword arguments, is_segmentation)``; an
+    unknown or unsupported architecture and a malformed setting are one-line UserErrors. The one parser
+    of this form: the weights-enum loader (``weights=ENUM``) reads its settings from here too."""
     import torchvision
 
     arch, _, settings = spec[len(TORCHVISION_PREFIX) :].partition(":")
@@ -42,14 +43,23 @@ def from_torchvision(
                 f"torchvision:ARCH takes one of: {', '.join(sorted(supported))}"
             )
         raise unknown("torchvision classification or segmentation architecture", arch, supported)
+    return arch, kwargs, arch in segmentation
+
+
+def from_torchvision(
+    spec: str, weights: Path | None, num_classes: int | None
+) -> tuple[nn.Module, str, str, str | None]:
+    arch, kwargs, segmentation = parse_torchvision(spec)
     if "weights" in kwargs or "weights_backbone" in kwargs:
+        # weights=ENUM is loaded by models.torchvision_weights before this point; here only a
+        # weights_backbone (an ImageNet download under a segmentation head) is left
         raise UserError(
-            f"'{spec}': robustaudit never downloads weights; "
-            "save them to a file and pass it with --weights"
+            f"'{spec}': weights_backbone is not supported; give the whole model's weights as "
+            "weights=ENUM (torch hub's cache) or as a file with --weights"
         )
 
     state = read_state_dict(weights) if weights is not None else None
-    if arch in segmentation:
+    if segmentation:
         # torchvision's segmentation builders fetch ImageNet backbone weights by default: never here
         kwargs["weights_backbone"] = None
         kwargs.setdefault("aux_loss", False)
@@ -130,7 +140,7 @@ def _literal(raw: str) -> Any:
 
 
 @contextmanager
-def _quiet_torchvision_init() -> Iterator[None]:
+def quiet_torchvision_init() -> Iterator[None]:
     # GoogLeNet and Inception warn about a future change of their random init on every build with
     # weights=None; that is torchvision's note to itself, not something the user can act on.
     with warnings.catch_warnings():
@@ -144,7 +154,7 @@ def _build_torchvision(arch: str, kwargs: dict[str, Any], spec: str) -> nn.Modul
     import torchvision
 
     try:
-        with _quiet_torchvision_init():
+        with quiet_torchvision_init():
             return torchvision.models.get_model(arch, weights=None, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(
@@ -164,7 +174,7 @@ def _infer_num_classes(
     import torchvision
 
     try:
-        with _quiet_torchvision_init(), torch.device("meta"):
+        with quiet_torchvision_init(), torch.device("meta"):
             reference = torchvision.models.get_model(arch, weights=None, **kwargs)
     except NotImplementedError:
         try:
