@@ -648,6 +648,23 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, model="digits-cnnn")), "did you mean 'digits-cnn'?"),
     C(M, "unknown torchvision architecture", "`--model torchvision:resnett18`",
       _a(lambda t: audit(t, model="torchvision:resnett18")), "did you mean 'resnet18'?"),
+    C(M, "unknown torchvision weights enum", "`--model torchvision:resnet18:weights=IMAGENET1K_V3`",
+      _a(lambda t: audit(t, model="torchvision:resnet18:weights=IMAGENET1K_V3")),
+      "ResNet18_Weights has no weights 'IMAGENET1K_V3' (did you mean 'IMAGENET1K_V1'?)"),
+    C(M, "torchvision weights not in the cache", "`--model torchvision:squeezenet1_1:weights=DEFAULT --model-dir D` (empty D)",
+      _a(lambda t: audit(t, "--model-dir", str(t), model=TV_SPEC)), "are not in the cache: expected '"),
+    C(M, "truncated cached torchvision weights", "half of `D/checkpoints/squeezenet1_1-b8a52dc0.pth`",
+      _a(lambda t: audit(t, "--model-dir", str(tv_cache(t, cut)), model=TV_SPEC)),
+      "are unusable: could not read weights file"),
+    C(M, "cached torchvision weights of random bytes", "random bytes as `squeezenet1_1-b8a52dc0.pth`",
+      _a(lambda t: audit(t, "--model-dir", str(tv_cache(t, lambda p: p.write_bytes(bytes(range(7, 256))))),
+                         model=TV_SPEC)), "neither a zip archive (torch.save) nor a pickle"),
+    C(M, "cached torchvision weights of another architecture", "mobilenet_v3_small's state_dict as `squeezenet1_1-b8a52dc0.pth`",
+      _a(lambda t: audit(t, "--model-dir", str(tv_cache(t, foreign_weights)), model=TV_SPEC)),
+      "are not SqueezeNet1_1_Weights's"),
+    C(M, "timm model without timm installed", "`--model timm:resnet18` (no timm package)",
+      lambda t, monkeypatch: (monkeypatch.setitem(__import__("sys").modules, "timm", None),
+                              audit(t, model="timm:resnet18"))[1], "install robustaudit[timm]"),
     C(M, "model spec is a folder", "`--model ./models/`",
       _a(lambda t: audit(t, model=str(t))), "is a directory"),
     C(M, "state_dict that does not fit (keys)", "`--model digits-cnn --weights linear.pt`",
@@ -949,6 +966,26 @@ def rgb_patch(tmp: Path) -> Path:
     path = tmp / "rgb.pt"
     FittedPatch(torch.rand(3, 6, 6), shape="square", target=None, eot={}, trained_eps=0.1).save(path)
     return path
+
+
+TV_SPEC = "torchvision:squeezenet1_1:weights=DEFAULT"
+
+
+def tv_cache(tmp: Path, spoil: Callable[[Path], object]) -> Path:
+    """A torch hub directory holding squeezenet1_1's file (random weights), spoilt by ``spoil``."""
+    import torchvision
+
+    path = tmp / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
+    spoil(path)
+    return tmp / "hub"
+
+
+def foreign_weights(path: Path) -> None:
+    import torchvision
+
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
 
 
 PROGRESS_LINE = re.compile(r"^\[ *\d+\.\d s\] ")

@@ -172,7 +172,7 @@ def test_spoilt_cached_file_is_refused_in_one_line(tmp_path, spoil, match):
 @pytest.mark.parametrize(("spec", "kwargs", "match"), [
     ("torchvision:resnett18:weights=DEFAULT", {}, r"unknown torchvision .* 'resnett18' \(did you mean 'resnet18'\?\)"),
     ("torchvision:resnet18:weights=IMAGENET1K_V3", {},
-     r"unknown ResNet18_Weights weights 'IMAGENET1K_V3' \(did you mean 'IMAGENET1K_V1'\?\); known: DEFAULT, IMAGENET1K_V1"),
+     r"ResNet18_Weights has no weights 'IMAGENET1K_V3' \(did you mean 'IMAGENET1K_V1'\?\); it has DEFAULT, IMAGENET1K_V1 "),
     ("torchvision:resnet18:weights=3", {}, r"weights= takes a weights enum name"),
     (f"torchvision:{SMALL}:weights=DEFAULT", {"normalize": "imagenet"}, r"the weights enum gives the normalization"),
     (f"torchvision:{SMALL}:weights=DEFAULT,num_classes=10", {}, r"torchvision rejected the settings .*num_classes"),

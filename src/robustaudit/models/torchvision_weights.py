@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from robustaudit.core.errors import UserError, unknown
+from robustaudit.core.errors import UserError, suggest
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 from robustaudit.models.torchvision_models import parse_torchvision, quiet_torchvision_init
@@ -87,7 +87,8 @@ def weights_enum(arch: str, name: str, spec: str) -> Any:
     if short in enum.__members__:
         return enum[short]
     names = list(enum.__members__)
-    raise UserError(f"'{spec}': {unknown(f'{enum.__name__} weights', short, names)}")
+    raise UserError(f"'{spec}': {enum.__name__} has no weights '{short}'{suggest(short, names)}; it has "
+                    f"{', '.join(sorted(names))} (robustaudit list models --source torchvision)")
 
 
 def from_torchvision_weights(
