@@ -653,6 +653,9 @@ CASES: list[Case] = [
       "ResNet18_Weights has no weights 'IMAGENET1K_V3' (did you mean 'IMAGENET1K_V1'?)"),
     C(M, "torchvision weights not in the cache", "`--model torchvision:squeezenet1_1:weights=DEFAULT --model-dir D` (empty D)",
       _a(lambda t: audit(t, "--model-dir", str(t), model=TV_SPEC)), "are not in the cache: expected '"),
+    C(M, "torchvision weights download fails", "`--allow-download` without a network (name resolution fails)",
+      lambda t, monkeypatch: (offline(monkeypatch), audit(t, "--model-dir", str(t), "--allow-download", model=TV_SPEC))[1],
+      "could not download https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth to '"),
     C(M, "truncated cached torchvision weights", "half of `D/checkpoints/squeezenet1_1-b8a52dc0.pth`",
       _a(lambda t: audit(t, "--model-dir", str(tv_cache(t, cut)), model=TV_SPEC)),
       "are unusable: could not read weights file"),
@@ -980,6 +983,14 @@ def tv_cache(tmp: Path, spoil: Callable[[Path], object]) -> Path:
     torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
     spoil(path)
     return tmp / "hub"
+
+
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads fail as they do without a network (and never reach one)."""
+    def fail(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution> for {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
 
 
 def foreign_weights(path: Path) -> None:
