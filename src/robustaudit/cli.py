@@ -183,7 +183,8 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
         out.print(table)
         out.print("MACs per input from PyTorch's FLOP counter (FLOPs = 2 × MACs; convolutions and matmuls "
                       "only, element-wise ops not counted): see docs/cost.md.")
-        out.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, .pt2 and TorchScript files.")
+        out.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, torchvision:ARCH:weights=ENUM "
+                  "(list models --source torchvision), timm:NAME, .pt2 and TorchScript files.")
     elif args.what == "attacks":
         _list_attacks(out, table, args.name)
     elif args.what == "defenses":
