@@ -132,6 +132,9 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--physical", action="store_true", default=None,
                    help="physical-world proxies: how many adversarial examples JPEG, blur, resizing, small rotations "
                    "and translations and a printed-photo simulation destroy (Kurakin et al.; docs/physical.md)")
+    a.add_argument("--transfer", choices=["on", "off"], default=None,
+                   help="the transferability matrix: each model's adversarial examples at the summary eps scored "
+                   "on every other model (default on with two models or more; docs/transferability.md)")
     a.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="precision the attacks run at (autocast; fp16 needs a GPU); the verdict on the final "
                    "adversarial points is always re-checked in fp32 (default fp32)")
@@ -158,6 +161,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     given: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {k: getattr(args, k) for k in _PLAIN_FLAGS}
     flags["tf32"] = None if args.tf32 is None else args.tf32 == "on"
+    flags["transfer"] = None if args.transfer is None else args.transfer == "on"
     flags["config_file"] = args.config
     if args.model:
         flags["models"] = pair_models(args.model, args.weights or [], args.normalize or [])

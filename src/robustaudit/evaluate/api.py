@@ -29,7 +29,7 @@ def audit(
     checks: str = "basic", cost: bool = True, defense: str | Sequence[str] | None = None, defense_fpr: float = 0.05,
     defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",
     precision: str = "fp32", tf32: bool = False, compile: bool = False, distributed: bool = False,
-    allow_download: bool = False, model_dir: str | Path | None = None,
+    allow_download: bool = False, model_dir: str | Path | None = None, transfer: bool | None = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -51,6 +51,7 @@ def audit(
         allow_download, model_dir: how model spec strings with published weights
             (``"torchvision:resnet18:weights=IMAGENET1K_V1"``) find them: the cache directory, and
             whether a missing file may be downloaded (off by default).
+        transfer: the transferability matrix; ``None``: on for a classification audit of two models or more.
         n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
             distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
     Returns:
@@ -68,7 +69,7 @@ def audit(
         device=device, seed=seed, out=None if out is None else str(out), resume=resume, overwrite=overwrite,
         checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
         physical=physical, train_data=train_data, task=task, precision=precision, tf32=tf32, compile=compile,
-        distributed=distributed, allow_download=allow_download, model_dir=model_dir)
+        distributed=distributed, allow_download=allow_download, model_dir=model_dir, transfer=transfer)
     return execute(spec, open_subject(spec, image_data, entries), progress)
 
 

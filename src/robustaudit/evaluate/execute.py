@@ -1,7 +1,7 @@
 """The executor: run an :class:`AuditSpec` on its opened :class:`Subject` (both tasks, one process or several).
 
 Classification: the matrix (:func:`robustaudit.evaluate.runner.run`), then the sanity checks, detectors,
-cost, learned report, patch and physical sections; provenance attached; ``results.sqlite`` and
+cost, transferability matrix, learned report, patch and physical sections; provenance attached; ``results.sqlite`` and
 ``results.json`` written under ``spec.out``. Segmentation goes to :mod:`robustaudit.evaluate.seg_execute`.
 
 The store stays open until ``results.json`` is written and is then marked ``finished``: later stages
@@ -160,6 +160,8 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
     detection = r.timed("detect", extras.detectors, spec, sub, result, r.ids, dev, r.progress, stages)
     costs = r.timed("cost", lambda: stages.run(Stage("cost", lambda: model_costs(
         sub.entries, sub.data, r.cost_batch, dev, r.probe))) if spec.cost else {})
+    # between the audited models (subject.entries), not the detectors' MODEL+DETECTOR rows
+    transfer = r.timed("transfer", extras.transfer, spec, sub, result, r.ids, dev, r.progress, stages)
     learned = extras.learned(spec, sub, r.artifacts, r.ids, dev, stages)
     # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
     grid = list(spec.eps)
@@ -168,7 +170,7 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
         seed=spec.seed, device=dev, batch_size=spec.batch_size, progress=r.progress,
         summary_eps=example_eps(sub.entries, grid), train_data=lambda: fit_split(sub.data, sub.attacks, spec.train_data))
     return {"added": added, "detection": detection, "costs": costs, "learned": learned, "patch": patches,
-            "physical": physical_world}
+            "physical": physical_world, "transfer": transfer}
 
 
 def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
@@ -193,6 +195,8 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         **({"learned": s["learned"]} if s["learned"] is not None else {}),
         **({"patch": s["patch"]} if s["patch"] is not None else {}),
         **({"physical": s["physical"]} if s["physical"] is not None else {}),
+        **({"transfer": {**s["transfer"], "seconds": round(r.seconds["transfer"], 3)}} if s["transfer"] is not None
+           else {}),
         "precision": spec.fast.provenance(dev, tuple(sub.data.sample_shape)),
         "attack precision": spec.fast.summary(dev),
         **({"processes": _processes(r.dist)} if r.dist is not None else {}),

@@ -1,4 +1,5 @@
-"""What a classification audit runs after the matrix: sanity checks, detectors, the learned report.
+"""What a classification audit runs after the matrix: sanity checks, detectors, the learned report, the
+transferability matrix.
 
 Each takes the spec's resolved options and the opened subject; none re-defaults anything. Their costly
 part runs as a stage (:mod:`robustaudit.evaluate.stages`): stored when done, read back on resume.
@@ -19,7 +20,22 @@ from robustaudit.evaluate.stages import Stage, Stages, decode_checks, decode_det
 from robustaudit.evaluate.store import Store
 from robustaudit.evaluate.subject import Subject
 
-__all__ = ["detectors", "learned", "sanity_checks"]
+__all__ = ["detectors", "learned", "sanity_checks", "transfer"]
+
+
+def transfer(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list[int], device: torch.device,
+             progress: Progress | None, stages: Stages) -> dict[str, Any] | None:
+    """``provenance["transfer"]``: the transferability matrix at the summary eps (``None`` when ``spec.transfer``
+    is off: one model, segmentation, or turned off)."""
+    if not spec.transfer:
+        return None
+    from robustaudit.evaluate.transferability import transferability
+
+    grid = list(spec.eps)
+    return stages.run(Stage("transfer", lambda: transferability(
+        subject.entries, subject.data, ids, subject.attacks, result, eps=example_eps(subject.entries, grid),
+        norm=spec.norm, seed=spec.seed, device=device, batch_size=spec.batch_size, fast=spec.fast,
+        progress=progress)))
 
 
 def learned(spec: AuditSpec, subject: Subject, artifacts: Artifacts, ids: list[int],

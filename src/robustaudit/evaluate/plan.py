@@ -60,7 +60,7 @@ _TYPES: dict[str, type] = {
     "data": str, "norm": str, "device": str, "out": str, "fail_on": str, "n": int, "batch_size": int,
     "seed": int, "fail_under": float, "trust_pickle": bool, "resume": bool, "overwrite": bool, "checks": str,
     "defense": str, "defense_fpr": float, "defense_data": str, "physical": bool, "train_data": str,
-    "task": str, "precision": str, "tf32": bool, "compile": bool, "allow_unreliable": bool,
+    "task": str, "precision": str, "tf32": bool, "transfer": bool, "compile": bool, "allow_unreliable": bool,
     "allow_download": bool, "model_dir": str,
 }
 

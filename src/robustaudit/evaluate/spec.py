@@ -73,6 +73,10 @@ class AuditSpec:
         physical: add the physical-world proxies (Kurakin et al.): the destruction rate of each attack's
             adversarial examples at the summary eps under JPEG, blur, resizing, rotation, translation and a
             printed-photo simulation (``provenance["physical"]``, see :mod:`robustaudit.evaluate.physical`).
+        transfer: the transferability matrix (``provenance["transfer"]``, see
+            :mod:`robustaudit.evaluate.transferability`): each model's adversarial examples at the summary eps
+            scored on every other model. Resolved on for a classification audit of two models or more, off
+            otherwise (asked for where it cannot run: a one-line warning, off).
         task: ``classification`` or ``segmentation`` (logits ``(N, K, H, W)``, masks ``(N, H, W)``: mIoU
             and pixel accuracy instead of accuracy, see :mod:`robustaudit.evaluate.segrun`).
         precision: ``fp32``, ``bf16`` or ``fp16`` (GPU only): autocast for the attacks' forward and
@@ -111,6 +115,7 @@ class AuditSpec:
     defense_data: Any = None
     train_data: Any = None
     physical: bool = False
+    transfer: bool = False
     task: str = "classification"
     precision: str = "fp32"
     tf32: bool = False
@@ -181,11 +186,25 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
         n=_n(g.get("n"), segmentation and not models_given), batch_size=_batch(g.get("batch_size"), segmentation),
         task=task, detectors=_detectors(g.get("defense"), embedded and not segmentation),
         defense_models=opt.DEFAULT_DEFENSE_MODELS if embedded and "defense" not in g and not segmentation else (),
-        **_plain(g))
+        transfer=_transfer(g.get("transfer"), len(models), segmentation), **_plain(g))
     _check_task(spec)
     for line in opt.check_eps_range(spec.eps, spec.norm, tuple(getattr(data, "sample_shape", ()))):
         warnings.warn(line, stacklevel=2)
     return spec
+
+
+def _transfer(given: Any, n_models: int, segmentation: bool) -> bool:
+    """The transferability matrix: on by default where it can run (classification, two models or more); asked
+    for where it cannot, a one-line warning and off."""
+    can = n_models >= 2 and not segmentation
+    if given is None:
+        return can
+    if not isinstance(given, bool):
+        raise UserError(f"--transfer must be on or off (true or false), got {given!r}")
+    if given and not can:
+        why = "a classification audit" if segmentation else "two models or more"
+        warnings.warn(f"--transfer: the transferability matrix needs {why}; skipped", stacklevel=3)
+    return given and can
 
 
 def _default_models(data: Any) -> tuple[str, ...]:
