@@ -29,6 +29,7 @@ def audit(
     checks: str = "basic", cost: bool = True, defense: str | Sequence[str] | None = None, defense_fpr: float = 0.05,
     defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",
     precision: str = "fp32", tf32: bool = False, compile: bool = False, distributed: bool = False,
+    class_map: str | Path | Mapping[str, int] | None = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -47,6 +48,10 @@ def audit(
         defense: detectors (``"squeeze"``, ``"metzen"``, ``"mahalanobis"``, a list or comma-separated);
             ``defense_fpr`` and ``defense_data`` set their threshold and fitting data.
         task: ``classification``, ``segmentation`` or ``auto`` (the data's task).
+        class_map: data class name -> model output index, for a model with more outputs than the data's
+            classes (an ImageNet model on a class subset): ``{"cat": 281, "dog": 207}``, ``"cat=281,dog=207"``
+            or a JSON file; ``None``: the default map (:mod:`robustaudit.evaluate.classmap`). Each model is
+            audited, and attacked, on those outputs only.
         n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
             distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
     Returns:
@@ -63,7 +68,7 @@ def audit(
         device=device, seed=seed, out=None if out is None else str(out), resume=resume, overwrite=overwrite,
         checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
         physical=physical, train_data=train_data, task=task, precision=precision, tf32=tf32, compile=compile,
-        distributed=distributed)
+        distributed=distributed, class_map=class_map)
     return execute(spec, open_subject(spec, image_data, entries), progress)
 
 
