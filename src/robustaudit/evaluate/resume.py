@@ -35,6 +35,7 @@ from robustaudit.core.errors import UserError
 from robustaudit.evaluate.result import EXAMPLES_FILE, RESULTS_FILE
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.store import STORE_FILE, STORE_VERSION, Store, state_dict_sha256
+from robustaudit.models.wrappers import unrestricted
 
 if TYPE_CHECKING:
     from robustaudit.evaluate.spec import AuditSpec
@@ -89,7 +90,8 @@ def _weights(entry: ModelEntry) -> str:
     sha = entry.info.get("weights_sha256")
     # a file's hash also covers what a state_dict misses (TorchScript code); a module handed over in
     # Python, or built without a weights file, is identified by its tensors
-    return f"file:{sha}" if sha else f"state_dict:{state_dict_sha256(entry.module)}"
+    # (a label map's index is the fingerprint's own "class_map", not part of the weights)
+    return f"file:{sha}" if sha else f"state_dict:{state_dict_sha256(unrestricted(entry.module))}"
 
 
 def _settings(entry: AttackEntry) -> dict[str, Any]:
