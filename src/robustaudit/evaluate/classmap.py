@@ -189,8 +189,11 @@ def _num_outputs(entry: ModelEntry, data: ImageData) -> int | None:
     module = entry.module
     dev = next((t.device for t in chain(module.parameters(), module.buffers())), torch.device("cpu"))
     x, _ = data.load([0])
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad(), eval_mode(module):
-        logits = model_forward(module, x.to(dev), entry.name)
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad(), eval_mode(module):
+            logits = model_forward(module, x.to(dev), entry.name)
+    except UserError:
+        return None  # a model (or data) that fails: the clean pass says so, as it does without a map
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         return None
     return int(logits.shape[1])
