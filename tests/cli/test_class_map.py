@@ -173,3 +173,31 @@ def test_python_api_and_unnamed_data(setup) -> None:
     # 0 -> 7 wins on the dark image, 1 -> 3 on the bright one: both right
     assert mapped.records["clean_accuracy"].iloc[0] == 1.0
     assert mapped.provenance["models"][0]["class_map"]["map"] == {"0": 7, "1": 3}
+    from robustaudit.reports.view.overview import data_items
+
+    assert [k for k, _ in data_items(full)].count("label map") == 0  # stated only where a map is in use
+    assert dict(data_items(mapped))["label map"] == "TenWay: 0 → 7, 1 → 3; --class-map; audited on 2 of the model's 10 outputs"
+
+
+def test_toml_table_and_the_probability_check_reads_every_output(setup, tmp_path: Path) -> None:
+    """``class_map`` as a TOML table gives the flag's spec; a softmax model audited on 2 of its 10 outputs
+    still fails "outputs are probabilities" (its 2 restricted scores do not sum to 1, all 10 do)."""
+    from robustaudit.checks.probes import probe_model
+    from robustaudit.evaluate.api import spec_of
+    from robustaudit.evaluate.plan import load_toml
+    from robustaudit.models.wrappers import ClassSubset, prepare
+
+    toml = tmp_path / "audit.toml"
+    toml.write_text(f'data = "{setup["data"]}"\nmodel = "digits-cnn"\n[class_map]\ndog = 3\ncat = 7\n')
+    spec, _ = spec_of(load_toml(toml))
+    assert spec.class_map == (("cat", 7), ("dog", 3))  # the data's class order
+    assert spec.config()["class_map"] == {"cat": 7, "dog": 3}
+    assert "class_map" not in spec_of({"data": setup["data"]})[0].config()  # absent unless given
+
+    torch.manual_seed(0)
+    softmax = ClassSubset(prepare(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10),
+                                                      torch.nn.Softmax(1))), [7, 3])
+    x = torch.rand(4, 3, 8, 8)
+    verdict = next(v for v in probe_model("m", softmax, x, torch.tensor([0, 1, 0, 1])).verdicts
+                   if v.id == "logits-output")
+    assert verdict.status == "fail" and "outputs are probabilities" in verdict.message

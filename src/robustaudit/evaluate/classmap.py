@@ -4,12 +4,12 @@ subset of its classes): the label map, its default, its validation, and the rest
 The label map sends data class ``c`` to model output ``outputs[c]``. Where one is in use, the model is
 wrapped in :class:`~robustaudit.models.wrappers.ClassSubset` and everything after the subject is opened --
 the clean pass, every attack, the checks, the detectors, the cost -- sees the restricted logits ``(N, C)``:
-a sample is correct when the argmax over the C mapped outputs is its label, and an attack succeeds only
-when it changes that argmax. This is the usual evaluation of ImageNet models on a class subset (RobustBench's
-ImageNet subsets, ImageNette-style audits). An attacker who may also push the prediction to one of the
-K - C unmapped outputs is a different, stronger threat model that is not offered as an option: to audit
-it, give data whose labels *are* the model's output indices (a ``tensors:`` file without ``class_names``),
-which is audited on all K outputs.
+a sample is correct when the argmax over the C mapped outputs is its label, and an attack succeeds only when
+it changes that argmax. This is the usual evaluation of a model on a subset of its classes (ImageNet subsets
+such as Imagenette; the 10 outputs of the data's classes compete, the other 990 do not). An attacker who may
+also push the prediction to one of the K - C unmapped outputs is a different, stronger threat model that is
+not offered as an option: to audit it, give data whose labels *are* the model's output indices (a
+``tensors:`` file without ``class_names``), which is audited on all K outputs.
 
 Which map, for a classification audit (C classes, a model with K outputs):
 
@@ -25,7 +25,9 @@ Which map, for a classification audit (C classes, a model with K outputs):
 - K < C: a one-line error (a classifier needs an output per class).
 
 The map in use is in ``provenance["models"][i]["class_map"]``, the report's data section and the resume
-fingerprint; nothing is added where no map is in use.
+fingerprint; nothing is added where no map is in use. Under a map, class indices in attack settings (a
+patch's or a generator's ``target``) are the data's; the "outputs are probabilities" check reads all K
+outputs (restricted probabilities no longer sum to 1).
 """
 
 from __future__ import annotations
