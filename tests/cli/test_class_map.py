@@ -201,3 +201,26 @@ def test_toml_table_and_the_probability_check_reads_every_output(setup, tmp_path
     verdict = next(v for v in probe_model("m", softmax, x, torch.tensor([0, 1, 0, 1])).verdicts
                    if v.id == "logits-output")
     assert verdict.status == "fail" and "outputs are probabilities" in verdict.message
+
+
+def test_names_match_synonyms_and_ambiguous_names_are_refused() -> None:
+    """ImageNet-style output names: a data class matches an output's comma-separated synonym; a name two
+    outputs carry is refused in one line rather than guessed."""
+    from robustaudit.core.errors import UserError
+    from robustaudit.data.image import TensorData
+    from robustaudit.evaluate.classmap import apply_class_maps
+    from robustaudit.evaluate.entries import ModelEntry
+
+    data = TensorData(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), class_names=["tabby cat", "Golden_Retriever"])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    net.class_names = ["tench, Tinca tinca", "golden retriever", "crane", "tabby, tabby cat", "crane"]
+    entry = ModelEntry("m", net, {"source": "python"})
+    apply_class_maps([entry], data, None)
+    assert entry.info["class_map"]["map"] == {"tabby cat": 3, "Golden_Retriever": 1}
+    assert entry.module(torch.rand(2, 3, 4, 4)).shape == (2, 2)
+    crane = TensorData(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), class_names=["crane", "tench"])
+    with pytest.raises(UserError, match="not every class name matches exactly one output: class 'crane' matches outputs 2, 4; give --class-map"):
+        apply_class_maps([ModelEntry("m", net, {"source": "python"})], crane, None)
+    twice = TensorData(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), class_names=["tabby", "tabby cat"])
+    with pytest.raises(UserError, match="classes 'tabby' and 'tabby cat' both match output 3"):
+        apply_class_maps([ModelEntry("m", net, {"source": "python"})], twice, None)

@@ -628,7 +628,7 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, model=net(t, "three_classes"))), "has 3 outputs but data 'digits' has 10 classes"),
     C(M, "output names match only some classes", "outputs named `cat`, `x0`..`x8`; folders `b/`, `cat/`",
       _a(lambda t: audit(t, "--data", folder(t, {"cat/0.png": png_bytes(8)}), model=net(t, "rgb_named"))),
-      "only some names match: class 'b' matches no output's name; give --class-map"),
+      "not every class name matches exactly one output: class 'b' matches no output's name; give --class-map"),
     C(M, "returns class indices", "forward returns `logits.argmax(1)`",
       _a(lambda t: audit(t, model=net(t, "labels"))), "returned int64 outputs; it must return float logits"),
     C(M, "returns the wrong number of rows", "forward returns `logits[:1]`",

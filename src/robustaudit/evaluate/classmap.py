@@ -17,9 +17,10 @@ Which map, for a classification audit (C classes, a model with K outputs):
 - the data names no classes (a tensor file, an ``(x, y)`` pair): none. Its labels are the model's
   output indices and every output counts, as always.
 - K = C: none, unless the model names its outputs and the data's names are a reordering of them.
-- K > C and the model names its outputs (a ``class_names`` attribute on the module, or the class names
-  of the data set a catalog model was trained on): by name (case, ``_`` and ``-`` ignored) when every
-  data class matches exactly one output; when none matches, identity on the first C outputs (with a
+- K > C and the model names its outputs (a ``class_names`` attribute on the module, a Hugging Face
+  ``config.id2label``, or the class names of the data set a catalog model was trained on): by name (case,
+  ``_`` and ``-`` ignored; an output's comma-separated synonyms count, as in ImageNet's "tabby, tabby
+  cat") when every data class matches exactly one output; when none matches, identity on the first C outputs (with a
   warning); when only some match, a one-line error asking for ``--class-map``.
 - K > C and the model names nothing: identity on the first C outputs, with a warning.
 - K < C: a one-line error (a classifier needs an output per class).
@@ -149,7 +150,10 @@ def _default_map(entry: ModelEntry, data: ImageData, k: int) -> LabelMap | None:
     if model_names is not None:
         index: dict[str, list[int]] = {}
         for j, n in enumerate(model_names):
-            index.setdefault(_plain(n), []).append(j)
+            # an output is found by its name and by each of its comma-separated synonyms ("tabby, tabby cat")
+            for key in dict.fromkeys([_plain(n), *(_plain(part) for part in str(n).split(","))]):
+                if key:
+                    index.setdefault(key, []).append(j)
         hits = [index.get(_plain(n), []) for n in names]
         outputs = tuple(h[0] for h in hits if len(h) == 1)
         if len(outputs) == c and len(set(outputs)) == c:
@@ -159,12 +163,9 @@ def _default_map(entry: ModelEntry, data: ImageData, k: int) -> LabelMap | None:
         if k == c:
             return None  # as before: the outputs are the classes, in order
         if any(hits):
-            bad = next(n for n, h in zip(names, hits) if len(h) != 1)
-            what = "matches no output's name" if not index.get(_plain(bad)) else \
-                f"matches outputs {', '.join(map(str, index[_plain(bad)]))}"
             raise UserError(f"model '{entry.name}' names its {k} outputs and data '{data.name}' names its {c} "
-                            f"classes, but only some names match: class '{bad}' {what}; give --class-map "
-                            f"NAME=INDEX for every class")
+                            f"classes, but not every class name matches exactly one output: {_mismatch(names, hits)}; "
+                            "give --class-map NAME=INDEX for every class")
     elif k == c:
         return None
     why = "none of whose names is an output's" if model_names is not None else "and the model names no outputs"
@@ -173,6 +174,20 @@ def _default_map(entry: ModelEntry, data: ImageData, k: int) -> LabelMap | None:
                   "other outputs", stacklevel=3)
     return LabelMap(tuple(range(c)), tuple(names), "identity", k,
                     tuple(model_names) if model_names is not None else None)
+
+
+def _mismatch(names: Sequence[str], hits: Sequence[list[int]]) -> str:
+    """The first class whose name matches no output, several, or one another class also matches."""
+    owner: dict[int, str] = {}
+    for name, h in zip(names, hits):
+        if not h:
+            return f"class '{name}' matches no output's name"
+        if len(h) > 1:
+            return f"class '{name}' matches outputs {', '.join(map(str, h))}"
+        if h[0] in owner:
+            return f"classes '{owner[h[0]]}' and '{name}' both match output {h[0]}"
+        owner[h[0]] = name
+    return "no class matches"  # not reached: the caller found a mismatch
 
 
 def _plain(name: str) -> str:
@@ -202,11 +217,15 @@ def _num_outputs(entry: ModelEntry, data: ImageData) -> int | None:
 
 
 def _model_class_names(entry: ModelEntry, k: int, *, catalog: bool = True) -> list[str] | None:
-    """The names of the model's K outputs: a ``class_names`` attribute (list of strings) on the module or a
-    module it wraps, else (``catalog``) a catalog model's training data's class names; ``None`` when unknown."""
+    """The names of the model's K outputs: a ``class_names`` attribute (list of strings) or a Hugging Face
+    ``config.id2label`` on the module or a module it wraps, else (``catalog``) a catalog model's training
+    data's class names; ``None`` when unknown."""
     m: Any = entry.module
     for _ in range(16):
         names = getattr(m, "class_names", None)
+        labels = getattr(getattr(m, "config", None), "id2label", None)  # a Hugging Face model's config
+        if names is None and isinstance(labels, dict) and sorted(labels) == list(range(k)):
+            names = [labels[j] for j in range(k)]
         if isinstance(names, (list, tuple)) and len(names) == k and all(isinstance(n, str) for n in names):
             return list(names)
         m = getattr(m, "model", None)
