@@ -224,3 +224,30 @@ def test_names_match_synonyms_and_ambiguous_names_are_refused() -> None:
     twice = TensorData(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), class_names=["tabby", "tabby cat"])
     with pytest.raises(UserError, match="classes 'tabby' and 'tabby cat' both match output 3"):
         apply_class_maps([ModelEntry("m", net, {"source": "python"})], twice, None)
+
+
+def test_pytest_fixture_passes_class_map(setup, monkeypatch) -> None:
+    """The plugin's ``robustness.audit(..., class_map=...)`` reaches the audit (smoke profile, no pytester;
+    the model-cost stage left out, it is not what this tests and costs seconds)."""
+    import importlib.util
+
+    from robustaudit.evaluate import api
+
+    real = api.audit
+    monkeypatch.setattr(api, "audit", lambda *args, **kwargs: real(*args, cost=False, **kwargs))
+
+    from robustaudit.plugin.fixture import ItemRecord, Robustness
+    from robustaudit.plugin.settings import SessionOptions
+
+    spec = importlib.util.spec_from_file_location("nets_cm2", setup["nets"])
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    x = torch.stack([torch.full((3, 8, 8), v) for v in (0.2, 0.8, 0.2)])
+    fixture = Robustness(SessionOptions(profile="smoke"), ItemRecord(marker={}), lambda key, value: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fixture.audit(nets.plain(), (x, torch.tensor([0, 1, 1])), attacks="fgsm", eps=0.05,
+                               class_map="0=7,1=3")
+    # 0 -> 7 wins on dark images, 1 -> 3 on bright: samples 0 and 1 right, sample 2 (dark, label 1) wrong
+    assert result.records["clean_accuracy"].iloc[0] == pytest.approx(2 / 3)
+    assert result.settings["class_map"] == {"0": 7, "1": 3}
