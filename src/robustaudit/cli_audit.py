@@ -32,6 +32,7 @@ examples:
       --normalize mean=0.49,0.48,0.45,std=0.25,0.24,0.26 --eps 2/255,4/255,8/255 --n 1000
   robustaudit audit --model torchvision:resnet18 --weights r18.pt --data imagefolder:val:size=224
   robustaudit audit --model torchvision:resnet18:weights=IMAGENET1K_V1 --data imagefolder:val:size=224
+  robustaudit audit --model in1k.py:make_net --data imagefolder:pets:size=224 --class-map cat=281,dog=207
   robustaudit audit --config audit.toml --device cuda --fail-under 0.5 --fail-on lower
   robustaudit audit --json > results.json
   robustaudit audit --model digits-cnn --out run1 --resume   # continue run1 after a crash or Ctrl-C
@@ -82,6 +83,11 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
                    help="download published weights missing from the cache (default: never; a missing file is "
                    "an error naming the path expected)")
     a.add_argument("--data", metavar="D", help="digits (default), cifar10:ROOT, mnist:ROOT, imagefolder:ROOT[:size=N], tensors:FILE")
+    a.add_argument("--class-map", metavar="MAP", dest="class_map",
+                   help="data class name = model output index, e.g. cat=281,dog=207, or a JSON file "
+                   "{\"cat\": 281, ...}: audit each model on those outputs only. Default: a model with more outputs "
+                   "than the data's named classes is audited on the outputs whose names match the data's, else "
+                   "on its first outputs in class order; the map is stated in the report")
     a.add_argument("--attack", action="append", metavar="A",
                    help="attack with inline settings, e.g. pgd:steps=50,restarts=2; repeat for several (default: fgsm, pgd)")
     a.add_argument("--eps", metavar="E", help="comma-separated radii, fractions allowed: 0.1,0.2 or 4/255,8/255 (default 0.05,0.1,0.2,0.3)")
@@ -145,8 +151,8 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
 
 
 #: Flags that give an option of the same name (``None``: not given).
-_PLAIN_FLAGS = ("data", "norm", "n", "batch_size", "device", "seed", "out", "fail_under", "fail_on", "allow_unreliable",
-                "trust_pickle", "allow_download", "model_dir",
+_PLAIN_FLAGS = ("data", "class_map", "norm", "n", "batch_size", "device", "seed", "out", "fail_under", "fail_on",
+                "allow_unreliable", "trust_pickle", "allow_download", "model_dir",
                 "resume", "overwrite", "checks", "train_data", "task", "precision", "compile", "physical",
                 "defense", "defense_fpr", "defense_data", "eps")
 

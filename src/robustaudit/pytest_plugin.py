@@ -37,7 +37,7 @@ GATE_NAMES = ("point", "lower")
 MARKER = "robustness"
 MARKER_HELP = (
     "robustness(attack=..., eps=..., min_accuracy=..., bound=..., norm=..., n=..., steps=..., restarts=..., "
-    "seed=..., device=..., batch_size=..., checks=..., allow_failed_checks=...): defaults of the robustness "
+    "seed=..., device=..., batch_size=..., checks=..., allow_failed_checks=..., class_map=...): defaults of the robustness "
     "fixture's audit() and assert_robust()"
 )
 

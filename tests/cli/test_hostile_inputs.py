@@ -167,6 +167,23 @@ NET_SOURCE = textwrap.dedent(
         return Net(3)
 
 
+    class Rgb(Net):
+        # 10 outputs on 3x8x8 images (ImageFolder's); optionally naming them
+        def __init__(self, names=None):
+            super().__init__()
+            self.fc = nn.Linear(192, 10)
+            if names is not None:
+                self.class_names = names
+
+
+    def rgb():
+        return Rgb()
+
+
+    def rgb_named():
+        return Rgb(["cat"] + [f"x{i}" for i in range(9)])
+
+
     class Raises(Net):
         def forward(self, x):
             raise ValueError("boom")
@@ -609,6 +626,9 @@ CASES: list[Case] = [
     # -------------------------------------------------------------------------------- models
     C(M, "wrong output size", "`nets.py:three_classes` (3 logits) on digits (10 classes)",
       _a(lambda t: audit(t, model=net(t, "three_classes"))), "has 3 outputs but data 'digits' has 10 classes"),
+    C(M, "output names match only some classes", "outputs named `cat`, `x0`..`x8`; folders `b/`, `cat/`",
+      _a(lambda t: audit(t, "--data", folder(t, {"cat/0.png": png_bytes(8)}), model=net(t, "rgb_named"))),
+      "not every class name matches exactly one output: class 'b' matches no output's name; give --class-map"),
     C(M, "returns class indices", "forward returns `logits.argmax(1)`",
       _a(lambda t: audit(t, model=net(t, "labels"))), "returned int64 outputs; it must return float logits"),
     C(M, "returns the wrong number of rows", "forward returns `logits[:1]`",
@@ -909,12 +929,38 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, attack="advgan:target=12")), "target 12 is not a class of a model with 10 outputs"),
     C(A, "learned attack under L1", "`--attack atn --norm l1`", _a(lambda t: audit(t, "--norm", "l1", attack="atn")),
       "supports norms linf, l2, not 'l1'"),
+    # ------------------------------------------------------------------ the label map (--class-map)
+    C(A, "class map: unknown class", "`--class-map b=1,cta=2` (folders `b/`, `cat/`)",
+      _a(lambda t: cmap(t, "b=1,cta=2")), "'cta' is not a class of data 'imagefolder:"),
+    C(A, "class map: a class missing", "`--class-map cat=2`",
+      _a(lambda t: cmap(t, "cat=2")), "no output given for class 'b'"),
+    C(A, "class map: two classes on one output", "`--class-map b=2,cat=2`",
+      _a(lambda t: cmap(t, "b=2,cat=2")), "classes 'b' and 'cat' both map to output 2"),
+    C(A, "class map: output out of range", "`--class-map b=1,cat=10` (10 outputs)",
+      _a(lambda t: cmap(t, "b=1,cat=10")), "output 10 of class 'cat' is out of range: model 'nets:rgb' has 10 outputs"),
+    C(A, "class map: index not a number", "`--class-map b=one,cat=2`",
+      _a(lambda t: cmap(t, "b=one,cat=2")), "the output index of class 'b' must be an integer >= 0, got 'one'"),
+    C(A, "class map: class given twice", "`--class-map b=1,b=2`",
+      _a(lambda t: cmap(t, "b=1,b=2")), "class 'b' is given twice"),
+    C(A, "class map: neither pairs nor a file", "`--class-map cat:1`",
+      _a(lambda t: cmap(t, "cat:1")), "is neither a file nor NAME=INDEX pairs"),
+    C(A, "class map: JSON file not an object", "a file holding `[1, 2]`",
+      _a(lambda t: cmap(t, str(raw_file(t, "map.json", b"[1, 2]")))), "must hold one JSON object"),
+    C(A, "class map: segmentation audit", "`--data digit-scenes --class-map 0=0`",
+      _a(lambda t: seg(t, "digit-scenes") + ["--class-map", "0=0"]), "it does not apply to a segmentation audit"),
+    C(T, "config: class_map of the wrong type", "`class_map = 3`",
+      _a(lambda t: config(t, "class_map = 3\n", model="digits-cnn")), "'class_map' must be a string"),
     C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
     C(T, "config: bad device", "`device = 'gpu'`",
       _a(lambda t: config(t, "device = 'gpu'\n", model="digits-cnn")), "(did you mean 'cuda'?)"),
     C(T, "config: weights without a model", "`weights = 'w.pt'`",
       _a(lambda t: config(t, "weights = 'w.pt'\n")), "'weights' must come with 'model'"),
 ]
+
+
+def cmap(tmp: Path, value: str) -> list[str]:
+    """``--class-map value`` for a 10-output model on an ImageFolder with classes ``b`` and ``cat``."""
+    return audit(tmp, "--data", folder(tmp, {"cat/0.png": png_bytes(8)}), "--class-map", value, model=net(tmp, "rgb"))
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:

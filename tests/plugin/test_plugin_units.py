@@ -227,6 +227,22 @@ def test_checks_precedence_call_marker_option_profile():
         merge_markers([(("pgd",), {})], where="m")
 
 
+def test_class_map_marker_key():
+    """``class_map=`` on the marker or the call: its form checked at setup (no torch), the call's wins, shown in
+    the settings only when given; the data's classes are checked when the audit runs."""
+    marker = validate({"class_map": "cat=281,dog=207"}, where="m")
+    assert marker == {"class_map": (("cat", 281), ("dog", 207))}
+    call = validate({"class_map": {"cat": 1, "dog": 2}}, where="c")
+    ci = SessionOptions()
+    assert resolve(ci, marker, {}).class_map == (("cat", 281), ("dog", 207))
+    assert resolve(ci, marker, call).plain()["class_map"] == {"cat": 1, "dog": 2}
+    assert "class_map" not in resolve(ci, {}, {}).plain()
+    with pytest.raises(UserError, match="m: class_map: the output index of class 'cat' must be an integer >= 0, got -1"):
+        validate({"class_map": {"cat": -1}}, where="m")
+    with pytest.raises(UserError, match="m: class_map: class 'cat' is given twice"):
+        validate({"class_map": "cat=1,cat=2"}, where="m")
+
+
 # ------------------------------------------------------------------------------ payloads and files
 def test_plain_gives_exact_builtin_types():
     """xdist's channel (execnet) refuses subclasses of str/float/int, such as torch's TorchVersion."""

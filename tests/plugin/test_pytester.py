@@ -94,7 +94,7 @@ def test_bad_marker_is_a_setup_error_naming_the_valid_keys(project):
     result.stdout.fnmatch_lines([
         "*ERROR at setup of test_typo*",
         ("@pytest.mark.robustness: unknown key 'epsilon' (did you mean 'eps'?); valid keys: attack, attacks, eps, "
-         "norm, n, min_accuracy, bound, steps, restarts, seed, device, batch_size, checks, allow_failed_checks"),
+         "norm, n, min_accuracy, bound, steps, restarts, seed, device, batch_size, checks, allow_failed_checks, class_map"),
     ])
     result.stdout.fnmatch_lines(["*takes keyword arguments only*",
                                  "*min_accuracy is a fraction in [[]0, 1[]], got 60 (did you mean 0.6?)"])

@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from robustaudit.checks.verdict import Verdict, share
 from robustaudit.core.task import CLASSIFICATION, Task
+from robustaudit.models.wrappers import unrestricted
 
 #: Relative output change between identical calls that still counts as deterministic (float noise).
 _DETERMINISM_RTOL = 1e-4
@@ -57,7 +58,12 @@ def probe_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     with torch.no_grad():
         first = model(x)
     probe.bpda_identity = _preprocess_keeps_shape(model, x)
-    probe.verdicts.append(_logits_verdict(name, first))
+    full = unrestricted(model)  # under a label map: every output (restricted probabilities do not sum to 1)
+    if full is not model:
+        with torch.no_grad():
+            probe.verdicts.append(_logits_verdict(name, full(x)))
+    else:
+        probe.verdicts.append(_logits_verdict(name, first))
     probe.verdicts.append(_determinism_verdict(name, model, x, first, probe))
     probe.verdicts.append(_autograd_verdict(name, model, x))
     probe.verdicts.extend(_gradient_verdicts(name, model, x, y, task, seed, probe))

@@ -30,6 +30,7 @@ def audit(
     defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",
     precision: str = "fp32", tf32: bool = False, compile: bool = False, distributed: bool = False,
     allow_download: bool = False, model_dir: str | Path | None = None, transfer: bool | None = None,
+    class_map: str | Path | Mapping[str, int] | None = None,
 ) -> ResultMatrix:
     """Audit one or several models under attacks on an eps grid.
 
@@ -52,6 +53,10 @@ def audit(
             (``"torchvision:resnet18:weights=IMAGENET1K_V1"``) find them: the cache directory, and
             whether a missing file may be downloaded (off by default).
         transfer: the transferability matrix; ``None``: on for a classification audit of two models or more.
+        class_map: data class name -> model output index, for a model with more outputs than the data's
+            classes (an ImageNet model on a class subset): ``{"cat": 281, "dog": 207}``, ``"cat=281,dog=207"``
+            or a JSON file; ``None``: the default map (:mod:`robustaudit.evaluate.classmap`). Each model is
+            audited, and attacked, on those outputs only.
         n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
             distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
     Returns:
@@ -69,7 +74,8 @@ def audit(
         device=device, seed=seed, out=None if out is None else str(out), resume=resume, overwrite=overwrite,
         checks=checks, cost=cost, defense=defense, defense_fpr=defense_fpr, defense_data=defense_data,
         physical=physical, train_data=train_data, task=task, precision=precision, tf32=tf32, compile=compile,
-        distributed=distributed, allow_download=allow_download, model_dir=model_dir, transfer=transfer)
+        distributed=distributed, allow_download=allow_download, model_dir=model_dir, transfer=transfer,
+        class_map=class_map)
     return execute(spec, open_subject(spec, image_data, entries), progress)
 
 

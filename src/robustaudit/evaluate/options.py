@@ -210,3 +210,65 @@ def check_seed(seed: Any) -> int:
     if not -(2**63) <= seed < 2**63:
         raise UserError(f"--seed must fit in 64 bits (|seed| < 2**63), got {seed}")
     return seed
+
+
+#: What ``--class-map`` looks like, for its messages.
+CLASS_MAP_FORM = "NAME=INDEX pairs such as cat=281,dog=207 (data class name = model output index) or a JSON file"
+
+
+def parse_class_map(value: Any, what: str = "--class-map") -> tuple[tuple[str, int], ...] | None:
+    """``--class-map`` as ``(data class name, model output index)`` pairs in the order given.
+
+    Accepts ``"cat=281,dog=207"``, the path of a JSON file holding ``{"cat": 281, "dog": 207}``, a mapping
+    (``audit(class_map={"cat": 281})``, a TOML table) or such pairs; ``None``: not given. Checks the form
+    only (an index is an integer >= 0, no class twice); the data's classes and the model's outputs are
+    checked against it when they are known (:mod:`robustaudit.evaluate.classmap`)."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and "=" not in value and value.strip()):
+        pairs = _class_map_file(Path(value), what)
+    elif isinstance(value, str):
+        pairs = [_class_map_pair(piece, what) for piece in value.split(",") if piece.strip()]
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [tuple(p) for p in value]
+    else:
+        raise UserError(f"{what} must be {CLASS_MAP_FORM}, got {value!r}")
+    if not pairs:
+        raise UserError(f"{what} is empty; give {CLASS_MAP_FORM}")
+    out: list[tuple[str, int]] = []
+    for name, index in pairs:
+        name = str(name).strip()
+        if not name:
+            raise UserError(f"{what}: a class name is empty; give {CLASS_MAP_FORM}")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise UserError(f"{what}: the output index of class '{name}' must be an integer >= 0, got {index!r}")
+        if any(name == seen for seen, _ in out):
+            raise UserError(f"{what}: class '{name}' is given twice")
+        out.append((name, index))
+    return tuple(out)
+
+
+def _class_map_pair(piece: str, what: str) -> tuple[str, Any]:
+    name, eq, index = piece.partition("=")
+    if not eq:
+        raise UserError(f"{what}: '{piece.strip()}' is not NAME=INDEX; give {CLASS_MAP_FORM}")
+    text = index.strip()
+    return name, int(text) if re.fullmatch(r"\d+", text) else text
+
+
+def _class_map_file(path: Path, what: str) -> list[tuple[Any, Any]]:
+    """The pairs of a JSON file holding one object ``{"class name": output index}``."""
+    import json
+
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' is neither a file nor NAME=INDEX pairs; give {CLASS_MAP_FORM}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} '{path}' is not a JSON file: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{what} '{path}' must hold one JSON object such as {{\"cat\": 281, \"dog\": 207}}, "
+                        f"got {type(doc).__name__}")
+    return list(doc.items())

@@ -3,8 +3,9 @@
 TOML keys (``model``, ``weights``, ``normalize``, ``data``, ``attack``, ``eps``, ``norm``, ``n``,
 ``batch_size``, ``device``, ``seed``, ``out``, ``fail_under``, ``fail_on``, ``allow_unreliable``, ``resume``,
 ``overwrite``, ``checks``, ``defense``, ``defense_fpr``, ``defense_data``, ``train_data``, ``task``, ``precision``,
-``tf32``, ``compile``, ``physical``, ``trust_pickle``, ``allow_download``, ``model_dir``); flags given on
-the command line override the file. Models may also be tables::
+``tf32``, ``compile``, ``physical``, ``trust_pickle``, ``allow_download``, ``model_dir``, ``class_map``: a
+string such as ``"cat=281,dog=207"``, a JSON file's path or a table ``{cat = 281, dog = 207}``); flags given
+on the command line override the file. Models may also be tables::
 
     [[models]]
     spec = "nets.py:make_net"
@@ -65,7 +66,7 @@ _TYPES: dict[str, type] = {
 }
 
 
-_KEYS = set(_TYPES) | {"models", "model", "weights", "normalize", "attack", "attacks", "eps"}
+_KEYS = set(_TYPES) | {"models", "model", "weights", "normalize", "attack", "attacks", "eps", "class_map"}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -107,6 +108,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         out["attacks"] = _str_list(doc.pop("attack", doc.pop("attacks", None)), "attack", path)
     if "eps" in doc:  # parsed (numbers, "8/255" strings) by the spec, as the flag's and the API's
         out["eps"] = check_eps_type(doc.pop("eps"))
+    if "class_map" in doc:  # a string or a table, parsed and checked by the spec
+        value = doc.pop("class_map")
+        if not isinstance(value, (str, Mapping)):
+            raise UserError(f"config '{path}': 'class_map' must be a string (cat=281,dog=207 or a JSON file) or "
+                            f"a table {{cat = 281}}, got {value!r}")
+        out["class_map"] = dict(value) if isinstance(value, Mapping) else value
     for key, value in doc.items():
         want = _TYPES.get(key)
         if want is None:

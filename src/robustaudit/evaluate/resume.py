@@ -6,8 +6,8 @@ A run's *fingerprint* is everything its numbers depend on, minus what only chang
 robustaudit and torch versions and the store layout (a resumed run mixes old and new batches, so both
 halves must come from the same code), the device (GPU kernels round differently from CPU ones), the
 data set's name and size, ``n``, the eps grid, the norm, the batch size (batches are keyed by their
-exact ids), the seed, each attack's class and settings, and each model's name, normalization and
-weights: the sha256 of the file they were read from, or of the ``state_dict`` for a module handed
+exact ids), the seed, each attack's class and settings, and each model's name, normalization, label map
+(only where one is in use: :mod:`robustaudit.evaluate.classmap`) and weights: the sha256 of the file they were read from, or of the ``state_dict`` for a module handed
 over in Python. The data's *content* is not part of it: the clean pass hashes every batch it loads
 anyway and compares with the stored batch (``runner._clean_pass``), which costs no extra read pass.
 A segmentation run adds ``task: segmentation`` (absent means classification), so neither task's store
@@ -36,6 +36,7 @@ from robustaudit.core.errors import UserError
 from robustaudit.evaluate.result import EXAMPLES_FILE, RESULTS_FILE
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.store import STORE_FILE, STORE_VERSION, Store, state_dict_sha256
+from robustaudit.models.wrappers import unrestricted
 
 if TYPE_CHECKING:
     from robustaudit.evaluate.spec import AuditSpec
@@ -68,7 +69,9 @@ def fingerprint(spec: AuditSpec, subject: Subject, *, n: int, device: torch.devi
         "seed": int(spec.seed),
         "attacks": [{"name": a.name, "class": type(a.attack).__name__, "settings": _settings(a)}
                     for a in subject.attacks],
-        "models": [{"name": m.name, "normalize": m.info.get("normalize"), "weights": _weights(m)}
+        "models": [{"name": m.name, "normalize": m.info.get("normalize"), "weights": _weights(m),
+                    # the label map, only where one is in use: older stores (and runs without one) resume
+                    **({"class_map": m.info["class_map"]["map"]} if m.info.get("class_map") else {})}
                    for m in subject.entries],
     }
     if spec.task != "classification":  # absent means classification (stores written before tasks existed)
@@ -88,7 +91,8 @@ def _weights(entry: ModelEntry) -> str:
     sha = entry.info.get("weights_sha256")
     # a file's hash also covers what a state_dict misses (TorchScript code); a module handed over in
     # Python, or built without a weights file, is identified by its tensors
-    return f"file:{sha}" if sha else f"state_dict:{state_dict_sha256(entry.module)}"
+    # (a label map's index is the fingerprint's own "class_map", not part of the weights)
+    return f"file:{sha}" if sha else f"state_dict:{state_dict_sha256(unrestricted(entry.module))}"
 
 
 def _settings(entry: AttackEntry) -> dict[str, Any]:
@@ -130,6 +134,9 @@ def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> s
         if s.get("normalize") != c.get("normalize"):
             return (f"the normalization of model '{c['name']}' differs (stored {_show(s.get('normalize'))}, "
                     f"now {_show(c.get('normalize'))})")
+        if s.get("class_map") != c.get("class_map"):
+            return (f"the label map of model '{c['name']}' differs (stored {_show(s.get('class_map'))}, "
+                    f"now {_show(c.get('class_map'))})")
     s_attacks, c_attacks = stored.get("attacks") or [], current.get("attacks") or []
     names = [a.get("name") for a in s_attacks], [a.get("name") for a in c_attacks]
     if names[0] != names[1]:

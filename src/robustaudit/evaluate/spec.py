@@ -93,6 +93,10 @@ class AuditSpec:
         model_dir: the cache published weights are read from (torchvision: torch hub's directory, files
             in its ``checkpoints/``); ``None``: each library's own default.
         config_file: the TOML file the options came from (``None``: none).
+        class_map: ``(data class name, model output index)`` for every class of the data, in its class order
+            (``--class-map``): each model is audited on those outputs only. ``None``: the default map of
+            :mod:`robustaudit.evaluate.classmap` (none, unless a model has more outputs than the data's
+            named classes).
     """
 
     models: tuple[ModelSpec, ...]
@@ -125,6 +129,7 @@ class AuditSpec:
     allow_download: bool = False
     model_dir: str | None = None
     config_file: str | None = None
+    class_map: tuple[tuple[str, int], ...] | None = None
 
     @property
     def fast(self) -> Any:
@@ -143,6 +148,10 @@ class AuditSpec:
         doc["defense_models"] = list(self.defense_models)
         doc["defense_data"] = _data_view(self.defense_data)
         doc["train_data"] = _data_view(self.train_data)
+        if self.class_map is None:  # absent unless given: configs written before it existed stay equal
+            del doc["class_map"]
+        else:
+            doc["class_map"] = dict(self.class_map)
         return doc
 
 
@@ -186,7 +195,8 @@ def resolve_spec(data: Any, **given: Any) -> AuditSpec:
         n=_n(g.get("n"), segmentation and not models_given), batch_size=_batch(g.get("batch_size"), segmentation),
         task=task, detectors=_detectors(g.get("defense"), embedded and not segmentation),
         defense_models=opt.DEFAULT_DEFENSE_MODELS if embedded and "defense" not in g and not segmentation else (),
-        transfer=_transfer(g.get("transfer"), len(models), segmentation), **_plain(g))
+        transfer=_transfer(g.get("transfer"), len(models), segmentation),
+        class_map=_class_map(g.get("class_map"), data, task), **_plain(g))
     _check_task(spec)
     for line in opt.check_eps_range(spec.eps, spec.norm, tuple(getattr(data, "sample_shape", ()))):
         warnings.warn(line, stacklevel=2)
@@ -219,6 +229,15 @@ def _default_models(data: Any) -> tuple[str, ...]:
         return opt.DEFAULT_MODELS
     own = tuple(m for m in model_names() if get_card(m).dataset == name and get_card(m).task == "classification")
     return own or opt.DEFAULT_MODELS
+
+
+def _class_map(given: Any, data: Any, task: str) -> tuple[tuple[str, int], ...] | None:
+    """``--class-map``: parsed, then checked against the data's classes (every class once, no output twice)."""
+    if given is None:
+        return None
+    from robustaudit.evaluate.classmap import check_class_map
+
+    return check_class_map(opt.parse_class_map(given), data, task)
 
 
 def _plain(g: dict[str, Any]) -> dict[str, Any]:

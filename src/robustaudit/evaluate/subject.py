@@ -41,7 +41,8 @@ class Subject:
 
 def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | None = None) -> Subject:
     """Open ``spec``'s models (unless ``entries``, models handed over in Python, are given) and attacks
-    on ``data``; refuse models of the other task or input shape."""
+    on ``data``; refuse models of the other task or input shape; restrict a classifier with more outputs
+    than the data's classes to theirs (:mod:`robustaudit.evaluate.classmap`)."""
     if entries is None:
         entries = [_load(m, spec) for m in spec.models]
     _unique([e.name for e in entries], "model")
@@ -49,9 +50,12 @@ def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | N
     check_model_tasks(entries, spec.task, data)  # a catalog segmentation model: one line, not a shape error
     warn_input_sizes(entries, data)
     if spec.task == "classification":
+        from robustaudit.evaluate.classmap import apply_class_maps
         from robustaudit.evaluate.physical import check_patch_norm
 
         check_patch_norm(attacks, spec.norm)
+        # more outputs than the data's classes: each model restricted to the data's (the label map)
+        apply_class_maps(entries, data, spec.class_map)
     return Subject(entries, data, attacks)
 
 

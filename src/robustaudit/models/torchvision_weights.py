@@ -119,6 +119,10 @@ def from_torchvision_weights(
     sha = file_sha256(path)
     model = _build(arch, weights, kwargs, path, state, spec)
     del state
+    categories = weights.meta.get("categories")
+    if isinstance(categories, list):
+        # the output names the class map matches an ImageFolder's folder names against (evaluate/classmap.py)
+        model.class_names = list(categories)
     announced = _announced_hash(path)
     published = announced is None or sha.startswith(announced)
     if not published:

@@ -27,6 +27,7 @@ from robustaudit.core.errors import UserError
 
 __all__ = [
     "NORMALIZE_PRESETS",
+    "ClassSubset",
     "ExportedModule",
     "LogitsOutput",
     "Normalize",
@@ -34,6 +35,7 @@ __all__ = [
     "prepare",
     "raised_by_model",
     "type_name",
+    "unrestricted",
 ]
 
 # Only statistics that are standard and unambiguous; CIFAR-10's std, for one, circulates in two
@@ -285,6 +287,38 @@ def prepare(
     return LogitsOutput(inner)
 
 
+class ClassSubset(nn.Module):
+    """The model restricted to some of its outputs: ``logits[:, class_index]``.
+
+    An ImageNet model audited on a subset of its classes is attacked and scored on the outputs of the
+    data's classes only (``class_index[c]`` is the model output of data class ``c``); see
+    :mod:`robustaudit.evaluate.classmap`. ``model`` is the full model (a :class:`LogitsOutput`).
+
+    Shapes: ``x`` as the model takes it; the model's logits ``(N, K)`` become ``(N, C)``, C = len(class_index).
+    The index is a persistent buffer, so the state_dict hash (resume, detector cache) tells maps apart.
+    """
+
+    class_index: torch.Tensor
+
+    def __init__(self, model: nn.Module, class_index: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("class_index", torch.tensor(list(class_index), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: the model's input; returns the mapped logits ``(N, C)``."""
+        return self.model(x).index_select(1, self.class_index)
+
+    def extra_repr(self) -> str:
+        return f"outputs={self.class_index.tolist()}"
+
+
+def unrestricted(model: nn.Module) -> nn.Module:
+    """``model`` without a :class:`ClassSubset` around it (the full model's logits, for checks that read
+    every output, such as "outputs are probabilities")."""
+    return model.model if isinstance(model, ClassSubset) else model
+
+
 class ExportedModule(nn.Module):
     """Hold the module of a ``torch.export`` program so it behaves like any other model here.
 
@@ -340,7 +374,7 @@ def raised_by_model(exc: BaseException, model: nn.Module) -> bool:
     apart from a bug in the attack that called it. robustaudit's wrappers are looked through: an
     exception that only passed through :class:`LogitsOutput` or :class:`Normalize` is not the model's.
     """
-    ours = (LogitsOutput, Normalize)
+    ours = (LogitsOutput, Normalize, ClassSubset)
     theirs = {id(m) for m in model.modules() if not isinstance(m, ours)}
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         if frame.f_code.co_name == "forward" and id(frame.f_locals.get("self")) in theirs:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,7 @@ class Robustness:
         min_accuracy: float | None = None,
         bound: str | None = None,
         checks: str | None = None,
+        class_map: str | Mapping[str, int] | None = None,
         progress: Any = None,
     ) -> RobustResult:
         """Audit ``model`` on ``data`` (anything :func:`robustaudit.audit` accepts: an ``(x, y)`` pair of
@@ -118,7 +119,9 @@ class Robustness:
         attacks given by bare name; ``min_accuracy`` / ``bound`` become the defaults of the returned
         object's ``assert_robust()``. ``checks`` (``off``, ``basic``, ``full``) is the level of the
         sanity checks that follow the matrix (default: the profile's, ``--robust-checks``); their verdicts
-        land in ``result.checks``, and a ``fail`` fails ``assert_robust()``.
+        land in ``result.checks``, and a ``fail`` fails ``assert_robust()``. ``class_map``
+        (``{"cat": 281, "dog": 207}`` or ``"cat=281,dog=207"``) audits a model with more outputs than the
+        data's classes on those outputs (see :func:`robustaudit.audit`).
 
         Returns:
             a :class:`RobustResult` (a ResultMatrix with ``assert_robust``).
@@ -128,7 +131,7 @@ class Robustness:
         call = validate(
             {"attacks": attacks, "eps": eps, "norm": norm, "n": n, "steps": steps, "restarts": restarts,
              "seed": seed, "device": device, "batch_size": batch_size, "min_accuracy": min_accuracy,
-             "bound": bound, "checks": checks},
+             "bound": bound, "checks": checks, "class_map": class_map},
             where="robustness.audit",
         )
         s = resolve(self._options, self._record.marker, call)
@@ -137,6 +140,8 @@ class Robustness:
                                   "checks": s.checks}
         if s.eps is not None:
             kwargs["eps"] = list(s.eps)
+        if s.class_map is not None:
+            kwargs["class_map"] = dict(s.class_map)
         n_explicit = "n" in call or "n" in self._record.marker
         with warnings.catch_warnings():
             if not n_explicit:  # the profile's n is a cap: a smaller data set is not worth a warning

@@ -23,6 +23,7 @@ from robustaudit.evaluate.options import (  # torch-free: the audit's defaults a
     DEFAULT_DEVICE,
     DEFAULT_SEED,
     check_choice,
+    parse_class_map,
     parse_eps,
 )
 
@@ -42,6 +43,7 @@ MARKER_KEYS: tuple[str, ...] = (
     "batch_size",
     "checks",
     "allow_failed_checks",
+    "class_map",
 )
 #: What a gate may compare against the threshold: the measured accuracy or its lower 95% bound.
 BOUNDS: tuple[str, ...] = ("point", "lower")
@@ -102,12 +104,18 @@ class Settings:
     bound: str
     checks: str  # sanity-check level of robustaudit.audit (CHECK_LEVELS)
     allow_failed_checks: bool  # assert_robust() passes despite a failing sanity check
+    #: ``(data class name, model output index)`` pairs (robustaudit.audit's ``class_map``); None: the default map
+    class_map: tuple[tuple[str, int], ...] | None = None
 
     def plain(self) -> dict[str, Any]:
         """JSON-able view (attack objects by repr) for the session file and the summary."""
         d = asdict(self)
         d.pop("steps_explicit")
         d.pop("restarts_explicit")
+        if d["class_map"] is None:  # shown only when given
+            d.pop("class_map")
+        else:
+            d["class_map"] = dict(d["class_map"])
         if d["attacks"] is not None:
             d["attacks"] = [a if isinstance(a, str) else repr(a) for a in d["attacks"]]
         if d["eps"] is not None:
@@ -179,6 +187,8 @@ def validate(kwargs: Mapping[str, Any], *, where: str) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise UserError(f"{where}: allow_failed_checks must be True or False, got {value!r}")
             out["allow_failed_checks"] = value
+        elif key == "class_map":  # the form here; the data's classes and the model's outputs when it runs
+            out["class_map"] = parse_class_map(value, f"{where}: class_map")
     return out
 
 
@@ -224,6 +234,7 @@ def resolve(options: SessionOptions, marker: Mapping[str, Any], call: Mapping[st
         bound=pick("bound", options.gate),
         checks=pick("checks", options.checks or profile.checks),
         allow_failed_checks=pick("allow_failed_checks", False),
+        class_map=pick("class_map", None),
     )
 
 

@@ -13,6 +13,7 @@ from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Table
 from robustaudit.reports.view.checks import CheckRow
+from robustaudit.reports.view.labelmap import LABEL
 from robustaudit.reports.view.segmentation import SKIPPED_CHECKS
 from robustaudit.reports.view.verdict import UPPER_BOUND
 
@@ -105,6 +106,9 @@ def _print_classification(view: ReportView, console: Console) -> None:
         # too narrow for "58.1 [53.0–63.0]" cells: show accuracies only, say where the intervals are
         table = _matrix_table(view, intervals=False)
     console.print(table)
+    for label, text in view.data:  # a model audited on a subset of its outputs: which ones
+        if label == LABEL:
+            console.print(Text(f"{label}: {text}"))
     console.print(_summary_table(view))
     _print_reliability(view, console)
     if view.brief_cost:

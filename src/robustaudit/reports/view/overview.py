@@ -108,7 +108,8 @@ def threat_items(result: ResultMatrix) -> list[tuple[str, str]]:
 
 
 def data_items(result: ResultMatrix) -> list[tuple[str, str]]:
-    """Dataset name, sample count, classes and sample shape, as far as they are known."""
+    """Dataset name, sample count, classes and sample shape, as far as they are known; the label map of each
+    model audited on a subset of its outputs."""
     data = result.provenance.get("data") or {}
     data = data if isinstance(data, dict) else {}
     items: list[tuple[str, str]] = []
@@ -122,7 +123,9 @@ def data_items(result: ResultMatrix) -> list[tuple[str, str]]:
     shape = data.get("sample_shape")
     if isinstance(shape, (list, tuple)) and shape:
         items.append(("sample shape", "×".join(str(s) for s in shape)))
-    return items
+    from robustaudit.reports.view.labelmap import label_map_items
+
+    return items + label_map_items(result)  # only where a model is audited on a subset of its outputs
 
 
 def models_table(result: ResultMatrix) -> Table:
