@@ -116,5 +116,22 @@ def test_cli_audit_of_robustbench_standard_from_the_cache(cache, tmp_path, capsy
             "--out", str(out), "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    text = json.dumps(results)
-    assert "robustbench:Standard" in text and "94.78" in text
+    card = next(m for m in results["provenance"]["models"] if m["name"] == "robustbench:Standard")
+    assert card["published"]["clean_acc"] == 94.78 and card["published_eps"] == pytest.approx(8 / 255)
+    (ours,) = [r for r in results["records"] if r["attack"] == "fgsm"]  # one attack: its own worst case
+    # the report puts theirs beside ours: their clean, our clean, their AutoAttack, our worst case, difference
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| robustbench:Standard | cifar10"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["8/255", "94.78"] and cells[5] == "0.00"
+    assert cells[6].startswith(f"{100 * ours['robust_accuracy']:.1f} [")
+    assert cells[7] == f"{100 * ours['robust_accuracy'] - 0.0:+.1f}"
+    assert cells[8] == ("yes" if ours["ci_low"] <= 0.0 else "no")
+
+
+def test_cli_list_models_source_robustbench(cache, capsys):
+    from robustaudit.cli import main
+
+    assert main(["list", "models", "--source", "robustbench", "--model-dir", str(cache[0])]) == 0
+    out = capsys.readouterr().out
+    assert "robustbench:Carmon2019Unlabeled" in out and "59.53%" in out
+    assert f"RobustBench models, 1 in {cache[0]}" in out.replace("\n", "")
