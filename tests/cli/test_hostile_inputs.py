@@ -413,6 +413,25 @@ def _rb(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
     return argv
 
 
+def _timm(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
+    """A case that needs the timm package (skipped, saying so, without it)."""
+    def argv(tmp: Path, monkeypatch) -> list[str]:
+        pytest.importorskip("timm", reason="timm is not installed (pip install 'robustaudit[timm]')")
+        return build(tmp)
+    return argv
+
+
+def timm_cache(tmp: Path) -> Path:
+    """A Hugging Face hub cache whose test_vit weights file is cut in half."""
+    snap = tmp / "hf" / "models--timm--test_vit.r160_in1k" / "snapshots" / "r1"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("r1")
+    save_file({"w": torch.zeros(64)}, str(snap / "model.safetensors"))
+    cut(snap / "model.safetensors")
+    return tmp / "hf"
+
+
 F, M, A, T = "files", "models", "arguments", "configuration"
 X, Y = GOOD_X, GOOD_Y
 CLASSES = np.array([str(i) for i in range(10)])
@@ -705,6 +724,12 @@ CASES: list[Case] = [
     C(M, "RobustBench model without robustbench installed", "`--model robustbench:Standard` (no robustbench package)",
       lambda t, monkeypatch: (monkeypatch.setitem(__import__("sys").modules, "robustbench", None),
                               audit(t, model="robustbench:Standard"))[1], "pip install 'robustaudit[robustbench]'"),
+    C(M, "timm weights not in the cache", "`--model timm:test_vit --model-dir D` (empty D)",
+      _timm(lambda t: audit(t, "--model-dir", str(t), model="timm:test_vit")),
+      "are not in timm's cache: expected '"),
+    C(M, "truncated cached timm weights", "half of `D/models--timm--test_vit.r160_in1k/snapshots/R/model.safetensors`",
+      _timm(lambda t: audit(t, "--model-dir", str(timm_cache(t)), model="timm:test_vit")),
+      "cached weights of 'timm:test_vit' are unusable"),
     C(M, "model spec is a folder", "`--model ./models/`",
       _a(lambda t: audit(t, model=str(t))), "is a directory"),
     C(M, "state_dict that does not fit (keys)", "`--model digits-cnn --weights linear.pt`",

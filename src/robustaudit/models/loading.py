@@ -197,7 +197,7 @@ def _published(spec: str, weights: Path | None, stats: Any, num_classes: int | N
 
         if stats is not None:
             raise UserError(f"'{spec}': timm's config gives the normalization; drop --normalize")
-        return from_timm(spec, weights, num_classes)
+        return from_timm(spec, weights, num_classes, model_dir=model_dir, allow_download=allow_download)
     if spec.startswith(ROBUSTBENCH_PREFIX):
         from robustaudit.models.robustbench_models import from_robustbench
 
