@@ -49,7 +49,8 @@ def audit(
             ``defense_fpr`` and ``defense_data`` set their threshold and fitting data.
         task: ``classification``, ``segmentation`` or ``auto`` (the data's task).
         allow_download, model_dir: how model spec strings with published weights
-            (``"torchvision:resnet18:weights=IMAGENET1K_V1"``) find them: the cache directory, and
+            (``"torchvision:resnet18:weights=IMAGENET1K_V1"``, ``"robustbench:Standard"``, ``"timm:NAME"``)
+            find them: the cache directory, and
             whether a missing file may be downloaded (off by default).
         n, out, resume, overwrite, checks, cost, physical, train_data, precision, tf32, compile,
             distributed: see :class:`~robustaudit.evaluate.spec.AuditSpec`.
