@@ -113,7 +113,7 @@ def test_cli_audit_of_robustbench_standard_from_the_cache(cache, tmp_path, capsy
     out = tmp_path / "out"
     argv = ["audit", "--model", "robustbench:Standard", "--model-dir", str(cache[0]), "--data",
             f"cifar10:{tmp_path / 'data'}", "--eps", "8/255", "--n", "4", "--attack", "fgsm", "--checks", "off",
-            "--out", str(out), "--quiet"]
+            "--out", str(out)]
     assert main(argv) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     card = next(m for m in results["provenance"]["models"] if m["name"] == "robustbench:Standard")
@@ -126,6 +126,8 @@ def test_cli_audit_of_robustbench_standard_from_the_cache(cache, tmp_path, capsy
     assert cells[6].startswith(f"{100 * ours['robust_accuracy']:.1f} [")
     assert cells[7] == f"{100 * ours['robust_accuracy'] - 0.0:+.1f}"
     assert cells[8] == ("yes" if ours["ci_low"] <= 0.0 else "no")
+    assert "Published figures (RobustBench)" in (out / "report.html").read_text()
+    assert "Published figures (RobustBench)" in capsys.readouterr().out  # the terminal's table
 
 
 def test_cli_list_models_source_robustbench(cache, capsys):
