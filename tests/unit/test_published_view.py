@@ -45,3 +45,9 @@ def test_their_figure_outside_our_interval_and_eps_or_norm_not_audited():
 def test_no_section_without_a_robustbench_card():
     assert published_section(_result(EPS, card=False)) is None
     assert "Published figures" not in render_markdown(_result(EPS, card=False))
+
+
+def test_an_unreliable_worst_case_is_marked_as_an_upper_bound():
+    result = _result(EPS)
+    result.checks.append({"id": "loss-gap", "status": "fail", "model": "robustbench:Carmon2019Unlabeled"})
+    assert published_section(result).table.rows[0][6] == "≤ 58.0 [51.0–65.0]"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,7 @@ except UserError:
     RB = None
 pytestmark = pytest.mark.skipif(RB is None, reason="robustbench is not installed (pip install 'robustaudit[robustbench]')")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data_files import _write_cifar  # noqa: E402  (the CIFAR-10 pickle-batch writer)
+from test_data_files import _write_cifar  # noqa: E402  (same folder: the CIFAR-10 pickle-batch writer)
 
 
 @pytest.fixture(autouse=True)
