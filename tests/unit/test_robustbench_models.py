@@ -135,3 +135,13 @@ def test_cli_list_models_source_robustbench(cache, capsys):
     out = capsys.readouterr().out
     assert "robustbench:Carmon2019Unlabeled" in out and "59.53%" in out
     assert f"RobustBench models, 1 in {cache[0]}" in out.replace("\n", "")
+
+
+def test_a_cached_checkpoint_with_code_is_refused_before_robustbench_reads_it(tmp_path):
+    import argparse
+
+    path = tmp_path / "cifar10" / "Linf" / "Standard.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, path)  # not loadable with weights_only
+    with pytest.raises(UserError, match="holds pickled objects other than tensors"):
+        load_model("robustbench:Standard", model_dir=tmp_path)

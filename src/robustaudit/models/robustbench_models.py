@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from robustaudit.core.errors import UserError, suggest
-from robustaudit.models.files import file_sha256, first_line
+from robustaudit.models.files import file_sha256, first_line, torch_load_safe
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 from robustaudit.models.torchvision_models import _parse_settings
 from robustaudit.models.torchvision_weights import Pretrained
@@ -163,11 +163,15 @@ def _check_readable(path: Path, name: str) -> None:
     before robustbench's loader sees it."""
     if not path.is_file():
         raise UserError(f"weights of RobustBench model '{name}' are expected in the file '{path}', which is a directory")
-    try:
-        read_state_dict(path)
+    try:  # only readability and no code: robustbench unwraps its own checkpoint layouts ('last', 'state_dict')
+        checkpoint = torch_load_safe(path, "weights file")
     except UserError as err:
         raise UserError(f"cached weights of RobustBench model '{name}' are unusable: {err}; delete the file to "
                         "download it again with --allow-download") from None
+    if checkpoint is None:
+        raise UserError(f"cached weights of RobustBench model '{name}' are unusable: '{path}' holds pickled objects "
+                        "other than tensors (refused: unpickling them runs code); delete the file to download it "
+                        "again with --allow-download")
 
 
 def _explain_misfit(entry: dict[str, Any], files: list[Path], name: str) -> None:
