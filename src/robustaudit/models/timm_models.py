@@ -120,7 +120,8 @@ def _create(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], pretr
 def _from_cache(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], model_dir: Any,
                 allow_download: bool) -> tuple[nn.Module, Path]:
     """timm's own load of the cached hub file (its filter and classifier handling), after our safe read."""
-    repo = (dict(getattr(_create(timm, spec, name, extra), "pretrained_cfg", None) or {})).get("hf_hub_id")
+    bare = _create(timm, spec, name, extra)
+    repo = (dict(getattr(bare, "pretrained_cfg", None) or {})).get("hf_hub_id")
     if not repo:
         raise UserError(f"'{spec}': timm publishes no hub weights for '{name}'; pass --weights FILE")
     path = _hub_file(repo, hf_cache_dir(model_dir), allow_download, spec)
@@ -129,7 +130,6 @@ def _from_cache(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], m
     except UserError as err:
         raise UserError(f"cached weights of '{spec}' are unusable: {err}; delete the file to download it again "
                         "with --allow-download") from None
-    bare = _create(timm, spec, name, extra)
     try:
         model = _create(timm, spec, name, extra, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     except UserError:
