@@ -81,3 +81,26 @@ def test_hub_weights_of_another_architecture_say_which_keys(tmp_path):
     _hub_cache(tmp_path, "timm/test_vit.r160_in1k", torch.nn.Linear(3, 2).state_dict())
     with pytest.raises(UserError, match=r"do not fit the model: keys \d+ missing"):
         load_model("timm:test_vit", model_dir=tmp_path)
+
+
+@pytest.mark.slow  # 1000 PNG class folders and the report's figures: about 7 s on one core (CPU, rough)
+def test_cli_audit_of_a_timm_model_from_the_cache(tmp_path, capsys):
+    """The issue's done-when for timm: an audit with the weights only in timm's cache and no network."""
+    import json
+    import sys
+
+    from robustaudit.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "cli"))
+    from test_torchvision_weights_cli import imagenet_folder  # 1000 class folders, one PNG each
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_vit", pretrained=False).eval()
+    path = _hub_cache(tmp_path / "hf", "timm/test_vit.r160_in1k", reference.state_dict())
+    root = imagenet_folder(tmp_path, size=32)
+    argv = ["audit", "--model", "timm:test_vit", "--model-dir", str(tmp_path / "hf"), "--data",
+            f"imagefolder:{root}:size=160", "--attack", "fgsm", "--eps", "0.01", "--n", "4", "--checks", "off",
+            "--out", str(tmp_path / "out"), "--json", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    model = json.loads(capsys.readouterr().out)["provenance"]["models"][0]
+    assert (model["source"], model["hf_hub_id"], model["weights_file"]) == ("timm", "timm/test_vit.r160_in1k", str(path))
