@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("what", choices=["models", "attacks", "datasets", "defenses"])
     ls.add_argument("name", nargs="?", metavar="NAME", help="with attacks: one attack's settings in detail")
-    ls.add_argument("--source", choices=["catalog", "torchvision", "timm"], default=None,
+    ls.add_argument("--source", choices=["catalog", "torchvision", "timm", "robustbench"], default=None,
                     help="with models: whose models (default catalog: ours); torchvision lists its classification "
-                    "weight enums with published top-1 and marks those in the cache")
+                    "weight enums with published top-1, robustbench its zoo with published clean/AutoAttack "
+                    "accuracy; both mark those in the cache")
     ls.add_argument("--model-dir", metavar="DIR", dest="model_dir",
-                    help="with --source torchvision: the cache to look in (default: torch.hub.get_dir())")
+                    help="with --source torchvision|robustbench: the cache to look in (default: torch.hub.get_dir(); "
+                    "robustbench: ./models, its own default)")
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
@@ -184,7 +186,7 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
         out.print("MACs per input from PyTorch's FLOP counter (FLOPs = 2 × MACs; convolutions and matmuls "
                       "only, element-wise ops not counted): see docs/cost.md.")
         out.print("Also: file.py:callable, package.module:callable, torchvision:ARCH, torchvision:ARCH:weights=ENUM "
-                  "(list models --source torchvision), timm:NAME, .pt2 and TorchScript files.")
+                  "(list models --source torchvision), timm:NAME, robustbench:NAME (--source robustbench), .pt2 and TorchScript files.")
     elif args.what == "attacks":
         _list_attacks(out, table, args.name)
     elif args.what == "defenses":
@@ -208,6 +210,9 @@ def _list_source(console, table, source: str, model_dir: str | None) -> None:
         names = list_timm_models()  # one line naming the extra when timm is missing
         console.print("\n".join(f"timm:{name}" for name in names))
         return
+    if source == "robustbench":
+        _list_robustbench(console, table, model_dir)
+        return
     from robustaudit.models.torchvision_weights import hub_dir, list_torchvision_weights
 
     rows = list_torchvision_weights(model_dir)
@@ -221,6 +226,24 @@ def _list_source(console, table, source: str, model_dir: str | None) -> None:
     cached = sum(row["cached"] for row in rows)
     console.print(f"{len(rows)} weight enums, {cached} in {hub_dir(model_dir) / 'checkpoints'}; published top-1 from "
                   "torchvision's metadata. Audit one with --model SPEC (--allow-download fetches a missing file).")
+
+
+def _list_robustbench(console, table, model_dir: str | None) -> None:
+    """RobustBench's zoo, offline: name, dataset, threat, published clean and AutoAttack accuracy, cached."""
+    from robustaudit.models.robustbench_models import DEFAULT_MODEL_DIR, list_robustbench
+
+    rows = list_robustbench(model_dir)  # one line naming the extra when robustbench is missing
+    for col in ("model", "dataset", "threat", "clean", "AutoAttack", "cached"):
+        table.add_column(col, justify="right" if col in ("clean", "AutoAttack") else "left")
+    for row in rows:
+        table.add_row(f"robustbench:{row['name']}", row["dataset"], row["threat"],
+                      *(f"{row[k]:.2f}%" if row[k] is not None else "—" for k in ("clean_acc", "robust_acc")),
+                      "yes" if row["cached"] else "")
+    console.print(table)
+    cached = sum(row["cached"] for row in rows)
+    console.print(f"{len(rows)} RobustBench models, {cached} in {model_dir or DEFAULT_MODEL_DIR}; published accuracy "
+                  "from RobustBench's model_info (AutoAttack; corruptions accuracy for threat corruptions). Audit one "
+                  "with --model robustbench:NAME:dataset=D,threat=T (--allow-download fetches a missing file).")
 
 
 def _list_attacks(console, table, name: str | None) -> None:

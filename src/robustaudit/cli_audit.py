@@ -78,7 +78,9 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
                    help="mean=..,std=.. : wrap a model that expects normalized inputs; one per --model")
     a.add_argument("--model-dir", metavar="DIR", dest="model_dir",
                    help="cache of published weights (torchvision:ARCH:weights=ENUM: torch hub's directory, files "
-                   "in DIR/checkpoints/; default: torch.hub.get_dir())")
+                   "in DIR/checkpoints/, default torch.hub.get_dir(); robustbench:NAME: robustbench's model_dir, "
+                   "files in DIR/<dataset>/<threat>/NAME.pt, default ./models; timm:NAME: the Hugging Face hub "
+                   "cache, default HF_HUB_CACHE)")
     a.add_argument("--allow-download", action="store_true", default=None, dest="allow_download",
                    help="download published weights missing from the cache (default: never; a missing file is "
                    "an error naming the path expected)")

@@ -416,6 +416,39 @@ def _a(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
     return lambda tmp, monkeypatch: build(tmp)
 
 
+def _rb(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
+    """A case that needs the robustbench package (skipped, saying so, without it)."""
+    def argv(tmp: Path, monkeypatch) -> list[str]:
+        from robustaudit.core.errors import UserError
+        from robustaudit.models.robustbench_models import _robustbench
+
+        try:
+            _robustbench()
+        except UserError:
+            pytest.skip("robustbench is not installed (pip install 'robustaudit[robustbench]')")
+        return build(tmp)
+    return argv
+
+
+def _timm(build: Callable[[Path], list[str]]) -> Callable[..., list[str]]:
+    """A case that needs the timm package (skipped, saying so, without it)."""
+    def argv(tmp: Path, monkeypatch) -> list[str]:
+        pytest.importorskip("timm", reason="timm is not installed (pip install 'robustaudit[timm]')")
+        return build(tmp)
+    return argv
+
+
+def timm_cache(tmp: Path) -> Path:
+    """A Hugging Face hub cache whose test_vit weights file is cut in half."""
+    snap = tmp / "hf" / "models--timm--test_vit.r160_in1k" / "snapshots" / "r1"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("r1")
+    save_file({"w": torch.zeros(64)}, str(snap / "model.safetensors"))
+    cut(snap / "model.safetensors")
+    return tmp / "hf"
+
+
 F, M, A, T = "files", "models", "arguments", "configuration"
 X, Y = GOOD_X, GOOD_Y
 CLASSES = np.array([str(i) for i in range(10)])
@@ -688,6 +721,35 @@ CASES: list[Case] = [
     C(M, "timm model without timm installed", "`--model timm:resnet18` (no timm package)",
       lambda t, monkeypatch: (monkeypatch.setitem(__import__("sys").modules, "timm", None),
                               audit(t, model="timm:resnet18"))[1], "install robustaudit[timm]"),
+    C(M, "unknown RobustBench model", "`--model robustbench:Standart`",
+      _rb(lambda t: audit(t, model="robustbench:Standart")), "(did you mean 'Standard'?)"),
+    C(M, "RobustBench dataset that is not one", "`--model robustbench:Standard:dataset=mnist`",
+      _rb(lambda t: audit(t, model="robustbench:Standard:dataset=mnist")),
+      "dataset=mnist is not one of cifar10, cifar100, imagenet"),
+    C(M, "RobustBench model of another threat", "`--model robustbench:Carmon2019Unlabeled:threat=L2`",
+      _rb(lambda t: audit(t, model="robustbench:Carmon2019Unlabeled:threat=L2")),
+      "it has one for dataset=cifar10,threat=Linf"),
+    C(M, "RobustBench weights not in the cache", "`--model robustbench:Standard --model-dir D` (empty D)",
+      _rb(lambda t: audit(t, "--model-dir", str(t), model="robustbench:Standard")),
+      "are not in the cache: expected '"),
+    C(M, "truncated cached RobustBench weights", "half of `D/cifar10/Linf/Standard.pt`",
+      _rb(lambda t: audit(t, "--model-dir", str(rb_cache(t, cut)), model="robustbench:Standard")),
+      "are unusable: could not read weights file"),
+    C(M, "cached RobustBench weights of random bytes", "random bytes as `D/cifar10/Linf/Standard.pt`",
+      _rb(lambda t: audit(t, "--model-dir", str(rb_cache(t, lambda p: p.write_bytes(bytes(range(7, 256))))),
+                          model="robustbench:Standard")), "neither a zip archive (torch.save) nor a pickle"),
+    C(M, "cached RobustBench weights of another architecture", "a small state_dict as `D/cifar10/Linf/Standard.pt`",
+      _rb(lambda t: audit(t, "--model-dir", str(rb_cache(t, lambda p: None)), model="robustbench:Standard")),
+      "are not its architecture's: weights '"),
+    C(M, "RobustBench model without robustbench installed", "`--model robustbench:Standard` (no robustbench package)",
+      lambda t, monkeypatch: (monkeypatch.setitem(__import__("sys").modules, "robustbench", None),
+                              audit(t, model="robustbench:Standard"))[1], "pip install 'robustaudit[robustbench]'"),
+    C(M, "timm weights not in the cache", "`--model timm:test_vit --model-dir D` (empty D)",
+      _timm(lambda t: audit(t, "--model-dir", str(t), model="timm:test_vit")),
+      "are not in timm's cache: expected '"),
+    C(M, "truncated cached timm weights", "half of `D/models--timm--test_vit.r160_in1k/snapshots/R/model.safetensors`",
+      _timm(lambda t: audit(t, "--model-dir", str(timm_cache(t)), model="timm:test_vit")),
+      "cached weights of 'timm:test_vit' are unusable"),
     C(M, "model spec is a folder", "`--model ./models/`",
       _a(lambda t: audit(t, model=str(t))), "is a directory"),
     C(M, "state_dict that does not fit (keys)", "`--model digits-cnn --weights linear.pt`",
@@ -1037,6 +1099,15 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution> for {url}")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+
+
+def rb_cache(tmp: Path, spoil: Callable[[Path], object]) -> Path:
+    """A RobustBench model_dir holding a small state_dict as cifar10/Linf/Standard.pt, spoilt by ``spoil``."""
+    path = tmp / "rb" / "cifar10" / "Linf" / "Standard.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(nn.Linear(3, 2).state_dict(), path)
+    spoil(path)
+    return tmp / "rb"
 
 
 def foreign_weights(path: Path) -> None:

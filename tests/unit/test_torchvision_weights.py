@@ -230,5 +230,5 @@ def test_timm_model_gets_the_weights_file_and_timms_normalization(tmp_path, monk
     assert loaded.source == "timm" and loaded.card["input_size"] == [4, 4]
     with pytest.raises(UserError, match=r"unknown timm model 'tiny_nte' \(did you mean 'tiny_net'\?\)"):
         load_model("timm:tiny_nte", weights=str(tmp_path / "w.pt"))
-    with pytest.raises(UserError, match=r"needs its weights file: pass --weights FILE"):
+    with pytest.raises(UserError, match=r"timm publishes no hub weights for 'tiny_net'; pass --weights FILE"):
         load_model("timm:tiny_net")

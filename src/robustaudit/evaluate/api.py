@@ -50,7 +50,8 @@ def audit(
             ``defense_fpr`` and ``defense_data`` set their threshold and fitting data.
         task: ``classification``, ``segmentation`` or ``auto`` (the data's task).
         allow_download, model_dir: how model spec strings with published weights
-            (``"torchvision:resnet18:weights=IMAGENET1K_V1"``) find them: the cache directory, and
+            (``"torchvision:resnet18:weights=IMAGENET1K_V1"``, ``"robustbench:Standard"``, ``"timm:NAME"``)
+            find them: the cache directory, and
             whether a missing file may be downloaded (off by default).
         transfer: the transferability matrix; ``None``: on for a classification audit of two models or more.
         class_map: data class name -> model output index, for a model with more outputs than the data's

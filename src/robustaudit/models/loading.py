@@ -17,6 +17,8 @@ Spec forms, tried in this order:
                                     normalized as the enum says (:mod:`.torchvision_weights`)
 ``timm:NAME``                       a timm architecture (optional extra) with ``weights``,
                                     normalized as timm's config says (:mod:`.timm_models`)
+``robustbench:NAME[:k=v,...]``      a RobustBench zoo entry (optional extra; ``dataset=``, ``threat=``)
+                                    from its cache (``model_dir``, default ``./models``)
 an existing file                    TorchScript (``torch.jit.save``), ``torch.export``
                                     (``.pt2``), or, with ``trust_pickle``, a pickled module
 ``path/to/file.py:CALLABLE``        a factory in a Python file, called without arguments
@@ -55,6 +57,7 @@ from robustaudit.models.files import file_sha256
 from robustaudit.models.model_files import from_model_file
 from robustaudit.models.state_dicts import existing_file, load_state_dict, read_state_dict
 from robustaudit.models.storage import check_storage
+from robustaudit.models.robustbench_models import ROBUSTBENCH_PREFIX
 from robustaudit.models.timm_models import TIMM_PREFIX
 from robustaudit.models.torchvision_models import TORCHVISION_PREFIX, from_torchvision, parse_torchvision
 from robustaudit.models.wrappers import parse_normalize, prepare
@@ -176,8 +179,9 @@ def _ready(model: nn.Module, stats: Any, loaded: LoadedModel) -> LoadedModel:
 
 
 def _names_weights(spec: str) -> bool:
-    """``torchvision:ARCH:...weights=ENUM...`` (published weights named by the spec itself) or ``timm:NAME``."""
-    if spec.startswith(TIMM_PREFIX):
+    """``torchvision:ARCH:...weights=ENUM...`` (published weights named by the spec itself), ``timm:NAME``
+    or ``robustbench:NAME``."""
+    if spec.startswith((TIMM_PREFIX, ROBUSTBENCH_PREFIX)):
         return True
     return spec.startswith(TORCHVISION_PREFIX) and "weights" in parse_torchvision(spec)[1]
 
@@ -193,7 +197,14 @@ def _published(spec: str, weights: Path | None, stats: Any, num_classes: int | N
 
         if stats is not None:
             raise UserError(f"'{spec}': timm's config gives the normalization; drop --normalize")
-        return from_timm(spec, weights, num_classes)
+        return from_timm(spec, weights, num_classes, model_dir=model_dir, allow_download=allow_download)
+    if spec.startswith(ROBUSTBENCH_PREFIX):
+        from robustaudit.models.robustbench_models import from_robustbench
+
+        if weights is not None or stats is not None:
+            raise UserError(f"'{spec}': RobustBench's cache gives the weights and the model normalizes inside; "
+                            "drop --weights and --normalize")
+        return from_robustbench(spec, model_dir=model_dir, allow_download=allow_download, num_classes=num_classes)
     if weights is not None:
         raise UserError(f"'{spec}' names its weights (weights=); drop --weights {weights}, or drop weights= to "
                         "load the file into the bare architecture")

@@ -3,24 +3,35 @@
 timm is an optional extra (``pip install 'robustaudit[timm]'``); without it every ``timm:`` spec is one
 line naming the extra. The model is built by ``timm.create_model(NAME, pretrained=False)`` (nothing is
 downloaded) and the ``--weights`` file is loaded strictly into it; the model's ``pretrained_cfg`` gives
-the normalization (``mean``/``std``) and the input size the weights expect. Reading timm's own cache
-(the Hugging Face hub's) is not done yet: a spec without ``--weights`` says so.
+the normalization (``mean``/``std``) and the input size the weights expect.
+
+Without ``--weights`` the weights come from timm's own cache, the Hugging Face hub's
+(``<model_dir>/models--timm--<NAME.TAG>/snapshots/<rev>/model.safetensors`` or ``pytorch_model.bin``;
+``model_dir`` defaults to ``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), found offline with
+``huggingface_hub.try_to_load_from_cache``; downloaded only with ``allow_download``. The file is read once
+with ``weights_only=True`` (or as safetensors) before timm loads it through its ``file=`` override, so
+timm's own checkpoint filter and classifier handling apply and nothing reaches the network.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 from robustaudit.models.torchvision_weights import Pretrained
 
-__all__ = ["TIMM_PREFIX", "from_timm", "list_timm_models"]
+__all__ = ["TIMM_PREFIX", "from_timm", "hf_cache_dir", "list_timm_models"]
 
 TIMM_PREFIX = "timm:"
+#: the files timm looks for in a hub repo, in its order
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _timm() -> ModuleType:
@@ -37,32 +48,104 @@ def list_timm_models() -> list[str]:
     return sorted(_timm().list_models())
 
 
-def from_timm(spec: str, weights: Path | None, num_classes: int | None) -> Pretrained:
-    """Build ``timm:NAME`` and load ``weights`` (a state_dict file) strictly into it.
+def hf_cache_dir(model_dir: str | os.PathLike[str] | None) -> Path:
+    """The Hugging Face hub cache timm reads: ``model_dir`` when given, else ``HF_HUB_CACHE``."""
+    if model_dir is not None:
+        return Path(model_dir).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_file(repo: str, cache: Path, allow_download: bool, spec: str) -> Path:
+    """The cached weights file of hub repo ``repo`` (safetensors first, as timm), downloaded only when allowed."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _HUB_FILES:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache))  # local only: reads refs/ and snapshots/
+        if isinstance(found, str):
+            return Path(found)
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    if not allow_download:
+        raise UserError(f"weights of '{spec}' are not in timm's cache: expected '{folder}/snapshots/<revision>/"
+                        f"{_HUB_FILES[0]}' (with refs/main; --model-dir is the Hugging Face hub cache, default "
+                        "HF_HUB_CACHE); put them there, pass --weights FILE, or pass --allow-download")
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for filename in _HUB_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=str(cache)))
+        except Exception as err:  # noqa: BLE001  (hub, HTTP and OS errors alike: the next file, then one line)
+            errors.append(first_line(err))
+    raise UserError(f"could not download '{repo}' from the Hugging Face hub to '{cache}': {errors[-1]}")
+
+
+def from_timm(spec: str, weights: Path | None, num_classes: int | None, *,
+              model_dir: str | os.PathLike[str] | None = None, allow_download: bool = False) -> Pretrained:
+    """Build ``timm:NAME[.TAG]`` with ``weights`` (a state_dict file) or the weights in timm's cache.
 
     Raises:
-        UserError: timm not installed (naming the extra), an unknown name (close matches), no weights file,
-            weights that do not fit; each in one line.
+        UserError: timm not installed (naming the extra), an unknown name (close matches), weights missing
+            from the cache without ``allow_download``, a corrupt file, weights that do not fit; each in one line.
     """
     timm = _timm()
     name = spec[len(TIMM_PREFIX):].strip()
+    arch, _, tag = name.partition(".")
     names = timm.list_models()
-    if name not in names:
-        raise UserError(f"'{spec}': {unknown('timm model', name, names)}")
+    if arch not in names:
+        raise UserError(f"'{spec}': {unknown('timm model', arch, names)}")
+    if tag and name not in (tagged := timm.list_models(arch, pretrained=True)):
+        raise UserError(f"'{spec}': timm has no weights '{tag}' for {arch}; it has {', '.join(tagged) or 'none'}")
+    extra = {} if num_classes is None else {"num_classes": num_classes}
     if weights is None:
-        raise UserError(f"'{spec}' needs its weights file: pass --weights FILE (timm's own cache is not read yet)")
-    state = read_state_dict(weights)
+        model, path = _from_cache(timm, spec, name, extra, model_dir, allow_download)
+    else:
+        path = weights
+        state = read_state_dict(weights)
+        model = _create(timm, spec, name, extra)
+        load_state_dict(model, state, weights)
+    return _pretrained(spec, name, model, path)
+
+
+def _create(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], pretrained: bool = False,
+            **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; ``pretrained=True`` only with a local ``file=`` overlay (no hub access)."""
     try:
-        model = timm.create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+        return timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"'{spec}': timm could not build it: {first_line(err)}") from None
-    load_state_dict(model, state, weights)
+
+
+def _from_cache(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], model_dir: Any,
+                allow_download: bool) -> tuple[nn.Module, Path]:
+    """timm's own load of the cached hub file (its filter and classifier handling), after our safe read."""
+    bare = _create(timm, spec, name, extra)
+    repo = (dict(getattr(bare, "pretrained_cfg", None) or {})).get("hf_hub_id")
+    if not repo:
+        raise UserError(f"'{spec}': timm publishes no hub weights for '{name}'; pass --weights FILE")
+    path = _hub_file(repo, hf_cache_dir(model_dir), allow_download, spec)
+    try:
+        state = read_state_dict(path)  # weights_only / safetensors: timm's own read never sees a code pickle
+    except UserError as err:
+        raise UserError(f"cached weights of '{spec}' are unusable: {err}; delete the file to download it again "
+                        "with --allow-download") from None
+    try:
+        model = _create(timm, spec, name, extra, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    except UserError:
+        load_state_dict(bare, state, path)  # says which keys do not fit, in one line
+        raise
+    return model, path
+
+
+def _pretrained(spec: str, name: str, model: nn.Module, path: Path) -> Pretrained:
+    """The record of a built timm model: its config's normalization and input size, the file and its hash."""
     cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     if "mean" not in cfg or "std" not in cfg:
         raise UserError(f"'{spec}': timm's config of '{name}' gives no mean/std to normalize with")
     size = cfg.get("input_size")
-    card = {"timm_model": name, "weights_file": str(weights),
+    card = {"timm_model": name, "weights_file": str(path), "hf_hub_id": cfg.get("hf_hub_id"),
             "input_size": [int(size[1]), int(size[2])] if size and len(size) == 3 else None,
             "resize_size": None}
     stats = ([float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]])
-    return Pretrained(model=model, normalize=stats, sha256=file_sha256(weights), card=card, source="timm")
+    return Pretrained(model=model, normalize=stats, sha256=file_sha256(path), card=card, source="timm")

@@ -52,15 +52,16 @@ class Pretrained:
 
     Attributes:
         model: the raw network (``(N, 3, H, W)`` normalized inputs -> logits), on the CPU.
-        normalize: the enum's ``(mean, std)``, one value per channel, for the ``Normalize`` wrapper.
+        normalize: the enum's ``(mean, std)``, one value per channel, for the ``Normalize`` wrapper;
+            ``None`` when the model normalizes inside (RobustBench's).
         sha256: the cached file's sha256 hex.
         card: what the provenance records: the enum, its url and published figures, the file, whether
             its sha256 is the one its name announces, the input size the weights were trained at.
-        source: the library (``torchvision``; ``timm`` builds the same record, :mod:`.timm_models`).
+        source: the library (``torchvision``; ``timm`` and ``robustbench`` build the same record).
     """
 
     model: nn.Module
-    normalize: tuple[list[float], list[float]]
+    normalize: tuple[list[float], list[float]] | None
     sha256: str
     card: dict[str, Any]
     source: str = "torchvision"

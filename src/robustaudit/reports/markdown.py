@@ -141,7 +141,8 @@ def _classification(view: ReportView) -> str:
         parts.append("## Data\n\n" + _items(view.data))
     parts += [section(Section(title, table=t)) for title, t in (("Models", view.models), ("Attacks", view.attacks)) if t]
     parts += ["## Robust accuracy\n\nNo results."] if view.empty else [_matrix(view), _summary(view), section(view.ties)]
-    extras = (view.norms, view.detection, view.transfer, view.patch, view.physical, view.learned, view.cost)
+    extras = (view.published, view.norms, view.detection, view.transfer, view.patch, view.physical, view.learned,
+              view.cost)
     parts += [section(s) for s in extras if s is not None]
     if view.checks:
         parts.append(_checks(view))

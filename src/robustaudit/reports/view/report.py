@@ -18,6 +18,7 @@ from robustaudit.reports.view.overview import (
     TITLE, attacks_table, config_json, data_items, headline, models_table, provenance_items, threat_items,
 )
 from robustaudit.reports.view.physical import patch_section, physical_section
+from robustaudit.reports.view.published import published_section
 from robustaudit.reports.view.reliability import ReliabilityView, reliability_view
 from robustaudit.reports.view.transferability import transfer_section
 from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, verdict_view
@@ -64,6 +65,8 @@ class ReportView:
     verdict: VerdictView  # the first screen's headline per model
     access: str | None  # what the attacks may see and aim at ("white-box (gradients), untargeted: pgd")
     examples_note: str | None  # set when the examples cover only some models
+    #: our figures beside a catalog's published ones (RobustBench models only)
+    published: Section | None = None
 
 
 def _model_ties(result: ResultMatrix) -> tuple[Tie, ...]:
@@ -90,4 +93,5 @@ def report_view(result: ResultMatrix) -> ReportView:
         checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
         reliability=reliability_view(result),
         verdict=verdict_view(result), access=access, examples_note=examples_note(result),
+        published=published_section(result),
     )

@@ -1,0 +1,147 @@
+"""robustbench:NAME through robustbench's own zoo and cache layout, without any network: the weights are a
+random-weight state dict of the real WideResNet-28-10 (robustbench's ``Standard``) built by robustbench's
+own constructor and saved where robustbench keeps it (``<model_dir>/cifar10/Linf/Standard.pt``)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustaudit.core.errors import UserError
+from robustaudit.models.loading import load_model
+from robustaudit.models.robustbench_models import _robustbench, list_robustbench, published, robustbench_eps
+
+try:
+    RB = _robustbench()
+except UserError:
+    RB = None
+pytestmark = pytest.mark.skipif(RB is None, reason="robustbench is not installed (pip install 'robustaudit[robustbench]')")
+
+from test_data_files import _write_cifar  # noqa: E402  (same folder: the CIFAR-10 pickle-batch writer)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every socket connection and robustbench's downloads fail loudly in these tests."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(RB.utils, "download_gdrive_new", refuse)
+    monkeypatch.setattr(RB.utils, "download_gdrive", refuse)
+
+
+def _standard() -> torch.nn.Module:
+    """robustbench's own constructor of cifar10/Linf ``Standard`` (WideResNet-28-10), random weights."""
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.manual_seed(0)
+    return model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]["Standard"]["model"]().eval()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    root = tmp_path_factory.mktemp("rb")
+    model = _standard()
+    path = root / "cifar10" / "Linf" / "Standard.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), path)
+    return root, model
+
+
+def test_forward_equals_robustbenchs_constructor_with_the_cached_weights(cache):
+    root, model = cache
+    loaded = load_model("robustbench:Standard", model_dir=root)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), model(x))  # [0, 1] in, no Normalize wrapper added
+    assert loaded.source == "robustbench"
+    card = loaded.card
+    assert (card["dataset"], card["threat"], card["weights_file"]) == ("cifar10", "Linf", str(root / "cifar10/Linf/Standard.pt"))
+    assert (card["published"]["clean_acc"], card["published"]["robust_acc"]) == (94.78, 0.0)
+    assert card["published_eps"] == pytest.approx(8 / 255)
+
+
+def test_missing_file_never_downloads_and_allow_download_does(tmp_path, monkeypatch, cache):
+    calls = []
+
+    def fake_download(gdrive_id, fname_save):  # stands in for Google Drive: copies the cached file
+        calls.append((gdrive_id, str(fname_save)))
+        Path(fname_save).write_bytes((cache[0] / "cifar10/Linf/Standard.pt").read_bytes())
+
+    monkeypatch.setattr(RB.utils, "download_gdrive_new", fake_download)
+    with pytest.raises(UserError, match=r"not in the cache: expected '.*cifar10/Linf/Standard.pt'.*--allow-download"):
+        load_model("robustbench:Standard", model_dir=tmp_path)
+    assert calls == []
+    loaded = load_model("robustbench:Standard", model_dir=tmp_path, allow_download=True)
+    assert [c[1] for c in calls] == [str(tmp_path / "cifar10/Linf/Standard.pt")]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), cache[1](x))
+
+
+def test_published_table_matches_robustbench_model_info():
+    row = published("cifar10", "Linf", "Carmon2019Unlabeled")
+    assert (row["clean_acc"], row["robust_acc"], row["eps"]) == (89.69, 59.53, "8/255")
+    assert "78fcc9e48a07a861268f295a777b975f25155964" in row["source"]
+    assert published("cifar10", "Linf", "NoSuchModel") is None
+    assert robustbench_eps("cifar10", "L2") == 0.5 and robustbench_eps("cifar10", "corruptions") is None
+
+
+def test_list_is_offline_and_marks_the_cached_entry(cache):
+    rows = list_robustbench(cache[0])
+    keys = {(r["dataset"], r["threat"], r["name"]) for r in rows}
+    assert len(rows) == len(keys) > 150
+    standard = next(r for r in rows if (r["dataset"], r["threat"], r["name"]) == ("cifar10", "Linf", "Standard"))
+    assert standard["cached"] and (standard["clean_acc"], standard["robust_acc"]) == (94.78, 0.0)
+    assert sum(r["cached"] for r in rows) == 1
+
+
+def test_cli_audit_of_robustbench_standard_from_the_cache(cache, tmp_path, capsys):
+    """The issue's done-when: audit --model robustbench:Standard --data cifar10:ROOT --eps 8/255, offline."""
+    from robustaudit.cli import main
+
+    _write_cifar(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["audit", "--model", "robustbench:Standard", "--model-dir", str(cache[0]), "--data",
+            f"cifar10:{tmp_path / 'data'}", "--eps", "8/255", "--n", "4", "--attack", "fgsm", "--checks", "off",
+            "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    card = next(m for m in results["provenance"]["models"] if m["name"] == "robustbench:Standard")
+    assert card["published"]["clean_acc"] == 94.78 and card["published_eps"] == pytest.approx(8 / 255)
+    (ours,) = [r for r in results["records"] if r["attack"] == "fgsm"]  # one attack: its own worst case
+    # the report puts theirs beside ours: their clean, our clean, their AutoAttack, our worst case, difference
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| robustbench:Standard | cifar10"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:4] == ["8/255", "94.78"] and cells[5] == "0.00"
+    assert cells[6].startswith(f"{100 * ours['robust_accuracy']:.1f} [")
+    assert cells[7] == f"{100 * ours['robust_accuracy'] - 0.0:+.1f}"
+    assert cells[8] == ("yes" if ours["ci_low"] <= 0.0 else "no")
+    assert "Published figures (RobustBench)" in (out / "report.html").read_text()
+    assert "Published figures (RobustBench)" in capsys.readouterr().out  # the terminal's table
+
+
+def test_cli_list_models_source_robustbench(cache, capsys):
+    from robustaudit.cli import main
+
+    assert main(["list", "models", "--source", "robustbench", "--model-dir", str(cache[0])]) == 0
+    out = capsys.readouterr().out
+    assert "robustbench:Carmon2019Unlabeled" in out and "59.53%" in out
+    assert f"RobustBench models, 1 in {cache[0]}" in out.replace("\n", "")
+
+
+def test_a_cached_checkpoint_with_code_is_refused_before_robustbench_reads_it(tmp_path):
+    import argparse
+
+    path = tmp_path / "cifar10" / "Linf" / "Standard.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, path)  # not loadable with weights_only
+    with pytest.raises(UserError, match="holds pickled objects other than tensors"):
+        load_model("robustbench:Standard", model_dir=tmp_path)
