@@ -240,10 +240,13 @@ def _eps_cells(j: _Judged, usable: Sequence[AttackEntry], adaptive: DetectorAwar
     cells: list[CellOutcome] = []
     for a in usable:
         p, seconds_p = plain[a.name]
+        # each second is counted once: a plain column holds its attack's time, the adaptive columns share
+        # the one adaptive run evenly (the plain point they also take is already the plain column's), so
+        # the worst case, the sum over the columns, is the time spent
         for col, wrong, scores, broken, secs, is_adaptive in (
                 (a.name, p.wrong, p.scores, p.broken, seconds_p, False),
                 (a.name + ADAPTIVE, p.wrong | won_a, torch.where(won_a, scores_a, p.scores),
-                 p.broken | won_a, seconds_p + t_adaptive, True)):
+                 p.broken | won_a, t_adaptive / len(usable), True)):
             defended = ~broken
             cells.append(CellOutcome(j.label, col, threat.eps, threat.norm, attacked=j.ids.tolist(),
                                      robust=j.ids[defended].tolist(), seconds=round(secs, 3)))
