@@ -219,6 +219,7 @@ class SegCellOutcome:
     seconds: float = 0.0
     forward: int = 0
     backward: int = 0
+    fit_seconds: float = 0.0  # a universal attack's one-off fit, apart from ``seconds``
 
 
 def seg_worst_case(cells: Sequence[SegCellOutcome]) -> SegCellOutcome:
@@ -231,7 +232,7 @@ def seg_worst_case(cells: Sequence[SegCellOutcome]) -> SegCellOutcome:
     first = cells[0]
     return SegCellOutcome(first.model, WORST_CASE, first.eps, first.norm, chosen,
                           seconds=sum(c.seconds for c in cells), forward=sum(c.forward for c in cells),
-                          backward=sum(c.backward for c in cells))
+                          backward=sum(c.backward for c in cells), fit_seconds=sum(c.fit_seconds for c in cells))
 
 
 def aggregate_segmentation(clean: Mapping[str, torch.Tensor], cells: Sequence[SegCellOutcome], *, seed: int,
@@ -273,7 +274,8 @@ def seg_record(c: SegCellOutcome, n: int, clean: tuple[float, float], key: int, 
             "targeted_success": c.hits / c.total if c.total and c.attack != WORST_CASE else nan,
             "median_l2": float(np.median(c.l2)) if c.l2 else nan,
             "median_linf": float(np.median(c.linf)) if c.linf else nan, "seconds": float(c.seconds),
-            "n_attacked": n, "forward_passes": int(c.forward), "backward_passes": int(c.backward)}
+            "n_attacked": n, "forward_passes": int(c.forward), "backward_passes": int(c.backward),
+            "fit_seconds": float(c.fit_seconds)}
 
 
 def unbounded_record(c: SegCellOutcome, clean: tuple[float, float]) -> dict[str, Any]:
