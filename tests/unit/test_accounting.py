@@ -166,14 +166,14 @@ def test_detector_note_beside_the_matrix_only_where_detector_rows_are(detected, 
     assert matrix_view(result).notes == (DETECTOR_ROWS_NOTE,)
     assert DETECTOR_ROWS_NOTE in render_markdown(result)
     html = render_html(result, images=False)
-    assert '<p class="note matrix-note">MODEL+DETECTOR rows count' in html
+    assert '<p class="note matrix-note">MODEL+DETECTOR rows:' in html
     from rich.console import Console
 
     from robustaudit.reports.terminal import render_terminal
 
     console = Console(width=400, record=True, file=open(tmp_path / "t.txt", "w"))
     render_terminal(result, console)
-    assert "MODEL+DETECTOR rows count" in console.export_text()
+    assert "MODEL+DETECTOR rows:" in console.export_text()
     bare = ResultMatrix(result.records[result.records["model"] == "digits-cnn"].reset_index(drop=True),
                         {k: v for k, v in result.provenance.items() if k != "detection"})
     assert matrix_view(bare).notes == ()

@@ -29,12 +29,12 @@ WORST_CASE_MEANING = (
 )
 #: Beside the matrix when it has detector rows (``MODEL+DETECTOR``): why they read differently.
 DETECTOR_ROWS_NOTE = (
-    "MODEL+DETECTOR rows count what the detector does: a clean input is correct only when the detector accepts it "
-    "and the model classifies it right, and an adversarial input counts as defended when the detector rejects it "
-    "(or the model still classifies it right). So such a row can exceed its own clean accuracy and the bare "
-    "model's, and it is not the model's robust accuracy; its curve is monotone only because a sample broken at a "
-    "smaller ε is kept broken (a point rejected at one ε may be accepted at a larger one). See the Detectors section "
-    "for the plain vs adaptive attack."
+    "MODEL+DETECTOR rows: a clean input counts as correct only when the detector accepts it and the model "
+    "classifies it right; an adversarial input counts as defended when the detector rejects it or the model still "
+    "classifies it right. Such a row is not the model's robust accuracy, and it can exceed its own clean accuracy "
+    "and even the bare model's clean accuracy. It is monotone in ε only because a sample broken at a smaller ε is "
+    "kept broken: attacked afresh, a larger ε need not read lower (a point the detector rejects at one ε may be "
+    "accepted at another). The Detectors section compares the plain and the adaptive attack."
 )
 #: Beside the matrix when an attack was fitted (a patch, ATN, AdvGAN, a universal perturbation).
 FIT_NOTE = (
