@@ -68,7 +68,7 @@ def _audit(out: Path, data, *, resume=False, overwrite=False, progress=None):
 
 def _numbers(out: Path) -> tuple:
     doc = json.loads((out / "results.json").read_text())
-    records = [{k: v for k, v in r.items() if k != "seconds"} for r in doc["records"]]
+    records = [{k: v for k, v in r.items() if k not in ("seconds", "fit_seconds")} for r in doc["records"]]
     seg = doc["segmentation"]
     unbounded = [{k: v for k, v in r.items() if k != "seconds"} for r in seg["unbounded"]]
     fits = [{k: v for k, v in f.items() if k != "seconds"} for f in doc["provenance"].get("fits", [])]
@@ -114,6 +114,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path):
     resumed = _audit(tmp_path / "cut", data, resume=True)
     assert resumed.provenance["resume"] == {"reused_batches": 11, "computed_batches": 24 - 11}
     assert _numbers(tmp_path / "cut") == _numbers(tmp_path / "whole")
+    # the universal attack's cells carry its one-off fit, the stored fit's seconds on resume (issue 17)
+    for result in (whole, resumed):
+        fits = {(f["attack"], float(f["eps"])): f["seconds"] for f in result.provenance["fits"]}
+        uap = result.records[result.records["attack"].str.startswith("seg-uap")]
+        assert len(uap) == 2 and all(fits[(a, e)] > 0 for a, e in fits)
+        assert [fits[(a, e)] for a, e in zip(uap["attack"], uap["eps"])] == list(uap["fit_seconds"])
+        r = result.records
+        assert (r.loc[~r["attack"].str.startswith("seg-uap") & (r["attack"] != "worst-case"), "fit_seconds"] == 0).all()
     assert len(resumed.seg_examples) == len(whole.seg_examples) == 8  # 2 panels per attack
     for a, b in zip(resumed.seg_examples, whole.seg_examples):
         assert (a.attack, a.eps) == (b.attack, b.eps) and np.array_equal(a.adversarial, b.adversarial)
@@ -169,6 +177,6 @@ def test_cli_sigterm_prints_the_resume_command_and_resume_equals_a_whole_run(tmp
     doc = json.loads((tmp_path / "cut" / "results.json").read_text())
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert doc["provenance"]["resume"] == {"reused_batches": 4, "computed_batches": 2}
-    strip = (lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in d["records"]])
+    strip = (lambda d: [{k: v for k, v in r.items() if k not in ("seconds", "fit_seconds")} for r in d["records"]])
     assert strip(doc) == strip(whole) and len(strip(doc)) == 4  # pgd and worst-case at 2 eps
     assert doc["segmentation"]["class_iou"] == whole["segmentation"]["class_iou"]

@@ -40,10 +40,13 @@ WORST_CASE = "worst-case"
 #: the cell spent: ``n_attacked`` samples (survivors of the previous eps; for the worst case, samples at
 #: least one attack attacked), the forward / backward passes the attacks pushed through the model (in
 #: samples: a batch of B counts B), and the same per attacked sample (NaN when none was attacked).
+#: ``fit_seconds``: the one-off fit of a universal attack (patch, ATN, AdvGAN, ...) fitted for this cell,
+#: 0 for the others; not part of ``seconds`` (the attack applied), so the two add up to the cell's time.
+#: Every seconds figure is counted once: a worst-case row's are the sums of its columns', not more.
 COLUMNS: tuple[str, ...] = (
     "model", "attack", "eps", "norm", "n", "n_clean_correct", "n_robust", "clean_accuracy", "robust_accuracy",
     "ci_low", "ci_high", "seconds", "n_attacked", "forward_passes", "backward_passes",
-    "forward_passes_per_attacked_sample", "backward_passes_per_attacked_sample",
+    "forward_passes_per_attacked_sample", "backward_passes_per_attacked_sample", "fit_seconds",
 )
 
 #: A cell's key: ``(model, attack, eps)``.
@@ -68,6 +71,8 @@ class CellOutcome:
     ``None`` when not counted. ``robust``: the ids still right after the attack. ``norms``: per attacked
     sample, the norm of its perturbation (a minimal-norm attack: its smallest adversarial norm, ``inf``
     where none was found). ``forward`` / ``backward``: passes spent, ``None`` when not counted.
+    ``fit_seconds``: what fitting the universal attack this cell applied cost (0 for other attacks), apart
+    from ``seconds``.
     """
 
     model: str
@@ -80,6 +85,7 @@ class CellOutcome:
     forward: int | None = None
     backward: int | None = None
     norms: dict[int, float] = field(default_factory=dict)
+    fit_seconds: float = 0.0
 
     @property
     def key(self) -> Key:
@@ -121,6 +127,7 @@ def _join(a: CellOutcome, b: CellOutcome) -> CellOutcome:
     a.robust.extend(b.robust)
     a.norms.update(b.norms)
     a.seconds += b.seconds
+    a.fit_seconds += b.fit_seconds  # each process fits its own copy: both fits were spent
     a.forward = _add(a.forward, b.forward)
     a.backward = _add(a.backward, b.backward)
     return a
@@ -136,7 +143,8 @@ def interval(successes: int, n: int) -> tuple[float, float]:
 
 
 def record(model: str, attack: str, eps: float, norm: str, n: int, n_clean: int, n_robust: int, seconds: float,
-           n_attacked: int | None = None, forward: int | None = None, backward: int | None = None) -> dict[str, Any]:
+           n_attacked: int | None = None, forward: int | None = None, backward: int | None = None,
+           fit_seconds: float = 0.0) -> dict[str, Any]:
     """One matrix row (:data:`COLUMNS`) from a cell's counts; a count left ``None`` is missing (NaN)."""
     lo, hi = interval(n_robust, n)
     nan = float("nan")
@@ -147,12 +155,13 @@ def record(model: str, attack: str, eps: float, norm: str, n: int, n_clean: int,
     return dict(zip(COLUMNS, (
         model, attack, float(eps), norm, n, n_clean, n_robust, n_clean / n if n else nan, n_robust / n if n else nan,
         lo, hi, float(seconds), nan if n_attacked is None else int(n_attacked), nan if forward is None else int(forward),
-        nan if backward is None else int(backward), per(forward), per(backward))))
+        nan if backward is None else int(backward), per(forward), per(backward), float(fit_seconds))))
 
 
 def worst_case(cells: Sequence[CellOutcome]) -> CellOutcome:
     """The per-sample worst case of the attack columns ``cells`` (one model, one eps): a sample is robust
-    when it survived every column; it was attacked when any column attacked it; the cost is the sum."""
+    when it survived every column; it was attacked when any column attacked it; the cost is the sum of the
+    columns' (seconds, fit seconds and passes: each counted once)."""
     first = cells[0]
     robust = set(first.robust).intersection(*(c.robust for c in cells[1:]))
     attacked: set[int] | None = set()
@@ -162,7 +171,8 @@ def worst_case(cells: Sequence[CellOutcome]) -> CellOutcome:
         attacked = None if attacked is None or c.attacked is None else attacked | set(c.attacked)
         forward, backward = _add(forward, c.forward), _add(backward, c.backward)
     return CellOutcome(first.model, WORST_CASE, first.eps, first.norm, None if attacked is None else sorted(attacked),
-                       sorted(robust), sum(c.seconds for c in cells), forward, backward)
+                       sorted(robust), sum(c.seconds for c in cells), forward, backward,
+                       fit_seconds=sum(c.fit_seconds for c in cells))
 
 
 def aggregate(outcomes: Outcomes) -> tuple[list[dict[str, Any]], dict[Key, list[int]]]:
@@ -184,7 +194,8 @@ def aggregate(outcomes: Outcomes) -> tuple[list[dict[str, Any]], dict[Key, list[
         for c in mine + [worst_case(by_eps[e]) for e in sorted(by_eps)]:
             robust = sorted(c.robust)
             rows.append(record(c.model, c.attack, c.eps, c.norm, n, n_clean, len(robust), c.seconds,
-                               None if c.attacked is None else len(c.attacked), c.forward, c.backward))
+                               None if c.attacked is None else len(c.attacked), c.forward, c.backward,
+                               c.fit_seconds))
             robust_ids[c.key] = robust
     return rows, robust_ids
 
@@ -208,6 +219,7 @@ class SegCellOutcome:
     seconds: float = 0.0
     forward: int = 0
     backward: int = 0
+    fit_seconds: float = 0.0  # a universal attack's one-off fit, apart from ``seconds``
 
 
 def seg_worst_case(cells: Sequence[SegCellOutcome]) -> SegCellOutcome:
@@ -220,7 +232,7 @@ def seg_worst_case(cells: Sequence[SegCellOutcome]) -> SegCellOutcome:
     first = cells[0]
     return SegCellOutcome(first.model, WORST_CASE, first.eps, first.norm, chosen,
                           seconds=sum(c.seconds for c in cells), forward=sum(c.forward for c in cells),
-                          backward=sum(c.backward for c in cells))
+                          backward=sum(c.backward for c in cells), fit_seconds=sum(c.fit_seconds for c in cells))
 
 
 def aggregate_segmentation(clean: Mapping[str, torch.Tensor], cells: Sequence[SegCellOutcome], *, seed: int,
@@ -262,7 +274,8 @@ def seg_record(c: SegCellOutcome, n: int, clean: tuple[float, float], key: int, 
             "targeted_success": c.hits / c.total if c.total and c.attack != WORST_CASE else nan,
             "median_l2": float(np.median(c.l2)) if c.l2 else nan,
             "median_linf": float(np.median(c.linf)) if c.linf else nan, "seconds": float(c.seconds),
-            "n_attacked": n, "forward_passes": int(c.forward), "backward_passes": int(c.backward)}
+            "n_attacked": n, "forward_passes": int(c.forward), "backward_passes": int(c.backward),
+            "fit_seconds": float(c.fit_seconds)}
 
 
 def unbounded_record(c: SegCellOutcome, clean: tuple[float, float]) -> dict[str, Any]:

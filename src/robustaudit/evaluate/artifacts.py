@@ -74,6 +74,12 @@ class Artifacts:
         """The fitted keys, in fit order."""
         return [(r["model"], r["attack"], float(r["eps"])) for r in self.records]
 
+    def fit_seconds(self, key: Key) -> float:
+        """What fitting the attack at ``key`` cost when it was fitted (a resumed run: the stored record's
+        seconds); 0.0 when nothing was fitted there."""
+        doc = self._stored.get((key[0], key[1], float(key[2])))
+        return float(doc["record"].get("seconds") or 0.0) if doc is not None else 0.0
+
     def get(self, key: Key) -> Attack | None:
         """The attack fitted at ``key``: in memory, else read back from its artifact; ``None`` when it was
         not fitted or is of a kind that cannot be read back (the caller fits it again).

@@ -20,7 +20,8 @@ plain attack). Rows go into the matrix as ``MODEL+DETECTOR`` with columns ``ATTA
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from robustaudit.defenses.detection import (
     parse_detectors,
 )
 from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, CellOutcome, CleanOutcome, Outcomes, aggregate
+from robustaudit.evaluate.passes import PassCounter, split_evenly
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
 
 ADAPTIVE = " (adaptive)"
@@ -182,17 +184,49 @@ class _Judged:
         return torch.cat([attack(target, x[i:i + b], y[i:i + b], threat, ids=ids[i:i + b], seed=seed)
                           for i in range(0, len(x), b)])
 
-    def judged(self, attack: Any, target: Any, threat: ThreatModel, seed: int, before: _Broken | None) -> _Broken:
+    def judged(self, attack: Any, target: Any, threat: ThreatModel, seed: int, before: _Broken | None) -> _Run:
         """The column's state after ``attack`` at ``threat``: samples broken at a smaller eps (``before``) keep
-        their point (it lies in the larger ball: survivors only, curves monotone); the rest are attacked."""
+        their point (it lies in the larger ball: survivors only, curves monotone); the rest are attacked.
+        ``target`` is the classifier (a plain attack) or the detector (the adaptive one); either way the passes
+        through the classifier are counted, the detector's own included (the scoring forward is not)."""
         n = len(self.x)
         state = _Broken.none(n) if before is None else before.copy()
         rows = (~state.broken).nonzero().flatten()
-        wrong, scores = _judge(self.det, self.model, self.attack(attack, target, threat, seed, rows),
-                               self.y[rows.to(self.y.device)], self.batch_size)
+        t0 = time.perf_counter()
+        with _counted(self.model, self.det, target) as (counted, counter):
+            adv = self.attack(attack, counted, threat, seed, rows)
+        wrong, scores = _judge(self.det, self.model, adv, self.y[rows.to(self.y.device)], self.batch_size)
         state.wrong[rows], state.scores[rows] = wrong, scores
         state.broken[rows] = wrong & ~(scores > self.det.threshold)  # misclassified AND accepted
-        return state
+        return _Run(state, self.ids[rows].tolist(), time.perf_counter() - t0, *counter.take())
+
+
+@dataclass
+class _Run:
+    """One attack run of a detector column at one eps: the column's state after it, the ids it attacked and
+    what it cost (seconds; samples forward and backward through the classifier)."""
+
+    state: _Broken
+    attacked: list[int]
+    seconds: float
+    forward: int
+    backward: int
+
+
+@contextmanager
+def _counted(model: torch.nn.Module, det: Any, target: Any) -> Iterator[tuple[Any, PassCounter]]:
+    """``(what the attack gets, its counter)``: the classifier wrapped in a :class:`PassCounter`, or the detector
+    with its classifier so wrapped for the duration (restored after, whatever happens)."""
+    counter = PassCounter(model)
+    if target is model:
+        yield counter, counter
+        return
+    held = det.model
+    det.model = counter
+    try:
+        yield target, counter
+    finally:
+        det.model = held
 
 
 @dataclass
@@ -221,41 +255,45 @@ def _eps_cells(j: _Judged, usable: Sequence[AttackEntry], adaptive: DetectorAwar
     keeps its point, so only survivors are attacked. The adaptive attack runs once per eps on the samples
     that every plain column and the adaptive sweep so far left standing (elsewhere each adaptive column
     is broken already), and stops per sample at its first success (the attack's early stop)."""
-    plain: dict[str, tuple[_Broken, float]] = {}
+    plain: dict[str, _Run] = {}
     for a in usable:
-        t_a = time.perf_counter()
-        plain[a.name] = (j.judged(a.attack, j.model, threat, seed, state.get(a.name)), time.perf_counter() - t_a)
-        state[a.name] = plain[a.name][0]
-    t_eps = time.perf_counter()
+        plain[a.name] = j.judged(a.attack, j.model, threat, seed, state.get(a.name))
+        state[a.name] = plain[a.name].state
     before = state.get(ADAPTIVE)
     if before is None:
         before = _Broken.none(len(j.x))
     skip = before.broken | _all_broken(plain, len(j.x))  # adaptive already won, or every plain column broke it
-    runs = j.judged(adaptive, j.det, threat, seed, _Broken(before.wrong, before.scores, skip))
-    won = before.broken | (~skip & runs.broken)
-    state[ADAPTIVE] = _Broken(torch.where(~skip, runs.wrong, before.wrong), torch.where(~skip, runs.scores, before.scores),
-                              won)
-    t_adaptive = time.perf_counter() - t_eps
+    run = j.judged(adaptive, j.det, threat, seed, _Broken(before.wrong, before.scores, skip))
+    won = before.broken | (~skip & run.state.broken)
+    state[ADAPTIVE] = _Broken(torch.where(~skip, run.state.wrong, before.wrong),
+                              torch.where(~skip, run.state.scores, before.scores), won)
     won_a, scores_a = state[ADAPTIVE].broken, state[ADAPTIVE].scores  # won_a: misclassified and accepted
+    # each second and pass is counted once: a plain column holds its attack's run, the adaptive columns share
+    # the one adaptive run evenly (the plain point they also take is the plain column's cost), so the worst
+    # case, the sum over the columns, is what was spent
+    k = len(usable)
+    forwards, backwards = split_evenly(run.forward, k), split_evenly(run.backward, k)
     cells: list[CellOutcome] = []
-    for a in usable:
-        p, seconds_p = plain[a.name]
-        for col, wrong, scores, broken, secs, is_adaptive in (
-                (a.name, p.wrong, p.scores, p.broken, seconds_p, False),
-                (a.name + ADAPTIVE, p.wrong | won_a, torch.where(won_a, scores_a, p.scores),
-                 p.broken | won_a, seconds_p + t_adaptive, True)):
+    for i, a in enumerate(usable):
+        p = plain[a.name]
+        for col, wrong, scores, broken, cost, is_adaptive in (
+                (a.name, p.state.wrong, p.state.scores, p.state.broken,
+                 (p.attacked, p.seconds, p.forward, p.backward), False),
+                (a.name + ADAPTIVE, p.state.wrong | won_a, torch.where(won_a, scores_a, p.state.scores),
+                 p.state.broken | won_a, (run.attacked, run.seconds / k, forwards[i], backwards[i]), True)):
             defended = ~broken
-            cells.append(CellOutcome(j.label, col, threat.eps, threat.norm, attacked=j.ids.tolist(),
-                                     robust=j.ids[defended].tolist(), seconds=round(secs, 3)))
+            cells.append(CellOutcome(j.label, col, threat.eps, threat.norm, attacked=list(cost[0]),
+                                     robust=j.ids[defended].tolist(), seconds=round(cost[1], 3), forward=cost[2],
+                                     backward=cost[3]))
             figures.append(_figure(j, a.name, col, is_adaptive, threat, wrong, scores, defended))
     return cells
 
 
-def _all_broken(plain: dict[str, tuple[_Broken, float]], n: int) -> torch.Tensor:
+def _all_broken(plain: dict[str, _Run], n: int) -> torch.Tensor:
     """``(n,)`` bool: broken in every plain column."""
     out = torch.ones(n, dtype=torch.bool)
-    for p, _ in plain.values():
-        out &= p.broken
+    for p in plain.values():
+        out &= p.state.broken
     return out
 
 

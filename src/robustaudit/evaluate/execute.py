@@ -103,10 +103,11 @@ class _Run:
 
     def timed(self, name: str, stage: Any, *args: Any, **kwargs: Any) -> Any:
         """``stage(*args, **kwargs)``, its seconds under ``name``: this process's, plus what the parts read
-        back from the store cost when they were computed."""
+        back from the store cost when they were computed (the stored stages ``name`` joins with " and ")."""
         t = time.perf_counter()
         out = stage(*args, **kwargs)
-        self.seconds[name] = time.perf_counter() - t + self.stages.credit.get(name, 0.0)
+        credit = sum(self.stages.credit.get(part, 0.0) for part in name.split(" and "))
+        self.seconds[name] = time.perf_counter() - t + credit
         return out
 
 
@@ -126,7 +127,7 @@ def _execute(spec: AuditSpec, subject: Subject, progress: Progress | None,
         if spec.cost and dev.type == "cpu" and (dist is None or dist.is_main) and not r.stages.stored("cost"):
             r.probe = MemoryProbe([(e.name, e.module) for e in subject.entries], subject.data.sample_shape,
                                   r.cost_batch)
-        result = _matrix(r)
+        result = r.timed("matrix", _matrix, r)
         if result is None:  # a rank other than 0 after the merge
             return _follow(dist, r.store)
         sections = _after_matrix(r, result)
@@ -162,10 +163,10 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
         sub.entries, sub.data, r.cost_batch, dev, r.probe))) if spec.cost else {})
     # between the audited models (subject.entries), not the detectors' MODEL+DETECTOR rows
     transfer = r.timed("transfer", extras.transfer, spec, sub, result, r.ids, dev, r.progress, stages)
-    learned = extras.learned(spec, sub, r.artifacts, r.ids, dev, stages)
+    learned = r.timed("learned", extras.learned, spec, sub, r.artifacts, r.ids, dev, stages)
     # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
     grid = list(spec.eps)
-    patches, physical_world = physical_sections(
+    patches, physical_world = r.timed("patch and physical", physical_sections,
         r.artifacts, stages, sub.entries, sub.data, r.ids, sub.attacks, grid, physical=spec.physical, norm=spec.norm,
         seed=spec.seed, device=dev, batch_size=spec.batch_size, progress=r.progress,
         summary_eps=example_eps(sub.entries, grid), train_data=lambda: fit_split(sub.data, sub.attacks, spec.train_data))
@@ -197,6 +198,7 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         **({"physical": s["physical"]} if s["physical"] is not None else {}),
         **({"transfer": {**s["transfer"], "seconds": round(r.seconds["transfer"], 3)}} if s["transfer"] is not None
            else {}),
+        "stage_seconds": stage_seconds(r.seconds),
         "precision": spec.fast.provenance(dev, tuple(sub.data.sample_shape)),
         "attack precision": spec.fast.summary(dev),
         **({"processes": _processes(r.dist)} if r.dist is not None else {}),
@@ -214,6 +216,17 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         multiproc.send_outcome(r.dist, result)
         r.dist.awaiting = False
     return result
+
+
+#: The stages of ``provenance["stage_seconds"]``, in run order.
+STAGES = ("matrix", "checks", "detect", "cost", "transfer", "learned", "patch and physical")
+
+
+def stage_seconds(seconds: dict[str, float]) -> dict[str, float]:
+    """``provenance["stage_seconds"]``: this process's wall time per stage (each timed once, apart; a
+    stage read back from the store counts what it cost when computed), in run order. The cells' seconds of a
+    stage are part of it: attack time, not the clean pass, scoring or writing."""
+    return {name: round(seconds.get(name, 0.0), 3) for name in STAGES}
 
 
 def _open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool,

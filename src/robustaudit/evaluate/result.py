@@ -38,7 +38,7 @@ EXAMPLES_FILE = "examples.npz"
 SEG_COLUMNS: tuple[str, ...] = (
     "model", "attack", "eps", "norm", "n", "clean_miou", "miou", "miou_ci_low", "miou_ci_high",
     "clean_pixel_accuracy", "pixel_accuracy", "pa_ci_low", "pa_ci_high", "targeted_success", "median_l2",
-    "median_linf", "seconds", "n_attacked", "forward_passes", "backward_passes",
+    "median_linf", "seconds", "n_attacked", "forward_passes", "backward_passes", "fit_seconds",
 )
 
 

@@ -69,9 +69,11 @@ class RunState:
 
     def add_cell(self, ctx: ModelRun, attack: str, eps: float, attacked: list[int], robust: list[int], seconds: float,
                  forward: int, backward: int, norms: dict[int, float]) -> None:
-        """Record one cell's per-sample outcome (and, with a store, its summary row)."""
+        """Record one cell's per-sample outcome (and, with a store, its summary row); a universal attack's
+        cell also carries what its one-off fit cost (from the fit record, stored or fresh)."""
         self.outcomes.cells.append(CellOutcome(ctx.name, attack, eps, ctx.norm, list(attacked), list(robust), seconds,
-                                               forward, backward, norms))
+                                               forward, backward, norms,
+                                               fit_seconds=self.artifacts.fit_seconds((ctx.name, attack, eps))))
         if ctx.store is not None:
             ctx.store.write_cell(ctx.name, attack, eps, seconds, len(attacked), len(robust), forward_passes=forward,
                                  backward_passes=backward)

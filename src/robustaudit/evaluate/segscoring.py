@@ -171,7 +171,10 @@ class SegScoring:
 
     def end_cell(self, ctx: ModelRun, cell: SegCell, attacked: list[int]) -> list[int]:
         self._panels(cell)
-        self.outcomes.append(cell.outcome(ctx.name, ctx.norm))
+        outcome = cell.outcome(ctx.name, ctx.norm)
+        # a universal attack's one-off fit (stored or fresh), apart from the cell's attack seconds
+        outcome.fit_seconds = ctx.state.artifacts.fit_seconds((ctx.name, cell.attack, cell.threat.eps))
+        self.outcomes.append(outcome)
         return attacked
 
     def end_once(self, ctx: ModelRun, cell: SegCell, attacked: list[int], grid: list[float]) -> None:

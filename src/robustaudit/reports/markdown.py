@@ -90,7 +90,7 @@ def _matrix(view: ReportView) -> str:
             cells = [f"**{c}**" for c in cells]
         attack = f"**{md_escape(row.attack)}**" if row.worst_case else md_escape(row.attack)
         rows.append([md_escape(row.model), attack, *cells])
-    note = f"{m.lead} **{WORST_CASE}**: {WORST_CASE_MEANING}."
+    note = "\n\n".join((f"{m.lead} **{WORST_CASE}**: {WORST_CASE_MEANING}.", *m.notes))
     grid = _grid(["model", "attack", "clean", *m.eps_headers, "seconds"], rows, 2)
     return f"## {md_escape(m.title)}\n\n{note}\n\n{grid}"
 

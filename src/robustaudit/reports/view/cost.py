@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustaudit.evaluate.result import ResultMatrix
+from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.blocks import Image, Section, Table
-from robustaudit.reports.view.matrix import has_passes, matrix_rows
+from robustaudit.reports.view.matrix import detector_rows, has_passes, matrix_rows
 from robustaudit.reports.view.numbers import (
     DASH, as_float, format_bytes, format_count, format_eps, format_latency, format_passes, format_seconds,
     is_finite,
@@ -33,6 +33,19 @@ ATTACK_COST_NOTE = (
     "the survivors of the smaller one, and early stopping drops a sample once it is broken, so both shrink); "
     "per sample: the whole grid's passes per clean-correct sample. A minimal-norm run serves every ε: its "
     "passes and seconds are spread evenly over the ε columns. " + PASSES_NOTE[0].upper() + PASSES_NOTE[1:] + "."
+)
+#: After :data:`ATTACK_COST_NOTE` when an attack was fitted.
+FIT_COST_NOTE = (
+    "fit (one-off): the time spent fitting a universal attack (patch, ATN, AdvGAN, ...) on the training split, once "
+    "per model and ε before it was applied, with the passes the fit spent; not part of seconds (the attack applied), "
+    "and counted once in the worst case."
+)
+#: After :data:`ATTACK_COST_NOTE` when the matrix has detector rows.
+DETECTOR_COST_NOTE = (
+    "MODEL+DETECTOR rows: the classifier's passes, the detector's own forwards through it included; an adaptive "
+    "column's cell holds its share of the one detector-aware run per ε that every adaptive column of the row uses "
+    "(seconds and passes split evenly over them; the plain point it falls back on is the plain column's cost), so "
+    "the worst case is the row's time, counted once."
 )
 MODEL_COST_HEADERS = ("model", "parameters", "MACs / input", "FLOPs / input", "latency / batch", "peak memory")
 SCATTER_ALT = "worst-case robust accuracy against FLOPs per input and against latency, one point per model"
@@ -134,9 +147,12 @@ def _eps_passes(rows, eps: float) -> str:
     h = hit.iloc[0]
     attacked = as_float(h.get("n_attacked"))
     text = format_passes(h.get("forward_passes_per_attacked_sample"), h.get("backward_passes_per_attacked_sample"))
-    if not math.isnan(attacked):
-        text = f"{text} · {int(attacked)}" if text != DASH else f"none attacked · {int(attacked)}"
-    return text
+    if math.isnan(attacked):
+        return text
+    if attacked == 0:
+        return "none attacked"
+    # passes not counted (results written before they were): the cell's seconds stand in, never "none attacked"
+    return f"{text} · {int(attacked)}" if text != DASH else f"{format_seconds(h.get('seconds'))} s · {int(attacked)}"
 
 
 def attack_cost_table(result: ResultMatrix) -> Table:
@@ -144,12 +160,34 @@ def attack_cost_table(result: ResultMatrix) -> Table:
     grid's passes per clean-correct sample, and seconds."""
     r = result.records
     out = []
-    for row in matrix_rows(result):
+    rows_ = matrix_rows(result)
+    fits = _fit_passes(result)
+    fitted = any(row.fit_seconds > 0 for row in rows_)
+    for row in rows_:
         rows = r[(r["model"] == row.model) & (r["attack"] == row.attack)]
+        fit = ()
+        if fitted:
+            passes = fits.get((row.model, row.attack)) if row.fit_seconds > 0 else None
+            fit = (DASH if row.fit_seconds <= 0 else f"{format_seconds(row.fit_seconds)} s"
+                   + (f" · {format_count(passes[0])}/{format_count(passes[1])} passes" if passes else ""),)
         out.append((row.model, row.attack, *(_eps_passes(rows, eps) for eps in result.eps_values),
-                    format_passes(row.forward, row.backward), format_seconds(row.seconds)))
-    headers = ("model", "attack", *(f"ε={format_eps(e)}" for e in result.eps_values), "per sample", "seconds")
+                    format_passes(row.forward, row.backward), format_seconds(row.seconds), *fit))
+    headers = ("model", "attack", *(f"ε={format_eps(e)}" for e in result.eps_values), "per sample", "seconds",
+               *(("fit (one-off)",) if fitted else ()))
     return Table(headers, tuple(out))
+
+
+def _fit_passes(result: ResultMatrix) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per model × attack (and its worst case), the forward and backward passes its fits spent
+    (``provenance['fits']``)."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for f in result.provenance.get("fits") or []:
+        if not isinstance(f, dict):
+            continue
+        for key in ((f.get("model"), f.get("attack")), (f.get("model"), WORST_CASE)):
+            have = out.get(key, (0.0, 0.0))
+            out[key] = (have[0] + as_float(f.get("forward_passes")), have[1] + as_float(f.get("backward_passes")))
+    return out
 
 
 def cost_section(result: ResultMatrix) -> Section | None:
@@ -157,6 +195,9 @@ def cost_section(result: ResultMatrix) -> Section | None:
     None when the result carries neither."""
     parts = [_model_costs(result)]
     if has_passes(result):
-        parts.append(Section("Attacks", paragraph=ATTACK_COST_NOTE, table=attack_cost_table(result)))
+        rows = matrix_rows(result)
+        note = " ".join((ATTACK_COST_NOTE, *((FIT_COST_NOTE,) if any(r.fit_seconds > 0 for r in rows) else ()),
+                         *((DETECTOR_COST_NOTE,) if detector_rows(result) else ())))
+        parts.append(Section("Attacks", paragraph=note, table=attack_cost_table(result)))
     subsections = tuple(p for p in parts if p is not None)
     return Section("Cost", subsections=subsections) if subsections else None

@@ -17,6 +17,7 @@ from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.numbers import (
     DASH, as_float, format_eps, format_passes, format_percent, format_percent_ci, format_seconds, format_upper_bound,
 )
+from robustaudit.reports.view.detection import detection_block
 from robustaudit.reports.view.overview import model_cards, norm_label, parse_trained_for, sample_count, training_label
 
 #: How every rendering names the interval next to an accuracy.
@@ -25,6 +26,20 @@ CI_LABEL = "95% Wilson interval"
 WORST_CASE_MEANING = (
     "per-sample worst case over all attacks "
     "(a sample counts as robust only if it survives every attack at that ε)"
+)
+#: Beside the matrix when it has detector rows (``MODEL+DETECTOR``): why they read differently.
+DETECTOR_ROWS_NOTE = (
+    "MODEL+DETECTOR rows: a clean input counts as correct only when the detector accepts it and the model "
+    "classifies it right; an adversarial input counts as defended when the detector rejects it or the model still "
+    "classifies it right. Such a row is not the model's robust accuracy, and it can exceed its own clean accuracy "
+    "and even the bare model's clean accuracy. It is monotone in ε only because a sample broken at a smaller ε is "
+    "kept broken: attacked afresh, a larger ε need not read lower (a point the detector rejects at one ε may be "
+    "accepted at another). The Detectors section compares the plain and the adaptive attack."
+)
+#: Beside the matrix when an attack was fitted (a patch, ATN, AdvGAN, a universal perturbation).
+FIT_NOTE = (
+    "seconds: the time spent attacking; \"+ N fit\": the one-off time spent fitting a universal attack (patch, "
+    "ATN, AdvGAN, ...) on the training split, once per model and ε, before it was applied"
 )
 # Tolerance when matching eps values that went through JSON or arithmetic (8/255 vs 0.0313725...).
 EPS_RTOL = 1e-6
@@ -66,6 +81,8 @@ class MatrixRow:
     seconds: float
     forward: float = math.nan
     backward: float = math.nan
+    #: the one-off fits of a universal attack over the row's cells (0 for other attacks)
+    fit_seconds: float = 0.0
     #: the row is the model's headline (its worst case) and the model's figures are unreliable: the
     #: cells read "≤ 89.0 [...]" (see :mod:`robustaudit.evaluate.reliability`)
     upper_bound: bool = False
@@ -92,7 +109,10 @@ class MatrixRow:
 
     @property
     def seconds_text(self) -> str:
-        return format_seconds(self.seconds)
+        """``"1.4"``; with a fitted attack ``"1.4 + 903.2 fit"`` (see :data:`FIT_NOTE`)."""
+        text = format_seconds(self.seconds)
+        fit = as_float(self.fit_seconds)
+        return f"{text} + {format_seconds(fit)} fit" if math.isfinite(fit) and fit > 0 else text
 
     @property
     def passes_text(self) -> str:
@@ -159,11 +179,25 @@ def matrix_rows(result: ResultMatrix) -> list[MatrixRow]:
                 cells=tuple(cell_at(rows, eps) for eps in grid),
                 # Worst-case rows may carry no time of their own; NaN then, not a fake 0.0.
                 seconds=float(seconds.sum()) if seconds.notna().any() else math.nan,
+                fit_seconds=_fit_seconds(rows),
                 forward=_per_clean_sample(rows, "forward_passes"),
                 backward=_per_clean_sample(rows, "backward_passes"),
                 upper_bound=model in unreliable and (attack == WORST_CASE or WORST_CASE not in present),
             ))
     return out
+
+
+def _fit_seconds(rows: pd.DataFrame) -> float:
+    """The fit seconds over the rows (0.0 for results written before fits were counted)."""
+    if "fit_seconds" not in rows:
+        return 0.0
+    return float(pd.to_numeric(rows["fit_seconds"], errors="coerce").fillna(0.0).sum())
+
+
+def detector_rows(result: ResultMatrix) -> list[str]:
+    """The matrix's detector-defended models (``MODEL+DETECTOR``), in matrix order."""
+    named = {str(d.get("row")) for d in detection_block(result).get("detectors", []) if isinstance(d, dict)}
+    return [m for m in result.models if m in named]
 
 
 def _per_clean_sample(rows: pd.DataFrame, column: str) -> float:
@@ -259,6 +293,8 @@ class MatrixView:
     n: int | None
     passes: bool  # the records count forward / backward passes
     lead: str  # the note's first sentences; then WORST_CASE in bold and WORST_CASE_MEANING
+    #: sentences after it, only where they apply: detector rows (:data:`DETECTOR_ROWS_NOTE`), fits (:data:`FIT_NOTE`)
+    notes: tuple[str, ...] = ()
 
     @property
     def title(self) -> str:
@@ -274,15 +310,18 @@ class MatrixView:
         if self.passes:
             caption += ("; fwd/bwd: forward/backward passes per clean-correct sample over the ε grid, "
                         "as the attacks spent them (survivors only, early stopping)")
-        return caption
+        return "\n".join((caption, *self.notes))
 
 
 def matrix_view(result: ResultMatrix) -> MatrixView:
     n = sample_count(result)
     lead = (f"Robust accuracy in % with its {CI_LABEL} in brackets; clean accuracy in %."
             + (f" n = {n} samples per cell." if n is not None else ""))
+    rows = tuple(matrix_rows(result))
+    notes = ((DETECTOR_ROWS_NOTE,) if detector_rows(result) else ()) + (
+        (FIT_NOTE,) if any(r.fit_seconds > 0 for r in rows) else ())
     return MatrixView(norm_label(result), tuple(f"ε={format_eps(e)}" for e in result.eps_values),
-                      tuple(matrix_rows(result)), n, has_passes(result), lead)
+                      rows, n, has_passes(result), lead, notes)
 
 
 @dataclass(frozen=True)

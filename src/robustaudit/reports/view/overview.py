@@ -169,12 +169,22 @@ def provenance_items(result: ResultMatrix) -> list[tuple[str, str]]:
         if prov.get(key) is not None:
             value = prov[key]
             items.append((label, f"{format_seconds(float(value))} s" if key == "seconds" else str(value)))
+        if key == "seconds" and isinstance(prov.get("stage_seconds"), dict):
+            items.append(("time per stage", stage_seconds_text(prov["stage_seconds"])))
     known = {k for k, _ in _PROVENANCE_FIELDS} | _SECTIONED
     for key, value in prov.items():
         # Render what is there: a field added upstream shows up without a change here.
         if key not in known and value is not None and not isinstance(value, (dict, list)):
             items.append((key, str(value)))
     return items
+
+
+def stage_seconds_text(stages: dict[str, Any]) -> str:
+    """``"matrix 3.1 s · detect 4.2 s"``: the stages that took time, in run order (the rest of the wall time is
+    opening the models and data, and writing)."""
+    parts = [f"{name} {format_seconds(float(v))} s" for name, v in stages.items()
+             if isinstance(v, (int, float)) and v >= 0.05]
+    return " · ".join(parts) or DASH
 
 
 def config_json(result: ResultMatrix) -> str | None:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.blocks import Image, Section, Table
-from robustaudit.reports.view.matrix import Cell, format_cell
+from robustaudit.reports.view.matrix import FIT_NOTE, Cell, format_cell
 from robustaudit.reports.view.numbers import DASH, as_float, format_eps, format_number, format_percent
 from robustaudit.reports.view.overview import training_label
 from robustaudit.reports.view.verdict import VerdictView, access_text, reliability_of, verdict_row
@@ -68,7 +69,7 @@ def _cell(c: Any) -> str:
 def matrix_table(result: ResultMatrix) -> Table:
     """Model, attack, clean mIoU / pixel accuracy, then per eps mIoU [lo–hi] / pixel accuracy, seconds."""
     r, grid = result.records, result.eps_values
-    rows, strong = [], []
+    rows, strong, fitted = [], [], False
     for model in result.models:
         mine = r[r["model"] == model]
         for attack in [*(a for a in dict.fromkeys(mine["attack"]) if a != WORST_CASE), WORST_CASE]:
@@ -81,12 +82,15 @@ def matrix_table(result: ResultMatrix) -> Table:
             for e in grid:
                 c = cells[np.isclose(cells["eps"], e)]
                 row.append(DASH if c.empty else _cell(c.iloc[0]))
-            row.append(f"{float(cells['seconds'].sum()):.1f}")
+            fit = float(pd.to_numeric(cells["fit_seconds"], errors="coerce").fillna(0.0).sum()) \
+                if "fit_seconds" in cells else 0.0
+            row.append(f"{float(cells['seconds'].sum()):.1f}" + (f" + {fit:.1f} fit" if fit > 0 else ""))
+            fitted = fitted or fit > 0
             strong += [len(rows)] if attack == WORST_CASE else []
             rows.append(tuple(row))
     headers = ("model", "attack", "clean", *(f"eps {format_eps(e)}" for e in grid), "seconds")
     return Table(headers, tuple(rows), title="Segmentation: mIoU % / pixel accuracy % under attack",
-                 caption=(CI_NOTE, ENSEMBLE_MEANING), strong_rows=tuple(strong))
+                 caption=(CI_NOTE, ENSEMBLE_MEANING, *((FIT_NOTE,) if fitted else ())), strong_rows=tuple(strong))
 
 
 def class_names(result: ResultMatrix) -> list[str]:
