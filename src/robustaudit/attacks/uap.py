@@ -40,7 +40,7 @@ from robustaudit.core.rng import keyed_normal, keyed_uniform, stream_key
 from robustaudit.core.task import CLASSIFICATION, Task
 from robustaudit.core.threat import ThreatModel
 
-__all__ = ["FORMAT", "UAP", "UniversalPerturbation", "load_uap", "noise_control"]
+__all__ = ["FORMAT", "UAP", "UniversalPerturbation", "load_uap", "noise_control", "save_png"]
 
 FORMAT = "robustaudit-uap/1"
 #: Relative slack of the norm checks (float32 round-off of a projected tensor).
@@ -213,13 +213,34 @@ class UniversalPerturbation(Attack):
                             f"{tuple(like.shape[1:])}")
         return project(self.v.to(like)[None], threat.norm, threat.eps)
 
-    def _run(self, model, x, y, threat, targets, ids, seed, task):
+    def apply(self, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """``clip(x + P_eps(v))``: ``(N, C, H, W) -> (N, C, H, W)``."""
         return clip_to_bounds(x + self.delta(threat, x), threat.bounds)
 
+    def _run(self, model, x, y, threat, targets, ids, seed, task):
+        return self.apply(x, threat)
+
     def save(self, path: str | Path) -> None:
-        """Write ``v`` and how it was made to ``path`` (reusable with ``--attack uap:load=PATH``)."""
+        """Write ``v`` and how it was made to ``path`` (reusable with ``--attack uap:load=PATH``) and a viewable
+        ``.png`` beside it (grey is zero, the largest coordinate black or white)."""
+        path = Path(path)
         torch.save({"format": FORMAT, "v": self.v.detach().cpu().contiguous(), "norm": self.norm, "eps": self.eps,
-                    "record": self.record}, Path(path))
+                    "record": self.record}, path)
+        save_png(self.v, path.with_suffix(".png"))
+
+
+def save_png(v: torch.Tensor, path: Path, zoom: int = 8) -> None:
+    """``v`` ``(C, H, W)`` (C = 1 or 3) magnified to ``[0, 1]`` around grey, each pixel ``zoom``×``zoom``, as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    scale = float(v.abs().max()) or 1.0
+    img = ((0.5 + 0.5 * v.detach().cpu().float() / scale).clamp(0, 1) * 255).round().to(torch.uint8)
+    img = img.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2).permute(1, 2, 0).numpy()
+    if img.shape[2] == 1:
+        Image.fromarray(np.ascontiguousarray(img[..., 0]), mode="L").save(path)
+    elif img.shape[2] == 3:
+        Image.fromarray(np.ascontiguousarray(img), mode="RGB").save(path)
 
 
 def noise_control(ids: torch.Tensor, shape: tuple[int, ...], norm: str, eps: float, seed: int,
