@@ -48,7 +48,8 @@ _SLACK = 1e-5
 
 
 class UAP(UniversalAttack):
-    """Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017), Linf or L2; see the module doc."""
+    """Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017): one perturbation v per model and eps,
+    fitted on the train split, added to every input. Linf or L2; the fits are described in the module doc."""
 
     name: ClassVar[str] = "uap"
     kind: ClassVar[AttackKind] = AttackKind.UNIVERSAL
