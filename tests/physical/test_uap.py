@@ -161,6 +161,9 @@ def test_audit_section_load_reuse_and_resume_without_refit(tmp_path, monkeypatch
         assert round(r["fooling"] * 48) - round(r["control"] * 48) == r["discordant"][0] - r["discordant"][1]
     report = render_markdown(result)
     assert "## Universal adversarial perturbations" in report and "### Transfer fooling %" in report
+    from robustaudit.reports.plots import draw
+
+    assert draw("uap_curve", result)[:8] == b"\x89PNG\r\n\x1a\n"  # the HTML report's figure
     # load= reuses a saved perturbation: the same section numbers, nothing fitted
     pt = out / rows[1]["artifact"]
     again = robustaudit.audit("digits32-resnet", "digits32", out=tmp_path / "again",

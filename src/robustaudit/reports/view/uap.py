@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from robustaudit.evaluate.result import ResultMatrix
-from robustaudit.reports.view.blocks import Section, Table
+from robustaudit.reports.view.blocks import Image, Section, Table
 from robustaudit.reports.view.numbers import DASH, format_number, format_percent, format_percent_ci
 
 UAP_HEADERS = ("model", "perturbation", "ε", "n", "fooling % [95% CI]", "noise control % [95% CI]", "gap",
@@ -84,4 +84,5 @@ def uap_section(result: ResultMatrix) -> Section | None:
                   for r in uap_block(result).get("rows", []) if str(r.get("artifact") or "").endswith(".pt"))
     subsections = (Section("Transfer fooling %", notes=(TRANSFER_NOTE,), table=transfer),) if transfer else ()
     return Section("Universal adversarial perturbations", notes=UAP_NOTES, table=table, links=links,
-                   links_intro=LINKS_INTRO if links else "", subsections=subsections)
+                   links_intro=LINKS_INTRO if links else "", subsections=subsections,
+                   images=(Image("uap_curve", "fooling rate vs ε, universal perturbation and noise control"),))
