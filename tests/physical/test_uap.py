@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustaudit.attacks.uap import UAP, UniversalPerturbation, load_uap, noise_control
+from robustaudit.attacks.uap import UAP, noise_control
 from robustaudit.cli import main
 from robustaudit.core.errors import UserError
 from robustaudit.core.norms import lp_norm

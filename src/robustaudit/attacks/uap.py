@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustaudit.attacks.base import Attack, AttackKind, FitProgress, TrainingData, UniversalAttack
-from robustaudit.attacks.settings import MAX_BATCH, MAX_EPOCHS, MAX_SAMPLES, MAX_STEPS, Choice, FilePath, Float, Int, Settings
+from robustaudit.attacks.settings import (MAX_BATCH, MAX_EPOCHS, MAX_SAMPLES, MAX_STEPS, Choice, FilePath, Float, Int,
+                                          Settings)
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode
 from robustaudit.core.norms import ascent_direction, clip_to_bounds, lp_norm, project

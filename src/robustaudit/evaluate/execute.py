@@ -2,7 +2,8 @@
 
 Classification: the matrix (:func:`robustaudit.evaluate.runner.run`), then the sanity checks, detectors,
 cost, learned report, universal-perturbation, patch and physical sections; provenance attached;
-``results.sqlite`` and ``results.json`` written under ``spec.out``. Segmentation goes to :mod:`robustaudit.evaluate.seg_execute`.
+``results.sqlite`` and ``results.json`` written under ``spec.out``. Segmentation goes to
+:mod:`robustaudit.evaluate.seg_execute`.
 
 The store stays open until ``results.json`` is written and is then marked ``finished``: later stages
 (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume` for what

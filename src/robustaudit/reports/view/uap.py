@@ -56,6 +56,11 @@ def uap_rows(result: ResultMatrix) -> tuple[tuple[str, ...], ...]:
         for r in uap_block(result).get("rows", []))
 
 
+def _transfer_cell(t: dict[str, Any]) -> str:
+    """``"0.3 (0.6)"``: the perturbation's fooling % on that model, then that model's noise control %."""
+    return f"{format_percent(t.get('fooling'))} ({format_percent(t.get('control'))})"
+
+
 def _transfer_table(result: ResultMatrix) -> Table:
     rows_in = uap_block(result).get("rows", [])
     models: list[str] = []
@@ -66,8 +71,7 @@ def _transfer_table(result: ResultMatrix) -> Table:
         by_model = {t.get("model"): t for t in r.get("transfer", [])}
         if by_model:
             rows.append((str(r.get("model")), str(r.get("attack")), format_number(r.get("eps"), "g"),
-                         *(f"{format_percent(by_model[m].get('fooling'))} ({format_percent(by_model[m].get('control'))})"
-                           if m in by_model else DASH for m in models)))
+                         *(_transfer_cell(by_model[m]) if m in by_model else DASH for m in models)))
     return Table(("crafted on", "perturbation", "ε", *models), tuple(rows), text_columns=2,
                  title="Universal perturbations: transfer fooling % (noise control %)", caption=(TRANSFER_NOTE,))
 
