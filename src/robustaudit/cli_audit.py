@@ -135,7 +135,7 @@ def _how_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--defense-data", metavar="D", dest="defense_data",
                    help="data the detectors are fitted on, at its train split (default: the train split of --data)")
     a.add_argument("--train-data", metavar="D", dest="train_data",
-                   help="data universal attacks (patch, atn, advgan) are fitted on, at its train split "
+                   help="data universal attacks (patch, uap, atn, advgan) are fitted on, at its train split "
                    "(default: the train split of --data)")
     a.add_argument("--physical", action="store_true", default=None,
                    help="physical-world proxies: how many adversarial examples JPEG, blur, resizing, small rotations "

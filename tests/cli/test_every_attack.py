@@ -31,6 +31,7 @@ SPECS = {
     "patch": "patch:target=3,steps=3,batch_size=16",
     "atn": "atn:epochs=1,width=8,samples=128",
     "advgan": "advgan:epochs=1,width=8,samples=128",
+    "uap": "uap:fit_n=64,passes=1",
 }
 NORM = {"cw": "l2", "patch": "patch"}
 EPS = {"l2": "1.5", "patch": "0.1"}

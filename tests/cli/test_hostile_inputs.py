@@ -933,6 +933,26 @@ CASES: list[Case] = [
       "is not a patch saved by robustaudit (.pt) or an image"),
     C(F, "patch file with other channels", "an RGB patch for grayscale images",
       _a(lambda t: patch_audit(t, f"patch:load={rgb_patch(t)}")), "has 3 channel(s) but the images have 1"),
+    C(F, "uap file missing", "`--attack uap:load=nope.pt`",
+      _a(lambda t: audit(t, attack=f"uap:load={t / 'nope.pt'}")), "not found"),
+    C(F, "uap file of another kind", "`torch.save({'x': 1})` as the perturbation",
+      _a(lambda t: audit(t, attack=f"uap:load={_save(t / 'v.pt', {'x': 1})}")),
+      "is not a perturbation saved by robustaudit (expected format robustaudit-uap/1)"),
+    C(F, "uap file corrupt", "random bytes as `v.pt`",
+      _a(lambda t: audit(t, attack=f"uap:load={raw_file(t, 'v.pt', b'not a tensor' * 9)}")),
+      "is not a perturbation saved by robustaudit: UnpicklingError"),
+    C(F, "uap file of another shape", "a 32×32 perturbation for 8×8 images",
+      _a(lambda t: audit(t, attack=f"uap:load={uap_file(t, torch.zeros(1, 32, 32))}")),
+      "holds a perturbation of shape (1, 32, 32), but the images have shape (1, 8, 8)"),
+    C(F, "uap file not finite", "a perturbation holding NaN",
+      _a(lambda t: audit(t, attack=f"uap:load={uap_file(t, torch.full((1, 8, 8), float('nan')))}")),
+      "expected finite floats of shape (C, H, W)"),
+    C(F, "uap file of another norm", "an L2 perturbation under `--norm linf`",
+      _a(lambda t: audit(t, attack=f"uap:load={uap_file(t, torch.zeros(1, 8, 8), norm='l2')}")),
+      "is an l2 perturbation; the audit's norm is linf"),
+    C(F, "uap file larger than its eps", "a perturbation of L∞ norm 0.5 saved with eps 0.1",
+      _a(lambda t: audit(t, attack=f"uap:load={uap_file(t, torch.full((1, 8, 8), 0.5))}")),
+      "holds a perturbation of linf norm 0.5, larger than its eps 0.1"),
     C(T, "config: physical not a bool", "`physical = 'yes'`",
       _a(lambda t: config(t, "physical = 'yes'\n", model="digits-cnn")), "'physical' must be bool"),
     C(T, "config: bad task", "`task = 'detection'`",
@@ -1068,6 +1088,11 @@ def _cut_gz(spec: str) -> str:
 def patch_audit(tmp: Path, attack: str, *extra: str) -> list[str]:
     """A patch audit of digits32-cnn on digits32 (32x32: room for a patch)."""
     return audit(tmp, "--data", "digits32", "--norm", "patch", *extra, model="digits32-cnn", attack=attack)
+
+
+def uap_file(tmp: Path, v: torch.Tensor, norm: str = "linf", eps: float = 0.1) -> Path:
+    """A universal perturbation in robustaudit's format (``torch.save`` of its dict)."""
+    return _save(tmp / "v.pt", {"format": "robustaudit-uap/1", "v": v, "norm": norm, "eps": eps, "record": {}})
 
 
 def rgb_patch(tmp: Path) -> Path:

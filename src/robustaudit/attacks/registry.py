@@ -46,6 +46,7 @@ BUILTIN: dict[str, str] = {
     "patch": "robustaudit.attacks.patch:AdversarialPatch",
     "atn": "robustaudit.attacks.learned:ATN",
     "advgan": "robustaudit.attacks.learned:AdvGAN",
+    "uap": "robustaudit.attacks.uap:UAP",
     "detector-aware-pgd": "robustaudit.attacks.detector_aware:DetectorAwarePGD",
 }
 

@@ -1,6 +1,6 @@
 """The fitted attacks of one audit: typed objects saved in one place, ``OUT/artifacts/``, and reloaded on resume.
 
-A universal attack (adversarial patch, ATN, AdvGAN, a user's) is fitted once per model, attack column and
+A universal attack (adversarial patch, UAP, ATN, AdvGAN, a user's) is fitted once per model, attack column and
 eps (:func:`robustaudit.evaluate.attacking.fitted_attack`, lazily). :meth:`Artifacts.put` saves the fitted
 object at once (``OUT/artifacts/MODEL-ATTACK-epsEPS.pt``, by its own ``save``) and then commits its fit
 record (seconds, passes, the artifact's path) to the store as a ``fit`` stage, in fit order. A resumed run
@@ -8,7 +8,8 @@ starts from those records, so ``provenance["fits"]`` and every section built fro
 learned report, the patch section, the physical proxies) equal the uninterrupted run's; :meth:`Artifacts.get`
 reads an object back from its file only when something must still use it. Kinds known to load back:
 :class:`~robustaudit.attacks.patch.FittedPatch` (``patch``) and
-:class:`~robustaudit.attacks.learned_fitted.GeneratorAttack` (``generator``); any other fitted object is
+:class:`~robustaudit.attacks.learned_fitted.GeneratorAttack` (``generator``) and
+:class:`~robustaudit.attacks.uap.UniversalPerturbation` (``uap``); any other fitted object is
 fitted again when a resumed run needs it. A stored fit whose artifact is missing or damaged stops the resume
 with one line (rerun with ``--overwrite``): fitting it again could give a second, different artifact.
 """
@@ -36,15 +37,18 @@ _FIT = "fit"
 def _kind(attack: Attack) -> str | None:
     from robustaudit.attacks.learned_fitted import GeneratorAttack
     from robustaudit.attacks.patch import FittedPatch
+    from robustaudit.attacks.uap import UniversalPerturbation
 
-    return "patch" if isinstance(attack, FittedPatch) else "generator" if isinstance(attack, GeneratorAttack) else None
+    kinds = ((FittedPatch, "patch"), (GeneratorAttack, "generator"), (UniversalPerturbation, "uap"))
+    return next((kind for cls, kind in kinds if isinstance(attack, cls)), None)
 
 
 def _loader(kind: str | None) -> Callable[[Path], Attack] | None:
     from robustaudit.attacks.learned_fitted import load_generator
     from robustaudit.attacks.patch import load_patch
+    from robustaudit.attacks.uap import load_uap
 
-    return {"patch": load_patch, "generator": load_generator}.get(kind or "")
+    return {"patch": load_patch, "generator": load_generator, "uap": load_uap}.get(kind or "")
 
 
 def _name(key: Key) -> str:

@@ -1,8 +1,9 @@
 """The executor: run an :class:`AuditSpec` on its opened :class:`Subject` (both tasks, one process or several).
 
 Classification: the matrix (:func:`robustaudit.evaluate.runner.run`), then the sanity checks, detectors,
-cost, transferability matrix, learned report, patch and physical sections; provenance attached; ``results.sqlite`` and
-``results.json`` written under ``spec.out``. Segmentation goes to :mod:`robustaudit.evaluate.seg_execute`.
+cost, transferability matrix, learned report, universal-perturbation, patch and physical sections; provenance
+attached; ``results.sqlite`` and ``results.json`` written under ``spec.out``. Segmentation goes to
+:mod:`robustaudit.evaluate.seg_execute`.
 
 The store stays open until ``results.json`` is written and is then marked ``finished``: later stages
 (sanity checks) may still ``put_meta`` before that. See :mod:`robustaudit.evaluate.resume` for what
@@ -41,6 +42,7 @@ from robustaudit.evaluate.spec import AuditSpec
 from robustaudit.evaluate.stages import Stage, Stages
 from robustaudit.evaluate.store import Store
 from robustaudit.evaluate.subject import Subject
+from robustaudit.evaluate.uap import uap_section
 
 __all__ = ["execute"]
 
@@ -164,13 +166,17 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
     # between the audited models (subject.entries), not the detectors' MODEL+DETECTOR rows
     transfer = r.timed("transfer", extras.transfer, spec, sub, result, r.ids, dev, r.progress, stages)
     learned = r.timed("learned", extras.learned, spec, sub, r.artifacts, r.ids, dev, stages)
-    # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
     grid = list(spec.eps)
+    # the universal perturbations' fooling rates (evaluate/uap.py); fits what the runner did not
+    uap = r.timed("uap", uap_section, r.artifacts, stages, sub.entries, sub.data, r.ids, sub.attacks, grid,
+                  norm=spec.norm, seed=spec.seed, device=dev, batch_size=spec.batch_size, progress=r.progress,
+                  train_data=lambda: fit_split(sub.data, sub.attacks, spec.train_data))
+    # the adversarial-patch section and the physical-world proxies (evaluate/patch.py, evaluate/physical.py)
     patches, physical_world = r.timed("patch and physical", physical_sections,
         r.artifacts, stages, sub.entries, sub.data, r.ids, sub.attacks, grid, physical=spec.physical, norm=spec.norm,
         seed=spec.seed, device=dev, batch_size=spec.batch_size, progress=r.progress,
         summary_eps=example_eps(sub.entries, grid), train_data=lambda: fit_split(sub.data, sub.attacks, spec.train_data))
-    return {"added": added, "detection": detection, "costs": costs, "learned": learned, "patch": patches,
+    return {"added": added, "detection": detection, "costs": costs, "learned": learned, "uap": uap, "patch": patches,
             "physical": physical_world, "transfer": transfer}
 
 
@@ -194,6 +200,7 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         **({"cost": {"seconds": round(r.seconds["cost"], 3), "batch_size": r.cost_batch,
                      "flop_counter": FLOP_COUNTER}} if spec.cost else {}),
         **({"learned": s["learned"]} if s["learned"] is not None else {}),
+        **({"uap": s["uap"]} if s["uap"] is not None else {}),
         **({"patch": s["patch"]} if s["patch"] is not None else {}),
         **({"physical": s["physical"]} if s["physical"] is not None else {}),
         **({"transfer": {**s["transfer"], "seconds": round(r.seconds["transfer"], 3)}} if s["transfer"] is not None
@@ -219,7 +226,7 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
 
 
 #: The stages of ``provenance["stage_seconds"]``, in run order.
-STAGES = ("matrix", "checks", "detect", "cost", "transfer", "learned", "patch and physical")
+STAGES = ("matrix", "checks", "detect", "cost", "transfer", "learned", "uap", "patch and physical")
 
 
 def stage_seconds(seconds: dict[str, float]) -> dict[str, float]:

@@ -70,7 +70,7 @@ def _images(view: ReportView | SegmentationView) -> list[Image]:
     if isinstance(view, SegmentationView):
         return [i for i in (view.curves, view.panels) if i is not None]
     sections: list[Section] = [s for s in (view.norms, view.cost, view.detection, view.transfer, view.patch,
-                                           view.physical, view.learned, view.published) if s is not None]
+                                           view.physical, view.learned, view.uap, view.published) if s is not None]
     found = [i for i in (view.curves, view.examples) if i is not None]
     while sections:
         s = sections.pop(0)

@@ -142,7 +142,7 @@ def _classification(view: ReportView) -> str:
     parts += [section(Section(title, table=t)) for title, t in (("Models", view.models), ("Attacks", view.attacks)) if t]
     parts += ["## Robust accuracy\n\nNo results."] if view.empty else [_matrix(view), _summary(view), section(view.ties)]
     extras = (view.published, view.norms, view.detection, view.transfer, view.patch, view.physical, view.learned,
-              view.cost)
+              view.uap, view.cost)
     parts += [section(s) for s in extras if s is not None]
     if view.checks:
         parts.append(_checks(view))
@@ -162,6 +162,7 @@ def render_markdown(result: ResultMatrix) -> str:
 
     Sections: title, threat model, data, models, attacks, the robust-accuracy matrix, the
     clean-vs-adversarial table, ties, minimal norms, detectors, transferability, patch, physical and learned attacks,
+    universal perturbations,
     model and attack cost (when measured), sanity checks (when there are any) and provenance with the full
     configuration as a fenced JSON block. A segmentation result gets mIoU and pixel accuracy instead.
     """

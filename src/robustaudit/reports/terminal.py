@@ -116,7 +116,7 @@ def _print_classification(view: ReportView, console: Console) -> None:
     for tie in view.model_ties:  # the terminal names model ties at the table's eps; report.md lists them all
         console.print(f"[yellow]note:[/] {tie.sentence()}")
     sections = [s for s in (view.published, view.detection, view.transfer, view.patch, view.physical, view.learned,
-                            view.norms) if s is not None]
+                            view.uap, view.norms) if s is not None]
     for section in sections:
         for part in (section, *section.subsections):  # learned attacks: the transfer table
             if part.table is not None:

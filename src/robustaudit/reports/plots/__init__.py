@@ -12,9 +12,10 @@ from robustaudit.reports.plots.accuracy import accuracy_curves_png, cost_scatter
 from robustaudit.reports.plots.patch import patch_curve_png, patch_images_png
 from robustaudit.reports.plots.segmentation import miou_curves_png, panels_png
 from robustaudit.reports.plots.transferability import transfer_heatmap_png
+from robustaudit.reports.plots.uap import uap_curve_png
 
 __all__ = ["accuracy_curves_png", "cost_scatter_png", "draw", "examples_png", "miou_curves_png", "panels_png",
-           "patch_curve_png", "patch_images_png", "transfer_heatmap_png"]
+           "patch_curve_png", "patch_images_png", "transfer_heatmap_png", "uap_curve_png"]
 
 _DRAWERS: dict[str, Callable[[ResultMatrix], bytes | None]] = {
     "accuracy_curves": accuracy_curves_png,
@@ -22,6 +23,7 @@ _DRAWERS: dict[str, Callable[[ResultMatrix], bytes | None]] = {
     "cost_scatter": cost_scatter_png,
     "patch_curve": patch_curve_png,
     "patch_images": patch_images_png,
+    "uap_curve": uap_curve_png,
     "miou_curves": miou_curves_png,
     "seg_panels": lambda result: panels_png(result.seg_examples),
     "transfer_heatmap": transfer_heatmap_png,

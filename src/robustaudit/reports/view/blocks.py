@@ -36,7 +36,7 @@ class Image:
 
     Drawing needs matplotlib and the records, so the view says which figure goes where; the HTML
     renderer draws it. Kinds: ``accuracy_curves``, ``examples``, ``cost_scatter``, ``patch_curve``,
-    ``patch_images``, ``miou_curves``, ``seg_panels``, ``transfer_heatmap``.
+    ``patch_images``, ``uap_curve``, ``miou_curves``, ``seg_panels``, ``transfer_heatmap``.
     """
 
     kind: str

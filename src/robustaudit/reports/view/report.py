@@ -21,6 +21,7 @@ from robustaudit.reports.view.physical import patch_section, physical_section
 from robustaudit.reports.view.published import published_section
 from robustaudit.reports.view.reliability import ReliabilityView, reliability_view
 from robustaudit.reports.view.transferability import transfer_section
+from robustaudit.reports.view.uap import uap_section
 from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, verdict_view
 
 CURVES_ALT = "robust accuracy against ε, one panel per model"
@@ -52,6 +53,7 @@ class ReportView:
     physical: Section | None
     learned: Section | None
     transfer: Section | None
+    uap: Section | None  # universal adversarial perturbations: fooling rate vs a noise control
     cost: Section | None
     brief_cost: Table  # the terminal's cost table
     checks: list[CheckRow]
@@ -87,7 +89,8 @@ def report_view(result: ResultMatrix) -> ReportView:
         curves=None if empty else Image("accuracy_curves", CURVES_ALT),
         examples=Image("examples", EXAMPLES_ALT, note=EXAMPLES_NOTE) if result.examples else None,
         norms=norms_section(result), detection=detection_section(result), patch=patch_section(result),
-        physical=physical_section(result), learned=learned_section(result), transfer=transfer_section(result), cost=cost_section(result),
+        physical=physical_section(result), learned=learned_section(result), transfer=transfer_section(result),
+        uap=uap_section(result), cost=cost_section(result),
         brief_cost=brief_cost_table(result), checks=check_rows(result), checks_tally=checks_tally(result.checks),
         provenance=provenance_items(result), config=config_json(result),
         checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
