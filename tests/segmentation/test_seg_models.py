@@ -96,7 +96,7 @@ def test_torchvision_aux_classifier_keys_are_dropped(tmp_path: Path):
 
 def test_torchvision_segmentation_refusals(tmp_path: Path):
     _, path = _tv_seg("lraspp_mobilenet_v3_large", 3, tmp_path)
-    with pytest.raises(UserError, match="never downloads weights"):
+    with pytest.raises(UserError, match="weights_backbone is not supported"):
         load_model("torchvision:deeplabv3_mobilenet_v3_large:weights_backbone=DEFAULT")
     with pytest.raises(UserError, match="did you mean 'lraspp_mobilenet_v3_large'"):
         load_model("torchvision:lraspp_mobilenet_v3_larg", weights=str(path))

@@ -95,7 +95,7 @@ def test_default_audit_carries_every_cost_field(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Cost" in md and "| digits-cnn | 159,626 | 2.44 M | 4.89 M |" in md and "FLOPs = 2 × MACs" in md
     page = (out / "report.html").read_text()
-    assert "<summary>Cost</summary>" in page and page.count("data:image/png;base64,") == 3  # curves, examples, scatter
+    assert "<summary>Cost</summary>" in page and page.count("data:image/png;base64,") == 4  # curves, examples, scatter, transfer heat map
 
 
 def _pgd_row(model, x, y, eps, **settings):
