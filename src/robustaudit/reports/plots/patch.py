@@ -3,13 +3,11 @@ control with their stored 95% intervals) and the fitted patches themselves."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from matplotlib.figure import Figure
 
 from robustaudit.evaluate.result import ResultMatrix
-from robustaudit.reports.plots.canvas import label, png
+from robustaudit.reports.plots.canvas import label, png, versus_control_png
 from robustaudit.reports.view.physical import patch_block, patch_images
 
 
@@ -18,25 +16,9 @@ def patch_curve_png(result: ResultMatrix) -> bytes | None:
     rows = patch_block(result).get("rows", [])
     if not rows:
         return None
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["attack"]), []).append(r)
-    fig = Figure(figsize=(4.2 * len(groups), 3.2))
-    for k, ((model, attack), rs) in enumerate(groups.items()):
-        ax = fig.add_subplot(1, len(groups), k + 1)
-        rs = sorted(rs, key=lambda r: r["eps"])
-        x = [100 * r["eps"] for r in rs]
-        for key, ci, name, color in (("success", "success_ci", "patch", "#c0392b"),
-                                     ("control_success", "control_ci", "noise control", "#7f8c8d")):
-            ax.plot(x, [100 * r[key] for r in rs], marker="o", color=color, label=name)
-            ax.fill_between(x, [100 * r[ci][0] for r in rs], [100 * r[ci][1] for r in rs], color=color, alpha=0.15)
-        ax.set_xlabel("patch area (% of the image)")
-        ax.set_ylabel("success %")
-        ax.set_ylim(0, 100)
-        ax.set_title(label(f"{model} / {attack}"), fontsize=9)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return png(fig)
+    return versus_control_png(rows, (("success", "success_ci", "patch"), ("control_success", "control_ci",
+                                                                          "noise control")),
+                              x_scale=100.0, xlabel="patch area (% of the image)", ylabel="success %")
 
 
 def patch_images_png(result: ResultMatrix) -> bytes | None:
