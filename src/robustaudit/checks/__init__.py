@@ -71,11 +71,12 @@ def run_checks(
         model = entry.module
         with on_device(model, device), eval_mode(model):
             xd, yd = x.to(device), y.to(device)
-            probe = probe_model(entry.name, model, xd, yd, seed=seed, task=task)
+            with torch.no_grad():
+                first = model(xd)  # the clean pass, shared with the probes
+            clean = task.correct(first, yd).cpu()
+            probe = probe_model(entry.name, model, xd, yd, seed=seed, task=task, first=first)
             probes[entry.name] = probe
             verdicts.extend(probe.verdicts)
-            with torch.no_grad():
-                clean = task.correct(model(xd), yd).cpu()
             ctx = Context(entry.name, model, xd, yd, torch.tensor(picked), clean, len(ids), attacks, result,
                           list(grid), norm, seed, batch_size, task, probe, level)
             verdicts.extend(attack_verdicts(ctx))

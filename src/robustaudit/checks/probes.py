@@ -52,11 +52,16 @@ class Probe:
 
 
 def probe_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
-                task: Task = CLASSIFICATION) -> Probe:
-    """Run every model probe on a clean batch ``x (N, C, H, W)``, ``y (N,)`` already on the model's device."""
+                task: Task = CLASSIFICATION, first: torch.Tensor | None = None) -> Probe:
+    """Run every model probe on a clean batch ``x (N, C, H, W)``, ``y (N,)`` already on the model's device.
+
+    ``first``: ``model(x)`` under ``torch.no_grad()`` when the caller has it already (the checks' clean
+    pass), so the probes do not pay for it again.
+    """
     probe = Probe(name)
-    with torch.no_grad():
-        first = model(x)
+    if first is None:
+        with torch.no_grad():
+            first = model(x)
     probe.bpda_identity = _preprocess_keeps_shape(model, x)
     full = unrestricted(model)  # under a label map: every output (restricted probabilities do not sum to 1)
     if full is not model:
@@ -64,8 +69,13 @@ def probe_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
             probe.verdicts.append(_logits_verdict(name, full(x)))
     else:
         probe.verdicts.append(_logits_verdict(name, first))
-    probe.verdicts.append(_determinism_verdict(name, model, x, first, probe))
-    probe.verdicts.append(_autograd_verdict(name, model, x))
+    # the repeated call of the determinism probe is also the watched call of the autograd probe: one
+    # forward serves both (the watch only counts, it changes no result)
+    watch = _GradModeWatch()
+    with torch.no_grad(), watch:
+        again = model(x)
+    probe.verdicts.append(_determinism_verdict(name, model, x, first, again, probe))
+    probe.verdicts.append(_autograd_verdict(name, watch.calls))
     probe.verdicts.extend(_gradient_verdicts(name, model, x, y, task, seed, probe))
     return probe
 
@@ -94,10 +104,11 @@ def _logits_verdict(name: str, out: torch.Tensor) -> Verdict:
     return Verdict(vid, name, "pass", "outputs are unnormalised logits")
 
 
-def _determinism_verdict(name: str, model: nn.Module, x: torch.Tensor, first: torch.Tensor, probe: Probe) -> Verdict:
+def _determinism_verdict(name: str, model: nn.Module, x: torch.Tensor, first: torch.Tensor, again: torch.Tensor,
+                         probe: Probe) -> Verdict:
+    """``first`` and ``again``: two identical calls ``model(x)`` under ``torch.no_grad()``, ``(N, K)``."""
     vid = "deterministic"
     with torch.no_grad():
-        again = model(x)
         # each half on its own: a sample's output must not depend on its batch (BatchNorm left in
         # training mode, batch-level randomness)
         half = len(x) // 2
@@ -132,17 +143,15 @@ class _GradModeWatch(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _autograd_verdict(name: str, model: nn.Module, x: torch.Tensor) -> Verdict:
+def _autograd_verdict(name: str, calls: int) -> Verdict:
+    """``calls``: torch operations run with autograd enabled during a forward under ``torch.no_grad()``
+    (:class:`_GradModeWatch`). An honest model never needs autograd for its prediction, so any such op means
+    the forward switched it on itself (test-time optimisation, purification)."""
     vid = "no-autograd-in-forward"
-    watch = _GradModeWatch()
-    # forward under no_grad: an honest model never needs autograd for its prediction, so any op run
-    # with grad enabled means the forward switched it on itself (test-time optimisation, purification)
-    with torch.no_grad(), watch:
-        model(x)
-    if watch.calls:
-        return Verdict(vid, name, "fail", f"forward turns autograd on ({watch.calls} operations) even under "
+    if calls:
+        return Verdict(vid, name, "fail", f"forward turns autograd on ({calls} operations) even under "
                        "torch.no_grad(): test-time optimisation whose effect gradient attacks do not see; "
-                       "attack it with bpda(...) or black-box attacks (square)", {"grad_enabled_ops": watch.calls})
+                       "attack it with bpda(...) or black-box attacks (square)", {"grad_enabled_ops": calls})
     return Verdict(vid, name, "pass", "forward runs no autograd of its own")
 
 
