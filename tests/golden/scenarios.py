@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -146,18 +147,57 @@ def kill_then_resume(name: str, out: Path, batches: int = 1) -> tuple[dict[str, 
     return normalize(json.loads((out / "results.json").read_text())), resumed.stderr
 
 
-def diff(a: Any, b: Any, path: str = "") -> list[str]:
-    """Where ``a`` and ``b`` differ, as ``path: a != b`` lines."""
+def diff(a: Any, b: Any, path: str = "", close: Callable[[str, Any, Any], bool] | None = None) -> list[str]:
+    """Where ``a`` and ``b`` differ, as ``path: a != b`` lines. ``close(path, a, b)``, when given, may
+    accept two unequal leaves (see :func:`within_cpu_noise`)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = [f"{path}/{k}: only in {'golden' if k in a else 'new'}" for k in sorted(set(a) ^ set(b))]
         for k in sorted(set(a) & set(b)):
-            out += diff(a[k], b[k], f"{path}/{k}")
+            out += diff(a[k], b[k], f"{path}/{k}", close)
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(x, y, f"{path}[{i}]")]
+        return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(x, y, f"{path}[{i}]", close)]
     if isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=0, abs_tol=FLOAT_TOL):
         return []
-    return [] if a == b else [f"{path}: {str(a)[:200]} != {str(b)[:200]}"]
+    if a == b or (close is not None and close(path, a, b)):
+        return []
+    return [f"{path}: {str(a)[:200]} != {str(b)[:200]}"]
+
+
+#: Two outputs amplify the last-bit differences between CPUs' float kernels (AVX2 against AVX-512: the
+#: goldens were recorded on an Intel Xeon; an AMD EPYC VM gives 0.005675 for 0.005588 below):
+#: - the finite-differences evidence, a ratio of differences of nearby losses, moves by a few percent;
+#: - a detector row: the squeeze detector rounds the input to a bit-depth grid and thresholds a score, so
+#:   an adversarial point on a rounding boundary lands on either side (one sample of 48 in a_default).
+#: Those are compared within :data:`EVIDENCE_RTOL` and one sample (one robust id, :data:`DETECTOR_SAMPLE_ATOL`
+#: on a share, 1 on a count, :data:`DETECTOR_PASSES_RTOL` on pass counts); every other number, every check
+#: status and every robust id of a row without a detector stays exact.
+EVIDENCE_RTOL = 0.1
+DETECTOR_SAMPLE_ATOL = 0.05
+DETECTOR_PASSES_RTOL = 0.02
+
+
+def within_cpu_noise(path: str, a: Any, b: Any, detector_records: frozenset[int] = frozenset()) -> bool:
+    """``a`` (golden) and ``b`` (new) at ``path`` differ only by what the CPU's float kernels can move
+    (see :data:`EVIDENCE_RTOL`). ``detector_records``: indices of ``records`` that are detector rows."""
+    detector = path.startswith("/provenance/detection/") or any(
+        path.startswith(f"/{key}[") and int(path[len(key) + 2:path.index("]")]) in detector_records
+        for key in ("records", "robust_ids"))
+    if detector and path.endswith("/ids") and isinstance(a, list) and isinstance(b, list):
+        return len(set(a) ^ set(b)) <= 1  # one sample on the other side of a rounding boundary
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+        return False
+    if path.startswith("/checks[") and "/evidence/" in path:
+        return math.isclose(a, b, rel_tol=EVIDENCE_RTOL)
+    if not detector:
+        return False
+    if path.endswith("/threshold"):
+        return math.isclose(a, b, rel_tol=1e-4)
+    if "_passes" in path:  # the adaptive attack's steps on that one sample
+        return abs(a - b) <= max(1.0, DETECTOR_PASSES_RTOL * max(abs(a), abs(b)))
+    if isinstance(a, int) and isinstance(b, int):
+        return abs(a - b) <= 1
+    return abs(a - b) <= DETECTOR_SAMPLE_ATOL
 
 
 #: ``provenance.config`` echoes the options as resolved. The redesign (AuditSpec) records the resolved
@@ -181,7 +221,11 @@ ANSWERED = "/answered_by: only in new"
 def compare(golden: Any, new: Any) -> list[str]:
     """:func:`diff` without the ``provenance.config`` echo (see :data:`CONFIG`), the derived ``reliability``
     block (see :data:`RELIABILITY`) and a newly added ``answered_by`` on a failing check (see :data:`ANSWERED`)."""
-    return [line for line in diff(golden, new)
+    # records[i] and robust_ids[i] describe the same row; "MODEL+DETECTOR" names a detector row
+    detector_records = frozenset(i for i, r in enumerate(golden.get("records") or [])
+                                 if isinstance(r, dict) and "+" in str(r.get("model", "")))
+    close = lambda path, a, b: within_cpu_noise(path, a, b, detector_records)  # noqa: E731
+    return [line for line in diff(golden, new, close=close)
             if not line.startswith((CONFIG, RELIABILITY)) and not _answered_added(line, new)]
 
 

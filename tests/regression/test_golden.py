@@ -47,3 +47,21 @@ def test_a_killed_and_resumed_audit_equals_its_golden(name, tmp_path):
     assert resumed["provenance"]["resume"]["reused_batches"] >= 1
     lines = [line for line in scenarios.compare(golden, resumed) if not line.startswith(_RESUME_KEYS)]
     assert lines == []
+
+
+def test_the_cpu_allowance_is_one_detector_sample_and_evidence_only():
+    golden = json.loads(scenarios.golden_path("a_default").read_text())
+    row = next(i for i, r in enumerate(golden["records"]) if "+" in r["model"])
+    plain = next(i for i, r in enumerate(golden["records"]) if "+" not in r["model"])
+    one, two, undefended = (json.loads(json.dumps(golden)) for _ in range(3))
+    one["records"][row]["n_robust"] += 1
+    two["records"][row]["n_robust"] += 2
+    undefended["records"][plain]["n_robust"] += 1
+    assert scenarios.compare(golden, one) == []
+    assert [line.split(":")[0] for line in scenarios.compare(golden, two)] == [f"/records[{row}]/n_robust"]
+    assert [line.split(":")[0] for line in scenarios.compare(golden, undefended)] == [f"/records[{plain}]/n_robust"]
+    check = next(i for i, c in enumerate(golden["checks"]) if c["id"] == "finite-differences")
+    moved = json.loads(json.dumps(golden))
+    moved["checks"][check]["evidence"]["median_error"] *= 1.05
+    moved["checks"][check]["status"] = "warn"
+    assert [line.split(":")[0] for line in scenarios.compare(golden, moved)] == [f"/checks[{check}]/status"]
