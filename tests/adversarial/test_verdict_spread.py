@@ -24,7 +24,7 @@ R = 5
 def test_a_randomized_model_is_judged_over_repeated_draws_and_its_spread_recorded(name: str) -> None:
     torch.manual_seed(0)
     model = CORPUS[name](create_model("digits-cnn")).eval()
-    result = run([ModelEntry(name, model)], digits_split("test"), [AttackEntry("eot", EOT(PGD(steps=5), k=4, judge=R))],
+    result = run([ModelEntry(name, model)], digits_split("test"), [AttackEntry("eot", EOT(PGD(steps=3), k=2, judge=R))],
                  [0.05, 0.1], ids=list(range(N)))
     spreads = result.provenance["verdict_spread"]
     assert [s["eps"] for s in spreads] == [0.05, 0.1]
@@ -42,5 +42,5 @@ def test_a_randomized_model_is_judged_over_repeated_draws_and_its_spread_recorde
 
 def test_a_deterministic_attack_column_records_no_spread() -> None:
     result = run([ModelEntry("m", create_model("digits-cnn"))], digits_split("test"),
-                 [AttackEntry("eot", EOT(PGD(steps=5), k=2))], [0.1], ids=list(range(16)))
+                 [AttackEntry("eot", EOT(PGD(steps=3), k=2))], [0.1], ids=list(range(16)))
     assert "verdict_spread" not in result.provenance
