@@ -21,6 +21,7 @@ R = 5
 
 
 @pytest.mark.parametrize("name", ["random-resize-pad", "logit-noise"])
+@pytest.mark.usefixtures("one_thread")
 def test_a_randomized_model_is_judged_over_repeated_draws_and_its_spread_recorded(name: str) -> None:
     torch.manual_seed(0)
     model = CORPUS[name](create_model("digits-cnn")).eval()
