@@ -45,3 +45,19 @@ def test_a_deterministic_attack_column_records_no_spread() -> None:
     result = run([ModelEntry("m", create_model("digits-cnn"))], digits_split("test"),
                  [AttackEntry("eot", EOT(PGD(steps=3), k=2))], [0.1], ids=list(range(16)))
     assert "verdict_spread" not in result.provenance
+
+
+def test_the_deterministic_row_quotes_the_spread_of_the_columns_that_answered_it() -> None:
+    from types import SimpleNamespace
+
+    from robustaudit.reports.view.checks import check_rows
+
+    spread = [{"model": "m", "attack": a, "eps": 0.1, "repeats": 5, "n": 64, "robust_every_draw": k,
+               "per_draw_min": k + 2, "per_draw_max": k + 5} for a, k in (("eot(pgd)", 12), ("eot(fgsm)", 20))]
+    checks = [{"id": "deterministic", "model": "m", "status": "fail", "message": "randomized",
+               "answered_by": ["eot(fgsm)", "eot(pgd)"]},
+              {"id": "loss-gap", "model": "m", "status": "fail", "message": "gap", "answered_by": ["eot(pgd)"]}]
+    rows = check_rows(SimpleNamespace(checks=checks, provenance={"verdict_spread": spread}))  # type: ignore[arg-type]
+    assert rows[0].message.endswith("verdict over repeated draws (ε=0.1: 12/64 robust in all 5 draws, 14–17 in a "
+                                    "single draw)")
+    assert rows[1].message.endswith("in the worst case)")  # only the randomness checks quote it
