@@ -38,6 +38,7 @@ CASES = [pytest.param(base, name, marks=pytest.mark.slow, id=f"{base}-{name}")
 
 
 @pytest.mark.parametrize(("base", "name"), CASES)
+@pytest.mark.usefixtures("one_thread")  # two torch threads on a shared 2-core machine spin: several times the CPU
 def test_full_checks_answer_or_flag_an_obfuscated_model(base: str, name: str) -> None:
     torch.manual_seed(0)
     model = CORPUS[name](create_model(base)).eval()
@@ -52,6 +53,7 @@ def test_full_checks_answer_or_flag_an_obfuscated_model(base: str, name: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("base", ["digits-cnn", "digits-cnn-pgdat"])
+@pytest.mark.usefixtures("one_thread")
 def test_honest_twin_has_no_unanswered_failure_and_keeps_its_headline(base: str) -> None:
     model = create_model(base)
     full = _full_audit(base, model)

@@ -281,7 +281,7 @@ def test_every_listed_name_has_a_class():
     for name in ("bim", "illc", "mifgsm", *WRAPPERS):
         cls = attack_class(name)
         assert cls.__doc__ and valid_settings(cls) is not None
-    assert valid_settings(attack_class("eot")) == ["k"]
+    assert valid_settings(attack_class("eot")) == ["k", "judge"]
     assert valid_settings(attack_class("transfer")) == ["surrogate", "di"]
 
 

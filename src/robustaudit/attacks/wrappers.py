@@ -81,7 +81,9 @@ class EOT(_Wrapper):
 
     The wrapped attack runs against :class:`Expectation` — a module whose forward is the mean of ``k``
     forward passes of the model — so each gradient it takes is the average over ``k`` draws of the
-    model's randomness, and its success checks use the averaged prediction. This is the adaptive
+    model's randomness, and its success checks use the averaged prediction. With ``judge=R`` the runner
+    scores each sample on ``R`` draws of the model's own prediction (robust only if correct in all) and
+    records how often each sample was correct (the verdict's spread). This is the adaptive
     attack for randomized defenses (random noise, random resizing, dropout kept at test time). The
     randomness must be the model's own and active in eval mode: the attack runs the model in eval
     mode, as every attack does. Costs ``k`` forward/backward passes per step of the wrapped attack.
@@ -95,11 +97,18 @@ class EOT(_Wrapper):
     """
 
     name = "eot"
-    SETTINGS = Settings(Int("k", 20, "forward passes averaged per gradient", 1, MAX_EOT))
+    SETTINGS = Settings(Int("k", 20, "forward passes averaged per gradient", 1, MAX_EOT),
+                        Int("judge", 1, "draws of the final prediction (the runner's): robust only if correct in "
+                            "every draw; the spread over draws goes to provenance['verdict_spread']", 1, 100))
 
-    def __init__(self, attack: Attack, *, k: int = 20) -> None:
+    def __init__(self, attack: Attack, *, k: int = 20, judge: int = 1) -> None:
         EOT.SETTINGS.apply(self, locals())
         self._adopt("eot", attack)
+
+    @property
+    def judge_repeats(self) -> int:
+        """How many times the runner draws the prediction it scores a sample on (``judge``)."""
+        return self.judge
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         view = Expectation(model, self.k)

@@ -62,6 +62,10 @@ ADAPTIVE: dict[str, tuple[str, ...]] = {
 }
 #: Forward passes averaged per gradient by the ``eot`` family.
 EOT_K = 10
+#: Draws of the final prediction per sample under the ``eot`` family: robust only if correct in all of them;
+#: the spread over draws goes to ``provenance["verdict_spread"]`` (Athalye et al. 2018 judge a randomized
+#: defense over repeated draws as well).
+EOT_JUDGE = 5
 #: Queries per sample of the ``square`` family (Square's own default, as the check's is 1000).
 SQUARE_QUERIES = 5000
 
@@ -147,7 +151,7 @@ class _Families:
                 return []
             entries = [AttackEntry(f"bpda({e.name})", BPDA(e.attack)) for e in entries]
         if self.probe.randomized:
-            entries = [AttackEntry(f"eot({e.name})", EOT(e.attack, k=EOT_K)) for e in entries]
+            entries = [AttackEntry(f"eot({e.name})", EOT(e.attack, k=EOT_K, judge=EOT_JUDGE)) for e in entries]
         return entries
 
     def _existing(self, test: object) -> list[AttackEntry]:
@@ -235,6 +239,12 @@ def passes_per_sample(attack: Attack) -> int:
     if "queries" in s:
         return int(s["queries"]) * restarts
     return 2 * int(s.get("steps", 1) or 1) * restarts
+
+
+def cheapest_first(entries: Sequence[AttackEntry]) -> list[AttackEntry]:
+    """``entries`` by :func:`passes_per_sample`, cheapest first (stable): under the cascade across columns the
+    costly ones (Square, EOT) then attack only what the cheap ones left standing."""
+    return sorted(entries, key=lambda e: passes_per_sample(e.attack))
 
 
 def estimate_passes(extra: Sequence[AttackEntry], result: ResultMatrix, model: str, grid: Sequence[float]) -> int:

@@ -87,7 +87,8 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
         seed=spec.seed, batch_size=spec.batch_size), encode_checks, decode_checks))
     added: list[tuple[str, AttackEntry]] = []
     if spec.checks == "full":
-        from robustaudit.checks.adaptive import answered, estimate_passes, plan_adaptive
+        from robustaudit.checks.adaptive import answered, cheapest_first, estimate_passes, plan_adaptive
+        from robustaudit.evaluate.result import WORST_CASE
 
         for entry in entries:
             if entry.name not in probes:
@@ -97,10 +98,15 @@ def sanity_checks(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: 
             plan = plan_adaptive([verdicts[k] for k in mine], probes[entry.name], attacks, columns)
             if plan.run:
                 _announce(entry.name, plan.run, estimate_passes(plan.run, result, entry.name, grid), result, progress)
-                more = run([entry], data, plan.run, grid, norm=spec.norm, ids=ids, batch_size=spec.batch_size,
-                           device=device, seed=spec.seed, store=store, progress=progress,
-                           example_eps=example_eps(entries, grid), reuse=spec.resume)
+                # AutoAttack's cascade: each adaptive column attacks only what the audit and the cheaper
+                # adaptive columns left standing (the worst case is the same; the cost is the survivors')
+                standing = {float(e): set(result.robust_ids.get((entry.name, WORST_CASE, float(e)), ())) for e in grid}
+                more = run([entry], data, cheapest_first(plan.run), grid, norm=spec.norm, ids=ids,
+                           batch_size=spec.batch_size, device=device, seed=spec.seed, store=store, progress=progress,
+                           example_eps=example_eps(entries, grid), reuse=spec.resume, standing=standing)
                 result.add_columns(more)
+                if more.provenance.get("verdict_spread"):
+                    result.provenance.setdefault("verdict_spread", []).extend(more.provenance["verdict_spread"])
                 added += [(entry.name, a) for a in plan.run]
                 counts = more.provenance.get("resume")
                 if counts and "resume" in result.provenance:

@@ -53,13 +53,9 @@ def run(
     norm: str = "linf", ids: Sequence[int] | None = None, batch_size: int = 256,
     device: torch.device | str = "cpu", seed: int = 0, store: Store | None = None,
     progress: Progress | None = None, example_eps: float | None = None,
-    examples_per_cell: int = 2,
-    task: Task | None = None,
-    reuse: bool = False,
-    train_data: ImageData | None = None,
-    fast: FastPath | None = None,
-    resamples: int = BOOTSTRAP,
-    artifacts: Artifacts | None = None,
+    examples_per_cell: int = 2, task: Task | None = None, reuse: bool = False,
+    train_data: ImageData | None = None, fast: FastPath | None = None, resamples: int = BOOTSTRAP,
+    artifacts: Artifacts | None = None, standing: dict[float, set[int]] | None = None,
 ) -> ResultMatrix:
     """Evaluate every model on clean data and under every attack at every eps.
 
@@ -67,7 +63,7 @@ def run(
         models: the rows; each module maps ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)`` (classification)
             or ``(N, K, H, W)`` (segmentation: masks ``(N, H, W)`` int64, ``data.ignore_index`` ignored).
         data: the samples; ``ids`` selects which (default: all).
-        attacks: the columns, run independently of each other (the worst case is per sample).
+        attacks: the columns, independent of each other unless ``standing`` (the worst case is per sample).
         eps: the radii, in pixel units of ``norm``.
         task: what the models do (default: the data's, :func:`~robustaudit.core.task.task_of`).
         reuse: resume: read every batch already in ``store`` back instead of recomputing it (the caller
@@ -77,6 +73,9 @@ def run(
         fast: the attack's precision, ``torch.compile``, channels_last (scoring stays float32); a task that
             lacks one refuses it (``Task.refuse``). Out of memory halves an attack batch (no result changes).
         resamples: bootstrap resamples of segmentation's intervals.
+        standing: a cascade across columns (AutoAttack's; one model): at each eps a fixed-eps column attacks
+            only the ids in ``standing[eps]``, which each finished cell narrows to its survivors in place, so
+            a column's figure is the worst case of those before it and itself. ``None``: columns independent.
     Returns:
         A :class:`ResultMatrix` from the per-sample outcomes (segmentation: :data:`SEG_COLUMNS` records,
         ``class_iou``, ``unbounded``); ``provenance`` left to the caller except ``resume`` (when ``reuse``),
@@ -85,13 +84,13 @@ def run(
     A clean batch whose inputs differ from the stored ones is refused when ``reuse`` (:class:`UserError`).
     """
     grid, sample_ids = _checked(models, data, attacks, eps, norm, ids, batch_size, reuse=reuse, store=store,
-                                train_data=train_data)
+                                train_data=train_data, standing=standing)
     task, dev, bar, fast = task or task_of(data), torch.device(device), progress or NoProgress(), fast or FastPath()
     task.refuse(o for o, used in (("precision", fast.precision != "fp32"), ("compile", fast.compile)) if used)
     samples = Samples(data, sample_ids, batch_size, dev)
     state = RunState(example_eps=grid[len(grid) // 2] if example_eps is None else example_eps,
                      examples_per_cell=examples_per_cell, reuse=reuse, train_data=train_data,
-                     artifacts=artifacts or Artifacts())
+                     artifacts=artifacts or Artifacts(), standing=standing)
     scoring = _scoring(task, state, seed, resamples)
     nhwc = task.supports("channels_last") and fast.uses_channels_last(dev, tuple(data.sample_shape))
     for entry in models:
@@ -135,14 +134,19 @@ def _columns(ctx: ModelRun, attacks: Sequence[AttackEntry], targets: list[int], 
 def _sweep(ctx: ModelRun, a: AttackEntry, targets: list[int], grid: list[float]) -> None:
     """Sweep eps upwards; with the task's cascade only the survivors of the previous eps are attacked."""
     state, attacked = ctx.state, list(targets)
+    across = state.standing if ctx.task.cascade else None
     for eps in grid:
         threat = ThreatModel(ctx.norm, eps)
+        if across is not None:  # what an earlier column broke at this eps is broken: not attacked again
+            attacked = [i for i in attacked if i in across.get(eps, ())]
         if isinstance(a.attack, UniversalAttack) and state.reuse and ctx.store is not None:
             _reuse_fit(ctx, a, threat)
         cell = _cell(ctx, a, threat, attacked, state.examples_per_cell if eps == state.example_eps else 0)
         if len(attacked) < len(targets):
             ctx.bar.advance(len(targets) - len(attacked))  # broken at a smaller eps: not attacked again
         still = ctx.scoring.end_cell(ctx, cell, attacked)
+        if across is not None:
+            across[eps] = set(still)
         if ctx.task.cascade:
             attacked = still
 
@@ -168,7 +172,7 @@ def _reuse_fit(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> None:
 
 def _checked(models: Sequence[ModelEntry], data: ImageData, attacks: Sequence[AttackEntry], eps: Sequence[float],
              norm: str, ids: Sequence[int] | None, batch_size: int, *, reuse: bool, store: Store | None,
-             train_data: ImageData | None) -> tuple[list[float], list[int]]:
+             train_data: ImageData | None, standing: dict[float, set[int]] | None = None) -> tuple[list[float], list[int]]:
     """The eps grid and the sample ids of :func:`run`; refuses, before any model runs, what it cannot do."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -178,6 +182,8 @@ def _checked(models: Sequence[ModelEntry], data: ImageData, attacks: Sequence[At
         raise UserError("no attack to run")
     if reuse and store is None:
         raise ValueError("reuse=True needs the store of the run to resume")
+    if standing is not None and len(models) != 1:
+        raise ValueError("a cascade across columns (standing=) is one model's")
     universal = [a.name for a in attacks if isinstance(a.attack, UniversalAttack)]
     if universal and train_data is None:
         raise UserError(f"attack '{universal[0]}' is fitted on training data: give a data set with a train split "
@@ -200,6 +206,8 @@ def _result(scoring: Scoring, state: RunState) -> ResultMatrix:
         result.provenance["skipped"] = state.skipped
     if state.halvings:
         result.provenance["oom_halvings"] = state.halvings
+    if state.spread:
+        result.provenance["verdict_spread"] = state.spread
     if state.artifacts.records:
         result.provenance["fits"] = list(state.artifacts.records)
     return result
@@ -220,6 +228,22 @@ def _skip_gradient_attack(ctx: ModelRun, a: AttackEntry, exc: NoInputGradients, 
         queue.append(AttackEntry("square", Square()))
         note = "; running the black-box attack 'square' instead"
     warnings.warn(f"model '{model}' has no input gradients ({exc}): attack '{a.name}' skipped{note}", stacklevel=2)
+
+
+def _judge(ctx: ModelRun, attack: Any, adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[list[bool]] | None]:
+    """The predictions ``(B,)`` an attacked batch ``adv (B, C, H, W)`` is scored on. An attack with
+    ``judge_repeats`` R > 1 (``EOT(judge=R)``: a randomized model) draws them R times: a sample counts as robust
+    only if correct in every draw (its first wrong prediction is kept), and per sample its R outcomes come
+    back (the verdict's spread); else ``None``."""
+    preds = model_forward(ctx.model, adv, ctx.name).argmax(1)
+    repeats = int(getattr(attack, "judge_repeats", 1))
+    if repeats <= 1 or not isinstance(ctx.scoring, ClassScoring):
+        return preds, None
+    every = torch.stack([preds, *(model_forward(ctx.model, adv, ctx.name).argmax(1) for _ in range(repeats - 1))], 1)
+    ok = every == y.view(-1, 1)  # (B, R)
+    first_wrong = (~ok).to(torch.uint8).argmax(1, keepdim=True)
+    chosen = torch.where((~ok).any(1), every.gather(1, first_wrong).squeeze(1), preds)
+    return chosen, ok.cpu().tolist()
 
 
 def _clean_pass(name: str, model: torch.nn.Module, samples: Samples, dev: torch.device, store: Store | None,
@@ -277,9 +301,11 @@ def _attack_batches(ctx: ModelRun, a: AttackEntry, threat: ThreatModel, ids: Seq
         if adv.shape != x.shape or not torch.isfinite(adv).all():
             raise RuntimeError(f"attack '{a.name}' returned a bad tensor (shape {tuple(adv.shape)})")
         with torch.no_grad():
-            preds = model_forward(ctx.model, adv, ctx.name).argmax(1)
+            preds, draws = _judge(ctx, attack, adv, y)
         out = scoring.score(ctx, cell, batch, x, y, adv, preds, targets)
         out.seconds, out.forward_passes, out.backward_passes = time.perf_counter() - t0, forward, backward
+        if draws is not None:
+            out.draws = draws
         if ctx.store is not None:
             scoring.write(ctx, a.name, eps, batch, y, out)
         ctx.state.computed += 1

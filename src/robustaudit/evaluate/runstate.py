@@ -66,6 +66,10 @@ class RunState:
     #: per (model, attack): later batches start there instead of running out of memory again
     halvings: list[dict[str, Any]] = field(default_factory=list)
     chunks: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: the cascade across columns (``run(standing=...)``): per eps, the ids every column so far left standing
+    standing: dict[float, set[int]] | None = None
+    #: per cell judged over repeated draws (``EOT(judge=R)``): the spread of its verdict (``provenance["verdict_spread"]``)
+    spread: list[dict[str, Any]] = field(default_factory=list)
 
     def add_cell(self, ctx: ModelRun, attack: str, eps: float, attacked: list[int], robust: list[int], seconds: float,
                  forward: int, backward: int, norms: dict[int, float]) -> None:

@@ -83,8 +83,15 @@ class ClassCell:
     seconds: float = 0.0
     forward: int = 0
     backward: int = 0
+    #: per sample, correct in each draw of a repeated judgement; ``partial``: a batch came back without them
+    draws: dict[int, list[bool]] = field(default_factory=dict)
+    partial: bool = False
 
     def add(self, b: StoredBatch) -> None:
+        if b.draws is not None:
+            self.draws.update(zip(b.ids, b.draws))
+        elif b.ids:
+            self.partial = True
         self.correct.update(zip(b.ids, b.correct))
         self.norms.update(zip(b.ids, b.norms))
         self.examples.extend(ex for _, ex in b.examples)
@@ -165,6 +172,8 @@ class ClassScoring:
     def end_cell(self, ctx: ModelRun, cell: ClassCell, attacked: list[int]) -> list[int]:
         """Record a fixed-eps cell; its survivors (in attack order) are the next eps's targets."""
         still = [i for i in attacked if cell.correct[i]]
+        if cell.draws:
+            self.state.spread.append(verdict_spread(ctx, cell, attacked))
         self.state.examples.extend(cell.examples)
         self.state.add_cell(ctx, cell.attack, cell.eps, attacked, sorted(still), cell.seconds, cell.forward,
                             cell.backward, cell.norms)
@@ -197,10 +206,28 @@ class ClassScoring:
         return ResultMatrix.from_outcomes(state.outcomes, examples=state.examples, minimal_norms=state.minimal_norms)
 
 
+def verdict_spread(ctx: ModelRun, cell: ClassCell, attacked: list[int]) -> dict[str, Any]:
+    """How a cell judged over R draws of a randomized model's prediction varies: the robust count of each draw
+    alone (``per_draw``, over the ``n`` audited samples), robust in every draw (the figure reported) and in
+    at least one, and how many attacked samples were correct in exactly k of the R draws (``histogram[k]``).
+    ``partial``: some batches were read back from the store (draws are not stored) and are left out."""
+    rows = [cell.draws[i] for i in attacked if i in cell.draws]
+    repeats = len(rows[0]) if rows else 0
+    hist = [0] * (repeats + 1)
+    for r in rows:
+        hist[sum(r)] += 1
+    per_draw = [sum(r[k] for r in rows) for k in range(repeats)]
+    return {"model": ctx.name, "attack": cell.attack, "eps": cell.eps, "repeats": repeats, "n": ctx.n,
+            "attacked": len(attacked), "robust_every_draw": sum(all(r) for r in rows),
+            "robust_some_draw": sum(any(r) for r in rows), "per_draw": per_draw,
+            "per_draw_min": min(per_draw, default=0), "per_draw_max": max(per_draw, default=0),
+            "histogram": hist, "partial": cell.partial}
+
+
 def without_column(state: RunState, model: str, attack: str) -> None:
     """Drop what a column stored in the run's classification accumulators (a skipped attack)."""
     state.outcomes = state.outcomes.without([(model, attack)])  # a partial column, if any
     state.examples = [e for e in state.examples if (e.model, e.attack) != (model, attack)]
 
 
-__all__: Sequence[str] = ["ClassCell", "ClassScoring", "Scoring", "without_column"]
+__all__: Sequence[str] = ["ClassCell", "ClassScoring", "Scoring", "verdict_spread", "without_column"]

@@ -113,6 +113,8 @@ class StoredBatch:
     #: samples the attack pushed through the model's forward, and back through it
     forward_passes: int = 0
     backward_passes: int = 0
+    #: per sample, correct in each draw of a repeated judgement (``EOT(judge=R)``); computed batches only
+    draws: list[list[bool]] | None = None
 
 
 @dataclass

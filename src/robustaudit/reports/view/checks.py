@@ -42,7 +42,8 @@ def doc_href(doc: Any) -> str | None:
 def check_rows(result: ResultMatrix) -> list[CheckRow]:
     """Every verdict, in the order the checks ran; a failure an adaptive evaluation answered says by what."""
     return [CheckRow(status=str(c.get("status", DASH)), mark=STATUS_MARK.get(str(c.get("status")), ""),
-                     id=str(c.get("id", DASH)), model=str(c.get("model") or DASH), message=_message(c),
+                     id=str(c.get("id", DASH)), model=str(c.get("model") or DASH),
+                     message=_message(c) + _spread(result, c),
                      doc=str(c["doc"]) if c.get("doc") else None, doc_href=doc_href(c.get("doc")))
             for c in result.checks]
 
@@ -52,6 +53,28 @@ def _message(check: dict[str, Any]) -> str:
     answered = check.get("answered_by")
     message = str(check.get("message", ""))
     return f"{message} (answered by {', '.join(map(str, answered))} in the worst case)" if answered else message
+
+
+#: the checks of randomness: their answer (EOT) is judged over repeated draws, whose spread their row shows
+_RANDOMNESS = ("deterministic", "eps-zero")
+
+
+def _spread(result: ResultMatrix, check: dict[str, Any]) -> str:
+    """For a randomness check answered by EOT columns judged over repeated draws
+    (``provenance["verdict_spread"]``): per eps, the answering column with the fewest samples robust in every
+    draw (the figure), and the range a single draw would have reported."""
+    answered = check.get("answered_by") or ()
+    if check.get("id") not in _RANDOMNESS or not answered:
+        return ""
+    rows = [s for s in result.provenance.get("verdict_spread", [])
+            if s.get("model") == check.get("model") and s.get("attack") in answered]
+    worst: dict[float, dict[str, Any]] = {}
+    for s in rows:
+        if s["eps"] not in worst or s["robust_every_draw"] < worst[s["eps"]]["robust_every_draw"]:
+            worst[s["eps"]] = s
+    parts = [f"ε={e:g}: {s['robust_every_draw']}/{s['n']} robust in all {s['repeats']} draws, "
+             f"{s['per_draw_min']}–{s['per_draw_max']} in a single draw" for e, s in sorted(worst.items())]
+    return f"; verdict over repeated draws ({', '.join(parts)})" if parts else ""
 
 
 def checks_tally(checks: list[dict[str, Any]]) -> str:
