@@ -313,5 +313,6 @@ def throughput(records: pd.DataFrame) -> dict[str, dict[str, Any]]:
         attacked = pd.to_numeric(group["n_attacked"], errors="coerce").fillna(0).sum()
         seconds = pd.to_numeric(group["seconds"], errors="coerce").fillna(0).sum()
         out[str(model)] = {"attacked_samples": int(attacked), "attack_seconds": round(float(seconds), 3),
-                           "images_per_second": round(float(attacked / seconds), 2) if seconds > 0 else None}
+                           # four significant digits: 0.1234 images/s for a ResNet-50 on a CPU core, 12,340 on a GPU
+                           "images_per_second": float(f"{attacked / seconds:.4g}") if seconds > 0 else None}
     return out
