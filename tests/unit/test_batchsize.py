@@ -119,3 +119,22 @@ def test_throughput_counts_attacked_samples_over_seconds_without_the_worst_case(
 
 def test_pow2():
     assert [bs._pow2(v) for v in (0.3, 1, 1.9, 2, 255.9, 256, 1000)] == [1, 1, 1, 2, 128, 256, 512]
+
+
+def test_given_wins_then_a_resumed_runs_stored_size(tmp_path, monkeypatch):
+    from robustaudit.evaluate.spec import AuditSpec
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed although the batch size was known")
+
+    monkeypatch.setattr(bs, "choose_batch_size", no_probe)
+    spec = AuditSpec(models=(), data="digits", attacks=(), eps=(0.1,), out=str(tmp_path), batch_size=5)
+    sized, choice = bs.sized(spec, None, CPU)
+    assert sized is spec and choice.record() == {"size": 5, "source": "given",
+                                                 "reason": "given by the user (--batch-size)"}
+    store = Store(tmp_path / STORE_FILE)
+    store.put_meta("fingerprint", {"batch_size": 8})
+    store.close()
+    resumed = AuditSpec(models=(), data="digits", attacks=(), eps=(0.1,), out=str(tmp_path), resume=True)
+    sized, choice = bs.sized(resumed, None, CPU)
+    assert (sized.batch_size, choice.source) == (8, "resumed")
