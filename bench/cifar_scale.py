@@ -185,9 +185,10 @@ def main() -> None:
     for name, runs in rounds.items():
         rows[name] = dict(runs[0], cpu=statistics.median(r["cpu"] for r in runs),
                           wall=statistics.median(r["wall"] for r in runs))
+    peer = torchattacks_aa(args.eps, args.aa_steps)
     expensive = {"robustaudit APGD-CE-100": ours(APGD(steps=100, loss="ce")),
                  "robustaudit fast": ours(FastEnsemble()),
-                 f"torchattacks AutoAttack ({args.aa_steps} steps)": lambda m: torchattacks_aa(args.eps, args.aa_steps)(m, x, y)}
+                 f"torchattacks AutoAttack ({args.aa_steps} steps)": lambda m: peer(m, x, y)}
     for name, fn in expensive.items():
         rows[name] = measured(model, fn, x, y)
         print(f"  {name}: {rows[name]['cpu']:.1f} CPU s", flush=True)
