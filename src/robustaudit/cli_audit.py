@@ -98,7 +98,8 @@ def _what_flags(a: argparse.ArgumentParser) -> None:
                    help="threat-model norm (default linf); patch: eps is the share of the image area a patch covers "
                    "(--attack patch; default eps 0.02,0.05,0.1,0.15,0.2)")
     a.add_argument("--n", type=int, metavar="N", help="audit the first N samples (default: all)")
-    a.add_argument("--batch-size", type=int, metavar="B", dest="batch_size", help="batch size (default 256)")
+    a.add_argument("--batch-size", type=int, metavar="B", dest="batch_size", help="batch size (default: automatic, the largest that fits the device "
+                   "by a probe of each model, at most 256 on CPU; recorded in results.json)")
     a.add_argument("--device", metavar="DEV", help="auto (CUDA when available), cpu, cuda, cuda:N (default auto)")
     a.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
     a.add_argument("--out", metavar="DIR", help="output directory (default robustaudit-out)")

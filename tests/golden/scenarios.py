@@ -77,7 +77,10 @@ FLOAT_TOL = 2e-6
 #: keys whose values are times, versions or the machine, not results
 _VOLATILE = {"seconds", "started_at", "finished_at", "torch", "python", "platform", "robustaudit", "device",
              "latency_ms", "latency", "throughput", "peak_memory_bytes", "memory", "out", "artifact", "path",
-             "spec", "peak_memory", "train_seconds", "fit_seconds", "images_per_second", "throughput_images_per_second"}
+             "spec", "peak_memory", "train_seconds", "fit_seconds", "images_per_second", "throughput_images_per_second",
+             # how the batch size was chosen (issue 18): the probe's figures and the machine's free memory; the
+             # size itself is provenance.config.batch_size, and every figure it could move is compared
+             "batch_sizing"}
 
 
 def normalize(doc: Any) -> Any:

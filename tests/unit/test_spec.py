@@ -80,12 +80,12 @@ def test_segmentation_data_alone_gets_the_segmentation_defaults(tmp_path):
     assert [m.spec for m in spec.models] == ["unet-tiny"]
     assert spec.attacks == ("pgd", "segpgd", "cospgd")
     assert spec.eps == (0.01, 0.02, 0.04)
-    assert (spec.n, spec.batch_size) == (100, 32)
+    assert (spec.n, spec.batch_size) == (100, None)  # chosen when the audit runs, at most 32 (batchsize.py)
     assert spec.detectors == ()  # the embedded default's detector wraps classifiers only
-    # the same audit on classification data: the default detector, all samples, the full batch
+    # the same audit on classification data: the default detector, all samples, the batch chosen at run time
     default = _cli(tmp_path)
     assert (default.task, default.detectors, default.n, default.batch_size) == ("classification", ("squeeze",),
-                                                                                None, 256)
+                                                                                None, None)
     assert [m.spec for m in default.models] == list(opt.DEFAULT_MODELS) and default.eps == opt.EMBEDDED_EPS
     # the embedded default: the 2×2 table's two models, a scale-invariant attack, one detector row
     assert opt.DEFAULT_MODELS == ("digits-cnn", "digits-cnn-pgdat") and default.eps == (0.1, 0.2, 0.3)
@@ -101,7 +101,7 @@ def test_segmentation_data_alone_gets_the_segmentation_defaults(tmp_path):
 def test_segmentation_model_from_the_api_keeps_all_samples(capture):
     spec = capture(lambda: api.audit("unet-tiny", "digit-scenes"))
     assert (spec.task, spec.attacks, spec.eps) == ("segmentation", ("pgd", "segpgd", "cospgd"), (0.01, 0.02, 0.04))
-    assert (spec.n, spec.batch_size, spec.detectors) == (None, 32, ())  # a model was named: no n cap
+    assert (spec.n, spec.batch_size, spec.detectors) == (None, None, ())  # a model was named: no n cap
 
 
 def test_eps_fractions_are_accepted_everywhere_and_parsed_once(tmp_path, capture, monkeypatch):
@@ -123,7 +123,7 @@ def test_every_entry_point_resolves_the_same_plain_defaults(tmp_path, capture):
     for spec in (api_spec, cli_spec):
         assert (spec.norm, spec.batch_size, spec.device, spec.seed, spec.checks, spec.precision, spec.tf32,
                 spec.compile, spec.detectors, spec.eps, spec.attacks) == (
-            "linf", 256, "auto", 0, "basic", "fp32", False, False, (), opt.DEFAULT_EPS, opt.DEFAULT_ATTACKS)
+            "linf", None, "auto", 0, "basic", "fp32", False, False, (), opt.DEFAULT_EPS, opt.DEFAULT_ATTACKS)
     assert (api_spec.out, cli_spec.out) == (None, str(tmp_path / "out"))  # only the CLI writes by default
     plugin_spec = capture(_plugin(_net(), "digits"))
     assert (plugin_spec.n, plugin_spec.checks, plugin_spec.eps) == (64, "off", opt.DEFAULT_EPS)  # smoke profile

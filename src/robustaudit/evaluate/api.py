@@ -24,7 +24,7 @@ def audit(
     model: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike], data: Any = "digits", *,
     attacks: str | Attack | Sequence[str | Attack] = DEFAULT_ATTACKS,
     eps: float | str | Sequence[float | str] = DEFAULT_EPS,
-    norm: str = "linf", n: int | None = None, batch_size: int = 256, device: str = "auto", seed: int = 0,
+    norm: str = "linf", n: int | None = None, batch_size: int | None = None, device: str = "auto", seed: int = 0,
     out: str | Path | None = None, progress: Progress | None = None, resume: bool = False, overwrite: bool = False,
     checks: str = "basic", cost: bool = True, defense: str | Sequence[str] | None = None, defense_fpr: float = 0.05,
     defense_data: Any = None, physical: bool = False, train_data: Any = None, task: str = "auto",

@@ -32,6 +32,7 @@ from robustaudit.evaluate import extras
 from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe
 from robustaudit.evaluate.fastpath import halving_summary, tf32_mode
 from robustaudit.evaluate.artifacts import Artifacts
+from robustaudit.evaluate.batchsize import BatchChoice, sized, throughput
 from robustaudit.evaluate.header import (attacks_block, example_eps, fit_split, meaningless_warnings, model_costs,
                                          run_header)
 from robustaudit.evaluate.physical import physical_sections
@@ -89,6 +90,8 @@ class _Run:
     #: the stages after the matrix (stored, read back on resume) and the fitted attacks (OUT/artifacts)
     stages: Stages = field(default_factory=Stages)
     artifacts: Artifacts = field(default_factory=Artifacts)
+    #: the batch size the spec now holds, and why (``provenance["batch_sizing"]``)
+    sizing: BatchChoice | None = None
 
     @property
     def cost_batch(self) -> int:
@@ -118,7 +121,10 @@ def _execute(spec: AuditSpec, subject: Subject, progress: Progress | None,
     """:func:`execute` for classification in this process (``dist``: this rank's place in a multi-process audit)."""
     dev = dist.device if dist is not None else resolve_device(spec.device)
     spec.fast.validate(dev)
-    r = _Run(spec, subject, progress, dist, dev, subset(subject.data, spec.n))
+    # the batch size, when not given: probed on this device (a rank's own store when resuming)
+    rank_store = None if dist is None or spec.out is None else multiproc.rank_store_path(spec.out, dist.rank)
+    spec, sizing = sized(spec, subject, dev, rank_store)
+    r = _Run(spec, subject, progress, dist, dev, subset(subject.data, spec.n), sizing=sizing)
     if spec.out is not None:
         fp = fingerprint(spec, subject, n=len(r.ids), device=dev)
         r.store = _open_store(spec.out, fp, spec.config(), resume=spec.resume, overwrite=spec.overwrite, dist=dist)
@@ -210,6 +216,8 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         "attack precision": spec.fast.summary(dev),
         **({"processes": _processes(r.dist)} if r.dist is not None else {}),
         **({"out-of-memory": halving_summary(resumed["oom_halvings"])} if resumed.get("oom_halvings") else {}),
+        **({"batch_sizing": r.sizing.record()} if r.sizing is not None else {}),
+        "throughput": throughput(result.records),
         **resumed,
     }
     meaningless = meaningless_warnings(result.records, sub.data.num_classes)  # near chance, too few samples

@@ -50,6 +50,8 @@ DEFAULT_DEFENSE = "squeeze"
 #: (each wrapped model costs as much again as its own matrix rows).
 DEFAULT_DEFENSE_MODELS: tuple[str, ...] = ("digits-cnn",)
 DEFAULT_DATA = "digits"
+#: The largest automatic batch on CPU (:mod:`robustaudit.evaluate.batchsize`): the batch size before it was
+#: automatic, so the digits audits, whose models fit it with room to spare, run as they did.
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_DEVICE = "auto"
 DEFAULT_SEED = 0

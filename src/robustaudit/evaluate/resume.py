@@ -25,6 +25,7 @@ Policy for an ``--out`` that already holds a store:
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -165,6 +166,25 @@ def _short(weights: str | None) -> str:
         return "none"
     kind, _, sha = weights.partition(":")
     return f"{sha[:12]}… ({'file' if kind == 'file' else 'state_dict'})"
+
+
+def stored_batch_size(out: str | Path, store_path: str | Path | None = None) -> int | None:
+    """The batch size of the run stored in ``out`` (or ``store_path``), read without changing the store;
+    ``None`` when there is no readable store or fingerprint. A resumed run whose batch size was chosen
+    automatically keeps this one: its stored batches are looked up by their exact ids."""
+    path = Path(out) / STORE_FILE if store_path is None else Path(store_path)
+    if not path.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+    except sqlite3.Error:
+        return None  # open_store says what is wrong with the file
+    try:
+        size = json.loads(row[0]).get("batch_size") if row else None
+    except (ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
 
 
 def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, resume: bool, overwrite: bool,

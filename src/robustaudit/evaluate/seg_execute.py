@@ -22,7 +22,9 @@ from typing import Any
 from robustaudit.core.task import IGNORE_INDEX, task_of
 from robustaudit.data.base import subset
 from robustaudit.evaluate.artifacts import Artifacts
+from robustaudit.evaluate.batchsize import sized, throughput
 from robustaudit.evaluate.header import example_eps, fit_split, jsonable, model_costs, run_header
+from robustaudit.evaluate.options import SEG_MAX_BATCH
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
 from robustaudit.evaluate.runner import Progress, resolve_device, run
@@ -36,6 +38,8 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
     """Run the segmentation audit of ``spec`` (its batch is already capped for segmentation) on ``subject``."""
     entries, data, attacks = subject.entries, subject.data, subject.attacks
     dev = resolve_device(spec.device)
+    # not given: probed, at most segmentation's cap (masks and per-pixel logits are K*H*W times larger)
+    spec, sizing = sized(spec, subject, dev, cap=SEG_MAX_BATCH)
     grid = list(spec.eps)
     ids = subset(data, spec.n)
     train = fit_split(data, attacks, spec.train_data)
@@ -68,6 +72,8 @@ def execute_segmentation(spec: AuditSpec, subject: Subject, progress: Progress |
         "attacks": [_attack_doc(a) for a in attacks],
         "example_eps": example_eps(entries, grid),
         "batch_size": spec.batch_size,
+        "batch_sizing": sizing.record(),
+        "throughput": throughput(result.records),
         "intervals": f"95% percentile bootstrap over images ({BOOTSTRAP} resamples)",
         "checks": {"level": spec.checks, "seconds": 0.0, "skipped": task_of(data).why_not("checks")},
         **({"fits": fits} if fits else {}),

@@ -10,6 +10,8 @@ gets its default here and nowhere else. Defaults that depend on the audit:
 - under segmentation, kept classification defaults mean the segmentation ones: models ``unet-tiny``,
   attacks pgd, segpgd, cospgd, eps 0.01, 0.02, 0.04, and without a model the first 100 images; the
   batch is at most 32 (masks and per-pixel logits are K*H*W times larger);
+- the batch size, when not given, stays ``None`` here: the executor chooses it from a probe of the opened
+  models on the device (:mod:`robustaudit.evaluate.batchsize`), since only they know their memory;
 - ``norm="patch"`` without an eps grid gets the patch grid (area shares), not the Lp radii;
 - the embedded default audit (no model, no config file, classification) runs on the grid
   ``EMBEDDED_EPS`` (unless eps is given) and adds the ``squeeze`` detector around ``digits-cnn`` alone.
@@ -105,7 +107,8 @@ class AuditSpec:
     eps: tuple[float, ...]
     norm: str = "linf"
     n: int | None = None
-    batch_size: int = opt.DEFAULT_BATCH_SIZE
+    #: ``None``: chosen at run time (:mod:`robustaudit.evaluate.batchsize`), the largest that fits
+    batch_size: int | None = None
     device: str = opt.DEFAULT_DEVICE
     seed: int = opt.DEFAULT_SEED
     out: str | None = None
@@ -303,8 +306,11 @@ def _n(given: Any, default_segmentation: bool) -> int | None:
     return opt.check_int(given, "--n", low=1)
 
 
-def _batch(given: Any, segmentation: bool) -> int:
-    size = opt.check_int(opt.DEFAULT_BATCH_SIZE if given is None else given, "--batch-size", low=1)
+def _batch(given: Any, segmentation: bool) -> int | None:
+    """The user's batch size (segmentation's capped); ``None``: chosen when the audit runs."""
+    if given is None:
+        return None
+    size = opt.check_int(given, "--batch-size", low=1)
     return min(size, opt.SEG_MAX_BATCH) if segmentation else size
 
 

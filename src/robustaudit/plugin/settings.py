@@ -19,7 +19,6 @@ from typing import Any
 from robustaudit.core.errors import UserError, suggest
 from robustaudit.evaluate.options import (  # torch-free: the audit's defaults and levels, defined once
     CHECK_LEVELS,
-    DEFAULT_BATCH_SIZE,
     DEFAULT_DEVICE,
     DEFAULT_SEED,
     check_choice,
@@ -99,7 +98,7 @@ class Settings:
     restarts_explicit: bool
     seed: int
     device: str
-    batch_size: int
+    batch_size: int | None  # None: chosen by the audit (the largest that fits)
     min_accuracy: float | None
     bound: str
     checks: str  # sanity-check level of robustaudit.audit (CHECK_LEVELS)
@@ -229,7 +228,7 @@ def resolve(options: SessionOptions, marker: Mapping[str, Any], call: Mapping[st
         restarts_explicit="restarts" in call or "restarts" in marker,
         seed=pick("seed", DEFAULT_SEED),
         device=pick("device", options.device or DEFAULT_DEVICE),
-        batch_size=pick("batch_size", DEFAULT_BATCH_SIZE),
+        batch_size=pick("batch_size", None),
         min_accuracy=pick("min_accuracy", None),
         bound=pick("bound", options.gate),
         checks=pick("checks", options.checks or profile.checks),

@@ -113,6 +113,9 @@ def _print_classification(view: ReportView, console: Console) -> None:
     _print_reliability(view, console)
     if view.brief_cost:
         console.print(rich_table(view.brief_cost, no_wrap="all"))
+    rates = dict(view.provenance).get("attack throughput")
+    if rates:  # attacked samples / attack seconds, per model
+        console.print(Text(f"attack throughput: {rates}"))
     for tie in view.model_ties:  # the terminal names model ties at the table's eps; report.md lists them all
         console.print(f"[yellow]note:[/] {tie.sentence()}")
     sections = [s for s in (view.published, view.detection, view.transfer, view.patch, view.physical, view.learned,

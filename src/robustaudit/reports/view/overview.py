@@ -171,12 +171,44 @@ def provenance_items(result: ResultMatrix) -> list[tuple[str, str]]:
             items.append((label, f"{format_seconds(float(value))} s" if key == "seconds" else str(value)))
         if key == "seconds" and isinstance(prov.get("stage_seconds"), dict):
             items.append(("time per stage", stage_seconds_text(prov["stage_seconds"])))
+        if key == "seconds" and (rate := throughput_text(prov)) is not None:
+            items.append(("attack throughput", rate))
+        if key == "seconds" and (size := batch_size_text(prov)) is not None:
+            items.append(("batch size", size))
     known = {k for k, _ in _PROVENANCE_FIELDS} | _SECTIONED
     for key, value in prov.items():
         # Render what is there: a field added upstream shows up without a change here.
         if key not in known and value is not None and not isinstance(value, (dict, list)):
             items.append((key, str(value)))
     return items
+
+
+def throughput_text(prov: dict[str, Any]) -> str | None:
+    """``"digits-cnn 437 images/s (20 attacked in 0.05 s) · ..."``: per model, the samples its attacks attacked
+    over their seconds (``provenance["throughput"]``); ``None`` when absent."""
+    block = prov.get("throughput")
+    if not isinstance(block, dict) or not block:
+        return None
+    parts = []
+    for model, t in block.items():
+        if not isinstance(t, dict):
+            continue
+        rate = t.get("images_per_second")
+        shown = DASH if not isinstance(rate, (int, float)) else (f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}")
+        parts.append(f"{model} {shown} images/s ({t.get('attacked_samples')} attacked in "
+                     f"{format_seconds(float(t.get('attack_seconds') or 0.0))} s)")
+    return " · ".join(parts) or None
+
+
+def batch_size_text(prov: dict[str, Any]) -> str | None:
+    """``"8 (automatic: memory: 171.8 MiB per sample, ... (resnet50))"``: the batch size and why
+    (``provenance["batch_sizing"]``); ``None`` when absent."""
+    block = prov.get("batch_sizing")
+    if not isinstance(block, dict) or "size" not in block:
+        return None
+    source = {"auto": "automatic", "given": "given", "resumed": "resumed"}.get(str(block.get("source")), "")
+    reason = str(block.get("reason") or "")
+    return f"{block['size']} ({source}: {reason})" if source == "automatic" else f"{block['size']} ({reason})"
 
 
 def stage_seconds_text(stages: dict[str, Any]) -> str:
