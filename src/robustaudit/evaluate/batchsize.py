@@ -17,10 +17,9 @@ iterate, the best iterate, the gradient, momentum): :data:`INPUT_COPIES` inputs 
 the largest power of two whose estimate stays within :data:`MEMORY_SHARE` of that memory, at most the cap:
 on CUDA :data:`CUDA_CAP`; on CPU the smaller of :data:`CPU_CAP` and the batch whose forward+backward is
 :data:`CPU_FLOP_BUDGET` FLOPs (three forwards' worth; a forward's FLOPs are twice the
-multiply-accumulates of its convolutions and linear layers, counted by hooks during the probe, as PyTorch's FLOP counter
-counts them), so that a PGD-10 batch of a
-ResNet-50 at 224x224 takes tens of seconds rather than an hour between two updates of the bar and two
-commits of the store. Powers of two keep the choice stable when free memory drifts a little between runs.
+multiply-accumulates of its convolutions and linear layers, counted by hooks during the probe, as
+PyTorch's FLOP counter counts them), so that a PGD-10 batch of a ResNet-50 at 224x224 takes tens of
+seconds rather than an hour between two updates of the bar and two commits of the store. Powers of two keep the choice stable when free memory drifts a little between runs.
 The estimate may still be wrong; the runner halves an attack batch that runs out of memory, as before.
 
 The digits models stay at 256 (the batch size before it was automatic), so their figures do not move.
@@ -66,7 +65,7 @@ PROBES = (1, 3)
 
 @dataclass(frozen=True)
 class BatchChoice:
-    """The batch size an audit runs at, and why (``provenance["batch_size"]``)."""
+    """The batch size an audit runs at, and why (``provenance["batch_sizing"]``)."""
 
     size: int
     #: ``given`` (the user's), ``auto`` (probed), ``resumed`` (the stored run's) or ``fallback``
