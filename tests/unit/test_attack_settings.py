@@ -134,7 +134,7 @@ def test_a_subclass_that_forwards_its_keywords_keeps_the_declaration() -> None:
 
 def test_wrappers_show_the_wrapped_attack_first() -> None:
     eot = from_spec("eot:k=3(pgd:steps=2)")
-    assert list(eot.settings()) == ["attack", "k"] and repr(eot).startswith("EOT(attack=PGD(steps=2, ")
+    assert list(eot.settings()) == ["attack", "k", "judge"] and repr(eot).startswith("EOT(attack=PGD(steps=2, ")
 
 
 def test_an_undeclared_user_attack_keeps_its_switches_checked() -> None:
