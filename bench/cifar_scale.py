@@ -40,11 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchattacks
 import torchvision
 from torch import nn
 
+from _bare import bare_pgd as floor_pgd
 from _machine import machine  # bench/ is on sys.path when a benchmark runs as a script
 from robustaudit.attacks.apgd import APGD
 from robustaudit.attacks.ensemble import FastEnsemble
@@ -99,18 +99,8 @@ def trained(config: TrainConfig, n_train: int | None) -> tuple[nn.Module, dict]:
 
 
 def bare_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10) -> torch.Tensor:
-    """The floor: PGD with nothing but its arithmetic (step 2.5 eps / steps, random start, no early stop),
-    plus the scoring forward of the last iterate. ``(N, 3, 32, 32) -> (N, 3, 32, 32)``."""
-    alpha = 2.5 * eps / steps
-    xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
-        xa = xa.detach() + alpha * grad.sign()
-        xa = torch.minimum(torch.maximum(xa, x - eps), x + eps).clamp(0, 1)
-    with torch.no_grad():
-        model(xa)
-    return xa.detach()
+    """The floor (:func:`_bare.bare_pgd`), step 2.5 eps / steps. ``(N, 3, 32, 32) -> (N, 3, 32, 32)``."""
+    return floor_pgd(model, x, y, eps, 2.5 * eps / steps, steps)
 
 
 def measured(model: nn.Module, fn: Callable[[nn.Module], torch.Tensor], x: torch.Tensor, y: torch.Tensor

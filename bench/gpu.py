@@ -45,10 +45,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from _bare import bare_pgd as floor_pgd
 from _machine import machine  # bench/ is on sys.path when a benchmark runs as a script
 from robustaudit.attacks.gradient import PGD
 from robustaudit.core.threat import ThreatModel
@@ -70,23 +70,14 @@ def cifar_resnet18() -> nn.Module:
 
 
 def bare_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """The floor: PGD-10 with nothing but its arithmetic, at ``dtype`` autocast (None: fp32), plus the
-    scoring forward of the last iterate. ``(N, 3, 32, 32) -> (N, 3, 32, 32)``."""
+    """The floor (:func:`_bare.bare_pgd`): PGD-10 at ``dtype`` autocast (None: fp32). ``(N, 3, 32, 32)``."""
     def forward(inp: torch.Tensor) -> torch.Tensor:
         if dtype is None:
             return model(inp)
         with torch.autocast(x.device.type, dtype=dtype):
             return model(inp).float()
 
-    xa = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
-    for _ in range(STEPS):
-        xa.requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(forward(xa), y), xa)
-        xa = xa.detach() + ALPHA * grad.sign()
-        xa = torch.minimum(torch.maximum(xa, x - EPS), x + EPS).clamp(0, 1)
-    with torch.no_grad():
-        forward(xa)
-    return xa.detach()
+    return floor_pgd(forward, x, y, EPS, ALPHA, STEPS)
 
 
 def _sync(device: torch.device) -> None:
