@@ -27,6 +27,7 @@ The digits models stay at 256 (the batch size before it was automatic), so their
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -170,8 +171,6 @@ def free_memory(device: torch.device) -> int | None:
     except OSError:
         pass
     try:
-        import os
-
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
