@@ -286,3 +286,32 @@ def test_monotone_sweep_reads_back_the_audits_own_runs_exactly():
     assert "accuracy 0.05: 1.00, 0.1: 1.00, 0.2: 0.72, 0.3: 0.03" in read["monotone-eps"].message
     assert read["monotone-eps"].evidence["reversals"] == 0
     assert cheap < 0.75 * full
+
+
+def test_checks_attacks_drop_finished_samples_every_step_with_the_same_outcome(digits_cnn):
+    """The checks' re-attacks (``_compacting``) break mostly within a step or two: dropping finished samples
+    after every step must give the very same adversarials, for fewer passes through the model."""
+    from robustaudit.attacks.gradient import PGD
+    from robustaudit.checks.attacks import _compacting
+    from robustaudit.core.threat import ThreatModel
+
+    x, y = digits_split("test").load(list(range(64)))
+    audit_pgd = PGD(steps=10)
+    check_pgd = _compacting(audit_pgd)
+    assert check_pgd.settings() == {**audit_pgd.settings(), "compact_every": 1}
+    assert _compacting(check_pgd) is check_pgd
+    seen = []
+    handle = digits_cnn.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    try:
+        advs = []
+        for attack in (audit_pgd, check_pgd):
+            seen.clear()
+            advs.append(attack(digits_cnn, x, y, ThreatModel("linf", 0.3), ids=torch.arange(64), seed=3))
+            advs.append(sum(seen))
+    finally:
+        handle.remove()
+    assert torch.equal(advs[0], advs[2])
+    with torch.no_grad():
+        broken = int((digits_cnn(advs[0]).argmax(1) != y).sum())
+    assert broken >= 60  # eps 0.3 breaks the standard CNN: most samples are dropped early
+    assert advs[3] < 0.6 * advs[1], (advs[1], advs[3])
