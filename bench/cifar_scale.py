@@ -10,7 +10,7 @@ torch thread: the bare loop (PGD-10 with nothing but its arithmetic: 10 x forwar
 w.r.t. the input, sign step, projection, plus the one scoring forward), our PGD-10 (as the audit runs it,
 early stop on; and with early stop off, the like-for-like overhead figure), our APGD-CE-100, our ``fast``
 ensemble, and torchattacks' AutoAttack (standard: APGD-CE, APGD-T 9 targets, FAB-T 9 targets, Square
-5000) at the reference budget of 100 steps (``--aa-steps``; torchattacks ships 10). Every contender gets
+5000) as torchattacks ships it (10 steps) and at the reference budget of 100 steps (``--aa-steps 10,100``). Every contender gets
 the model through robustaudit's ``PassCounter`` (the runner's pass count), so each row also shows the
 forward/backward passes per sample. Seconds are process CPU seconds (``time.process_time``, one thread):
 the machine is shared, wall time is not a measure there; wall seconds are printed beside them.
@@ -135,7 +135,9 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1, help="Linf radius of training and evaluation")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=None, help="train on the first N training images")
-    parser.add_argument("--aa-steps", type=int, default=100, help="torchattacks AutoAttack's APGD/FAB steps")
+    parser.add_argument("--aa-steps", default="10,100",
+                        help="torchattacks AutoAttack's APGD/FAB steps, comma-separated: one peer each (it ships 10; "
+                             "the reference AutoAttack runs 100)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the bare loop and PGD-10")
     args = parser.parse_args()
     torch.manual_seed(SEED)
@@ -175,18 +177,32 @@ def main() -> None:
     for name, runs in rounds.items():
         rows[name] = dict(runs[0], cpu=statistics.median(r["cpu"] for r in runs),
                           wall=statistics.median(r["wall"] for r in runs))
-    peer = torchattacks_aa(args.eps, args.aa_steps)
     expensive = {"robustaudit APGD-CE-100": ours(APGD(steps=100, loss="ce")),
-                 "robustaudit fast": ours(FastEnsemble()),
-                 f"torchattacks AutoAttack ({args.aa_steps} steps)": lambda m: peer(m, x, y)}
+                 "robustaudit fast": ours(FastEnsemble())}
+    peers = [f"torchattacks AutoAttack ({steps} steps)" for steps in _steps(args.aa_steps)]
+    for name, steps in zip(peers, _steps(args.aa_steps)):
+        expensive[name] = (lambda attack: lambda m: attack(m, x, y))(torchattacks_aa(args.eps, steps))
     for name, fn in expensive.items():
         rows[name] = measured(model, fn, x, y)
         print(f"  {name}: {rows[name]['cpu']:.1f} CPU s", flush=True)
-    report(rows, len(y), f"torchattacks AutoAttack ({args.aa_steps} steps)")
+    report(rows, len(y), peers)
 
 
-def report(rows: dict[str, dict], n: int, peer: str) -> None:
-    """The table: robust accuracy, seconds, ratios to the bare loop and the peer, passes per sample."""
+def _steps(text: str) -> list[int]:
+    """``--aa-steps`` ``"10,100"`` -> ``[10, 100]``."""
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--aa-steps: expected comma-separated integers, got '{text}'") from None
+    if not steps or min(steps) < 1:
+        raise SystemExit(f"--aa-steps: expected positive step counts, got '{text}'")
+    return steps
+
+
+def report(rows: dict[str, dict], n: int, peers: list[str]) -> None:
+    """The table: robust accuracy, seconds, ratios to the bare loop and the first peer, passes per sample;
+    then ``fast`` against each peer, per sample."""
+    peer = peers[0]
     bare = rows["bare loop (PGD-10)"]
     bare_per_pass = bare["cpu"] / max(1, bare["backward"])
     print(f"\n{'contender':40s} {'robust':>11s} {'CPU s':>8s} {'wall s':>8s} {'x bare':>7s} {'x peer':>7s} "
@@ -197,16 +213,18 @@ def report(rows: dict[str, dict], n: int, peer: str) -> None:
         print(f"{name:40s} {k / n:6.3f} ({k:2d}) {r['cpu']:8.2f} {r['wall']:8.2f} {r['cpu'] / bare['cpu']:7.2f} "
               f"{r['cpu'] / rows[peer]['cpu']:7.3f} {r['forward'] / n:7.1f} {r['backward'] / n:7.1f} "
               f"{per_pass / bare_per_pass:13.3f}")
-    print("(x bare: CPU seconds / the bare PGD-10 loop's; x peer: / torchattacks AutoAttack's; s/bwd vs bare: CPU "
+    print("(x bare: CPU seconds / the bare PGD-10 loop's; x peer: / the first torchattacks AutoAttack's; s/bwd vs bare: CPU "
           "seconds per backward pass / the bare loop's)")
     pgd = rows["robustaudit PGD-10, no early stop"]
     print(f"our PGD-10 speed relative to the bare loop (same passes, early stop off): {bare['cpu'] / pgd['cpu']:.3f}; "
           f"as the audit runs it (early stop on): {bare['cpu'] / rows['robustaudit PGD-10']['cpu']:.3f}")
-    fast, aa = rows["robustaudit fast"], rows[peer]
-    b = int((fast["robust"] & ~aa["robust"]).sum())
-    c = int((aa["robust"] & ~fast["robust"]).sum())
-    print(f"fast vs {peer}: {b} sample(s) left robust by fast but broken by AutoAttack, {c} the reverse; "
-          f"fast takes {fast['cpu'] / aa['cpu']:.3f} of its CPU time")
+    fast = rows["robustaudit fast"]
+    for peer in peers:
+        aa = rows[peer]
+        b = int((fast["robust"] & ~aa["robust"]).sum())
+        c = int((aa["robust"] & ~fast["robust"]).sum())
+        print(f"fast vs {peer}: {b} sample(s) left robust by fast but broken by AutoAttack, {c} the reverse; "
+              f"fast takes {fast['cpu'] / aa['cpu']:.3f} of its CPU time")
 
 
 if __name__ == "__main__":

@@ -61,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("name", nargs="?", metavar="NAME", help="with attacks: one attack's settings in detail")
     ls.add_argument("--source", choices=["catalog", "torchvision", "timm", "robustbench"], default=None,
                     help="with models: whose models (default catalog: ours); torchvision lists its classification "
-                    "weight enums with published top-1, robustbench its zoo with published clean/AutoAttack "
-                    "accuracy; both mark those in the cache")
+                    "weight enums with published top-1, timm its pretrained tags, robustbench its zoo with "
+                    "published clean/AutoAttack accuracy; each marks those in the cache")
     ls.add_argument("--model-dir", metavar="DIR", dest="model_dir",
-                    help="with --source torchvision|robustbench: the cache to look in (default: torch.hub.get_dir(); "
-                    "robustbench: ./models, its own default)")
+                    help="with --source torchvision|timm|robustbench: the cache to look in (default: torch.hub.get_dir(); "
+                    "timm: the Hugging Face hub cache, HF_HUB_CACHE; robustbench: ./models, its own default)")
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
@@ -205,10 +205,7 @@ def _cmd_list(args: argparse.Namespace, err) -> int:
 def _list_source(console, table, source: str, model_dir: str | None) -> None:
     """Published models of another library, offline: torchvision's weight enums (``timm``: its extra)."""
     if source == "timm":
-        from robustaudit.models.timm_models import list_timm_models
-
-        names = list_timm_models()  # one line naming the extra when timm is missing
-        console.print("\n".join(f"timm:{name}" for name in names))
+        _list_timm(console, table, model_dir)
         return
     if source == "robustbench":
         _list_robustbench(console, table, model_dir)
@@ -226,6 +223,22 @@ def _list_source(console, table, source: str, model_dir: str | None) -> None:
     cached = sum(row["cached"] for row in rows)
     console.print(f"{len(rows)} weight enums, {cached} in {hub_dir(model_dir) / 'checkpoints'}; published top-1 from "
                   "torchvision's metadata. Audit one with --model SPEC (--allow-download fetches a missing file).")
+
+
+def _list_timm(console, table, model_dir: str | None) -> None:
+    """timm's pretrained tags, offline: spec, hub repo, cached; then how many architectures take --weights."""
+    from robustaudit.models.timm_models import hf_cache_dir, list_timm_models, list_timm_weights
+
+    rows = list_timm_weights(model_dir)  # one line naming the extra when timm is missing
+    for col in ("model", "hub repo", "cached"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["spec"], row["hf_hub_id"] or "— (not on the hub)", "yes" if row["cached"] else "")
+    console.print(table)
+    cached = sum(row["cached"] for row in rows)
+    console.print(f"{len(rows)} timm weight tags, {cached} in {hf_cache_dir(model_dir)}; any of the "
+                  f"{len(list_timm_models())} timm architectures also takes your own file: --model timm:ARCH "
+                  "--weights FILE. Audit a tag with --model SPEC (--allow-download fetches a missing file).")
 
 
 def _list_robustbench(console, table, model_dir: str | None) -> None:

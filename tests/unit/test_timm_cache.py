@@ -104,3 +104,20 @@ def test_cli_audit_of_a_timm_model_from_the_cache(tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     model = json.loads(capsys.readouterr().out)["provenance"]["models"][0]
     assert (model["source"], model["hf_hub_id"], model["weights_file"]) == ("timm", "timm/test_vit.r160_in1k", str(path))
+
+
+def test_cli_list_models_source_timm_marks_the_cache(tmp_path, capsys):
+    from robustaudit.cli import main
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_vit", pretrained=False)
+    _hub_cache(tmp_path, "timm/test_vit.r160_in1k", reference.state_dict())
+    assert main(["list", "models", "--source", "timm", "--model-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    row = next(line for line in lines if "timm:test_vit.r160_in1k" in line)
+    assert "timm/test_vit.r160_in1k" in row and "yes" in row
+    other = next(line for line in lines if "timm:resnet18.a1_in1k" in line)
+    assert "timm/resnet18.a1_in1k" in other and "yes" not in other
+    tags = len(timm.list_models(pretrained=True))
+    assert f"{tags} timm weight tags, 1 in {tmp_path}" in out.replace("\n", "")

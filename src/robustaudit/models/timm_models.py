@@ -27,7 +27,7 @@ from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 from robustaudit.models.torchvision_weights import Pretrained
 
-__all__ = ["TIMM_PREFIX", "from_timm", "hf_cache_dir", "list_timm_models"]
+__all__ = ["TIMM_PREFIX", "from_timm", "hf_cache_dir", "list_timm_models", "list_timm_weights"]
 
 TIMM_PREFIX = "timm:"
 #: the files timm looks for in a hub repo, in its order
@@ -46,6 +46,32 @@ def _timm() -> ModuleType:
 def list_timm_models() -> list[str]:
     """The architectures timm registers (offline: its own registry)."""
     return sorted(_timm().list_models())
+
+
+def list_timm_weights(model_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Every pretrained tag timm registers, offline: ``spec`` (``timm:NAME.TAG``), ``hf_hub_id`` (``None``
+    for tags timm loads from elsewhere than the hub), ``cached`` (a weights file timm would read is in
+    ``model_dir``'s hub cache) and ``file`` (that file, or ``None``)."""
+    timm = _timm()
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cache = hf_cache_dir(model_dir)
+    # one listing of the cache, then a lookup only for the repos it holds: ~1,500 tags, few cached
+    present = {p.name for p in cache.glob("models--*")} if cache.is_dir() else set()
+    rows = []
+    for name in timm.list_models(pretrained=True):
+        cfg = get_pretrained_cfg(name)
+        repo = getattr(cfg, "hf_hub_id", None) or None
+        file = None
+        if repo and f"models--{repo.replace('/', '--')}" in present:
+            for filename in _HUB_FILES:
+                found = try_to_load_from_cache(repo, filename, cache_dir=str(cache))
+                if isinstance(found, str):
+                    file = found
+                    break
+        rows.append({"spec": f"{TIMM_PREFIX}{name}", "hf_hub_id": repo, "cached": file is not None, "file": file})
+    return rows
 
 
 def hf_cache_dir(model_dir: str | os.PathLike[str] | None) -> Path:
