@@ -36,6 +36,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(RB.utils, "download_gdrive", refuse)
 
 
+@pytest.fixture(autouse=True)
+def empty_torch_hub(tmp_path, monkeypatch) -> Path:
+    """torch hub's cache (where timm keeps what robustbench's XCiT, DeiT and AlexNet entries read) is an empty
+    folder of the test's, whatever the machine's own cache holds."""
+    import torch.hub
+
+    hub = tmp_path / "torch-hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    return hub
+
+
 def _standard() -> torch.nn.Module:
     """robustbench's own constructor of cifar10/Linf ``Standard`` (WideResNet-28-10), random weights."""
     from robustbench.model_zoo import model_dicts
@@ -145,3 +156,35 @@ def test_a_cached_checkpoint_with_code_is_refused_before_robustbench_reads_it(tm
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, path)  # not loadable with weights_only
     with pytest.raises(UserError, match="holds pickled objects other than tensors"):
         load_model("robustbench:Standard", model_dir=tmp_path)
+
+
+def test_an_entry_robustbench_builds_through_timm_reads_torch_hubs_cache(empty_torch_hub, tmp_path):
+    """Debenedetti2022Light_XCiT-S12 (cifar10/Linf): robustbench's load_model asks timm for it, and timm keeps
+    its file in torch hub's cache. A random-weight checkpoint of the real XCiT-S12 placed there loads offline
+    and gives the forward of timm's own constructor (robustbench's normalization layer included)."""
+    import timm
+
+    name = "debenedetti2022light_xcit_s12_cifar10_linf"
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    inner = next(m for m in reference.modules() if isinstance(m, timm.models.xcit.Xcit))
+    file = empty_torch_hub / "checkpoints" / "debenedetti2022light-xcit-s-cifar10-linf.pth.tar"
+    with pytest.raises(UserError, match=rf"not in the cache: expected '{file}' \(built through timm: torch hub's "
+                                        r"cache, TORCH_HOME\).*--allow-download"):
+        load_model("robustbench:Debenedetti2022Light_XCiT-S12")
+    file.parent.mkdir(parents=True)
+    torch.save(inner.state_dict(), file)
+    loaded = load_model("robustbench:Debenedetti2022Light_XCiT-S12")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), reference(x), rtol=0, atol=1e-5)
+    assert loaded.card["weights_file"] == str(file) and loaded.card["published"]["robust_acc"] == 56.14
+    row = next(r for r in list_robustbench(tmp_path) if r["name"] == "Debenedetti2022Light_XCiT-S12"
+               and r["dataset"] == "cifar10")
+    assert row["cached"] and row["file"] == str(file)
+
+
+def test_an_entry_built_from_torchvisions_weights_points_to_the_torchvision_source():
+    with pytest.raises(UserError, match=r"builds 'Standard_R50' from torchvision's weights: use "
+                                        r"torchvision:resnet50:weights=IMAGENET1K_V1"):
+        load_model("robustbench:Standard_R50:dataset=imagenet")

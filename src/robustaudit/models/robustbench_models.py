@@ -10,6 +10,11 @@ Nothing is downloaded unless the caller allows it: load_model downloads a missin
 every file it will read is checked first (present, and readable with ``weights_only=True``) and its
 download function is replaced by one that raises while it runs without ``allow_download``.
 
+Entries robustbench builds through timm (its XCiT models: timm registers them when robustbench is imported,
+and ``load_model`` asks timm first, by the name ``<name>_<dataset>_<threat>``) are read from torch hub's
+cache, ``$TORCH_HOME/hub/checkpoints/<file of the entry's URL>``, where timm keeps what it downloads; the
+same checks and the same download guard apply (torch hub's download function raises instead).
+
 RobustBench models take ``(N, 3, H, W)`` inputs in [0, 1] and normalize inside (those that need it carry
 their own normalization layer), so no ``Normalize`` wrapper is added. The card records the clean and
 AutoAttack accuracy RobustBench publishes (``data/robustbench_published.json``, copied from its
@@ -137,10 +142,37 @@ def _entry(spec: str, name: str, dataset: str, threat: str) -> dict[str, Any]:
                     "(robustaudit list models --source robustbench)")
 
 
+def _timm_hosted(name: str, dataset: str, threat: str) -> str | None:
+    """The timm model ``load_model`` builds for this entry (it asks timm before its own zoo), or ``None``."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
+    return timm_name if timm.is_model(timm_name) else None
+
+
+def _timm_file(timm_name: str) -> Path | None:
+    """Where timm keeps the downloaded weights of ``timm_name``: torch hub's checkpoints folder, named after
+    the URL of its pretrained config (``None``: weights published elsewhere, the Hugging Face hub)."""
+    from urllib.parse import urlparse
+
+    import torch.hub
+    from timm.models import get_pretrained_cfg
+
+    url = getattr(get_pretrained_cfg(timm_name), "url", None)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path) if url else None
+
+
 def expected_files(model_dir: str | os.PathLike[str] | None, dataset: str, threat: str, name: str,
                    entry: dict[str, Any]) -> list[Path]:
     """The files ``load_model`` reads for ``entry``: ``<model_dir>/<dataset>/<threat>/<NAME>.pt``, or
-    ``<NAME>.pt_m<i>.pt`` for each member of an ensemble."""
+    ``<NAME>.pt_m<i>.pt`` for each member of an ensemble; for an entry built through timm, its file in
+    torch hub's cache (none when it is not published as a file)."""
+    timm_name = _timm_hosted(name, dataset, threat)
+    if timm_name is not None:
+        file = _timm_file(timm_name)
+        return [] if file is None else [file]
     base = Path(model_dir if model_dir is not None else DEFAULT_MODEL_DIR).expanduser() / dataset / threat
     ids = entry.get("gdrive_id")
     if isinstance(ids, list):
@@ -148,14 +180,18 @@ def expected_files(model_dir: str | os.PathLike[str] | None, dataset: str, threa
     return [base / f"{name}.pt"]
 
 
-def _refuse_unsupported(spec: str, name: str, dataset: str, entry: dict[str, Any]) -> None:
-    """Entries load_model does not read from its own cache: one line each, saying what to use instead."""
-    if entry.get("gdrive_id") is None:  # robustbench builds these with timm's pretrained=True (the hub)
-        raise UserError(f"'{spec}': RobustBench publishes '{name}' through timm's hub, not its own cache; "
-                        "robustaudit does not load it (yet)")
+def _refuse_unsupported(spec: str, name: str, dataset: str, entry: dict[str, Any], timm_hosted: bool,
+                        files: list[Path]) -> None:
+    """Entries load_model does not read from a cache file: one line each, saying what to use instead."""
+    if timm_hosted and files:
+        return
+    if timm_hosted or entry.get("gdrive_id") is None:  # built inside the entry's constructor (AlexNet, DeiT...)
+        raise UserError(f"'{spec}': RobustBench builds '{name}' from another library's pretrained weights, not "
+                        "from a file robustaudit can check in a cache; robustaudit does not load it")
     if dataset == "imagenet" and "Standard" in name:  # built from torchvision's pretrained weights
+        arch = {"Standard_R50": "resnet50"}.get(name, "ARCH")  # pretrained=True: IMAGENET1K_V1
         raise UserError(f"'{spec}': RobustBench builds '{name}' from torchvision's weights: use "
-                        "torchvision:ARCH:weights=IMAGENET1K_V1 (robustaudit list models --source torchvision)")
+                        f"torchvision:{arch}:weights=IMAGENET1K_V1 (robustaudit list models --source torchvision)")
 
 
 def _check_readable(path: Path, name: str) -> None:
@@ -189,23 +225,25 @@ def _explain_misfit(entry: dict[str, Any], files: list[Path], name: str) -> None
 
 @contextmanager
 def _downloads_blocked(rb: ModuleType, blocked: bool) -> Iterator[None]:
-    """While ``blocked``, robustbench's download functions raise instead of fetching (a second guard:
-    every file is checked to exist before load_model runs)."""
-    utils = rb.utils
-    names = [n for n in ("download_gdrive_new", "download_gdrive") if hasattr(utils, n)]
-    saved = {n: getattr(utils, n) for n in names}
+    """While ``blocked``, robustbench's download functions, and torch hub's that timm uses, raise instead of
+    fetching (a second guard: every file is checked to exist before load_model runs)."""
+    import torch.hub
 
-    def refuse(gdrive_id: Any, fname_save: Any) -> None:
+    targets = [(rb.utils, n) for n in ("download_gdrive_new", "download_gdrive") if hasattr(rb.utils, n)]
+    targets.append((torch.hub, "download_url_to_file"))
+    saved = [(owner, n, getattr(owner, n)) for owner, n in targets]
+
+    def refuse(source: Any, fname_save: Any, *args: Any, **kwargs: Any) -> None:
         raise UserError(f"robustbench tried to download '{fname_save}'; pass --allow-download to allow it")
 
     if blocked:
-        for n in names:
-            setattr(utils, n, refuse)
+        for owner, n in targets:
+            setattr(owner, n, refuse)
     try:
         yield
     finally:
-        for n, fn in saved.items():
-            setattr(utils, n, fn)
+        for owner, n, fn in saved:
+            setattr(owner, n, fn)
 
 
 def from_robustbench(spec: str, *, model_dir: str | os.PathLike[str] | None, allow_download: bool,
@@ -221,26 +259,29 @@ def from_robustbench(spec: str, *, model_dir: str | os.PathLike[str] | None, all
     """
     name, dataset, threat = parse_robustbench(spec)
     entry = _entry(spec, name, dataset, threat)
-    _refuse_unsupported(spec, name, dataset, entry)
+    files = expected_files(model_dir, dataset, threat, name, entry)
+    timm_hosted = _timm_hosted(name, dataset, threat) is not None
+    _refuse_unsupported(spec, name, dataset, entry, timm_hosted, files)
     classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     if num_classes is not None and num_classes != classes:
         raise UserError(f"'{spec}' has {classes} classes ({dataset}), not num_classes={num_classes}")
-    files = expected_files(model_dir, dataset, threat, name, entry)
     missing = [f for f in files if not f.exists()]
     if missing and not allow_download:
+        where = ("built through timm: torch hub's cache, TORCH_HOME" if timm_hosted else
+                 f"--model-dir is robustbench's model_dir, default {DEFAULT_MODEL_DIR}")
         raise UserError(f"weights of RobustBench {dataset}/{threat} model '{name}' are not in the cache: expected "
-                        f"'{missing[0]}' (--model-dir is robustbench's model_dir, default {DEFAULT_MODEL_DIR}); "
-                        "put the file there or pass --allow-download (allow_download=True)")
+                        f"'{missing[0]}' ({where}); put the file there or pass --allow-download (allow_download=True)")
     for path in files:
         if path.exists():
             _check_readable(path, name)
     rb = _robustbench()
-    root = files[0].parent.parent.parent
+    root = Path(model_dir or DEFAULT_MODEL_DIR) if timm_hosted else files[0].parent.parent.parent
     with _downloads_blocked(rb, blocked=not allow_download):
         try:
             model = rb.utils.load_model(name, model_dir=str(root), dataset=dataset, threat_model=threat)
         except (RuntimeError, KeyError, ValueError, OSError, EOFError) as err:
-            _explain_misfit(entry, files, name)
+            if not timm_hosted:  # timm's own error names the keys
+                _explain_misfit(entry, files, name)
             raise UserError(f"robustbench could not load '{name}' from '{files[0]}': {first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"robustbench's load_model returned {type(model).__name__} for '{name}', not a module")
