@@ -10,7 +10,7 @@ Nothing is downloaded unless the caller allows it: load_model downloads a missin
 every file it will read is checked first (present, and readable with ``weights_only=True``) and its
 download function is replaced by one that raises while it runs without ``allow_download``.
 
-Entries robustbench builds through timm (its XCiT models: timm registers them when robustbench is imported,
+Entries robustbench builds through timm (its XCiT, DeiT and AlexNet entries: timm registers them when robustbench is imported,
 and ``load_model`` asks timm first, by the name ``<name>_<dataset>_<threat>``) are read from torch hub's
 cache, ``$TORCH_HOME/hub/checkpoints/<file of the entry's URL>``, where timm keeps what it downloads; the
 same checks and the same download guard apply (torch hub's download function raises instead).
@@ -304,6 +304,7 @@ def list_robustbench(model_dir: str | os.PathLike[str] | None = None) -> list[di
             pub = published(dataset, threat, name) or {}
             rows.append({"spec": f"robustbench:{name}:dataset={dataset},threat={threat}", "name": name,
                          "dataset": dataset, "threat": threat, "clean_acc": pub.get("clean_acc"),
-                         "robust_acc": pub.get("robust_acc"), "cached": all(f.is_file() for f in files),
-                         "file": str(files[0])})
+                         "robust_acc": pub.get("robust_acc"),
+                         "cached": bool(files) and all(f.is_file() for f in files),
+                         "file": str(files[0]) if files else None})
     return rows
