@@ -259,8 +259,6 @@ def _show(result: Any, out_dir: str, out: Any, err: Any, *, processes: bool) -> 
             [result.provenance.get("out-of-memory")]:
         if note:  # what produced the adversarial points, and batches halved for memory: also in the reports
             out.print(f"note: {note}", soft_wrap=True, markup=False)
-    for line in result.provenance.get("warnings", []):  # an audit whose figures mean nothing (results.json too)
-        err.print(f"warning: {line}", soft_wrap=True, markup=False)
     if Rank.value > 0:  # rank 0 wrote the results; every rank computes the same exit code
         paths = {"markdown": Path("report.md"), "html": Path("report.html")}
     else:

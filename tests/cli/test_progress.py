@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from robustaudit.cli import main
 from robustaudit.cli_progress import PlainProgress, duration
 
@@ -56,6 +58,7 @@ def test_duration() -> None:
     assert [duration(s) for s in (0.4, 59, 80, 3599, 7500)] == ["0s", "59s", "1m20s", "59m59s", "2h05m"]
 
 
+@pytest.mark.filterwarnings("default::UserWarning")  # the suite's ini ignores this warning elsewhere
 def test_too_few_clean_correct_samples_are_warned_in_the_summary_and_results_json(tmp_path: Path, capsys) -> None:
     import json
 
@@ -69,12 +72,41 @@ def test_too_few_clean_correct_samples_are_warned_in_the_summary_and_results_jso
     assert f"warning: {line}" in err
 
 
+def test_a_meaningless_figure_is_said_in_the_summary_the_verdict_and_the_api(tmp_path: Path) -> None:
+    """Issue 17.5: 12 samples are too few for any figure: a Python warning for the API's users, "not
+    meaningful" in the verdict of report.md and report.html and in the terminal's table and closing line,
+    never "every figure passed" nor "reliable"."""
+    import robustaudit
+    from rich.console import Console
+
+    from robustaudit.reports import write_reports
+    from robustaudit.reports.terminal import render_terminal
+
+    with pytest.warns(UserWarning, match=r"model 'digits-cnn': only \d+ clean-correct samples \(of 12\)"):
+        result = robustaudit.audit(model="digits-cnn", n=12, eps=0.1, attacks=["fgsm"], cost=False)
+    write_reports(result, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    verdict = next(line for line in md.splitlines() if line.startswith("| digits-cnn |"))
+    assert "not meaningful: only" in verdict and "reliable" not in verdict
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "not meaningful: only" in html
+    console = Console(record=True, width=200)
+    render_terminal(result, console)
+    text = console.export_text()
+    assert "(not meaningful)" in text and "every figure passed" not in text
+    assert "but the figures of digits-cnn are not meaningful" in text
+
+
 def test_near_chance_accuracy_is_warned() -> None:
     import pandas as pd
 
-    from robustaudit.evaluate.header import meaningless_warnings
+    from robustaudit.evaluate.header import meaningless_reasons, meaningless_warnings
 
     rows = pd.DataFrame({"model": ["a", "a", "b", "c"], "n": [200, 200, 200, 20], "n_clean_correct": [25, 25, 190, 19]})
     lines = meaningless_warnings(rows, 10)
-    assert len(lines) == 2 and "'a': clean accuracy 0.125 is near chance (0.100 for 10 classes)" in lines[0]
-    assert "'c': only 19 clean-correct samples (of 20)" in lines[1]
+    # 'a' is near chance and has too few clean-correct samples: both are said, not only the first
+    assert len(lines) == 3 and "'a': clean accuracy 0.125 is near chance (0.100 for 10 classes)" in lines[0]
+    assert "'a': only 25 clean-correct samples (of 200)" in lines[1]
+    assert "'c': only 19 clean-correct samples (of 20)" in lines[2]
+    assert meaningless_reasons(rows, 10) == {"a": ["clean accuracy 0.125 near chance", "only 25 clean-correct samples"],
+                                             "c": ["only 19 clean-correct samples"]}

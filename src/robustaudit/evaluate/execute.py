@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,8 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
     meaningless = meaningless_warnings(result.records, sub.data.num_classes)  # near chance, too few samples
     if meaningless:
         result.provenance["warnings"] = meaningless
+    for line in meaningless:  # the API's and the plugin's users see them too, not only the CLI's
+        warnings.warn(line, UserWarning, stacklevel=2)
     if spec.out is not None:
         result.save(spec.out)
         r.store.put_meta("finished", True)  # from now on a new run in this --out may overwrite it

@@ -91,20 +91,40 @@ def jsonable(settings: dict[str, Any]) -> dict[str, Any]:
 MIN_CLEAN_CORRECT = 30
 
 
-def meaningless_warnings(records: Any, num_classes: int) -> list[str]:
-    """One line per model whose figures the intervals make meaningless: clean accuracy within 1.5x of
-    chance (1 / ``num_classes``), or fewer than :data:`MIN_CLEAN_CORRECT` clean-correct samples (only those
-    are attacked). ``records``: the matrix's rows (columns ``model``, ``n``, ``n_clean_correct``)."""
+def _clean_counts(records: Any) -> dict[str, tuple[int, int]]:
+    """``model -> (n, clean-correct)`` from the matrix's rows (columns ``model``, ``n``, ``n_clean_correct``)."""
     if records is None or len(records) == 0 or "n_clean_correct" not in records:
-        return []
+        return {}
+    return {str(model): (int(rows["n"].iloc[0]), int(rows["n_clean_correct"].iloc[0]))
+            for model, rows in records.groupby("model", sort=False)}
+
+
+def _near_chance(n: int, correct: int, num_classes: int) -> bool:
+    return bool(n) and num_classes > 1 and correct / n <= 1.5 / num_classes
+
+
+def meaningless_reasons(records: Any, num_classes: int) -> dict[str, list[str]]:
+    """Per model whose figures the intervals make meaningless, why, in short phrases (the verdict's note):
+    clean accuracy within 1.5x of chance (1 / ``num_classes``), fewer than :data:`MIN_CLEAN_CORRECT`
+    clean-correct samples (only those are attacked), or both; models with nothing to say are absent."""
+    out: dict[str, list[str]] = {}
+    for model, (n, correct) in _clean_counts(records).items():
+        reasons = [f"clean accuracy {correct / n:.3f} near chance"] if _near_chance(n, correct, num_classes) else []
+        if correct < MIN_CLEAN_CORRECT:
+            reasons.append(f"only {correct} clean-correct samples")
+        if reasons:
+            out[model] = reasons
+    return out
+
+
+def meaningless_warnings(records: Any, num_classes: int) -> list[str]:
+    """One line per model and reason of :func:`meaningless_reasons`, saying what follows and what to do."""
     out = []
-    for model, rows in records.groupby("model", sort=False):
-        n, correct = int(rows["n"].iloc[0]), int(rows["n_clean_correct"].iloc[0])
-        chance = 1.0 / max(num_classes, 1)
-        if n and num_classes > 1 and correct / n <= 1.5 * chance:
-            out.append(f"model '{model}': clean accuracy {correct / n:.3f} is near chance ({chance:.3f} for "
+    for model, (n, correct) in _clean_counts(records).items():
+        if _near_chance(n, correct, num_classes):
+            out.append(f"model '{model}': clean accuracy {correct / n:.3f} is near chance ({1 / num_classes:.3f} for "
                        f"{num_classes} classes): its robust accuracies say nothing about robustness")
-        elif correct < MIN_CLEAN_CORRECT:
+        if correct < MIN_CLEAN_CORRECT:
             out.append(f"model '{model}': only {correct} clean-correct samples (of {n}) are attacked: the 95% "
                        f"intervals are too wide for any figure to mean much; audit at least {MIN_CLEAN_CORRECT}")
     return out

@@ -16,7 +16,7 @@ from robustaudit.reports.view.blocks import Section, Table
 from robustaudit.reports.view.checks import CHECK_HEADERS, STATUS_MARK
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING
 from robustaudit.reports.view.numbers import DASH
-from robustaudit.reports.view.verdict import RELIABLE, UNCHECKED, UPPER_BOUND, VerdictView
+from robustaudit.reports.view.verdict import MEANINGLESS, RELIABLE, UNCHECKED, UPPER_BOUND, VerdictView
 
 _MD_SPECIAL = re.compile(r"([\\`*|<>&])")
 
@@ -97,7 +97,8 @@ def _matrix(view: ReportView) -> str:
 
 def verdict(v: VerdictView) -> str:
     """``## Verdict``: the lead sentence and each model's headline with its status (a plain mark, no emoji)."""
-    mark = {RELIABLE: STATUS_MARK["pass"], UPPER_BOUND: STATUS_MARK["fail"], UNCHECKED: STATUS_MARK["warn"]}
+    mark = {RELIABLE: STATUS_MARK["pass"], UPPER_BOUND: STATUS_MARK["fail"], UNCHECKED: STATUS_MARK["warn"],
+            MEANINGLESS: STATUS_MARK["warn"]}
     rows = [[md_escape(r.model), md_escape(r.text), f"{mark[r.status]} {md_escape(r.note)}"] for r in v.rows]
     return f"## Verdict\n\n{v.lead}\n\n" + _grid(["model", "worst case", "status"], rows, 1)
 

@@ -15,7 +15,7 @@ from robustaudit.reports.view.blocks import Table
 from robustaudit.reports.view.checks import CheckRow
 from robustaudit.reports.view.labelmap import LABEL
 from robustaudit.reports.view.segmentation import SKIPPED_CHECKS
-from robustaudit.reports.view.verdict import UPPER_BOUND
+from robustaudit.reports.view.verdict import MEANINGLESS, UPPER_BOUND
 
 _STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -69,9 +69,14 @@ def _summary_table(view: ReportView) -> RichTable:
     shown = {v.model: v for v in view.verdict.rows}
     for row in s.rows:
         verdict = shown.get(row.model)
-        # an upper bound reads "≤ 89.0 (upper bound: loss-gap failed)", in yellow, never as a pass
-        adversarial = (Text(verdict.text, style="yellow") if verdict is not None and verdict.status == UPPER_BOUND
-                       else Text(row.adversarial_text))
+        # an upper bound reads "≤ 89.0 (upper bound: loss-gap failed)", in yellow, never as a pass; so does a
+        # figure too few samples stand behind
+        if verdict is not None and verdict.status == UPPER_BOUND:
+            adversarial = Text(verdict.text, style="yellow")
+        elif verdict is not None and verdict.status == MEANINGLESS:
+            adversarial = Text(f"{verdict.text} ({MEANINGLESS})", style="yellow")
+        else:
+            adversarial = Text(row.adversarial_text)
         table.add_row(Text(row.model), Text(row.training), Text(row.clean.text), adversarial)
     return table
 

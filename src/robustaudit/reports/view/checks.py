@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,8 +87,13 @@ def checks_tally(checks: list[dict[str, Any]]) -> str:
     return ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
-def checks_line(result: ResultMatrix, attention: bool) -> str:
-    """The terminal's closing line: the tally, whether everything passed, where the details are."""
+def checks_line(result: ResultMatrix, attention: bool, meaningless: Sequence[str] = ()) -> str:
+    """The terminal's closing line: the tally, whether everything passed, where the details are.
+    ``meaningless``: models whose figures too few samples stand behind; no figure of theirs "passed"."""
     level = result.provenance.get("checks", {}).get("level")
-    return (f"Sanity checks{f' ({level})' if level else ''}: {checks_tally(result.checks)}"
-            + ("" if attention else " — every figure passed") + "; details in report.md, see docs/checks.md")
+    said = "" if attention or meaningless else " — every figure passed"
+    if meaningless:
+        said = (f" — but the figures of {', '.join(meaningless)} are not meaningful (clean accuracy near "
+                "chance or under 30 clean-correct samples: see the warnings)")
+    return (f"Sanity checks{f' ({level})' if level else ''}: {checks_tally(result.checks)}{said}"
+            "; details in report.md, see docs/checks.md")

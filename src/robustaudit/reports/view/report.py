@@ -22,7 +22,7 @@ from robustaudit.reports.view.published import published_section
 from robustaudit.reports.view.reliability import ReliabilityView, reliability_view
 from robustaudit.reports.view.transferability import transfer_section
 from robustaudit.reports.view.uap import uap_section
-from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, verdict_view
+from robustaudit.reports.view.verdict import VerdictView, access_text, examples_note, meaningless_of, verdict_view
 
 CURVES_ALT = "robust accuracy against ε, one panel per model"
 EXAMPLES_ALT = "clean, adversarial and perturbation images"
@@ -93,7 +93,8 @@ def report_view(result: ResultMatrix) -> ReportView:
         uap=uap_section(result), cost=cost_section(result),
         brief_cost=brief_cost_table(result), checks=check_rows(result), checks_tally=checks_tally(result.checks),
         provenance=provenance_items(result), config=config_json(result),
-        checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result))),
+        checks_line=checks_line(result, any(c.status != "pass" for c in check_rows(result)),
+                                list(meaningless_of(result))),
         reliability=reliability_view(result),
         verdict=verdict_view(result), access=access, examples_note=examples_note(result),
         published=published_section(result),

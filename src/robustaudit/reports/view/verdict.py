@@ -17,8 +17,9 @@ from robustaudit.reports.view.detection import detection_block
 from robustaudit.reports.view.matrix import Cell, format_cell, summary_eps, summary_rows
 from robustaudit.reports.view.numbers import DASH, format_eps, format_percent
 
-#: Verdict statuses: a figure the checks found nothing against, an upper bound, no sanity check at all.
-RELIABLE, UPPER_BOUND, UNCHECKED = "reliable", "upper bound", "not checked"
+#: Verdict statuses: a figure the checks found nothing against, an upper bound, no sanity check at all, and a
+#: figure too few samples stand behind (near chance, or under 30 clean-correct) for it to say anything.
+RELIABLE, UPPER_BOUND, UNCHECKED, MEANINGLESS = "reliable", "upper bound", "not checked", "not meaningful"
 #: How each kind of attack (provenance ``attacks[].kind``) may look at the model.
 ACCESS = {"fixed-eps": "white-box (gradients)", "minimal-norm": "white-box (gradients)",
           "universal": "white-box (gradients), one perturbation for all inputs",
@@ -68,14 +69,15 @@ class VerdictRow:
 
     model: str
     cell: Cell | None
-    status: str  # RELIABLE, UPPER_BOUND or UNCHECKED
+    status: str  # RELIABLE, UPPER_BOUND, UNCHECKED or MEANINGLESS
     text: str  # the figure as shown: "60.7 [55.6–65.6]" or "≤ 89.0 (upper bound: ...)"
-    note: str  # the status in words: "reliable", "upper bound: loss-gap failed", "no sanity check ran"
+    note: str  # the status in words: "reliable", "upper bound: loss-gap failed", "no sanity check ran",
+    #            "not meaningful: only 12 clean-correct samples"
 
     @property
     def accuracy(self) -> float:
-        """The figure for styling; NaN for an upper bound, so that it is never coloured as a pass."""
-        return self.cell.accuracy if self.cell is not None and self.status != UPPER_BOUND else math.nan
+        """The figure for styling; NaN for an upper bound or a meaningless figure, never coloured as a pass."""
+        return self.cell.accuracy if self.cell is not None and self.status in (RELIABLE, UNCHECKED) else math.nan
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,15 @@ class VerdictView:
         return tuple(r for r in self.rows if r.status == UPPER_BOUND)
 
 
-def verdict_row(model: str, cell: Cell | None, reliability: Reliability | None, checked: bool) -> VerdictRow:
-    """A model's verdict: an upper bound where the reliability says so, unchecked where no check ran."""
+def verdict_row(model: str, cell: Cell | None, reliability: Reliability | None, checked: bool,
+                meaningless: tuple[str, ...] = ()) -> VerdictRow:
+    """A model's verdict: an upper bound where the reliability says so; not meaningful where too few samples
+    stand behind the figure (``meaningless``: why); unchecked where no check ran."""
     text = bounded_text(cell, reliability)
     if reliability is not None and not reliability.reliable:
         return VerdictRow(model, cell, UPPER_BOUND, text, f"upper bound: {reliability.reason_text or 'see checks'}")
+    if meaningless:
+        return VerdictRow(model, cell, MEANINGLESS, text, f"{MEANINGLESS}: {'; '.join(meaningless)}")
     if not checked:
         return VerdictRow(model, cell, UNCHECKED, text, "no sanity check ran")
     return VerdictRow(model, cell, RELIABLE, text, RELIABLE)
@@ -105,13 +111,27 @@ def verdict_view(result: ResultMatrix) -> VerdictView:
     eps = summary_eps(result)
     reliability = reliability_of(result)
     checked = _checked_models(result)
-    rows = tuple(verdict_row(s.model, s.adversarial, reliability.get(s.model), checked is None or s.model in checked)
+    meaningless = meaningless_of(result)
+    rows = tuple(verdict_row(s.model, s.adversarial, reliability.get(s.model), checked is None or s.model in checked,
+                             tuple(meaningless.get(s.model, ())))
                  for s in summary_rows(result, eps))
     n = {int(r) for r in result.records["n"].dropna()} if not result.records.empty else set()
     lead = (f"Robust accuracy in % under the {WORST_CASE} over every attack at ε={format_eps(eps)} "
             f"({threat_norm(result)}), with its 95% Wilson interval"
             + (f"; n = {n.pop()} samples per model." if len(n) == 1 else "."))
     return VerdictView(lead, rows)
+
+
+def meaningless_of(result: ResultMatrix) -> dict[str, list[str]]:
+    """``model -> [reason]`` for the models whose figures too few samples stand behind (near chance, under 30
+    clean-correct), from the matrix and the data's class count; empty when the count was not recorded."""
+    from robustaudit.evaluate.header import meaningless_reasons
+
+    data = result.provenance.get("data") or {}
+    classes = data.get("num_classes") if isinstance(data, dict) else None
+    if not isinstance(classes, int) or result.records.empty:
+        return {}
+    return meaningless_reasons(result.records, classes)
 
 
 def _checked_models(result: ResultMatrix) -> set[str] | None:
