@@ -3,7 +3,10 @@ pipe, ``nohup``, CI logs) plain lines, one per finished stage and at most one ev
 stage runs, each with the elapsed time and an ETA. ``--quiet`` silences both.
 
 Both implement the runner's ``Progress`` protocol (``start(description, total)``, ``advance(amount)``);
-the units are whatever the stage counts (samples of a cell, detector cells, fit steps).
+the units are whatever the stage counts (samples of a cell, detector cells, fit steps). A fit (a
+description starting with "fit") that starts inside a running stage (a patch or generator cell fits
+before it attacks) nests: the cell is not reported done; it resumes when the fit has finished. So do the
+transferability stage's replays (:data:`NESTED`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ from typing import Any
 
 #: Seconds between two plain lines of a running stage (a stage's end is always reported).
 PLAIN_EVERY_S = 5.0
+#: Stages that run inside the stage before them, which resumes when they end: a cell's fit (a patch or a
+#: generator is fitted before the cell attacks) and the transferability stage's replays on each model.
+NESTED = ("fit", "transfer · ")
+
+
+def _nested(description: str) -> bool:
+    return description.startswith(NESTED)
 
 
 def make_progress(err: Any, *, quiet: bool = False) -> Any:
@@ -51,36 +61,54 @@ class PlainProgress:
         self._total = self._done = 0
         self._started = self._last = self._t0
         self._ended = True
+        self._outer: tuple[str, int, int, float] | None = None  # the stage a running fit interrupted
 
     def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._finish()
+        self._finish_all()
 
     def start(self, description: str, total: int) -> None:
-        self._finish()
+        if _nested(description) and self._stage is not None and not self._ended:
+            if self._outer is None:  # the running stage resumes when this one ends
+                self._outer = (self._stage, self._total, self._done, self._started)
+            else:  # a nested stage that stopped short of its total: it is done, its outer stays
+                self._ended = True
+                self._line(self._clock(), done=True)
+        else:
+            self._finish_all()
         self._stage, self._total, self._done = description, max(int(total), 1), 0
         self._started = self._clock()
         self._ended = False
-        if description.startswith("fit"):  # fits can take minutes: say so before the first ETA line
+        if description.startswith("fit"):  # fits can take minutes: say so, and their cost, before they run
             self._emit(f"[{self._started - self._t0:7.1f} s] {description}: starting ({self._total} units); "
-                       f"an ETA follows within {duration(self._every)}")
+                       "an estimate follows the first unit")
+        elif "about " in description:  # a stage that states its estimated cost states it before it runs
+            self._emit(f"[{self._started - self._t0:7.1f} s] {description}: starting")
 
     def advance(self, amount: int) -> None:
         if self._stage is None or self._ended:
             return
+        first = self._done == 0
         self._done = min(self._done + int(amount), self._total)
         now = self._clock()
         if self._done >= self._total:
             self._finish()
-        elif now - self._last >= self._every:
-            self._line(now)
+        elif now - self._last >= self._every or (first and self._done and self._stage.startswith("fit")):
+            self._line(now)  # a fit's estimate right after its first unit: the time it will take, up front
 
     def _finish(self) -> None:
         if self._stage is not None and not self._ended:
             self._ended = True
             self._line(self._clock(), done=True)
+            if self._outer is not None:  # a nested fit ended: back to its cell
+                self._stage, self._total, self._done, self._started = self._outer
+                self._outer, self._ended = None, False
+
+    def _finish_all(self) -> None:
+        while self._stage is not None and not self._ended:
+            self._finish()
 
     def _line(self, now: float, *, done: bool = False) -> None:
         self._last = now
@@ -106,6 +134,8 @@ class RichProgress:
                                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                   console=console, transient=True)
         self._task: Any = None
+        self._left = 0  # units the current task still has to go
+        self._outer: tuple[Any, int] | None = None  # the task a running fit interrupted, and its units left
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -115,13 +145,26 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, description: str, total: int) -> None:
-        if self._task is not None:
+        if _nested(description) and self._task is not None and self._left > 0 and self._outer is None:
+            self._outer = (self._task, self._left)  # its bar stays; the nested one goes below it
+        elif _nested(description) and self._outer is not None:  # a nested task that stopped short: replaced
             self._progress.remove_task(self._task)
+        else:
+            for task in (self._task, *(() if self._outer is None else (self._outer[0],))):
+                if task is not None:
+                    self._progress.remove_task(task)
+            self._outer = None
         self._task = self._progress.add_task(description, total=max(total, 1))
+        self._left = max(total, 1)
 
     def advance(self, amount: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, amount)
+        if self._task is None:
+            return
+        self._progress.advance(self._task, amount)
+        self._left -= amount
+        if self._left <= 0 and self._outer is not None:  # a nested fit ended: back to its cell
+            self._progress.remove_task(self._task)
+            (self._task, self._left), self._outer = self._outer, None
 
 
 class _Silent:

@@ -23,7 +23,8 @@ def test_plain_lines_per_stage_on_stderr_without_a_terminal(tmp_path: Path, caps
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("[")]
     stages = [LINE.match(line).group(1) for line in lines]  # every progress line has the plain format
-    assert stages == ["digits-cnn: clean", "digits-cnn: fgsm", "digits-cnn: pgd:steps=3"], err
+    # the model-cost stage has its own line (it used to be counted in the stage before it)
+    assert stages == ["digits-cnn: clean", "digits-cnn: fgsm", "digits-cnn: pgd:steps=3", "model cost"], err
     assert all("done in" in line for line in lines)
     assert re.search(r"16/16, done in \d+s$", lines[0]) and "32/32" in lines[1]  # 16 samples x 2 eps (at most)
 
@@ -52,6 +53,29 @@ def test_plain_progress_is_rate_limited_and_gives_an_eta() -> None:
     with bar:
         pass
     assert lines[-1] == "[  100.0 s] fit patch (eps=0.1): 0/500, done in 0s"
+
+
+def test_a_fit_gives_its_estimate_after_its_first_unit_and_nests_in_its_cell() -> None:
+    """A patch cell fits before it attacks: the fit announces its cost, gives an ETA right after its first
+    step (not 5 s later), and the cell is neither reported done before the fit nor lost after it."""
+    now = [0.0]
+    lines: list[str] = []
+    bar = PlainProgress(lines.append, every=5.0, clock=lambda: now[0])
+    bar.start("m: patch", 96)
+    now[0] += 1.0
+    bar.start("fit patch (eps=0.1; 100 steps × 32 images: about 3,200 forward+backward passes)", 100)
+    assert len(lines) == 1 and "about 3,200 forward+backward passes): starting (100 units)" in lines[0]
+    now[0] += 2.0
+    bar.advance(1)  # the first step took 2 s: the estimate is 198 s, said at once
+    assert lines[-1].endswith("passes): 1/100, ETA 3m18s")
+    for _ in range(99):
+        now[0] += 2.0
+        bar.advance(1)
+    assert lines[-1].endswith("passes): 100/100, done in 3m20s")
+    now[0] += 1.0
+    bar.advance(96)  # the cell goes on after its fit and ends as itself
+    assert lines[-1] == "[  202.0 s] m: patch: 96/96, done in 3m22s"
+    assert not [line for line in lines if "m: patch: 0/96" in line]
 
 
 def test_duration() -> None:
@@ -110,3 +134,23 @@ def test_near_chance_accuracy_is_warned() -> None:
     assert "'c': only 19 clean-correct samples (of 20)" in lines[2]
     assert meaningless_reasons(rows, 10) == {"a": ["clean accuracy 0.125 near chance", "only 25 clean-correct samples"],
                                              "c": ["only 19 clean-correct samples"]}
+
+
+def test_the_terminal_bar_nests_a_fit_in_its_cell_too() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from robustaudit.cli_progress import RichProgress
+
+    bar = RichProgress(Console(file=StringIO(), force_terminal=True))
+    with bar:
+        bar.start("m: patch", 96)
+        bar.start("fit patch", 10)
+        assert [t.description for t in bar._progress.tasks] == ["m: patch", "fit patch"]
+        bar.advance(10)  # the fit ends: its bar goes, the cell's is the one that advances
+        bar.advance(96)
+        (cell,) = bar._progress.tasks
+        assert (cell.description, cell.completed, cell.total) == ("m: patch", 96, 96)
+        bar.start("m: fgsm", 5)  # a new cell replaces the finished one
+        assert [t.description for t in bar._progress.tasks] == ["m: fgsm"]

@@ -23,3 +23,19 @@ def test_given_models_are_kept() -> None:
 
     spec = resolve_spec(open_dataset("digits32"), models=[ModelSpec("digits32-cnn")])
     assert [m.spec for m in spec.models] == ["digits32-cnn"]
+
+
+def test_default_detector_row_only_where_its_model_is_audited(tmp_path, capsys) -> None:
+    """The default audit wraps the standard digits CNN in the squeeze detector; digits32's defaults have no
+    such model: no detector stage, no empty detection block, no progress line claiming detectors ran."""
+    import json
+
+    from robustaudit.cli import main
+
+    argv = ["audit", "--data", "digits32", "--n", "8", "--eps", "0.1", "--attack", "fgsm", "--checks", "off",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "detection" not in doc["provenance"]
+    assert {r["model"] for r in doc["records"]} == {"digits32-cnn", "digits32-resnet"}
+    assert "detectors" not in capsys.readouterr().err

@@ -140,7 +140,8 @@ class LearnedAttack(UniversalAttack):
         n = len(pool)
         batch = min(self.batch, n)
         if progress is not None:
-            progress.start(f"fit {self.name}", self.epochs * n)
+            progress.start(f"fit {self.name} ({self.epochs} epochs × {n} images: about {self.epochs * n:,} "
+                           "forward+backward passes through the model and the generator)", self.epochs * n)
         last = {"success": 0.0, "loss": float("nan")}
         with eval_mode(model):
             for epoch in range(self.epochs):

@@ -164,7 +164,9 @@ class AdversarialPatch(UniversalAttack):
         order = torch.Generator().manual_seed(stream_key(seed, self.name, "batches", threat.eps))
         n = len(train)
         if progress is not None:
-            progress.start(f"fit patch (eps={threat.eps:g})", self.steps)
+            b = min(self.batch_size, n)  # the cost up front: a fit takes minutes on a CPU
+            progress.start(f"fit patch (eps={threat.eps:g}; {self.steps} steps × {b} images: about "
+                           f"{self.steps * b:,} forward+backward passes)", self.steps)
         with eval_mode(model), torch.enable_grad():
             for step in range(self.steps):
                 idx = torch.randint(0, n, (min(self.batch_size, n),), generator=order).tolist()

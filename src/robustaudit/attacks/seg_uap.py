@@ -126,7 +126,9 @@ class SegUAP(UniversalAttack):
         batches = [order[i: i + self.batch_size] for i in range(0, n, self.batch_size)]
         cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         if progress is not None:
-            progress.start(f"fitting {self.name} at eps {threat.eps:g}", self.iterations)
+            progress.start(f"fit {self.name} (eps={threat.eps:g}; {self.iterations} iterations × up to "
+                           f"{self.batch_size} images: about {self.iterations * min(self.batch_size, n):,} "
+                           "forward+backward passes)", self.iterations)
         with eval_mode(model), torch.enable_grad():
             for it in range(self.iterations):
                 b = it % len(batches)

@@ -120,7 +120,8 @@ class UAP(UniversalAttack):
         with eval_mode(model):
             k = _predict(model, x, self.batch_size)
             if progress is not None:
-                progress.start(f"fit uap ({self.method}, eps={threat.eps:g})", self.passes * n)
+                progress.start(f"fit uap ({self.method}, eps={threat.eps:g}; {self.passes} passes over {n} images, "
+                               "a search per image the perturbation does not yet fool)", self.passes * n)
             best, best_rate = v.clone(), -1.0
             for p in range(self.passes):
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(

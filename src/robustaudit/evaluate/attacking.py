@@ -137,6 +137,5 @@ def fitted_attack(ctx: ModelRun, a: AttackEntry, threat: ThreatModel) -> Attack:
         fit = {"model": ctx.name, "attack": a.name, "eps": threat.eps, "seconds": round(time.perf_counter() - t0, 3),
                "forward_passes": forward, "backward_passes": backward}
         ctx.state.artifacts.put(key, fitted, fit)
-        ctx.scoring.save_fit(ctx, a, threat.eps, fit, fitted)
-        ctx.bar.start(f"{ctx.name}: {a.name}", ctx.n_clean)
+        ctx.scoring.save_fit(ctx, a, threat.eps, fit, fitted)  # the cell's progress resumes: the fit nested in it
     return fitted

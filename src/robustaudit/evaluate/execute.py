@@ -168,6 +168,8 @@ def _after_matrix(r: _Run, result: ResultMatrix) -> dict[str, Any]:
     spec, sub, dev, stages = r.spec, r.subject, r.dev, r.stages
     added = r.timed("checks", extras.sanity_checks, spec, sub, result, r.ids, dev, r.store, r.progress, stages)
     detection = r.timed("detect", extras.detectors, spec, sub, result, r.ids, dev, r.progress, stages)
+    if spec.cost and r.progress is not None:  # its own line: else the stage before it is shown taking its time
+        r.progress.start("model cost", 1)
     costs = r.timed("cost", lambda: stages.run(Stage("cost", lambda: model_costs(
         sub.entries, sub.data, r.cost_batch, dev, r.probe))) if spec.cost else {})
     # between the audited models (subject.entries), not the detectors' MODEL+DETECTOR rows

@@ -61,6 +61,8 @@ def detectors(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list
     from robustaudit.evaluate.detection import evaluate_detection
 
     wrapped = [e for e in subject.entries if not spec.defense_models or e.name in spec.defense_models]
+    if not wrapped:  # the default detector wraps the standard digits CNN; another data's defaults have none
+        return None
     records, robust, block = stages.run(Stage("detect", lambda: evaluate_detection(
         wrapped, subject.data, ids, subject.attacks, list(spec.eps), detectors=list(spec.detectors),
         fpr=spec.defense_fpr, defense_data=spec.defense_data, norm=spec.norm, device=device, seed=spec.seed,
