@@ -804,7 +804,7 @@ CASES: list[Case] = [
     C(A, "eps infinite", "`--eps inf`", _a(lambda t: audit(t, "--eps", "inf")), "eps must be finite"),
     C(A, "eps not a number", "`--eps abc`", _a(lambda t: audit(t, "--eps", "abc")), "cannot parse eps 'abc'"),
     C(A, "eps beyond the data range", "`--eps 8` on [0, 1] images", _a(lambda t: audit(t, "--eps", "8")),
-      "eps 8 (linf) reaches every image: images are in [0, 1], so a linf radius must be below 1 (did you mean 8/255?)"),
+      "eps 8 (linf) reaches every image: images are in [0, 1], so an linf radius must be below 1 (did you mean 8/255?)"),
     C(A, "eps divides by zero", "`--eps 1/0`", _a(lambda t: audit(t, "--eps", "1/0")), "cannot parse eps '1/0'"),
     C(A, "eps list with a hole", "`--eps 0.1,,0.2`", _a(lambda t: audit(t, "--eps", "0.1,,0.2")), "cannot parse eps ''"),
     C(A, "device that is not there", "`--device cuda:7`", _a(lambda t: audit(t, "--device", "cuda:7")), "'cuda:7'"),

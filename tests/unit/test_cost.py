@@ -190,3 +190,16 @@ def test_cuda_peak_memory_grows_with_the_model():
     cost = model_cost(big, (1, 8, 8), 64, dev)
     assert cost["peak_memory"]["bytes"] > 0 and cost["latency"]["median_seconds_per_batch"] > 0
     assert cost["latency"]["device"].startswith("cuda")
+
+
+def test_an_api_audit_leaves_no_unclosed_file_at_exit():
+    """The memory probe server's pipes are closed at exit (Python warned of two unclosed files)."""
+    import subprocess
+    import sys
+
+    code = ("import robustaudit; robustaudit.audit(model='digits-cnn', n=8, eps=0.1, attacks=['fgsm'], "
+            "checks='off')")
+    proc = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", code], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ResourceWarning" not in proc.stderr, proc.stderr

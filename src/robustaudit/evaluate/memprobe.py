@@ -126,6 +126,7 @@ class _Server:
         """One job on the running server (started if needed); ``None`` when the server ended."""
         proc = cls.proc
         if proc is None or proc.poll() is not None:
+            _close_pipes(proc)  # a server that ended idle: its pipes, before a new one
             # one core per probe: a forward at one batch does not need more, and the audit needs the rest
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
             # a session of its own: Ctrl-C in the terminal is the audit's to handle, and stop() can end
@@ -142,6 +143,7 @@ class _Server:
             line = ""
         if not line:
             proc.wait()
+            _close_pipes(proc)
             return None
         doc = json.loads(line)
         if doc.get("error"):
@@ -159,6 +161,7 @@ class _Server:
             except (OSError, AttributeError):
                 proc.kill()
             proc.wait()
+        _close_pipes(proc)
 
     @classmethod
     def shutdown(cls) -> None:
@@ -171,6 +174,17 @@ class _Server:
             except (OSError, subprocess.TimeoutExpired):
                 proc.kill()
                 proc.wait()
+        _close_pipes(proc)
+
+
+def _close_pipes(proc: subprocess.Popen | None) -> None:
+    """Close a finished server's pipes (else Python warns of unclosed files at exit)."""
+    for pipe in (proc.stdin, proc.stdout) if proc is not None else ():
+        try:
+            if pipe is not None:
+                pipe.close()
+        except OSError:
+            pass
 
 
 atexit.register(_Server.shutdown)

@@ -189,7 +189,7 @@ def check_eps_range(grid: Sequence[float], norm: str, sample_shape: Sequence[int
     span = {"linf": 1.0, "l2": d ** 0.5, "l1": float(d)}[norm]
     top = max(grid)
     if top >= span:
-        raise UserError(f"eps {top:g} ({norm}) reaches every image: images are in [0, 1], so a {norm} radius must be "
+        raise UserError(f"eps {top:g} ({norm}) reaches every image: images are in [0, 1], so an {norm} radius must be "
                         f"below {span:g} (did you mean {top:g}/255?)")
     if top > span / 2:
         return [f"eps {top:g} ({norm}) is above half the data range ({span / 2:g}): every image can be turned into "
