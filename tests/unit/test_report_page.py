@@ -115,11 +115,16 @@ def test_details_are_collapsed_and_hold_matrix_noise_checks_and_provenance(page)
     # glyphs from plain Unicode, no emoji; check docs inlined as anchors, no relative link
     assert not re.search("[\u2705\u274c\u26a0\U0001F300-\U0001FAFF]", page)
     assert '<a href="#doc-loss-gap">' in page and 'id="doc-loss-gap"' in page and 'href="docs/' not in page
+    assert "doc-loss-gap" in parsed.in_details  # the inlined docs are collapsed too
 
 
 def test_markdown_shows_the_same_marks_and_the_per_eps_noise_table():
     md = render_markdown(_result())
     assert "| ✗ fail | `loss-gap` |" in md and "| ! warn | `monotone-eps` |" in md
+    # check docs as anchors of the file itself, not relative links that break outside the checkout
+    assert "| [loss-gap](#loss-gap) |" in md and "docs/checks.md#loss-gap" not in md
+    docs = md.split("## What the checks test\n\n")[1]
+    assert "### loss-gap\n\nThe audit's iterative attack with the other loss" in docs
     # without stored per-sample outcomes nothing is compared, and the section says so instead of a table
     assert "No per-sample outcomes were stored, so nothing is compared." in md
 
@@ -169,6 +174,11 @@ def test_chromium_shows_the_first_screen_at_1400_and_scrolls_the_matrix_at_800(b
     scroll.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
     last = tab.locator("#matrix-scroll th").last.bounding_box()
     assert last["x"] + last["width"] <= 800 + 1  # the last column can be scrolled into view
+
+    # a check's doc link on the first screen opens the collapsed section that holds the doc
+    assert not tab.locator("#doc-loss-gap").is_visible()
+    tab.locator("#checks-tally a[href='#doc-loss-gap']").first.click()
+    assert tab.locator("#doc-loss-gap").is_visible()
 
 
 def test_markdown_and_terminal_write_the_upper_bound_too():

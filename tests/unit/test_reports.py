@@ -218,6 +218,8 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
         "Clean vs adversarial accuracy",
         "Differences within noise",
         "Sanity checks",
+        "What the checks test",  # the docs of the checks that ran, as anchors of this file
+        "large-eps",  # ("logits" is no check id of docs/checks.md: its doc stays as given)
         "Provenance",
     ]
     assert "- **ε grid:** 0.1, 0.2, 0.3" in md

@@ -13,6 +13,7 @@ from typing import Any
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Section, Table
+from robustaudit.reports.view.checkdocs import check_doc
 from robustaudit.reports.view.checks import CHECK_HEADERS, STATUS_MARK
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING
 from robustaudit.reports.view.numbers import DASH
@@ -118,9 +119,16 @@ def _summary(view: ReportView) -> str:
 
 
 def _checks(view: ReportView) -> str:
+    # each check's documentation follows the table, under a heading of its id: the link is an anchor of this
+    # file, which travels with it (a relative docs/checks.md#... breaks once the report leaves the checkout)
+    docs = {i: check_doc(i) for i in dict.fromkeys(c.id for c in view.checks) if check_doc(i)}
     rows = [[f"{c.mark} {md_escape(c.status)}".strip(), md_code(c.id), md_escape(c.model), md_escape(c.message),
-             md_escape(c.doc) if c.doc else DASH] for c in view.checks]
-    return f"## Sanity checks ({view.checks_tally})\n\n" + _grid(CHECK_HEADERS, rows, len(CHECK_HEADERS))
+             f"[{c.id}](#{c.id})" if c.id in docs else (md_escape(c.doc) if c.doc else DASH)] for c in view.checks]
+    text = f"## Sanity checks ({view.checks_tally})\n\n" + _grid(CHECK_HEADERS, rows, len(CHECK_HEADERS))
+    if docs:
+        text += "\n\n## What the checks test\n\n" + "\n\n".join(
+            f"### {i}\n\n" + "\n\n".join(paragraphs) for i, paragraphs in docs.items())
+    return text
 
 
 def _provenance(view: ReportView) -> str | None:
