@@ -108,8 +108,14 @@ def test_a_segmentation_report_renders_again_from_its_results_json(tmp_path):
     assert '<tr class="worst"><td>unet</td><td>worst-case (per image)</td>' in page
     # the same page as classification: first screen, styled, threat model, details, provenance
     for part in ('id="verdict"', 'id="clean-vs-adversarial"', 'id="checks-tally"', 'id="threat"', "<style>",
-                 '<details id="matrix">', '<details id="provenance">'):
+                 '<details id="matrix">', '<details id="setup">'):
         assert part in page, part
+    # the setup and provenance blocks are the classification report's (they had only five fields here)
+    loaded.provenance.update({"torch": "2.14.1", "seed": 3, "config": {"n": 12}})
+    again = render_html(loaded, images=False)
+    provenance = again.split('<details id="provenance">')[1].split("</details>")[0]
+    assert "2.14.1" in provenance and "Configuration" in provenance and '&#34;n&#34;: 12' in provenance
+    assert "## Provenance" in render_markdown(loaded) and "## Models" in render_markdown(loaded)
     assert "25.0 [15.0–35.0]" in page.split('id="verdict"')[1].split("</table>")[0]
     assert "no sanity check ran" in page and "reliable<" not in page  # nothing checks segmentation
     console = Console(file=io.StringIO(), width=200)

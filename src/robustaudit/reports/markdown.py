@@ -131,7 +131,7 @@ def _checks(view: ReportView) -> str:
     return text
 
 
-def _provenance(view: ReportView) -> str | None:
+def _provenance(view: ReportView | SegmentationView) -> str | None:
     if not view.provenance and view.config is None:
         return None
     text = "## Provenance"
@@ -160,10 +160,12 @@ def _classification(view: ReportView) -> str:
 
 
 def _segmentation(view: SegmentationView) -> str:
-    parts = [f"# {view.title}", view.headline, verdict(view.verdict), *(section(s) for s in view.overview),
-             section(view.summary), section(view.matrix)]
-    parts += [section(s) for s in (*view.per_class, *view.extra, view.checks, view.provenance)]
-    return "\n\n".join(parts) + "\n"
+    parts = [f"# {view.title}", view.headline, verdict(view.verdict), *(section(s) for s in view.overview)]
+    parts += [section(Section(title, table=t)) for title, t in (("Models", view.models), ("Attacks", view.attacks)) if t]
+    parts += [section(view.summary), section(view.matrix)]
+    parts += [section(s) for s in (*view.per_class, *view.extra, view.checks)]
+    parts.append(_provenance(view))
+    return "\n\n".join(p for p in parts if p is not None) + "\n"
 
 
 def render_markdown(result: ResultMatrix) -> str:

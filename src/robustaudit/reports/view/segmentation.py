@@ -15,7 +15,8 @@ from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view.blocks import Image, Section, Table
 from robustaudit.reports.view.matrix import FIT_NOTE, Cell, format_cell
 from robustaudit.reports.view.numbers import DASH, as_float, format_eps, format_number, format_percent
-from robustaudit.reports.view.overview import training_label
+from robustaudit.reports.view.overview import (attacks_table, config_json, data_items, models_table,
+                                                provenance_items, training_label)
 from robustaudit.reports.view.verdict import VerdictView, access_text, reliability_of, verdict_row
 
 TITLE = "Robustness audit: segmentation"
@@ -41,9 +42,14 @@ class SegmentationView:
     extra: tuple[Section, ...]  # targeted success, unbounded attacks
     panels: Image | None
     checks: Section
-    provenance: Section
     verdict: VerdictView  # the first screen: per model the worst-case mIoU at the summary eps
     summary: Section  # clean vs adversarial mIoU per model at the summary eps
+    # the same setup and provenance blocks as the classification report's
+    data: list[tuple[str, str]]
+    models: Table
+    attacks: Table
+    provenance: list[tuple[str, str]]
+    config: str | None
 
 
 def summary_eps(result: ResultMatrix) -> float | None:
@@ -198,9 +204,7 @@ def _verdict_and_summary(result: ResultMatrix, eps: float | None) -> tuple[Verdi
 
 def segmentation_view(result: ResultMatrix) -> SegmentationView:
     """The segmentation report's sections, formatted."""
-    prov = result.provenance
     eps = summary_eps(result)
-    items = [(k, prov.get(k)) for k in ("robustaudit", "torch", "device", "seed", "seconds")]
     verdict, summary = _verdict_and_summary(result, eps)
     matrix = Section("mIoU and pixel accuracy under attack", table=matrix_table(result),
                      after=f"{CI_NOTE}. {ENSEMBLE_MEANING}. Each cell is an independent run over every image.")
@@ -211,6 +215,6 @@ def segmentation_view(result: ResultMatrix) -> SegmentationView:
         extra=tuple(s for s in (_targeted_section(result), _unbounded_section(result)) if s.table),
         panels=Image("seg_panels", "segmentation panels", note=PANELS_NOTE) if result.seg_examples else None,
         checks=Section("Sanity checks", paragraph=SKIPPED_CHECKS + "."),
-        provenance=Section("Provenance", notes=tuple(f"{k}: {v}" for k, v in items if v is not None)),
-        verdict=verdict, summary=summary,
+        verdict=verdict, summary=summary, data=data_items(result), models=models_table(result),
+        attacks=attacks_table(result), provenance=provenance_items(result), config=config_json(result),
     )
