@@ -226,3 +226,22 @@ def test_markdown_leads_with_the_verdict():
     assert "| digits-model-1 | ≤ 47.4 (upper bound: loss-gap failed) | ✗ upper bound: loss-gap failed |" in verdict
     assert "| digits-model-0 | 44.6 [40.6–48.6] | ✓ reliable |" in verdict
     assert verdict.count("! no sanity check ran") == 4
+
+
+@pytest.mark.slow
+def test_chromium_shows_the_first_screen_of_a_real_audits_report(browser, tmp_path):
+    """Not only the synthetic page: a real (small) audit of two catalog models, one behind the detector."""
+    from robustaudit.cli import main
+
+    out = tmp_path / "out"
+    argv = ["audit", "--model", "digits-cnn", "--model", "digits-cnn-pgdat", "--attack", "fgsm", "--eps", "0.1,0.2",
+            "--defense", "squeeze", "--n", "48", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    tab = browser.new_page(viewport={"width": 1400, "height": 900})
+    tab.goto((out / "report.html").as_uri())
+    for selector in FIRST_SCREEN:
+        box = tab.locator(selector).bounding_box()
+        assert tab.locator(selector).is_visible() and box is not None, selector
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 900, (selector, box)
+    verdict = tab.locator("#verdict").inner_text()
+    assert "digits-cnn-pgdat" in verdict and "digits-cnn+squeeze" in verdict
