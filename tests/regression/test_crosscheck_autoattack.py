@@ -48,3 +48,14 @@ def test_autoattack_and_fast_not_weaker_than_torchattacks(points):
     allowed = max(1, n // 200)
     assert int(ours.sum()) <= int(theirs.sum()) + allowed, (int(ours.sum()), int(theirs.sum()))
     assert int(fast.sum()) <= int(theirs.sum()) + allowed, (int(fast.sum()), int(theirs.sum()))
+
+
+def test_fast_runs_apgd_dlr_before_the_short_targeted_runs():
+    """`fast`'s 25-step APGD-T missed a point 100-step APGD-T (AutoAttack's) broke on a CIFAR-scale ResNet-18;
+    a full-budget untargeted APGD-DLR broke it (BENCHMARKS.md, CIFAR-scale): it is a member, at `steps`."""
+    from robustaudit.attacks.apgd import APGD, APGDTargeted
+    from robustaudit.attacks.square import Square
+
+    members = FastEnsemble(steps=40).attacks
+    assert [type(a) for a in members] == [APGD, APGD, APGDTargeted, Square]
+    assert [(a.loss, a.steps) for a in members[:2]] == [("ce", 40), ("dlr", 40)]
