@@ -60,8 +60,8 @@ def add_audit_parser(sub: Any) -> None:
         "report.md and report.html under --out. With no arguments: the embedded default audit: scikit-learn "
         "digits, a standard and a PGD-trained CNN (the 2×2 table), FGSM, PGD and margin-loss PGD at eps 0.1, 0.2, "
         "0.3, the standard CNN behind the squeeze detector under plain and adaptive attack, basic checks, "
-        "model cost and the two models' transferability; about 40 s of audit time (48-54 s for the whole "
-        "command) on a quiet 2-core x86 VM, CPU only.",
+        "model cost and the two models' transferability; 28-43 s of audit time (35-54 s for the whole "
+        "command) on quiet 2-core x86 VMs, CPU only.",
         epilog=AUDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _what_flags(a)
     _how_flags(a)
