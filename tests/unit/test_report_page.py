@@ -125,6 +125,8 @@ def test_markdown_shows_the_same_marks_and_the_per_eps_noise_table():
     assert "| [loss-gap](#loss-gap) |" in md and "docs/checks.md#loss-gap" not in md
     docs = md.split("## What the checks test\n\n")[1]
     assert "### loss-gap\n\nThe audit's iterative attack with the other loss" in docs
+    # the upper bound's explanation links to its section, carried along too
+    assert "[Upper bounds](#upper-bounds)" in md and "### upper-bounds\n\n" in docs
     # without stored per-sample outcomes nothing is compared, and the section says so instead of a table
     assert "No per-sample outcomes were stored, so nothing is compared." in md
 

@@ -220,6 +220,7 @@ def test_markdown_sections_threat_data_models_attacks_summary_checks_provenance(
         "Sanity checks",
         "What the checks test",  # the docs of the checks that ran, as anchors of this file
         "large-eps",  # ("logits" is no check id of docs/checks.md: its doc stays as given)
+        "upper-bounds",  # a model's headline is an upper bound: what that means, linked from the summary
         "Provenance",
     ]
     assert "- **ε grid:** 0.1, 0.2, 0.3" in md

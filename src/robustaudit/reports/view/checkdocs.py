@@ -20,7 +20,8 @@ _HEADING = re.compile(r"^#{2,3} ", re.M)
 
 @lru_cache(maxsize=4)
 def _sections(path: Path) -> dict[str, tuple[str, ...]]:
-    """``check id -> paragraphs`` of every ``### id`` (or ``### a, b``) section of ``path``."""
+    """``check id -> paragraphs`` of every ``### id`` (or ``### a, b``) section of ``path``; a prose section
+    (``## Upper bounds``) under its slug (``upper-bounds``), as Markdown renderers anchor it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
@@ -32,6 +33,9 @@ def _sections(path: Path) -> dict[str, tuple[str, ...]]:
         for check_id in (h.strip().strip("`") for h in heading.split(",")):
             if re.fullmatch(r"[a-z0-9-]+", check_id):
                 out[check_id] = paragraphs
+        slug = "-".join(heading.strip().lower().split())
+        if re.fullmatch(r"[a-z0-9-]+", slug):
+            out.setdefault(slug, paragraphs)
     return out
 
 
