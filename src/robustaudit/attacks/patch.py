@@ -163,13 +163,13 @@ class AdversarialPatch(UniversalAttack):
         opt = torch.optim.Adam([patch], lr=self.lr * (hi - lo))
         order = torch.Generator().manual_seed(stream_key(seed, self.name, "batches", threat.eps))
         n = len(train)
-        if progress is not None:
-            b = min(self.batch_size, n)  # the cost up front: a fit takes minutes on a CPU
+        b = min(self.batch_size, n)
+        if progress is not None:  # the cost up front: a fit takes minutes on a CPU
             progress.start(f"fit patch (eps={threat.eps:g}; {self.steps} steps × {b} images: about "
                            f"{self.steps * b:,} forward+backward passes)", self.steps)
         with eval_mode(model), torch.enable_grad():
             for step in range(self.steps):
-                idx = torch.randint(0, n, (min(self.batch_size, n),), generator=order).tolist()
+                idx = torch.randint(0, n, (b,), generator=order).tolist()
                 x, y = train.load(idx)
                 x, y = x.to(dev), y.to(dev)
                 u = keyed_uniform(idx, (_DRAWS,), stream_key(seed, self.name, "fit", threat.eps, step), device=dev)

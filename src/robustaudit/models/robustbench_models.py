@@ -10,10 +10,10 @@ Nothing is downloaded unless the caller allows it: load_model downloads a missin
 every file it will read is checked first (present, and readable with ``weights_only=True``) and its
 download function is replaced by one that raises while it runs without ``allow_download``.
 
-Entries robustbench builds through timm (its XCiT, DeiT and AlexNet entries: timm registers them when robustbench is imported,
-and ``load_model`` asks timm first, by the name ``<name>_<dataset>_<threat>``) are read from torch hub's
-cache, ``$TORCH_HOME/hub/checkpoints/<file of the entry's URL>``, where timm keeps what it downloads; the
-same checks and the same download guard apply (torch hub's download function raises instead).
+Entries robustbench builds through timm (its XCiT, DeiT and AlexNet entries: timm registers them when
+robustbench is imported, and ``load_model`` asks timm first, by the name ``<name>_<dataset>_<threat>``) are
+read from torch hub's cache, ``$TORCH_HOME/hub/checkpoints/<file of the entry's URL>``, where timm keeps what
+it downloads; the same checks and the same download guard apply (torch hub's download function raises too).
 
 RobustBench models take ``(N, 3, H, W)`` inputs in [0, 1] and normalize inside (those that need it carry
 their own normalization layer), so no ``Normalize`` wrapper is added. The card records the clean and
@@ -185,7 +185,7 @@ def _refuse_unsupported(spec: str, name: str, dataset: str, entry: dict[str, Any
     """Entries load_model does not read from a cache file: one line each, saying what to use instead."""
     if timm_hosted and files:
         return
-    if timm_hosted or entry.get("gdrive_id") is None:  # built inside the entry's constructor (AlexNet, DeiT...)
+    if timm_hosted or entry.get("gdrive_id") is None:  # weights fetched inside the entry's own constructor
         raise UserError(f"'{spec}': RobustBench builds '{name}' from another library's pretrained weights, not "
                         "from a file robustaudit can check in a cache; robustaudit does not load it")
     if dataset == "imagenet" and "Standard" in name:  # built from torchvision's pretrained weights

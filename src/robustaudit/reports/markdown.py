@@ -15,9 +15,9 @@ from robustaudit.reports.view import ReportView, SegmentationView, report_view, 
 from robustaudit.reports.view.blocks import Section, Table
 from robustaudit.reports.view.checkdocs import check_doc
 from robustaudit.reports.view.checks import CHECK_HEADERS, STATUS_MARK
-from robustaudit.reports.view.reliability import UPPER_BOUND_DOC
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING
 from robustaudit.reports.view.numbers import DASH
+from robustaudit.reports.view.reliability import UPPER_BOUND_DOC
 from robustaudit.reports.view.verdict import MEANINGLESS, RELIABLE, UNCHECKED, UPPER_BOUND, VerdictView
 
 _MD_SPECIAL = re.compile(r"([\\`*|<>&])")
@@ -122,8 +122,8 @@ def _summary(view: ReportView) -> str:
     return text
 
 
-#: docs/checks.md's prose section on upper bounds, by its slug
-UPPER_BOUNDS = "upper-bounds"
+#: docs/checks.md's prose section on upper bounds, by its slug (the fragment the other renderings cite)
+UPPER_BOUNDS = UPPER_BOUND_DOC.partition("#")[2]
 
 
 def _checks(view: ReportView) -> str:
