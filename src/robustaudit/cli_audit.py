@@ -274,6 +274,8 @@ def _gate(result: Any, fail_under: float | None, fail_on: str, allow_unreliable:
     when a model's figures are upper bounds (an unanswered failing sanity check) unless ``allow_unreliable``."""
     from rich.text import Text
 
+    from robustaudit.reports.view.checkdocs import UPPER_BOUNDS, doc_reference
+
     if fail_under is None:
         return EXIT_OK
     unreliable = {m: r["reasons"] for m, r in result.reliability.items() if not r["reliable"]}
@@ -282,8 +284,8 @@ def _gate(result: Any, fail_under: float | None, fail_on: str, allow_unreliable:
     failed = bool(unreliable) and not allow_unreliable
     if failed:
         err.print(Text("FAIL", style="bold red") + Text(f": upper bounds, not figures to gate on: {named}; see "
-                                                        "docs/checks.md#upper-bounds (--allow-unreliable accepts them)"),
-                  soft_wrap=True)
+                                                        f"{doc_reference(UPPER_BOUNDS)} (--allow-unreliable accepts "
+                                                        "them)"), soft_wrap=True)
     failing = result.below(fail_under, bound="lower" if fail_on == "lower" else "point")
     # segmentation gates on mIoU (ResultMatrix.below picks the column)
     value, low, high = (("miou", "miou_ci_low", "miou_ci_high") if result.is_segmentation

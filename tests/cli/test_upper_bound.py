@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from robustaudit.cli import main
+from robustaudit.reports.view.checkdocs import CHECKS_MD
 
 FLAWED = str(Path(__file__).resolve().parents[1] / "golden" / "flawed.py") + ":make_quantized"
 PROBABILITIES = '''
@@ -39,7 +40,7 @@ def test_probabilities_model_fails_the_gate_unless_allowed(tmp_path, capsys):
     assert main(["audit", "--model", model, *SMALL, "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert _gate_line(captured.err) == ("FAIL: upper bounds, not figures to gate on: prob:make (logits-output failed); "
-                                        "see docs/checks.md#upper-bounds (--allow-unreliable accepts them)")
+                                        f"see {CHECKS_MD}#upper-bounds (--allow-unreliable accepts them)")
     doc = json.loads((out / "results.json").read_text())
     assert doc["reliability"] == {"prob:make": {"reliable": False, "reasons": ["logits-output failed"]}}
     worst = next(r for r in doc["records"] if r["attack"] == "worst-case")

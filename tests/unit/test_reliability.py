@@ -14,6 +14,7 @@ from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE
 from robustaudit.evaluate.reliability import reliability_of, unanswered
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports import render_html, render_markdown, render_terminal
+from robustaudit.reports.view.checkdocs import CHECKS_MD
 
 
 def _verdict(check: str, model: str | None, status: str = "fail", **extra) -> dict:
@@ -71,6 +72,8 @@ def test_upper_bound_in_terminal_markdown_and_html():
     text = _terminal(result)
     assert "digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)" in text
     assert "≤ 89.0 [84.0–93.0]" in text  # the worst-case cell of the matrix and the summary
+    # what that means, and where to read more: the checkout's file by a path that opens from any directory
+    assert f"so their worst case is only an upper bound (see {CHECKS_MD}#upper-bounds)." in " ".join(text.split())
     markdown = render_markdown(result)
     assert "- **digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)**" in markdown
     assert "| **≤ 89.0 [84.0–93.0]** |" in markdown and "| 89.0 [84.0–93.0] |" in markdown  # pgd's own row
@@ -108,7 +111,8 @@ def test_cli_gate_fails_on_an_upper_bound_unless_allowed(allow, code):
         assert lines[0].startswith("PASS: every robust accuracy (lower bound) >= 0.5; upper bounds accepted")
     else:
         assert lines[0] == ("FAIL: upper bounds, not figures to gate on: digits-cnn (loss-gap failed, random-noise "
-                            "failed); see docs/checks.md#upper-bounds (--allow-unreliable accepts them)")
+                            f"failed); see {CHECKS_MD}#upper-bounds (--allow-unreliable accepts them)")
+        assert CHECKS_MD.is_absolute() and CHECKS_MD.is_file()  # a path the reader can open from anywhere
     assert _gate(_result([]), 0.5, "lower", False, err) == 0  # nothing failed: the rows decide
     assert _gate(result, None, "lower", False, err) == 0  # no --fail-under: no gate
 

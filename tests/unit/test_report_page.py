@@ -102,6 +102,10 @@ def test_the_first_screen_holds_verdict_table_curves_and_every_non_pass(page):
     row = re.search(r"<tr><td class=\"name\">digits-model-1</td><td>[^<]*</td>(.*?)</tr>", page, re.S).group(1)
     assert '<td class="num upper">≤ 47.4 (upper bound: loss-gap failed)</td>' in row
     assert "white-box (gradients), untargeted: fgsm, pgd" in page
+    # what an upper bound means, under the verdict, linked to its inlined section
+    assert "so their worst case is only an upper bound (see Upper bounds)." in " ".join(verdict.split())
+    assert 'only an upper bound (see <a href="#doc-upper-bounds">Upper bounds</a>).</p>' in page
+    assert 'id="doc-upper-bounds"' in page and "doc-upper-bounds" in parsed.in_details
 
 
 def test_details_are_collapsed_and_hold_matrix_noise_checks_and_provenance(page):

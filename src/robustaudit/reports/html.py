@@ -18,10 +18,11 @@ import jinja2
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Image, Section
-from robustaudit.reports.view.matrix import WORST_CASE_MEANING, Cell, format_cell
-from robustaudit.reports.view.checkdocs import check_doc
+from robustaudit.reports.view.checkdocs import UPPER_BOUNDS, carried_docs
 from robustaudit.reports.view.checks import STATUS_MARK
+from robustaudit.reports.view.matrix import WORST_CASE_MEANING, Cell, format_cell
 from robustaudit.reports.view.numbers import DASH, format_upper_bound
+from robustaudit.reports.view.reliability import UPPER_BOUND_MEANING
 from robustaudit.reports.view.verdict import Reliability, bounded_text, reliability_of
 
 TEMPLATE = "report.html.j2"
@@ -34,7 +35,7 @@ MARKS = {**STATUS_MARK, "reliable": STATUS_MARK["pass"], "upper": STATUS_MARK["f
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("robustaudit.reports", "templates"),
         # The template is named *.html.j2, which select_autoescape would not recognise: force it on.
         autoescape=True,
@@ -43,6 +44,9 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # the verdict macro's sentence on upper bounds, in both templates
+    env.globals.update(upper_bound_meaning=UPPER_BOUND_MEANING, upper_bounds=UPPER_BOUNDS)
+    return env
 
 
 def data_uri(png: bytes) -> str:
@@ -126,7 +130,7 @@ def render_html(result: ResultMatrix, *, images: bool = True) -> str:
             view=seg, figures=figures, dash=DASH, marks=MARKS, doc_ids=set())
     view = report_view(result)
     reliability = reliability_of(result)
-    docs = [(i, check_doc(i)) for i in dict.fromkeys(c.id for c in view.checks) if check_doc(i)]
+    docs = list(carried_docs([c.id for c in view.checks], bool(view.reliability.unreliable)).items())
     return _environment().get_template(TEMPLATE).render(
         view=view, figures=_figures(result, view) if images else {}, image_titles=IMAGE_TITLES,
         matrix=_matrix_groups(view), summary=[{"model": r.model, "training": r.training, "clean": _cell(r.clean),

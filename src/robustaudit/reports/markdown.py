@@ -13,11 +13,11 @@ from typing import Any
 from robustaudit.evaluate.result import WORST_CASE, ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Section, Table
-from robustaudit.reports.view.checkdocs import check_doc
+from robustaudit.reports.view.checkdocs import UPPER_BOUNDS, carried_docs, check_doc
 from robustaudit.reports.view.checks import CHECK_HEADERS, STATUS_MARK
 from robustaudit.reports.view.matrix import WORST_CASE_MEANING
 from robustaudit.reports.view.numbers import DASH
-from robustaudit.reports.view.reliability import UPPER_BOUND_DOC
+from robustaudit.reports.view.reliability import UPPER_BOUND_MEANING
 from robustaudit.reports.view.verdict import MEANINGLESS, RELIABLE, UNCHECKED, UPPER_BOUND, VerdictView
 
 _MD_SPECIAL = re.compile(r"([\\`*|<>&])")
@@ -113,25 +113,18 @@ def _summary(view: ReportView) -> str:
     rel = view.reliability
     if rel.unreliable:  # never a colour in Markdown: the marks are the ≤ and these lines
         text += "\n\n" + "\n".join(f"- **{md_escape(line)}**" for line in rel.lines())
-        explanation = md_escape(rel.explanation)
-        if check_doc(UPPER_BOUNDS):  # a link inside this file (the section follows the checks)
-            explanation = explanation.replace(md_escape(UPPER_BOUND_DOC), f"[Upper bounds](#{UPPER_BOUNDS})")
-        text += "\n\n" + explanation
+        # a link inside this file (the section follows the checks), else the checkout's file by name
+        where = f"[Upper bounds](#{UPPER_BOUNDS})" if check_doc(UPPER_BOUNDS) else f"docs/checks.md#{UPPER_BOUNDS}"
+        text += f"\n\n{md_escape(UPPER_BOUND_MEANING)} (see {where})."
     if rel.note:
         text += "\n\n" + md_escape(rel.note)
     return text
 
 
-#: docs/checks.md's prose section on upper bounds, by its slug (the fragment the other renderings cite)
-UPPER_BOUNDS = UPPER_BOUND_DOC.partition("#")[2]
-
-
 def _checks(view: ReportView) -> str:
     # each check's documentation follows the table, under a heading of its id: the link is an anchor of this
     # file, which travels with it (a relative docs/checks.md#... breaks once the report leaves the checkout)
-    docs = {i: check_doc(i) for i in dict.fromkeys(c.id for c in view.checks) if check_doc(i)}
-    if view.reliability.unreliable and check_doc(UPPER_BOUNDS):
-        docs[UPPER_BOUNDS] = check_doc(UPPER_BOUNDS)
+    docs = carried_docs([c.id for c in view.checks], bool(view.reliability.unreliable))
     rows = [[f"{c.mark} {md_escape(c.status)}".strip(), md_code(c.id), md_escape(c.model), md_escape(c.message),
              f"[{c.id}](#{c.id})" if c.id in docs else (md_escape(c.doc) if c.doc else DASH)] for c in view.checks]
     text = f"## Sanity checks ({view.checks_tally})\n\n" + _grid(CHECK_HEADERS, rows, len(CHECK_HEADERS))

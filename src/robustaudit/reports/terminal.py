@@ -12,8 +12,10 @@ from rich.text import Text
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports.view import ReportView, SegmentationView, report_view, segmentation_view
 from robustaudit.reports.view.blocks import Table
+from robustaudit.reports.view.checkdocs import UPPER_BOUNDS, doc_reference
 from robustaudit.reports.view.checks import CheckRow
 from robustaudit.reports.view.labelmap import LABEL
+from robustaudit.reports.view.reliability import UPPER_BOUND_MEANING
 from robustaudit.reports.view.segmentation import SKIPPED_CHECKS
 from robustaudit.reports.view.verdict import MEANINGLESS, UPPER_BOUND
 
@@ -99,7 +101,7 @@ def _print_reliability(view: ReportView, console: Console) -> None:
     for line in rel.lines():
         console.print(Text(line, style="bold red"))
     if rel.unreliable:
-        console.print(Text(rel.explanation, style="red"))
+        console.print(Text(f"{UPPER_BOUND_MEANING} (see {doc_reference(UPPER_BOUNDS)}).", style="red"))
     if rel.note:
         console.print(Text(rel.note, style="dim"))
 

@@ -42,3 +42,21 @@ def _sections(path: Path) -> dict[str, tuple[str, ...]]:
 def check_doc(check_id: str, path: Path = CHECKS_MD) -> tuple[str, ...]:
     """The paragraphs of ``check_id``'s section (Markdown source text), or ``()`` when there is none."""
     return _sections(path).get(check_id, ())
+
+
+#: the slug of docs/checks.md's prose section on upper bounds (``## Upper bounds``)
+UPPER_BOUNDS = "upper-bounds"
+
+
+def carried_docs(check_ids: list[str], unreliable: bool) -> dict[str, tuple[str, ...]]:
+    """The sections a report carries: each listed check's, then "Upper bounds" where a headline is one."""
+    docs = {i: check_doc(i) for i in dict.fromkeys(check_ids) if check_doc(i)}
+    if unreliable and check_doc(UPPER_BOUNDS):
+        docs[UPPER_BOUNDS] = check_doc(UPPER_BOUNDS)
+    return docs
+
+
+def doc_reference(slug: str) -> str:
+    """Where a terminal reader finds a section: the checkout's file by its absolute path (a relative
+    ``docs/checks.md`` means nothing outside the checkout's root), else the relative name."""
+    return f"{CHECKS_MD}#{slug}" if CHECKS_MD.is_file() else f"docs/checks.md#{slug}"

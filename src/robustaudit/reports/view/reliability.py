@@ -16,8 +16,10 @@ from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.reports.view.matrix import summary_eps, summary_rows
 from robustaudit.reports.view.numbers import DASH, format_eps, format_percent, format_upper_bound
 
-#: Where every rendering sends the reader of an upper bound.
-UPPER_BOUND_DOC = "docs/checks.md#upper-bounds"
+#: What an upper bound means; each rendering follows it with its own reference to the "Upper bounds" section of
+#: docs/checks.md (an anchor inside the report, or the checkout's file on a terminal)
+UPPER_BOUND_MEANING = ("A failing sanity check that no adaptive attack answered: the attacks probably underestimate "
+                       "these models, so their worst case is only an upper bound")
 NOT_CHECKED = ("The figures were not checked (--checks off): a failing sanity check would have marked them as "
                "upper bounds; run with --checks basic or full.")
 
@@ -59,12 +61,6 @@ class ReliabilityView:
     def lines(self) -> list[str]:
         """One line per unreliable model: ``"digits-cnn at ε=0.1: ≤ 89.0 (upper bound: loss-gap failed)"``."""
         return [f"{m.model} at ε={self.eps}: {m.display}" for m in self.unreliable]
-
-    @property
-    def explanation(self) -> str:
-        """What an upper bound means, after the lines."""
-        return ("A failing sanity check that no adaptive attack answered: the attacks probably underestimate "
-                f"these models, so their worst case is only an upper bound (see {UPPER_BOUND_DOC}).")
 
 
 def reliability_view(result: ResultMatrix) -> ReliabilityView:
