@@ -79,6 +79,41 @@ def test_worst_case_is_per_sample_not_min_of_columns(toy, tmp_path):
     assert r.loc[("a", 0.1), "clean_accuracy"] == pytest.approx(0.9)
 
 
+class NaNOffClean(nn.Module):
+    """Sign's logits on the clean toy images, NaN on any other input; the NaN sits in column 0 and 1 alike,
+    so torch's argmax would name class 0 (the label of the even ids)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = Sign()(x)
+        untouched = (x.reshape(len(x), -1)[:, 1:] == 0.2).all(1, keepdim=True)
+        return torch.where(untouched, logits, torch.full_like(logits, float("nan")))
+
+
+class Nudge(Attack):
+    """Moves pixel 1 by 0.01 (the prediction would not change on Sign itself)."""
+
+    name = "nudge"
+    norms = ("linf",)
+
+    def _run(self, model, x, y, threat, targets, ids, seed, task):
+        out = x.clone()
+        out.view(len(x), -1)[:, 1] += 0.01
+        return out
+
+
+def test_a_nan_output_under_attack_is_a_wrong_prediction(toy):
+    """A model that answers an adversarial input with NaN has classified nothing: every attacked sample is
+    broken, never robust because argmax(NaN row) happens to equal its label."""
+    from robustaudit.core.task import NO_PREDICTION, predictions
+
+    logits = torch.tensor([[float("nan"), 0.0], [1.0, float("-inf")], [0.0, 2.0]])
+    assert predictions(logits).tolist() == [NO_PREDICTION, 0, 1]  # -inf rules a class out: still an answer
+    result = run([ModelEntry("nan", NaNOffClean())], toy, [AttackEntry("nudge", Nudge())], [0.1], batch_size=8)
+    r = result.records.set_index("attack")
+    assert r.loc["nudge", "n_clean_correct"] == 18 and r.loc["nudge", "n_robust"] == 0
+    assert r.loc[WORST_CASE, "robust_accuracy"] == 0.0
+
+
 def test_eps_swept_ascending_on_survivors_only(toy):
     a = Oracle(breaks={0.1: {0, 1, 2}, 0.3: {5}})
     run([ModelEntry("sign", Sign())], toy, [AttackEntry("a", a)], [0.3, 0.1, 0.2], batch_size=100)

@@ -24,6 +24,19 @@ from robustaudit.core.errors import UserError
 OPTIONS = ("precision", "compile", "channels_last", "distributed", "detectors", "physical", "checks",
            "black_box_fallback")
 
+#: The prediction of a row of logits that holds a NaN: no class (every label differs from it).
+NO_PREDICTION = -1
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each row: ``(N, K) -> (N,)`` int64, :data:`NO_PREDICTION` where the row holds
+    a NaN. torch's argmax returns a NaN's own index, so a model that answers an adversarial input with NaN
+    would be counted correct whenever the NaN sits at the label; a model that outputs NaN has classified
+    nothing, and an attack that drives it there has succeeded. (An infinite logit is an answer: ``-inf``
+    for a class a model rules out is common.)"""
+    pred = logits.argmax(dim=1)
+    return pred.masked_fill(torch.isnan(logits).any(dim=1), NO_PREDICTION)
+
 
 @dataclass(frozen=True)
 class Task:
@@ -59,8 +72,8 @@ class Task:
         return F.cross_entropy(logits, y, reduction="none")
 
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample correctness, a bool tensor of shape ``(N,)``."""
-        return logits.argmax(dim=1) == y
+        """Per-sample correctness, a bool tensor of shape ``(N,)`` (a row holding a NaN is wrong)."""
+        return predictions(logits) == y
 
     def margin(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Logit margin ``z_y - max_{k != y} z_k``; negative means misclassified. ``(N, K) -> (N,)``."""
@@ -158,7 +171,7 @@ class SegmentationTask(Task):
 
     def pixel_correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Correct valid pixels (False at ignored ones). ``-> (N, H, W)`` bool."""
-        return (logits.argmax(dim=1) == y) & self.valid(y)
+        return (predictions(logits) == y) & self.valid(y)
 
     def pixel_accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Share of each image's valid pixels predicted correctly, float32; NaN for an image with none

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from robustaudit.attacks.base import AttackKind
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.defenses.detection import (
@@ -169,7 +170,7 @@ class _Judged:
            ids: list[int], batch_size: int, fpr: float) -> _Judged:
         scores = det.score(x, batch_size=batch_size).cpu()
         with torch.no_grad():
-            correct = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+            correct = torch.cat([predictions(model(x[i:i + batch_size])) == y[i:i + batch_size]
                                  for i in range(0, len(x), batch_size)]).cpu()
         rejected = scores > det.threshold
         return cls(f"{model_name}+{detector}", model_name, detector, det, model, x, y, torch.as_tensor(ids, dtype=torch.int64),
@@ -345,6 +346,6 @@ def detector_latency(model: torch.nn.Module, det: Any, sample_shape: Sequence[in
 def _judge(det, model, adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(misclassified (N,) bool, scores (N,))`` of adversarial inputs, on CPU."""
     with torch.no_grad():
-        wrong = torch.cat([model(adv[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
+        wrong = torch.cat([predictions(model(adv[i:i + batch_size])) != y[i:i + batch_size]
                            for i in range(0, len(adv), batch_size)]).cpu()
     return wrong, det.score(adv, batch_size=batch_size).cpu()

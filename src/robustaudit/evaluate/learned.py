@@ -28,6 +28,7 @@ from robustaudit.attacks.base import Attack
 from robustaudit.attacks.learned import GeneratorAttack
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.metrics import wilson_interval
@@ -91,7 +92,7 @@ def transfer_models(entries: Sequence[ModelEntry], data: ImageData
 
 def _scores(module: nn.Module, adv: torch.Tensor, y: torch.Tensor, target: int | None) -> tuple[torch.Tensor, ...]:
     """``(broken, hit)`` per sample: misclassified; classified as ``target`` (all False without one)."""
-    pred = module(adv).argmax(1).cpu()
+    pred = predictions(module(adv)).cpu()
     return pred != y, (pred == target) if target is not None else torch.zeros_like(y, dtype=torch.bool)
 
 
@@ -170,7 +171,7 @@ def _stream(gen: GeneratorAttack, target_model: nn.Module, model_name: str, thre
         labels.append(y)
         with torch.no_grad():
             for name, module, _ in others:
-                clean[name].append(module(xd).argmax(1).cpu() == y)
+                clean[name].append(predictions(module(xd)).cpu() == y)
                 b, h = _scores(module, adv, y, gen.target)
                 broken[name].append(b)
                 hit[name].append(h)

@@ -23,6 +23,7 @@ import torch
 
 from robustaudit.attacks.patch import AdversarialPatch, FittedPatch
 from robustaudit.core.modes import eval_mode, on_device
+from robustaudit.core.task import predictions
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.metrics import binomial_tail, wilson_interval
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
@@ -91,7 +92,7 @@ def _predict(model, data: ImageData, ids: Sequence[int], device, batch_size, tra
         x, y = data.load(batch)
         with torch.no_grad():
             xt = transform(x.to(device), torch.tensor(batch))
-            preds.append(model(xt).argmax(1).cpu())
+            preds.append(predictions(model(xt)).cpu())
         labels.append(y)
         if progress is not None:
             progress.advance(len(batch))

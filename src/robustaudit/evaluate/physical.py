@@ -29,6 +29,7 @@ from robustaudit.attacks.base import Attack, AttackKind, UniversalAttack
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.data.transforms import Transform, physical_transforms
@@ -124,7 +125,7 @@ def _correct(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int) -
     out = []
     for s in range(0, len(x), batch_size):
         with torch.no_grad():
-            out.append(model(x[s : s + batch_size].to(device)).argmax(1).cpu() == y[s : s + batch_size])
+            out.append(predictions(model(x[s : s + batch_size].to(device))).cpu() == y[s : s + batch_size])
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 

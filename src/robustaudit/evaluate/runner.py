@@ -27,7 +27,7 @@ import torch
 from robustaudit.attacks.base import AttackKind, UniversalAttack
 from robustaudit.core.errors import UserError
 from robustaudit.core.modes import eval_mode, on_device
-from robustaudit.core.task import SegmentationTask, Task, task_of
+from robustaudit.core.task import SegmentationTask, Task, predictions, task_of
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.artifacts import Artifacts
@@ -235,11 +235,11 @@ def _judge(ctx: ModelRun, attack: Any, adv: torch.Tensor, y: torch.Tensor) -> tu
     ``judge_repeats`` R > 1 (``EOT(judge=R)``: a randomized model) draws them R times: a sample counts as robust
     only if correct in every draw (its first wrong prediction is kept), and per sample its R outcomes come
     back (the verdict's spread); else ``None``."""
-    preds = model_forward(ctx.model, adv, ctx.name).argmax(1)
+    preds = predictions(model_forward(ctx.model, adv, ctx.name))
     repeats = int(getattr(attack, "judge_repeats", 1))
     if repeats <= 1 or not isinstance(ctx.scoring, ClassScoring):
         return preds, None
-    every = torch.stack([preds, *(model_forward(ctx.model, adv, ctx.name).argmax(1) for _ in range(repeats - 1))], 1)
+    every = torch.stack([preds, *(predictions(model_forward(ctx.model, adv, ctx.name)) for _ in range(repeats - 1))], 1)
     ok = every == y.view(-1, 1)  # (B, R)
     first_wrong = (~ok).to(torch.uint8).argmax(1, keepdim=True)
     chosen = torch.where((~ok).any(1), every.gather(1, first_wrong).squeeze(1), preds)

@@ -20,6 +20,7 @@ import torch
 
 from robustaudit.attacks.base import Attack, AttackKind
 from robustaudit.core.norms import lp_norm
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.aggregate import CleanOutcome
@@ -119,7 +120,7 @@ class ClassScoring:
     def clean(self, store: Store | None, model: str, batch: list[int], y: torch.Tensor, logits: torch.Tensor,
               digest: str | None) -> list[int]:
         """The clean-correct ids of one batch (labels ``y (B,)`` on the host), written to the store."""
-        preds = logits.argmax(1).cpu()
+        preds = predictions(logits).cpu()
         if store is not None:
             store.write_clean(model, batch, y.tolist(), preds.tolist(), data_sha256=digest)
         return [i for i, ok in zip(batch, (preds == y).tolist()) if ok]

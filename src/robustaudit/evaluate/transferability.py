@@ -28,6 +28,7 @@ import torch
 
 from robustaudit.attacks.base import AttackKind, UniversalAttack
 from robustaudit.core.modes import eval_mode, on_device
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.entries import AttackEntry, ModelEntry, NoProgress, Progress
@@ -105,7 +106,7 @@ class _Scoring:
         ids = [int(i) for i in kwargs["ids"]]
         with torch.no_grad():
             for t in self.targets:
-                wrong = model_forward(t.module, adv, t.name).argmax(1) != y
+                wrong = predictions(model_forward(t.module, adv, t.name)) != y
                 self.fooled[t.name].update(zip(ids, wrong.tolist()))
         return adv
 

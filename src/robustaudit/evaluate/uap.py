@@ -23,6 +23,7 @@ import torch
 from robustaudit.attacks.uap import UAP, UniversalPerturbation, noise_control
 from robustaudit.core.modes import eval_mode, on_device
 from robustaudit.core.norms import lp_norm
+from robustaudit.core.task import predictions
 from robustaudit.core.threat import ThreatModel
 from robustaudit.data.base import ImageData
 from robustaudit.evaluate.artifacts import Artifacts
@@ -148,7 +149,7 @@ class _Predictor:
             batch = self.ids[s:s + self.batch_size]
             x, _ = self.data.load(batch)
             with torch.no_grad():
-                out.append(model(transform(x.to(self.device), torch.tensor(batch))).argmax(1).cpu())
+                out.append(predictions(model(transform(x.to(self.device), torch.tensor(batch)))).cpu())
             if self.progress is not None:
                 self.progress.advance(len(batch))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from robustaudit.core.task import NO_PREDICTION
 from robustaudit.evaluate.result import WORST_CASE, Example, ResultMatrix
 from robustaudit.reports.plots.canvas import DPI
 from robustaudit.reports.plots.canvas import label as _label
@@ -143,7 +144,8 @@ def examples_png(result: ResultMatrix, max_rows: int = 8) -> bytes | None:
             (
                 ax_adv,
                 example.adversarial,
-                f"pred {example.adv_pred}",
+                # a NaN output predicts no class (core.task.predictions)
+                f"pred {'NaN' if example.adv_pred == NO_PREDICTION else example.adv_pred}",
                 example.adv_pred != example.label,
             ),
             (ax_delta, 0.5 + factor * delta, f"max |δ| {_peak(delta):.3g}", False),
