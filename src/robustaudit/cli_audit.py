@@ -246,6 +246,7 @@ def cmd_audit(args: argparse.Namespace, err: Any) -> int:
 
 def _show(result: Any, out_dir: str, out: Any, err: Any, *, processes: bool) -> None:
     """The terminal tables and notes; the reports written (rank 0)."""
+    from robustaudit.evaluate.result import REPORT_HTML, REPORT_MD
     from robustaudit.reports import write_reports
     from robustaudit.reports.terminal import render_terminal
 
@@ -260,7 +261,7 @@ def _show(result: Any, out_dir: str, out: Any, err: Any, *, processes: bool) -> 
         if note:  # what produced the adversarial points, and batches halved for memory: also in the reports
             out.print(f"note: {note}", soft_wrap=True, markup=False)
     if Rank.value > 0:  # rank 0 wrote the results; every rank computes the same exit code
-        paths = {"markdown": Path("report.md"), "html": Path("report.html")}
+        paths = {"markdown": Path(REPORT_MD), "html": Path(REPORT_HTML)}
     else:
         paths = write_reports(result, out_dir)
     store_name = "" if result.is_segmentation else (

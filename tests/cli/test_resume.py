@@ -185,6 +185,19 @@ def test_unfinished_run_is_never_discarded_silently(unfinished, capsys):
     assert counts["computed_batches"] == 0 and counts["reused_batches"] > 0
 
 
+def test_a_new_run_leaves_none_of_the_old_runs_outputs(tmp_path, monkeypatch):
+    """A finished run's results and reports go when a new run starts in its --out: an interrupted new run must
+    not leave the old run's report.md beside its own unfinished store, as if they belonged together."""
+    out = tmp_path / "run"
+    assert main([*SMALL, "--out", str(out)]) == EXIT_OK
+    written = ("results.json", "examples.npz", "report.md", "report.html")
+    assert all((out / name).exists() for name in written)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2, "sigterm")
+        assert main([*SMALL, "--seed", "5", "--out", str(out)]) == EXIT_INTERRUPTED
+    assert [name for name in written if (out / name).exists()] == []
+
+
 def test_resume_without_a_stored_run(tmp_path, capsys):
     assert main([*SMALL, "--out", str(tmp_path / "none"), "--resume"]) == EXIT_USAGE
     assert _last_line(capsys).startswith(f"error: --resume: {tmp_path / 'none'} holds no stored run")

@@ -28,6 +28,9 @@ SEG_SCHEMA_VERSION = 2
 SEG_EXAMPLES_FILE = "seg_examples.npz"
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.npz"
+#: the reports robustaudit.reports.write_reports puts beside them
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 #: Columns of a segmentation audit's records, one row per model × attack × eps (the worst case is the
 #: per-image ensemble: each image's adversarial with the lowest pixel accuracy over the attacks). mIoU

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from robustaudit.core.errors import UserError
-from robustaudit.evaluate.result import EXAMPLES_FILE, RESULTS_FILE
+from robustaudit.evaluate.result import EXAMPLES_FILE, REPORT_HTML, REPORT_MD, RESULTS_FILE, SEG_EXAMPLES_FILE
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 from robustaudit.evaluate.store import STORE_FILE, STORE_VERSION, Store, state_dict_sha256
 from robustaudit.models.wrappers import unrestricted
@@ -227,8 +227,9 @@ def open_store(out: str | Path, fp: dict[str, Any], config: dict[str, Any], *, r
             raise UserError(f"{out} holds an unfinished run ({done} batches done); pass --resume to continue "
                             "it or --overwrite to discard it")
         store.reset()
-        # results of the discarded run would otherwise sit next to the new run's store until it finishes
-        for name in (RESULTS_FILE, EXAMPLES_FILE):
+        # results and reports of the discarded run would otherwise sit next to the new run's store until it
+        # finishes, and stay there for good if it does not
+        for name in (RESULTS_FILE, EXAMPLES_FILE, SEG_EXAMPLES_FILE, REPORT_MD, REPORT_HTML):
             (out / name).unlink(missing_ok=True)
         store.put_meta("fingerprint", fp)
         store.put_meta("config", config)

@@ -27,9 +27,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from robustaudit.evaluate.result import ResultMatrix
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
-
 __all__ = [
     "REPORT_HTML",
     "REPORT_MD",
@@ -44,6 +41,8 @@ __all__ = [
 #: Names served from their modules on first use (PEP 562), so that importing a light module of this
 #: package (``reports.view.numbers``, used by the pytest plugin's controller) pulls in no pandas or jinja2.
 _LAZY = {
+    "REPORT_HTML": "robustaudit.evaluate.result",
+    "REPORT_MD": "robustaudit.evaluate.result",
     "render_html": "robustaudit.reports.html",
     "render_markdown": "robustaudit.reports.markdown",
     "render_terminal": "robustaudit.reports.terminal",
@@ -80,6 +79,7 @@ def write_reports(result: ResultMatrix, out_dir: str | os.PathLike[str]) -> dict
     Both are rendered before either is written, so a rendering error leaves the directory as it
     was. Returns ``{"markdown": path, "html": path}``.
     """
+    from robustaudit.evaluate.result import REPORT_HTML, REPORT_MD
     from robustaudit.reports.html import render_html
     from robustaudit.reports.markdown import render_markdown
 
