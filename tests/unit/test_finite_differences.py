@@ -86,3 +86,23 @@ def test_straight_through_gradients_fail_and_scaled_logits_do_not():
     # logits ×1e4 saturate cross-entropy, but the margin's gradient is exact: float32 rounding is allowed for
     twin, _ = _fd(_Scaled(net, 1e4), x, y)
     assert twin.status == "pass" and twin.evidence["agree"] == 32
+
+
+class _TrainModeBN(nn.Module):
+    """digits-cnn behind a BatchNorm that stays in training mode: a sample's output depends on its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn, self.net = nn.BatchNorm2d(1), create_model("digits-cnn")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.bn.train()(x))
+
+
+def test_batch_dependence_skips_the_probe_without_calling_the_model_randomized():
+    x, y = _spread(digits_split("test"))
+    verdict, probe = _fd(_TrainModeBN(), x, y)
+    deterministic = next(v for v in probe.verdicts if v.id == "deterministic")
+    assert deterministic.status == "fail" and "depends on the rest of its batch" in deterministic.message
+    assert verdict.status == "warn" and verdict.message.startswith("skipped: the same input does not give")
+    assert "randomized" not in verdict.message

@@ -178,7 +178,7 @@ def test_logits_output_hf_style_dict_with_logits_attribute():
 
 
 def test_logits_output_errors_name_what_was_returned():
-    with pytest.raises(UserError, match=r"dict without an 'out' entry \(keys: 'aux', 'feat'\)"):
+    with pytest.raises(UserError, match=r"dict without an 'out' or 'logits' entry \(keys: 'aux', 'feat'\)"):
         LogitsOutput(_Returns(lambda x: {"aux": x, "feat": x}))(_X)
     with pytest.raises(UserError, match=r"returned str; expected a logits tensor"):
         LogitsOutput(_Returns(lambda x: "nope"))(_X)

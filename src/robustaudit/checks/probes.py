@@ -196,8 +196,11 @@ def _gradient_verdicts(name: str, model: nn.Module, x: torch.Tensor, y: torch.Te
     else:
         out.append(Verdict(vid, name, "pass", "input gradients are finite and non-zero", evidence))
     if probe.randomized:  # a difference quotient of a random function measures the noise
-        out.append(Verdict("finite-differences", name, "warn", "skipped: the model is randomized (see "
-                           "deterministic); its gradients are one draw of a noisy estimate"))
+        # randomized, or a sample's output depends on its batch (BatchNorm in training mode): either way
+        # the same input does not give the same output, which a difference quotient needs
+        out.append(Verdict("finite-differences", name, "warn", "skipped: the same input does not give the "
+                           "same output (see deterministic), so a difference quotient measures that change, "
+                           "not the gradient"))
     elif not n_bad and not probe.dead_gradients:
         out.append(_finite_difference_verdict(name, model, x, y, task, g_margin, seed, probe))
     return out

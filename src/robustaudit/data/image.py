@@ -185,7 +185,9 @@ class DatasetData(ImageData):
                 raise UserError(f"{where}: cannot read it: not an image file, or a corrupt one") from exc
             raise UserError(f"{where}: cannot read it: {exc}") from exc
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise UserError(f"{where}: dataset items must be (image, label) pairs, got {type(item).__name__}")
+            got = (f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list))
+                   else type(item).__name__)
+            raise UserError(f"{where}: dataset items must be (image, label) pairs, got {got}")
         image, label = item
         if not isinstance(image, (torch.Tensor, np.ndarray)):
             raise UserError(

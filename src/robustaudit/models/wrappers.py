@@ -219,13 +219,13 @@ def _logits(out: object, depth: int = 0) -> torch.Tensor:
                 return _logits(out[key], depth + 1)
         keys = ", ".join(repr(k) for k in out)
         raise UserError(
-            f"the model returned a dict without an 'out' entry (keys: {keys}); return the logits "
-            "tensor, or a dict with the logits under 'out'"
+            f"the model returned a dict without an 'out' or 'logits' entry (keys: {keys}); return the logits "
+            "tensor, or a dict with the logits under 'out' or 'logits'"
         )
     if isinstance(out, (tuple, list)) and out:
         return _logits(out[0], depth + 1)
     raise UserError(
-        f"the model returned {type_name(out)}; expected a logits tensor, a dict with 'out', "
+        f"the model returned {type_name(out)}; expected a logits tensor, a dict with 'out' or 'logits', "
         "a tuple whose first element is the logits, or an object with .logits"
     )
 

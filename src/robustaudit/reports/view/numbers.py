@@ -60,7 +60,7 @@ def format_upper_bound(text: str, upper: bool = True) -> str:
 
 def format_eps(eps: Any) -> str:
     """An eps as people write it: ``0.1``, ``0.3``, and ``8/255`` where the decimal is unwieldy."""
-    x = as_float(eps)
+    x = as_float(eps) + 0.0  # -0.0 + 0.0 is 0.0: "--eps -0" reads "0", not "-0"
     if not math.isfinite(x):
         return DASH
     short = f"{x:.4g}"
