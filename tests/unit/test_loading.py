@@ -408,6 +408,28 @@ def test_pickled_class_that_cannot_be_imported(tmp_path):
         load_model(str(path), trust_pickle=True)
 
 
+def test_pickled_class_beside_the_file_is_found(tmp_path, monkeypatch):
+    """``nets.py`` beside ``net.pt`` (or in the working directory): found as ``python -m`` would, though the
+    console script's sys.path holds neither; sys.path is as before afterwards."""
+    (tmp_path / "beside_loading_test_mod.py").write_text(
+        "import torch.nn as nn\nclass Beside(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import beside_loading_test_mod
+
+    path = tmp_path / "beside.pt"
+    torch.save(beside_loading_test_mod.Beside(64, 3), path)
+    del sys.modules["beside_loading_test_mod"]
+    sys.path.remove(str(tmp_path))
+    before = list(sys.path)
+    monkeypatch.chdir(tmp_path.parent)  # the working directory is not the file's
+    try:
+        loaded = load_model(str(path), trust_pickle=True)
+        assert loaded.source == "pickle" and "Beside" in [type(m).__name__ for m in loaded.module.modules()]
+        assert sys.path == before
+    finally:
+        sys.modules.pop("beside_loading_test_mod", None)
+
+
 def test_corrupt_model_files(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("these are not weights")

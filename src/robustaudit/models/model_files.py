@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,6 +97,25 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _unpickle(path: Path) -> Any:
+    """``torch.load`` of a whole pickled object. Its classes are looked up by module name; a module beside
+    the file or in the working directory (``nets.py`` next to ``net.pt``) is found the way ``python -m``
+    would find it: the console script's ``sys.path`` holds neither, so a first miss retries with both in
+    front, for this load only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError:
+        added = [d for d in dict.fromkeys((str(Path.cwd()), str(path.resolve().parent))) if d not in sys.path]
+        if not added:
+            raise
+        sys.path[:0] = added
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        finally:
+            for d in added:
+                sys.path.remove(d)
+
+
 def _load_pickled_module(path: Path, trust_pickle: bool) -> nn.Module:
     obj = torch_load_safe(path, "model file")
     if obj is None:
@@ -105,7 +126,7 @@ def _load_pickled_module(path: Path, trust_pickle: bool) -> nn.Module:
                 "or save its state_dict and give --model ARCH --weights FILE"
             )
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = _unpickle(path)
         except Exception as err:  # noqa: BLE001 - e.g. the class it was pickled with is not importable
             raise UserError(
                 f"unpickling '{path}' failed ({type(err).__name__}: {first_line(err)}); "
