@@ -83,6 +83,35 @@ def test_config_file_with_flag_override(tmp_path, capsys):
     assert doc["provenance"]["seed"] == 3 and doc["records"][0]["n"] == 20
 
 
+def test_two_checkpoints_of_one_model_are_told_apart_by_their_files(tmp_path, capsys):
+    """Before and after fine-tuning: one spec, two weights files, two rows named after their files; a
+    [[models]] table names them itself; two rows of the same name and file are refused with the way out."""
+    from robustaudit.models.catalog import create_model
+
+    plain, robust = tmp_path / "plain.pt", tmp_path / "runs" / "robust.pt"
+    robust.parent.mkdir()
+    torch.save(create_model("digits-cnn").state_dict(), plain)
+    torch.save(create_model("digits-cnn-pgdat").state_dict(), robust)
+    fast = ["--n", "20", "--attack", "fgsm", "--eps", "0.2", "--checks", "off", "--transfer", "off"]
+    out = tmp_path / "o"
+    assert main(["audit", "--model", "digits-cnn", "--weights", str(plain), "--model", "digits-cnn",
+                 "--weights", str(robust), *fast, "--out", str(out)]) == 0
+    rows = {r["model"]: r["robust_accuracy"] for r in json.loads((out / "results.json").read_text())["records"]
+            if r["attack"] == "fgsm"}
+    assert set(rows) == {"digits-cnn[plain.pt]", "digits-cnn[robust.pt]"}
+    assert rows["digits-cnn[robust.pt]"] > rows["digits-cnn[plain.pt]"]  # the two checkpoints, not one twice
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text(f"[[models]]\nspec = 'digits-cnn'\nweights = '{plain}'\nname = 'before'\n"
+                   f"[[models]]\nspec = 'digits-cnn'\nweights = '{robust}'\nname = 'after'\n")
+    assert main(["audit", "--config", str(cfg), *fast, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in doc["records"]} == {"before", "after"}
+    assert main(["audit", "--model", "digits-cnn", "--weights", str(plain), "--model", "digits-cnn",
+                 "--weights", str(plain), *fast, "--out", str(out)]) == 2
+    assert _err_line(capsys) == ("error: model name 'digits-cnn' appears twice; each row needs its own name; name "
+                                 "them: 'name' in each [[models]] table of --config, or audit(model={name: model})")
+
+
 @pytest.mark.parametrize("what,expect", [("models", "digits-cnn-pgdat"), ("attacks", "pgd"), ("datasets", "cifar10")])
 def test_list(capsys, what, expect):
     assert main(["list", what]) == 0

@@ -49,11 +49,13 @@ from robustaudit.evaluate.options import (  # noqa: F401 - the vocabulary, re-ex
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ``--model`` with its own weights file and normalization (``spec`` is what loads it)."""
+    """One ``--model`` with its own weights file and normalization (``spec`` is what loads it), and the row
+    name a ``[[models]]`` table may give it (else the loaded model's own)."""
 
     spec: str
     weights: str | None = None
     normalize: str | None = None
+    name: str | None = None
 
 
 #: The plain keys of an audit file and their TOML types (``model``, ``attack``, ``eps`` are read apart).
@@ -126,11 +128,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return out
 
 
-_MODEL_KEYS = ("spec", "weights", "normalize")
+_MODEL_KEYS = ("spec", "weights", "normalize", "name")
 
 
 def _model_tables(models: Any, path: str | Path) -> list[ModelSpec]:
-    """``[[models]]`` tables: each with a string ``spec``, optional string ``weights``/``normalize``."""
+    """``[[models]]`` tables: each with a string ``spec``, optional string ``weights``/``normalize``/``name``."""
     if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
         raise UserError(f"config '{path}': 'models' must be [[models]] tables, each with a 'spec' key")
     out = []
@@ -145,7 +147,9 @@ def _model_tables(models: Any, path: str | Path) -> list[ModelSpec]:
             if key in table and not isinstance(table[key], str):
                 raise UserError(f"config '{path}': [[models]] entry {i + 1}: '{key}' must be a string, "
                                 f"got {table[key]!r}")
-        out.append(ModelSpec(table["spec"], table.get("weights"), table.get("normalize")))
+        if "name" in table and not table["name"].strip():
+            raise UserError(f"config '{path}': [[models]] entry {i + 1}: 'name' must not be empty")
+        out.append(ModelSpec(table["spec"], table.get("weights"), table.get("normalize"), table.get("name")))
     return out
 
 

@@ -159,7 +159,8 @@ class AuditSpec:
 
 
 def _model_view(m: ModelSpec) -> dict[str, Any]:
-    return {"spec": m.spec, "weights": m.weights, "normalize": m.normalize}
+    # "name" only where given: configs written before it existed stay equal
+    return {"spec": m.spec, "weights": m.weights, "normalize": m.normalize, **({"name": m.name} if m.name else {})}
 
 
 def _data_view(given: Any) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -45,6 +46,7 @@ def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | N
     than the data's classes to theirs (:mod:`robustaudit.evaluate.classmap`)."""
     if entries is None:
         entries = [_load(m, spec) for m in spec.models]
+        _tell_apart(entries, list(spec.models))
     _unique([e.name for e in entries], "model")
     attacks = attack_entries_from(list(spec.attacks), task=spec.task)
     check_model_tasks(entries, spec.task, data)  # a catalog segmentation model: one line, not a shape error
@@ -64,7 +66,7 @@ def _load(m: ModelSpec, spec: AuditSpec) -> ModelEntry:
     # runner then checks outputs against labels with a message about both
     loaded = load_model(m.spec, weights=m.weights, normalize=m.normalize, trust_pickle=spec.trust_pickle,
                         model_dir=spec.model_dir, allow_download=spec.allow_download)
-    entry = _model_entry(loaded.name, loaded)
+    entry = _model_entry(m.name or loaded.name, loaded)
     entry.info["normalize"] = m.normalize  # changes the numbers: part of the resume fingerprint
     return entry
 
@@ -154,10 +156,25 @@ def _card(spec: str) -> Any:
         return None
 
 
+def _tell_apart(entries: list[ModelEntry], models: list[ModelSpec]) -> None:
+    """Rows of one spec with different weights files (two checkpoints of one factory, before and after
+    fine-tuning) are named after their file: ``nets:make_net[a.pt]``, ``nets:make_net[b.pt]``. Names a
+    ``[[models]]`` table gave are kept; what is still the same is refused by :func:`_unique`."""
+    names = [e.name for e in entries]
+    for e, m in zip(entries, models):
+        clash = [other for other, n in zip(models, names) if n == e.name and other is not m]
+        if clash and m.name is None and m.weights and all(o.weights != m.weights for o in clash):
+            # the file's name, or the path as given where two files share a name (runs/a/net.pt, runs/b/net.pt)
+            short = Path(m.weights).name
+            e.name = f"{e.name}[{m.weights if any(o.weights and Path(o.weights).name == short for o in clash) else short}]"
+
+
 def _unique(names: list[str], what: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UserError(f"{what} name '{dupes[0]}' appears twice; each row needs its own name")
+        raise UserError(f"{what} name '{dupes[0]}' appears twice; each row needs its own name"
+                        + ("; name them: 'name' in each [[models]] table of --config, or audit(model={name: model})"
+                           if what == "model" else ""))
 
 
 def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData) -> None:
