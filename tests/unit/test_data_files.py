@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -214,6 +215,25 @@ def test_imagefolder_reads_rgb_lazily_with_class_names(tmp_path):
     x, y = data.load([0, 2])
     assert torch.equal(x[0] * 255, torch.from_numpy(cat).permute(2, 0, 1).float())
     assert torch.allclose(x[1], torch.full((3, 6, 5), 0.2)) and y.tolist() == [0, 1]
+
+
+def test_imagefolder_names_an_empty_class_folder(tmp_path):
+    for name in ("a", "b", "c"):
+        for k in range(2):
+            _png(tmp_path / name / f"{k}.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b" / "0.png").unlink()
+    (tmp_path / "b" / "1.png").rename(tmp_path / "b" / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as info:
+        open_dataset(f"imagefolder:{tmp_path}")
+    assert str(info.value) == (
+        f"2 class folders ('b', 'empty') under {tmp_path} hold no image (no file ending in .jpg, .jpeg, .png, .ppm, "
+        ".bmp, .pgm, .tif, .tiff, .webp; the other 2 class folders hold 4 images): add images to them or remove them")
+    (tmp_path / "b" / "notes.txt").unlink()
+    (tmp_path / "b").rmdir()
+    with pytest.raises(UserError, match=rf"^class folder 'empty' under {re.escape(str(tmp_path))} holds no image \(.*; the other 2 "
+                       r"class folders hold 4 images\): add images to it or remove it$"):
+        open_dataset(f"imagefolder:{tmp_path}")
 
 
 def test_imagefolder_sizes(tmp_path):

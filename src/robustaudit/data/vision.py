@@ -23,6 +23,9 @@ from robustaudit.core.errors import UserError
 from robustaudit.data.image import DatasetData, ImageData
 from robustaudit.data.validate import check_labels, index_tensor
 
+#: How many empty class folders a message names before "...".
+_SHOWN = 5
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -310,6 +313,7 @@ def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | N
 
     Class names are the folder names, sorted. All images must share one size unless ``size`` resizes
     each to ``size x size``. Grayscale images are converted to RGB so every sample has 3 channels.
+    A class folder without an image file is refused, by name.
     """
     from torchvision.datasets import ImageFolder
 
@@ -317,8 +321,31 @@ def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | N
     if not root.is_dir():
         raise UserError(f"ImageFolder root {root} does not exist or is not a folder")
     try:
-        dataset = ImageFolder(str(root), transform=_ToImage(size))
-    except (FileNotFoundError, OSError) as exc:  # no class folders / no image files
+        # allow_empty: an empty class folder is named by _refuse_empty_classes, not in torchvision's words
+        dataset = ImageFolder(str(root), transform=_ToImage(size), allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:  # no class folders
         raise UserError(f"no images under {root}: expected ROOT/<class name>/<image file> ({exc})") from exc
+    _refuse_empty_classes(dataset.classes, dataset.targets, root)
     spec = name or f"imagefolder:{root}"
     return DatasetData(dataset, name=spec, size_hint=f"resize with '{spec.split(':size=')[0]}:size=N'")
+
+
+def _refuse_empty_classes(classes: Sequence[str], targets: Sequence[int], root: Path) -> None:
+    """One line naming the class folders under ``root`` that hold no image file (all of them: no images)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(classes))
+    empty = [c for c, count in zip(classes, counts) if count == 0]
+    if not empty:
+        return
+    listed = ", ".join(f"'{c}'" for c in empty[:_SHOWN]) + (", ..." if len(empty) > _SHOWN else "")
+    files = f"no file ending in {', '.join(IMG_EXTENSIONS)}"
+    if len(empty) == len(classes):
+        raise UserError(f"no images under {root}: its class folders ({listed}) hold {files}; "
+                        "expected ROOT/<class name>/<image file>")
+    what, verb, them = (f"class folder {listed}", "holds", "it") if len(empty) == 1 else (
+        f"{len(empty)} class folders ({listed})", "hold", "them")
+    others = len(classes) - len(empty)
+    rest = "the other class folder holds" if others == 1 else f"the other {others} class folders hold"
+    raise UserError(f"{what} under {root} {verb} no image ({files}; {rest} {len(targets)} images): add images to "
+                    f"{them} or remove {them}")
