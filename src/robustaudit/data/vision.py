@@ -55,6 +55,10 @@ class ByteImageData(ImageData):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def known_labels(self) -> torch.Tensor:
+        """The ``(N,)`` int64 labels, held in memory."""
+        return self.labels
+
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` float32 images in [0, 1] and ``(B,)`` int64 labels."""
         idx = index_tensor(indices, len(self), self.name)
@@ -308,11 +312,28 @@ class _ToImage:
         return pil_to_tensor(image).to(torch.float32).div_(255.0)
 
 
+def round_robin_order(labels: Sequence[int]) -> list[int]:
+    """Positions of ``labels`` taken class by class in turn: each class's first sample (classes in
+    ascending order), then each class's second, and so on; within a class the given order is kept.
+
+    ``[0, 0, 0, 1, 1, 2] -> [0, 3, 5, 1, 4, 2]``. A class that runs out is skipped, so every prefix holds
+    as many classes as it can (a prefix of ``k * C`` samples holds ``k`` of each of ``C`` classes that
+    have them).
+    """
+    groups: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(position)
+    rows = [groups[c] for c in sorted(groups)]
+    return [row[r] for r in range(max(map(len, rows), default=0)) for row in rows if r < len(row)]
+
+
 def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | None = None) -> DatasetData:
     """Images in ``ROOT/<class>/<file>`` (torchvision ImageFolder), read lazily as RGB ``(3, H, W)``.
 
     Class names are the folder names, sorted. All images must share one size unless ``size`` resizes
     each to ``size x size``. Grayscale images are converted to RGB so every sample has 3 channels.
+    Samples are ordered round-robin over the classes (:func:`round_robin_order`; files sorted within a
+    class), not class by class as on disk, so the first ``n`` audited samples cover every class.
     A class folder without an image file is refused, by name.
     """
     from torchvision.datasets import ImageFolder
@@ -326,6 +347,12 @@ def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | N
     except (FileNotFoundError, OSError) as exc:  # no class folders
         raise UserError(f"no images under {root}: expected ROOT/<class name>/<image file> ({exc})") from exc
     _refuse_empty_classes(dataset.classes, dataset.targets, root)
+    # on disk (and in torchvision) the samples come class by class: the first n would cover the first
+    # classes only (--n 1000 of ImageNet's validation set: 20 of its 1000 classes)
+    order = round_robin_order(dataset.targets)
+    dataset.samples = [dataset.samples[i] for i in order]
+    dataset.imgs = dataset.samples
+    dataset.targets = [label for _, label in dataset.samples]
     spec = name or f"imagefolder:{root}"
     return DatasetData(dataset, name=spec, size_hint=f"resize with '{spec.split(':size=')[0]}:size=N'")
 
