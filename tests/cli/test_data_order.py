@@ -1,8 +1,9 @@
-"""``--n N`` audits the first N samples, so they must stand for the data (session 8's trial, bug A2).
+"""``--n N`` audits the first N samples, so they must stand for the data (session 8's trial, bugs A2 and B1).
 
 An ImageFolder is stored class by class; its samples are read round-robin over the classes so the first N
 cover every class. Data in its own order whose first N cover far fewer classes than chance explains (a
 tensors file sorted by class) is audited with a warning and the report says how many classes were audited.
+Data of a single class is refused before anything runs.
 
 The model always predicts class 3, so its clean accuracy is the share of class-3 samples among the audited
 ones: 3 of 12 when the first 12 of 4 x 10 samples come round-robin, 0 of 12 when they come class by class.
@@ -21,6 +22,7 @@ from PIL import Image
 
 import robustaudit
 from robustaudit.cli import main
+from robustaudit.core.errors import UserError
 
 NETS = textwrap.dedent(
     """
@@ -41,6 +43,9 @@ NETS = textwrap.dedent(
     def four():
         return AlwaysThree()
 
+
+    def ten():
+        return AlwaysThree(10)
     """
 )
 CLASSES = ["ant", "bee", "cow", "dog"]
@@ -106,3 +111,16 @@ def test_the_api_warns_about_sorted_tensors(nets: Path) -> None:
                                    transfer=False, device="cpu")
     assert result.provenance["data"]["classes_audited"] == 2
 
+
+def test_single_class_data_is_refused_before_anything_runs(tmp_path: Path, nets: Path, capsys) -> None:
+    data = _imagefolder(tmp_path / "images", ["only"])
+    out = tmp_path / "out"
+    assert main(["audit", "--model", f"{nets}:ten", "--data", data, "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data '{data}' has a single class ('only'): a classifier audited on the data's "
+                          "classes always predicts it, so no attack can change a prediction")
+    assert len(err.strip().splitlines()) == 1 and not list(out.glob("*"))  # nothing ran, nothing written
+    model = robustaudit.models.loading.load_model(f"{nets}:ten").module
+    with pytest.raises(ValueError, match="has a single class") as info:
+        robustaudit.audit(model, data, n=12, attacks="fgsm", eps=[0.1], checks="off", out=tmp_path / "api")
+    assert isinstance(info.value, UserError) and not list((tmp_path / "api").glob("*"))
