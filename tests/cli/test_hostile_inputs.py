@@ -127,6 +127,12 @@ def png_bytes(size: int = 8, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+def _with_empty_class(spec: str, name: str) -> str:
+    """``spec`` (an ``imagefolder:ROOT``) with an empty class folder ``ROOT/name`` added."""
+    (Path(spec.partition(":")[2]) / name).mkdir()
+    return spec
+
+
 def half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
@@ -614,7 +620,14 @@ CASES: list[Case] = [
       _a(lambda t: audit(t, "--data", folder(t, {"a/1.png": png_bytes(9)}), model=net(t, "build"))),
       "images must all have one size"),
     C(F, "ImageFolder: no images", "class folders with `.txt` files only",
-      _a(lambda t: audit(t, "--data", f"imagefolder:{raw_file(t, 'im/a/x.txt', b'hi').parent.parent}")), "no images under"),
+      _a(lambda t: audit(t, "--data", f"imagefolder:{raw_file(t, 'im/a/x.txt', b'hi').parent.parent}")),
+      "im: its class folders ('a') hold no file ending in .jpg"),
+    C(F, "ImageFolder: an empty class folder", "`a/` empty beside 10 images in `b/`",
+      _a(lambda t: audit(t, "--data", _with_empty_class(folder(t, {}), "a"))),
+      "images holds no image (no file ending in .jpg"),
+    C(F, "ImageFolder: a single class", "10 images in `b/` only, a 10-output model",
+      _a(lambda t: audit(t, "--data", folder(t, {}), model=net(t, "rgb"))),
+      "images' has a single class ('b'): a classifier audited on the data's classes always predicts it"),
     C(F, "ImageFolder: missing root", "`--data imagefolder:nope`",
       _a(lambda t: audit(t, "--data", f"imagefolder:{t / 'nope'}")), "does not exist or is not a folder"),
     C(F, "ImageFolder: bad size", "`imagefolder:ROOT:size=0`",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from math import comb
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,7 @@ from robustaudit.data import (
     open_dataset,
     subset,
 )
+from robustaudit.data.base import class_coverage
 from robustaudit.data.registry import parse_spec
 
 
@@ -240,6 +244,82 @@ def test_subset_semantics():
             subset(data, bad)
     with pytest.raises(UserError, match="must be an integer"):
         subset(data, 2.5)
+
+
+def _sorted_by_class(classes: int = 4, per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(classes * per_class, 1, 4, 4)`` images and labels ``0 x per_class, 1 x per_class, ...``."""
+    return torch.rand(classes * per_class, 1, 4, 4), torch.arange(classes).repeat_interleave(per_class)
+
+
+def test_subset_warns_when_the_first_n_of_data_sorted_by_class_cover_few_classes():
+    x, y = _sorted_by_class()
+    data = TensorData(x, y, name="sorted")
+    with pytest.warns(UserWarning, match=r"^the first 12 samples of sorted cover 2 of its 4 classes \(50%; a random "
+                      r"12 would cover about 4\): the data looks ordered by class.*shuffle it or audit a larger n$"):
+        assert subset(data, 12) == list(range(12))
+    coverage = class_coverage(data, range(12))
+    # a class is absent from a random 12 of the 40 with probability C(30, 12) / C(40, 12) = 0.0155
+    q = comb(30, 12) / comb(40, 12)
+    assert (coverage.covered, coverage.present) == (2, 4) and coverage.unrepresentative
+    assert coverage.expected == pytest.approx(4 * (1 - q)) and coverage.spread == pytest.approx((4 * q * (1 - q)) ** 0.5)
+    # 4 samples of one class could be chance (a random 4 covers 2.8 classes, sd <= 0.92): no warning
+    assert not class_coverage(data, range(4)).unrepresentative
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert subset(data, 40) == list(range(40))  # all of it: nothing left out
+        # the same labels shuffled: a prefix may miss a class by chance, and no n warns
+        shuffled = TensorData(x, y[torch.randperm(40, generator=torch.Generator().manual_seed(0))], name="shuffled")
+        for n in range(1, 41):
+            subset(shuffled, n)
+
+
+def test_no_prefix_of_the_digits_warns():
+    # the goldens audit the digits' first n: their order is fair (it falls at most 2.3 sd short, at n = 22)
+    for split in ("test", "train"):
+        data = digits_split(split)
+        worst = min(range(1, len(data)), key=lambda n: _shortfall(class_coverage(data, range(n))))
+        assert not any(class_coverage(data, range(n)).unrepresentative for n in range(1, len(data)))
+        if split == "test":
+            assert worst == 22 and _shortfall(class_coverage(data, range(22))) == pytest.approx(-2.288, abs=1e-3)
+
+
+def _shortfall(coverage) -> float:
+    return (coverage.covered - coverage.expected) / coverage.spread if coverage.spread else 0.0
+
+
+class _Targets(Dataset):
+    """A lazy set sorted by class that keeps its labels in ``targets`` (as torchvision's sets do)."""
+
+    def __init__(self, targets: list[int] | None) -> None:
+        self.targets, self.reads = targets, 0
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return torch.zeros(1, 2, 2), i // 10
+
+
+def test_subset_reads_labels_only_where_they_are_at_hand():
+    sorted_labels = [i // 10 for i in range(30)]
+    dataset = _Targets(sorted_labels)
+    data = DatasetData(dataset, name="lazy", num_classes=3)
+    reads = dataset.reads  # sample 0, read once to learn the shape
+    assert data.known_labels().tolist() == sorted_labels
+    with pytest.warns(UserWarning, match="the first 10 samples of lazy cover 1 of its 3 classes"):
+        subset(data, 10)
+    assert dataset.reads == reads  # the warning read no image
+    # no targets: nothing is read to learn the labels, and nothing is said
+    blind = _Targets(None)
+    data = DatasetData(blind, name="blind", num_classes=3)
+    reads = blind.reads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.known_labels() is None and subset(data, 10) == list(range(10))
+    assert blind.reads == reads
+    # targets that are not one valid label per sample are ignored, not trusted
+    assert DatasetData(_Targets([0, 1, 7]), name="short", num_classes=3).known_labels() is None
 
 
 # ------------------------------------------------------------------------------------------ digits

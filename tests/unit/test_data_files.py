@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import torch
 from PIL import Image
 
 from robustaudit.core.errors import UserError
-from robustaudit.data import DatasetData, open_dataset
+from robustaudit.data import DatasetData, open_dataset, subset
+from robustaudit.data.vision import round_robin_order
 
 LABEL_NAMES = [
     b"airplane",
@@ -211,9 +214,57 @@ def test_imagefolder_reads_rgb_lazily_with_class_names(tmp_path):
         ["cat", "dog"],
         (3, 6, 5),
     )
-    x, y = data.load([0, 2])
+    # round-robin over the classes: cat/a.png, dog/c.png, cat/b.png
+    x, y = data.load([0, 1])
     assert torch.equal(x[0] * 255, torch.from_numpy(cat).permute(2, 0, 1).float())
     assert torch.allclose(x[1], torch.full((3, 6, 5), 0.2)) and y.tolist() == [0, 1]
+
+
+def test_round_robin_order():
+    assert round_robin_order([0, 0, 0, 1, 1, 2]) == [0, 3, 5, 1, 4, 2]
+    assert round_robin_order([2, 2, 0, 1, 0]) == [2, 3, 0, 4, 1]  # classes ascending, positions kept in a class
+    assert round_robin_order([]) == []
+
+
+def test_imagefolder_is_ordered_round_robin_so_the_first_n_cover_every_class(tmp_path):
+    # on disk class by class (torchvision's order): 4 images of "ant", 3 of "bee", 2 of "cow", 5 of "dog"; each
+    # image's pixels hold its class and its rank in the class, to read the order back from the loaded batch
+    sizes = {"ant": 4, "bee": 3, "cow": 2, "dog": 5}
+    for c, (name, count) in enumerate(sizes.items()):
+        for k in range(count):
+            _png(tmp_path / name / f"{k:02d}.png", np.full((4, 4, 3), (10 * c, 10 * k, 0), np.uint8))
+    data = open_dataset(f"imagefolder:{tmp_path}")
+    x, y = data.load(list(range(len(data))))
+    order = [(int(c), int(round(float(v) * 255)) // 10) for c, v in zip(y, x[:, 1, 0, 0])]
+    assert order == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1), (3, 1), (0, 2), (1, 2), (3, 2),
+                     (0, 3), (3, 3), (3, 4)]
+    assert [round(float(v) * 255) // 10 for v in x[:, 0, 0, 0]] == y.tolist()  # labels are the folders'
+    assert data.known_labels().tolist() == y.tolist()
+    assert data.describe(1).endswith(str(Path("bee") / "00.png"))  # file names follow the samples
+    # the first 4 of 14 hold every class, and subset() has nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids = subset(data, 4)
+    assert sorted(data.load(ids)[1].tolist()) == [0, 1, 2, 3]
+
+
+def test_imagefolder_names_an_empty_class_folder(tmp_path):
+    for name in ("a", "b", "c"):
+        for k in range(2):
+            _png(tmp_path / name / f"{k}.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "b" / "0.png").unlink()
+    (tmp_path / "b" / "1.png").rename(tmp_path / "b" / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as info:
+        open_dataset(f"imagefolder:{tmp_path}")
+    assert str(info.value) == (
+        f"2 class folders ('b', 'empty') under {tmp_path} hold no image (no file ending in .jpg, .jpeg, .png, .ppm, "
+        ".bmp, .pgm, .tif, .tiff, .webp; the other 2 class folders hold 4 images): add images to them or remove them")
+    (tmp_path / "b" / "notes.txt").unlink()
+    (tmp_path / "b").rmdir()
+    with pytest.raises(UserError, match=rf"^class folder 'empty' under {re.escape(str(tmp_path))} holds no image \(.*; the other 2 "
+                       r"class folders hold 4 images\): add images to it or remove it$"):
+        open_dataset(f"imagefolder:{tmp_path}")
 
 
 def test_imagefolder_sizes(tmp_path):

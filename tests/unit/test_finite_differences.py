@@ -106,3 +106,29 @@ def test_batch_dependence_skips_the_probe_without_calling_the_model_randomized()
     assert deterministic.status == "fail" and "depends on the rest of its batch" in deterministic.message
     assert verdict.status == "warn" and verdict.message.startswith("skipped: the same input does not give")
     assert "randomized" not in verdict.message
+
+
+class _NoRival(nn.Module):
+    """Two outputs; on the first ``k`` samples of a batch output 1 is -inf, so their margin ``z_0 - z_1`` is
+    +inf and a central difference of it is inf - inf = NaN (the margin of a model cut to one class)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.k = nn.Linear(64, 2), k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x.flatten(1))
+        rows = torch.arange(len(x))[:, None] < self.k
+        return torch.where(rows & (torch.arange(2) == 1), float("-inf"), out)
+
+
+def test_an_infinite_margin_disagrees_without_making_the_evidence_nan():
+    x, _ = _spread(digits_split("test"))
+    y = torch.zeros(32, dtype=torch.int64)
+    verdict, _ = _fd(_NoRival(8), x, y)
+    # the 24 finite samples agree (a linear model: exact up to rounding); the 8 NaN ones count as disagreeing
+    assert verdict.evidence["agree"] == 24 and verdict.status == "pass"
+    assert 0 <= verdict.evidence["median_error"] < 1e-3  # over the finite errors only
+    verdict, _ = _fd(_NoRival(32), x, y)
+    assert verdict.evidence["agree"] == 0 and verdict.evidence["median_error"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 
@@ -396,6 +397,22 @@ def test_reports_render_the_same_after_a_results_json_round_trip(result, tmp_pat
     assert render_markdown(loaded) == render_markdown(result)
     assert render_html(loaded, images=False) == render_html(result, images=False)
     assert "<summary>Examples</summary>" in render_html(loaded)
+
+
+def test_non_finite_floats_in_evidence_and_provenance_are_saved_as_null(result, tmp_path):
+    # session 8: a NaN median error in a check's evidence crashed the save after the whole audit had run
+    result.checks[0]["evidence"] = {"median_error": math.nan, "agree": 3, "spread": [1.5, math.inf, -math.inf],
+                                    "nested": {"ratio": np.float32("nan"), "size": np.int64(7)}}
+    result.provenance["data"]["scale"] = (0.5, math.nan)
+    path = result.save(tmp_path)
+    doc = json.loads(path.read_text())  # strict JSON: Python's reader would take NaN, so look at the text too
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert doc["checks"][0]["evidence"] == {"median_error": None, "agree": 3, "spread": [1.5, None, None],
+                                            "nested": {"ratio": None, "size": 7}}
+    assert doc["provenance"]["data"]["scale"] == [0.5, None]
+    assert ResultMatrix.load(tmp_path).checks[0]["evidence"]["median_error"] is None
+    # what is in memory is left as it was: only the document is made JSON-safe
+    assert math.isnan(result.checks[0]["evidence"]["median_error"])
 
 
 def test_single_attack_without_worst_case_rows_is_its_own_worst_case(result):

@@ -235,8 +235,12 @@ def _finite_difference_verdict(name: str, model: nn.Module, x: torch.Tensor, y: 
     ratio = (torch.stack(errors) / torch.stack(tols)).median(dim=0).values  # (N,) per-sample median
     agree, total = int((ratio <= 1).sum()), len(x)
     rate = agree / total
+    # an infinite margin (logits of inf) makes its quotient inf - inf = NaN: that sample disagrees (NaN <= 1 is
+    # false) and the median error is taken over the finite ones (None when there is none)
+    stacked = torch.stack(errors)  # (directions, N)
+    finite = stacked[torch.isfinite(stacked)]
     evidence = {"agree": agree, "total": total, "step": _FD_STEP, "directions": _FD_DIRECTIONS,
-                "median_error": round(float(torch.stack(errors).median()), 6), "rtol": _FD_RTOL}
+                "median_error": round(float(finite.median()), 6) if finite.numel() else None, "rtol": _FD_RTOL}
     if rate >= 0.75:
         return Verdict(vid, name, "pass", f"finite differences agree with autograd on {share(agree, total)} samples "
                        f"(median over {_FD_DIRECTIONS} directions)", evidence)

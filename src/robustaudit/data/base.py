@@ -8,8 +8,10 @@ they are re-exported here, where the engine has always imported them from.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from robustaudit.data.validate import RANGE_TOLERANCE, Describe, check_images, c
 
 __all__ = [
     "RANGE_TOLERANCE",
+    "ClassCoverage",
     "DatasetData",
     "Describe",
     "ImageData",
@@ -29,6 +32,7 @@ __all__ = [
     "as_image_data",
     "check_images",
     "check_labels",
+    "class_coverage",
     "is_mask_batch",
     "subset",
     "tensor_data",
@@ -118,7 +122,9 @@ def as_image_data(data: object, *, name: str = "data", num_classes: int | None =
 def subset(data: ImageData, n: int | None) -> list[int]:
     """Indices of the first ``n`` samples of ``data`` (all when ``n`` is None).
 
-    ``n <= 0`` is a :class:`UserError`; ``n > len(data)`` gives all samples, with a warning.
+    ``n <= 0`` is a :class:`UserError`; ``n > len(data)`` gives all samples, with a warning. A warning
+    too when the labels are at hand (:meth:`ImageData.known_labels`) and the first ``n`` cover far fewer
+    classes than the data holds (:attr:`ClassCoverage.unrepresentative`: data ordered by class).
     """
     total = len(data)
     if n is None:
@@ -130,4 +136,65 @@ def subset(data: ImageData, n: int | None) -> list[int]:
     if n > total:
         warnings.warn(f"{data.name} has only {total} samples; using all of them instead of {n}", stacklevel=2)
         return list(range(total))
-    return list(range(int(n)))
+    ids = list(range(int(n)))
+    coverage = class_coverage(data, ids)
+    if coverage is not None and coverage.unrepresentative:
+        warnings.warn(coverage.warning(data.name), stacklevel=2)
+    return ids
+
+
+#: How many standard deviations below the classes a random sample would cover a selection must fall to be
+#: called unrepresentative. The digits' own order (a fair one) falls at most 2.3 below, at n = 22; a
+#: class-sorted folder of 10 classes falls 6.5 below at n = 20, ImageNet's validation set 40 below at 1000.
+UNREPRESENTATIVE_SD = 4.0
+
+
+@dataclass(frozen=True)
+class ClassCoverage:
+    """How many classes ``n`` selected samples hold (``covered``) against all samples (``present``), and
+    what a uniformly random sample of ``n`` would hold: ``expected`` on average, ``spread`` an upper bound
+    on its standard deviation."""
+
+    n: int
+    covered: int
+    present: int
+    expected: float
+    spread: float
+
+    @property
+    def unrepresentative(self) -> bool:
+        """Far fewer classes than chance explains: a shuffled set's prefix may miss a rare class, a set
+        ordered by class misses most of them."""
+        return self.covered < self.expected - UNREPRESENTATIVE_SD * self.spread
+
+    def warning(self, name: str) -> str:
+        """The one-line warning about the first ``n`` samples of data set ``name``."""
+        return (f"the first {self.n} samples of {name} cover {self.covered} of its {self.present} classes "
+                f"({self.covered / self.present:.0%}; a random {self.n} would cover about {self.expected:.0f}): "
+                "the data looks ordered by class, and the audit describes those classes only; shuffle it or "
+                "audit a larger n")
+
+
+def class_coverage(data: ImageData, ids: Sequence[int]) -> ClassCoverage | None:
+    """The classes that samples ``ids`` of ``data`` hold, beside a random sample of as many; None when the
+    labels are not at hand without reading the data (a lazy set, segmentation masks) or ``ids`` is empty."""
+    labels = data.known_labels()
+    if labels is None or not len(ids) or not len(labels):
+        return None
+    labels = labels.detach().cpu()
+    counts = torch.bincount(labels).tolist()
+    total, n = len(labels), len(ids)
+    covered = int(torch.unique(labels[torch.as_tensor(list(ids), dtype=torch.int64)]).numel())
+    # class c is absent from a random n of the N samples with probability q = C(N - N_c, n) / C(N, n); the
+    # covered count is the sum over classes of (1 - q), and since these absences are negatively correlated
+    # (sampling without replacement) the sum of their variances q(1 - q) bounds its variance from above
+    expected, variance = 0.0, 0.0
+    for size in counts:
+        if size:
+            q = math.exp(_log_choose(total - size, n) - _log_choose(total, n)) if total - size >= n else 0.0
+            expected, variance = expected + 1.0 - q, variance + q * (1.0 - q)
+    return ClassCoverage(n, covered, sum(1 for size in counts if size), expected, math.sqrt(variance))
+
+
+def _log_choose(a: int, b: int) -> float:
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)

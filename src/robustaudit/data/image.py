@@ -48,6 +48,11 @@ class ImageData(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    def known_labels(self) -> torch.Tensor | None:
+        """The ``(N,)`` int64 labels of every sample when they are at hand without reading any image (held in
+        memory, or a dataset's ``targets`` list), else None: a lazy set is never read just to learn them."""
+        return None
+
     @abstractmethod
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``x`` of shape ``(B, C, H, W)``, float32 in [0, 1], and labels ``y`` of shape ``(B,)``,
@@ -92,6 +97,10 @@ class TensorData(ImageData):
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def known_labels(self) -> torch.Tensor:
+        """The ``(N,)`` int64 labels, held in memory."""
+        return self.y
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` float32 images and ``(B,)`` int64 labels; copies, safe to modify."""
@@ -205,6 +214,18 @@ class DatasetData(ImageData):
 
     def __len__(self) -> int:
         return self._n
+
+    def known_labels(self) -> torch.Tensor | None:
+        """The dataset's ``targets`` (ImageFolder's and torchvision's sets keep one label per sample in memory)
+        as ``(N,)`` int64 when they are valid labels of every sample, else None (nothing is read to learn them)."""
+        targets = getattr(self.dataset, "targets", None)
+        if targets is None or isinstance(targets, (str, bytes)):
+            return None
+        try:
+            labels = check_labels(targets, self.num_classes, self.name)
+        except (TypeError, ValueError, RuntimeError):  # not labels to trust: the loaded batches say what is wrong
+            return None
+        return labels if labels.ndim == 1 and len(labels) == self._n else None
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` float32 images and ``(B,)`` int64 labels, read and validated now."""

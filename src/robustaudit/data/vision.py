@@ -23,6 +23,9 @@ from robustaudit.core.errors import UserError
 from robustaudit.data.image import DatasetData, ImageData
 from robustaudit.data.validate import check_labels, index_tensor
 
+#: How many empty class folders a message names before "...".
+_SHOWN = 5
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -51,6 +54,10 @@ class ByteImageData(ImageData):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def known_labels(self) -> torch.Tensor:
+        """The ``(N,)`` int64 labels, held in memory."""
+        return self.labels
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W)`` float32 images in [0, 1] and ``(B,)`` int64 labels."""
@@ -305,11 +312,29 @@ class _ToImage:
         return pil_to_tensor(image).to(torch.float32).div_(255.0)
 
 
+def round_robin_order(labels: Sequence[int]) -> list[int]:
+    """Positions of ``labels`` taken class by class in turn: each class's first sample (classes in
+    ascending order), then each class's second, and so on; within a class the given order is kept.
+
+    ``[0, 0, 0, 1, 1, 2] -> [0, 3, 5, 1, 4, 2]``. A class that runs out is skipped, so every prefix holds
+    as many classes as it can (a prefix of ``k * C`` samples holds ``k`` of each of ``C`` classes that
+    have them).
+    """
+    groups: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(position)
+    rows = [groups[c] for c in sorted(groups)]
+    return [row[r] for r in range(max(map(len, rows), default=0)) for row in rows if r < len(row)]
+
+
 def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | None = None) -> DatasetData:
     """Images in ``ROOT/<class>/<file>`` (torchvision ImageFolder), read lazily as RGB ``(3, H, W)``.
 
     Class names are the folder names, sorted. All images must share one size unless ``size`` resizes
     each to ``size x size``. Grayscale images are converted to RGB so every sample has 3 channels.
+    Samples are ordered round-robin over the classes (:func:`round_robin_order`; files sorted within a
+    class), not class by class as on disk, so the first ``n`` audited samples cover every class.
+    A class folder without an image file is refused, by name.
     """
     from torchvision.datasets import ImageFolder
 
@@ -317,8 +342,37 @@ def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | N
     if not root.is_dir():
         raise UserError(f"ImageFolder root {root} does not exist or is not a folder")
     try:
-        dataset = ImageFolder(str(root), transform=_ToImage(size))
-    except (FileNotFoundError, OSError) as exc:  # no class folders / no image files
+        # allow_empty: an empty class folder is named by _refuse_empty_classes, not in torchvision's words
+        dataset = ImageFolder(str(root), transform=_ToImage(size), allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:  # no class folders
         raise UserError(f"no images under {root}: expected ROOT/<class name>/<image file> ({exc})") from exc
+    _refuse_empty_classes(dataset.classes, dataset.targets, root)
+    # on disk (and in torchvision) the samples come class by class: the first n would cover the first
+    # classes only (--n 1000 of ImageNet's validation set: 20 of its 1000 classes)
+    order = round_robin_order(dataset.targets)
+    dataset.samples = [dataset.samples[i] for i in order]
+    dataset.imgs = dataset.samples
+    dataset.targets = [label for _, label in dataset.samples]
     spec = name or f"imagefolder:{root}"
     return DatasetData(dataset, name=spec, size_hint=f"resize with '{spec.split(':size=')[0]}:size=N'")
+
+
+def _refuse_empty_classes(classes: Sequence[str], targets: Sequence[int], root: Path) -> None:
+    """One line naming the class folders under ``root`` that hold no image file (all of them: no images)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(classes))
+    empty = [c for c, count in zip(classes, counts) if count == 0]
+    if not empty:
+        return
+    listed = ", ".join(f"'{c}'" for c in empty[:_SHOWN]) + (", ..." if len(empty) > _SHOWN else "")
+    files = f"no file ending in {', '.join(IMG_EXTENSIONS)}"
+    if len(empty) == len(classes):
+        raise UserError(f"no images under {root}: its class folders ({listed}) hold {files}; "
+                        "expected ROOT/<class name>/<image file>")
+    what, verb, them = (f"class folder {listed}", "holds", "it") if len(empty) == 1 else (
+        f"{len(empty)} class folders ({listed})", "hold", "them")
+    others = len(classes) - len(empty)
+    rest = "the other class folder holds" if others == 1 else f"the other {others} class folders hold"
+    raise UserError(f"{what} under {root} {verb} no image ({files}; {rest} {len(targets)} images): add images to "
+                    f"{them} or remove {them}")

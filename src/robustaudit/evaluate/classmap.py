@@ -24,6 +24,8 @@ Which map, for a classification audit (C classes, a model with K outputs):
   warning); when only some match, a one-line error asking for ``--class-map``.
 - K > C and the model names nothing: identity on the first C outputs, with a warning.
 - K < C: a one-line error (a classifier needs an output per class).
+- C = 1 (named data of one class, or a one-class ``--class-map``): a one-line error, since the restricted
+  model has one output and nothing to attack.
 
 The map in use is in ``provenance["models"][i]["class_map"]``, the report's data section and the resume
 fingerprint; nothing is added where no map is in use. Under a map, class indices in attack settings (a
@@ -117,6 +119,12 @@ def apply_class_maps(entries: Sequence[ModelEntry], data: ImageData,
     which. ``given``: the checked ``--class-map`` pairs, in the data's class order."""
     if given is None and data.class_names is None:
         return  # labels are the model's own output indices: every output counts
+    if data.num_classes < 2:
+        # each model is restricted to the one output of the one class: it predicts that class whatever the
+        # input, so every sample is correct and no attack can change a prediction; say so before any runs
+        raise UserError(f"data '{data.name}' has a single class ('{data_class_names(data)[0]}'): a classifier "
+                        "audited on the data's classes always predicts it, so no attack can change a prediction; "
+                        "give data of at least 2 classes")
     for entry in entries:
         k = _num_outputs(entry, data)
         if k is None:

@@ -34,8 +34,8 @@ from robustaudit.evaluate.cost import FLOP_COUNTER, MemoryProbe
 from robustaudit.evaluate.fastpath import halving_summary, tf32_mode
 from robustaudit.evaluate.artifacts import Artifacts
 from robustaudit.evaluate.batchsize import BatchChoice, sized, throughput
-from robustaudit.evaluate.header import (attacks_block, example_eps, fit_split, meaningless_warnings, model_costs,
-                                         run_header)
+from robustaudit.evaluate.header import (attacks_block, audited_classes, example_eps, fit_split, meaningless_warnings,
+                                         model_costs, run_header)
 from robustaudit.evaluate.physical import physical_sections
 from robustaudit.evaluate.result import ResultMatrix
 from robustaudit.evaluate.resume import fingerprint, open_store
@@ -223,6 +223,7 @@ def _finish(r: _Run, result: ResultMatrix, s: dict[str, Any]) -> ResultMatrix:
         "throughput": throughput(result.records),
         **resumed,
     }
+    result.provenance["data"].update(audited_classes(sub.data, r.ids))  # the report's "classes: k of C"
     meaningless = meaningless_warnings(result.records, sub.data.num_classes)  # near chance, too few samples
     if meaningless:
         result.provenance["warnings"] = meaningless

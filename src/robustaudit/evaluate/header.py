@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from robustaudit.attacks.base import UniversalAttack
-from robustaudit.data.base import ImageData
+from robustaudit.data.base import ImageData, class_coverage
 from robustaudit.evaluate.cost import MemoryProbe, model_cost
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry
 
-__all__ = ["attacks_block", "example_eps", "fit_split", "jsonable", "model_costs", "run_header"]
+__all__ = ["attacks_block", "audited_classes", "example_eps", "fit_split", "jsonable", "model_costs", "run_header"]
 
 
 def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, config: dict[str, Any],
@@ -47,6 +47,19 @@ def run_header(dev: torch.device, seed: int, started: _dt.datetime, t0: float, c
         "models": [{"name": e.name, **e.info, **({"cost": costs[e.name]} if e.name in costs else {})}
                    for e in entries],
     }
+
+
+def audited_classes(data: ImageData, ids: Sequence[int]) -> dict[str, int]:
+    """``{"classes_audited": k}`` for ``provenance["data"]`` when the audited samples ``ids`` hold only ``k`` of
+    the data's classes for a reason other than chance: the first n of data ordered by class, or data that lacks
+    some of its named classes. ``{}`` otherwise, and when the labels are not at hand: a fair prefix a class or
+    two short (the digits' first 24 hold 8 of their 10) states the data's classes, as the report always did."""
+    coverage = class_coverage(data, ids)
+    if coverage is None or coverage.covered >= data.num_classes:
+        return {}
+    if coverage.unrepresentative or coverage.present < data.num_classes:
+        return {"classes_audited": coverage.covered}
+    return {}
 
 
 def attacks_block(attacks: Sequence[AttackEntry], **extra: Any) -> list[dict[str, Any]]:

@@ -232,12 +232,10 @@ class ResultMatrix:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        """The versioned JSON document (numbers as numbers, never strings)."""
-        records = [
-            {k: _plain(v) for k, v in row.items()} for row in self.records.to_dict(orient="records")
-        ]
+        """The versioned JSON document (numbers as numbers, never strings; NaN and inf as None: :func:`json_safe`)."""
+        records = self.records.to_dict(orient="records")  # numpy scalars and NaN: json_safe, as everywhere
         if self.is_segmentation:
-            return {
+            return json_safe({
                 "schema_version": SEG_SCHEMA_VERSION,
                 "task": self.task,
                 "provenance": self.provenance,
@@ -250,8 +248,8 @@ class ResultMatrix:
                                   for (m, a, e), iou in self.class_iou.items()],
                     "unbounded": [{k: _plain(v) for k, v in row.items()} for row in self.unbounded],
                 },
-            }
-        return {
+            })
+        return json_safe({
             "schema_version": SCHEMA_VERSION,
             "provenance": self.provenance,
             "records": records,
@@ -267,7 +265,7 @@ class ResultMatrix:
                 {"model": m, "attack": a, "eps": float(e), "ids": [int(i) for i in ids]}
                 for (m, a, e), ids in self.robust_ids.items()
             ],
-        }
+        })
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ResultMatrix:
@@ -338,6 +336,16 @@ class ResultMatrix:
 def _summary_of(result: ResultMatrix, model: str, attack: str) -> dict[str, Any]:
     row = result.norm_summary().set_index(["model", "attack"]).loc[(model, attack)]
     return {k: row[k] for k in ("n", "found", "median", "q25", "q75")}
+
+
+def json_safe(doc: Any) -> Any:
+    """``doc`` as JSON holds it, at any depth: NaN and +-inf as None, numpy scalars as Python numbers, tuples as
+    lists. Whatever a stage puts in a check's evidence or the provenance, the save cannot fail after the audit."""
+    if isinstance(doc, dict):
+        return {k: json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [json_safe(v) for v in doc]
+    return _plain(doc)
 
 
 def _plain(v: Any) -> Any:

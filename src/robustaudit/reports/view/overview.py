@@ -119,7 +119,10 @@ def data_items(result: ResultMatrix) -> list[tuple[str, str]]:
     if n is not None:
         items.append(("samples", str(n)))
     if data.get("num_classes") is not None:
-        items.append(("classes", str(data["num_classes"])))
+        # the audited samples' classes where they lack some for a reason other than chance (header.audited_classes)
+        audited = data.get("classes_audited")
+        items.append(("classes", str(data["num_classes"]) if audited is None
+                      else f"{audited} of {data['num_classes']} present in the audited samples"))
     shape = data.get("sample_shape")
     if isinstance(shape, (list, tuple)) and shape:
         items.append(("sample shape", "×".join(str(s) for s in shape)))
