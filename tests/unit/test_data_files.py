@@ -220,6 +220,27 @@ def test_imagefolder_reads_rgb_lazily_with_class_names(tmp_path):
     assert torch.allclose(x[1], torch.full((3, 6, 5), 0.2)) and y.tolist() == [0, 1]
 
 
+def test_imagefolder_reads_grayscale_with_channels_1(tmp_path):
+    """A grayscale model's folder: ':channels=1' gives (1, H, W), a colour file converted by PIL's luma."""
+    _png(tmp_path / "cat" / "a.png", np.full((6, 5), 51, np.uint8))
+    _png(tmp_path / "dog" / "b.png", np.full((6, 5, 3), (255, 0, 0), np.uint8))  # pure red: L = 76
+    data = open_dataset(f"imagefolder:{tmp_path}:channels=1")
+    assert data.sample_shape == (1, 6, 5)
+    x, _ = data.load([0, 1])
+    assert torch.allclose(x[0], torch.full((1, 6, 5), 0.2)) and torch.allclose(x[1], torch.full((1, 6, 5), 76 / 255))
+    with pytest.raises(UserError, match="channels must be 1 or 3, got '2'"):
+        open_dataset(f"imagefolder:{tmp_path}:channels=2")
+
+
+def test_a_grayscale_model_on_rgb_images_is_told_the_setting(tmp_path):
+    from robustaudit.evaluate.samples import model_forward
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    with pytest.raises(UserError, match=r"expected input.*\(the model takes 1-channel images, the data gives 3: "
+                                        r"read an ImageFolder with 'imagefolder:ROOT:channels=1', or convert"):
+        model_forward(model, torch.zeros(2, 3, 6, 6), "gray")
+
+
 def test_round_robin_order():
     assert round_robin_order([0, 0, 0, 1, 1, 2]) == [0, 3, 5, 1, 4, 2]
     assert round_robin_order([2, 2, 0, 1, 0]) == [2, 3, 0, 4, 1]  # classes ascending, positions kept in a class

@@ -65,7 +65,7 @@ def _imagefolder(root, split, settings, spec):
     from robustaudit.data.vision import open_imagefolder
 
     size = _positive_int(settings["size"], "size", spec) if "size" in settings else None
-    return open_imagefolder(root, size=size, name=spec)
+    return open_imagefolder(root, size=size, channels=_channels(settings, spec, 3), name=spec)
 
 
 def _tensors(root, split, settings, spec):
@@ -119,9 +119,9 @@ _REGISTRY: dict[str, _Entry] = {
         "MNIST idx files under ROOT/MNIST/raw (optionally .gz), 1x28x28, 10 classes", True, (), _mnist
     ),
     "imagefolder": _Entry(
-        "ROOT/<class>/<image> folders, RGB; ':size=N' resizes to NxN (one split)",
+        "ROOT/<class>/<image> folders, RGB; ':size=N' resizes to NxN, ':channels=1' reads grayscale (one split)",
         True,
-        ("size",),
+        ("size", "channels"),
         _imagefolder,
     ),
     "tensors": _Entry(

@@ -294,19 +294,20 @@ def open_mnist(root: str | Path, split: str = "test", *, name: str | None = None
 
 
 class _ToImage:
-    """PIL image -> float32 RGB tensor ``(3, H, W)`` in [0, 1], optionally resized to ``size x size``.
+    """PIL image -> float32 tensor ``(channels, H, W)`` in [0, 1] (RGB, or grayscale with ``channels=1``),
+    optionally resized to ``size x size``.
 
     A class, not a lambda, so DataLoader workers can pickle it.
     """
 
-    def __init__(self, size: int | None) -> None:
-        self.size = size
+    def __init__(self, size: int | None, channels: int = 3) -> None:
+        self.size, self.channels = size, channels
 
     def __call__(self, image) -> torch.Tensor:
         from PIL import Image
         from torchvision.transforms.functional import pil_to_tensor
 
-        image = image.convert("RGB")
+        image = image.convert("L" if self.channels == 1 else "RGB")
         if self.size is not None:
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
         return pil_to_tensor(image).to(torch.float32).div_(255.0)
@@ -327,11 +328,14 @@ def round_robin_order(labels: Sequence[int]) -> list[int]:
     return [row[r] for r in range(max(map(len, rows), default=0)) for row in rows if r < len(row)]
 
 
-def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | None = None) -> DatasetData:
-    """Images in ``ROOT/<class>/<file>`` (torchvision ImageFolder), read lazily as RGB ``(3, H, W)``.
+def open_imagefolder(root: str | Path, *, size: int | None = None, channels: int = 3,
+                     name: str | None = None) -> DatasetData:
+    """Images in ``ROOT/<class>/<file>`` (torchvision ImageFolder), read lazily as RGB ``(3, H, W)``, or
+    as grayscale ``(1, H, W)`` with ``channels=1`` (for a model of grayscale inputs).
 
     Class names are the folder names, sorted. All images must share one size unless ``size`` resizes
-    each to ``size x size``. Grayscale images are converted to RGB so every sample has 3 channels.
+    each to ``size x size``. Every image is converted to the one mode (grayscale files to RGB, colour
+    files to grayscale), so every sample has ``channels`` channels.
     Samples are ordered round-robin over the classes (:func:`round_robin_order`; files sorted within a
     class), not class by class as on disk, so the first ``n`` audited samples cover every class.
     A class folder without an image file is refused, by name.
@@ -343,7 +347,7 @@ def open_imagefolder(root: str | Path, *, size: int | None = None, name: str | N
         raise UserError(f"ImageFolder root {root} does not exist or is not a folder")
     try:
         # allow_empty: an empty class folder is named by _refuse_empty_classes, not in torchvision's words
-        dataset = ImageFolder(str(root), transform=_ToImage(size), allow_empty=True)
+        dataset = ImageFolder(str(root), transform=_ToImage(size, channels), allow_empty=True)
     except (FileNotFoundError, OSError) as exc:  # no class folders
         raise UserError(f"no images under {root}: expected ROOT/<class name>/<image file> ({exc})") from exc
     _refuse_empty_classes(dataset.classes, dataset.targets, root)

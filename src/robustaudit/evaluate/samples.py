@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +84,23 @@ def model_forward(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     except UserError:
         raise
     except Exception as exc:  # a user's model failing is a user-facing error, not our traceback
-        raise device_failure(exc, name) or UserError(f"model '{name}' raised {type(exc).__name__} in forward: {exc}") from None
+        raise device_failure(exc, name) or UserError(
+            f"model '{name}' raised {type(exc).__name__} in forward: {exc}{_channel_hint(exc, x)}") from None
+
+
+#: torch's conv error for an input of the wrong channel count
+_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
+
+
+def _channel_hint(exc: Exception, x: torch.Tensor) -> str:
+    """What to do when the model takes another channel count than the data gives (a grayscale model on
+    RGB images): the data readers that can change it."""
+    found = _CHANNELS.search(str(exc))
+    if found is None or x.dim() != 4 or int(found.group(2)) != x.shape[1]:
+        return ""
+    want = int(found.group(1))
+    return (f" (the model takes {want}-channel images, the data gives {x.shape[1]}: read an ImageFolder with "
+            f"'imagefolder:ROOT:channels={want}', or convert the images)" if want in (1, 3) else "")
 
 
 def check_segmentation_outputs(logits: Any, y: torch.Tensor, data: ImageData, model: str) -> int:
