@@ -272,6 +272,24 @@ def test_compare_usage_errors(project):
     result.stderr.fnmatch_lines(["*unknown field 'robust_acc'*"])
 
 
+def test_fixture_progress_takes_a_bool(project):
+    # checks="basic": the sanity-check stage reported to progress=False itself before (AttributeError)
+    project.makepyfile(test_fixture_progress='''
+        import pytest
+
+        @pytest.mark.robustness(attack="fgsm", eps=0.1)
+        def test_progress(robustness, my_model, my_data, capsys):
+            robustness.audit(my_model, my_data, checks="basic", progress=False)
+            assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+            robustness.audit(my_model, my_data, progress=True)
+            err = capsys.readouterr().err
+            assert "DigitsCNN: fgsm: " in err and "done in" in err, err
+            with pytest.raises(ValueError, match="progress must be True, False, None or an object"):
+                robustness.audit(my_model, my_data, progress="yes")
+    ''')
+    project.runpytest(*FAST).assert_outcomes(passed=1)
+
+
 def test_marker_threshold_is_enforced_when_the_test_never_asserts(project):
     project.makepyfile(test_implicit='''
         import pytest
