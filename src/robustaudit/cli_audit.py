@@ -230,7 +230,7 @@ def cmd_audit(args: argparse.Namespace, err: Any) -> int:
     if Rank.value > 0:  # rank 0 speaks for all: tables, progress, warnings and user errors (internal errors excepted)
         out.quiet = err.quiet = True
     try:
-        from robustaudit.cli_progress import make_progress
+        from robustaudit.evaluate.progress import make_progress
 
         with make_progress(err, quiet=bool(args.quiet)) if Rank.value == 0 else contextlib.nullcontext() as bar:
             result = execute(spec, open_subject(spec, data), bar)

@@ -220,7 +220,17 @@ class RobustSession:
                 from robustaudit.plugin.finish import finish_report
 
                 finish_report(self, record, report)
+            elif self._in_baseline(report):
+                # it ran but audited nothing: its baseline rows must not vanish unnoticed (a deselected
+                # or skipped test did not run and is only counted in the summary)
+                from robustaudit.plugin.finish import finish_unaudited
+
+                finish_unaudited(self, report)
         return report
+
+    def _in_baseline(self, report: pytest.TestReport) -> bool:
+        return (self.baseline is not None and not report.skipped
+                and bool(self.baseline.get("tests", {}).get(report.nodeid, {}).get("audits")))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker or report.when != "call":

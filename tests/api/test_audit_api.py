@@ -76,3 +76,47 @@ def test_a_comma_separated_attack_string_names_several_attacks_as_on_the_command
     entries = attack_entries_from(["atn,advgan", "eot:k=2(pgd)"])
     assert [e.name for e in entries] == ["atn", "advgan", "eot:k=2(pgd)"]
     assert entries[2].attack.settings()["k"] == 2
+
+
+class _Recorder:
+    """A progress reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, int]] = []
+        self.done = 0
+
+    def start(self, description: str, total: int) -> None:
+        self.stages.append((description, total))
+
+    def advance(self, amount: int) -> None:
+        self.done += amount
+
+
+def _progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("[")]
+
+
+def test_progress_takes_a_bool_or_a_reporter(digits_cnn, xy, capsys):
+    # checks="basic" (the default): its stage used to call progress.start on the bool itself
+    kwargs = {"attacks": "fgsm", "eps": 0.1, "checks": "basic", "cost": False}
+    recorder = _Recorder()
+    told = robustaudit.audit(digits_cnn, xy, progress=recorder, **kwargs)
+    assert [d for d, _ in recorder.stages] == ["DigitsCNN: clean", "DigitsCNN: fgsm", "sanity checks"]
+    assert recorder.done >= len(xy[1])  # at least the clean pass, one unit per sample
+    silent = robustaudit.audit(digits_cnn, xy, progress=False, **kwargs)
+    assert _progress_lines(capsys.readouterr().err) == []
+    shown = robustaudit.audit(digits_cnn, xy, progress=True, **kwargs)
+    lines = _progress_lines(capsys.readouterr().err)  # no terminal here: the CLI's plain lines
+    assert [line.split("] ")[1].split(":")[0] for line in lines] == ["DigitsCNN", "DigitsCNN", "sanity checks"]
+    assert all("done in" in line for line in lines)
+    for result in (silent, shown):  # how progress is shown changes no figure
+        assert result.records["n_robust"].tolist() == told.records["n_robust"].tolist()
+        assert [c["status"] for c in result.checks] == [c["status"] for c in told.checks]
+
+
+@pytest.mark.parametrize("progress", ["yes", 1, object()])
+def test_progress_of_another_type_is_a_one_line_error(digits_cnn, xy, progress):
+    with pytest.raises(UserError, match=r"^progress must be True, False, None or an object with "
+                                        r"start\(description, total\) and advance\(amount\) methods, got ") as info:
+        robustaudit.audit(digits_cnn, xy, attacks="fgsm", eps=0.1, progress=progress)
+    assert "\n" not in str(info.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from robustaudit.cli import main
-from robustaudit.cli_progress import PlainProgress, duration
+from robustaudit.evaluate.progress import PlainProgress, duration
 
 LINE = re.compile(r"^\[ *\d+\.\d s\] (.+?): (\d+/\d+, )?(done in \d+[smh]|ETA [\dmsh]+|starting.*)$")
 
@@ -141,7 +141,7 @@ def test_the_terminal_bar_nests_a_fit_in_its_cell_too() -> None:
 
     from rich.console import Console
 
-    from robustaudit.cli_progress import RichProgress
+    from robustaudit.evaluate.progress import RichProgress
 
     bar = RichProgress(Console(file=StringIO(), force_terminal=True))
     with bar:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-#: The inner projects' conftest: the catalog's digits CNN (or the model named by RA_TEST_MODEL) and
-#: the first 64 digits test images, as an (x, y) pair of tensors.
+#: The inner projects' conftest: the catalog's digits CNN (or the model named by RA_TEST_MODEL; with
+#: RA_TEST_WRAP set, inside ``nn.Sequential(nn.Identity(), model)``, as adding a normalization layer does)
+#: and the first 64 digits test images, as an (x, y) pair of tensors.
 INNER_CONFTEST = '''
 import os
 
@@ -19,9 +20,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def my_model():
+    import torch.nn as nn
+
     from robustaudit.models.catalog import create_model
 
-    return create_model(os.environ.get("RA_TEST_MODEL", "digits-cnn-pgdat"))
+    model = create_model(os.environ.get("RA_TEST_MODEL", "digits-cnn-pgdat"))
+    return nn.Sequential(nn.Identity(), model).eval() if os.environ.get("RA_TEST_WRAP") else model
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,10 @@ from robustaudit.plugin.compare import (
     ALPHA,
     binomial_tail,
     compare_test,
+    comparison_rows,
+    missing_reason,
     parse_gate,
+    regression_message,
 )
 from robustaudit.plugin.settings import (
     CHECK_LEVELS,
@@ -24,6 +27,7 @@ from robustaudit.plugin.settings import (
     resolve,
     validate,
 )
+from robustaudit.plugin.summary import compare_rows, compare_verdict
 from robustaudit.plugin.tables import useful_records
 
 
@@ -88,13 +92,13 @@ def test_parse_gate_errors(text, message):
 
 
 # ------------------------------------------------------------------------------ compare_test
-def _audit(robust_ids: list[int], n: int = 100, attack: str = "pgd") -> dict:
+def _audit(robust_ids: list[int], n: int = 100, attack: str = "pgd", model: str = "Net") -> dict:
     acc = len(robust_ids) / n
-    rec = {"model": "Net", "attack": attack, "eps": 0.1, "norm": "linf", "n": n, "n_clean_correct": n,
+    rec = {"model": model, "attack": attack, "eps": 0.1, "norm": "linf", "n": n, "n_clean_correct": n,
            "n_robust": len(robust_ids), "clean_accuracy": 1.0, "robust_accuracy": acc, "ci_low": acc - 0.05,
            "ci_high": acc + 0.05, "seconds": 0.1}
     worst = {**rec, "attack": "worst-case"}
-    ids = [{"model": "Net", "attack": a, "eps": 0.1, "ids": robust_ids} for a in (attack, "worst-case")]
+    ids = [{"model": model, "attack": a, "eps": 0.1, "ids": robust_ids} for a in (attack, "worst-case")]
     return {"records": [rec, worst], "robust_ids": ids}
 
 
@@ -138,9 +142,63 @@ def test_compare_pairs_only_the_samples_both_runs_audited():
 def test_compare_new_test_and_new_rows():
     gates = [parse_gate("robust_accuracy:0")]
     assert compare_test(None, [_audit([1, 2])], gates) == {"status": "new", "rows": [], "failed": False}
+    # the baseline's fgsm row is gone, pgd is new: the new row never fails, the missing one does (a gate is given)
     base = {"audits": [_audit(list(range(50)), attack="fgsm")]}
     result = compare_test(base, [_audit(list(range(10)))], gates)
-    assert [r["status"] for r in result["rows"]] == ["new"] and result["failed"] is False
+    assert [(r["status"], r["attack"], r["failed"]) for r in result["rows"]] == [
+        ("new", "pgd", []), ("missing", "fgsm", ["missing"])]
+    assert result["failed"] is True
+
+
+def test_compare_renamed_model_fails_a_gate_and_says_how_to_fix_it():
+    # the same weaker net, wrapped in nn.Sequential: no current row matches a baseline row
+    base = {"audits": [_audit(list(range(60)))]}
+    now = [_audit(list(range(20)), model="Sequential")]
+    result = compare_test(base, now, [parse_gate("robust_accuracy:significant")])
+    assert [(r["model"], r["status"]) for r in result["rows"]] == [("Sequential", "new"), ("Net", "missing")]
+    missing = result["rows"][1]
+    assert missing["baseline"]["robust_accuracy"] == 0.6 and missing["now"] == {}
+    assert missing["failed"] == ["missing"] and result["failed"] is True
+    message = regression_message(result, "base.json", [parse_gate("robust_accuracy:significant")])
+    reason = message.splitlines()[2]
+    assert reason.startswith("1 baseline row(s) missing from this run")
+    assert "model 'Net' of the baseline is not in this run, which has 'Sequential'" in reason
+    assert "robustness.audit({'Net': model}, data)" in reason and "--robust-save" in reason
+    assert message.splitlines()[-1].split() == ["Net", "pgd", "0.1", "60.0%", "-", "-", "-", "-", "FAIL", "missing"]
+    assert "Sequential" not in message.splitlines()[-1]  # a new row never fails, so it is not listed
+    # without a gate the missing row is reported and fails nothing
+    result = compare_test(base, now, [])
+    assert result["rows"][1]["status"] == "missing" and result["failed"] is False
+    assert comparison_rows(result["rows"])[1][-1] == "missing"
+
+
+def test_compare_an_audit_call_no_longer_made_is_missing():
+    base = {"audits": [_audit(list(range(60))), _audit(list(range(60)), attack="fgsm")]}
+    result = compare_test(base, [_audit(list(range(60)))], [parse_gate("robust_accuracy:0.02")])
+    assert [(r["audit"], r["attack"], r["status"]) for r in result["rows"]] == [
+        (0, "pgd", "compared"), (1, "fgsm", "missing")]
+    assert result["failed"] is True
+    assert "an attack, an eps or an audit() call of the baseline is gone" in missing_reason(result["rows"])
+    # a test that ran without any audit: every baseline row is missing, the model gone
+    result = compare_test(base, [], [parse_gate("robust_accuracy:0.02")])
+    assert [r["status"] for r in result["rows"]] == ["missing", "missing"] and result["failed"] is True
+    assert "model 'Net' of the baseline is not in this run: if it was renamed" in missing_reason(result["rows"])
+
+
+def test_compare_rows_counts_missing_apart_from_regressions():
+    base = {"audits": [_audit(list(range(60)))]}
+    tests = {"t.py::a": {"compare": compare_test(base, [_audit(list(range(20)), model="Seq")], [parse_gate("robust_accuracy:0")])},
+             "t.py::b": {"compare": compare_test(base, [_audit(list(range(20)))], [parse_gate("robust_accuracy:0")])}}
+    rows, counts = compare_rows(tests)
+    assert [r[-1] for r in rows] == ["new", "FAIL missing", "FAIL robust_accuracy:0"]
+    assert counts == {"tests": 2, "new": 0, "rows": 2, "failed_rows": 1, "failed_tests": 1, "missing": 1,
+                      "missing_tests": 1}
+    lines = compare_verdict(counts, gated=True)
+    assert lines[:2] == ["1 of 2 rows regressed beyond the gates in 1 test(s)",
+                         "1 baseline row(s) missing from 1 test(s) that ran, failing them (a --robust-compare-fail "
+                         "gate is given)"]
+    assert "reported only" in compare_verdict(counts, gated=False)[1]
+    assert compare_verdict({**counts, "missing": 0}, gated=True) == lines[:1]
 
 
 def test_useful_records_keeps_worst_case_of_several_attacks():

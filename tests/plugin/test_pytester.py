@@ -181,6 +181,86 @@ def test_compare_passes_without_a_regression_and_reports_files(baseline):
     assert saved["tests"]["test_compared.py::test_robust"]["compare"]["rows"][0]["b"] == 0
 
 
+def test_compare_fail_catches_a_renamed_model(baseline, monkeypatch):
+    # the weaker CNN wrapped in nn.Sequential (what adding a normalization layer does): its rows are all
+    # named Sequential, so none matches the baseline's DigitsCNN rows; a gate must not pass on that
+    monkeypatch.setenv("RA_TEST_MODEL", "digits-cnn")
+    monkeypatch.setenv("RA_TEST_WRAP", "1")
+    gate = ("--robust-compare", "baseline.json", "--robust-compare-fail", "robust_accuracy:significant")
+    result = baseline.runpytest(*FAST, *gate)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "baseline rows missing from this run (baseline *baseline.json)",
+        "gates: robust_accuracy:significant (*",
+        ("1 baseline row(s) missing from this run (*): model 'DigitsCNN' of the baseline is not in this run, "
+         "which has 'Sequential': the model was renamed (*); name it explicitly, "
+         "robustness.audit({'DigitsCNN': model}, data), or re-save the baseline (--robust-save)*"),
+        "*model * attack * eps * baseline * now * change * lost/gained * p * verdict",
+        "*DigitsCNN * pgd * 0.1 *% * - * FAIL missing",
+    ])
+    result.stdout.fnmatch_lines([
+        "test_compared.py::test_robust * Sequential * pgd * 0.1 * - *% * new",
+        "test_compared.py::test_robust * DigitsCNN * pgd * 0.1 *% * - * FAIL missing",
+        "0 of 1 rows regressed beyond the gates in 0 test(s)",
+        "1 baseline row(s) missing from 1 test(s) that ran, failing them (a --robust-compare-fail gate is given)",
+    ])
+    # the fix the message gives: named explicitly, the rows match again and the regression itself fails
+    baseline.makepyfile(test_compared=COMPARED.replace("audit(my_model,", "audit({'DigitsCNN': my_model},"))
+    result = baseline.runpytest(*FAST, *gate)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*DigitsCNN * pgd * 0.1 * -* pts * FAIL robust_accuracy:significant",
+                                 "1 of 1 rows regressed beyond the gates in 1 test(s)"])
+    assert not [line for line in result.outlines if "row(s) missing" in line or line.endswith(" missing")]
+
+
+TWO_TESTS = '''
+import os
+
+import pytest
+
+
+@pytest.mark.robustness(attack="pgd", eps=0.1)
+def test_first(robustness, my_model, my_data):
+    robustness.audit(my_model, my_data)
+
+
+@pytest.mark.robustness(attack="pgd", eps=0.05)
+def test_second(robustness, my_model, my_data):
+    if not os.environ.get("RA_NO_AUDIT"):
+        robustness.audit(my_model, my_data)
+'''
+
+
+def test_compare_missing_rows_count_only_tests_that_ran(project, monkeypatch):
+    project.makepyfile(test_pair=TWO_TESTS)
+    project.runpytest(*FAST, "--robust-save", "baseline.json").assert_outcomes(passed=2)
+    gate = ("--robust-compare-fail", "robust_accuracy:significant")
+    # no gate: test_first's renamed row is reported, not failed; deselected test_second's row is not missing
+    monkeypatch.setenv("RA_TEST_WRAP", "1")
+    result = project.runpytest(*FAST, "--robust-compare", "baseline.json", "-k", "test_first")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines([
+        "test_pair.py::test_first * DigitsCNN * pgd * 0.1 *% * - * missing",
+        "0 of 1 rows regressed beyond the gates in 0 test(s)",
+        "1 baseline row(s) missing from 1 test(s) that ran, reported only: no --robust-compare-fail gate",
+        "missing: *name it explicitly, robustness.audit({'Net': model}, data)*",
+        "1 baseline test(s) not run this time: test_pair.py::test_second",
+    ])
+    # with a gate, a deselected test fails nothing
+    monkeypatch.delenv("RA_TEST_WRAP")
+    result = project.runpytest(*FAST, "--robust-compare", "baseline.json", *gate, "-k", "test_first")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["0 of 1 rows regressed beyond the gates in 0 test(s)",
+                                 "1 baseline test(s) not run this time: test_pair.py::test_second"])
+    assert not [line for line in result.outlines if "row(s) missing" in line or line.endswith(" missing")]
+    # but a test that ran without its audit has lost its rows
+    monkeypatch.setenv("RA_NO_AUDIT", "1")
+    result = project.runpytest(*FAST, "--robust-compare", "baseline.json", *gate, "-k", "test_second")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*model 'DigitsCNN' of the baseline is not in this run: if it was renamed*",
+                                 "1 baseline row(s) missing from 1 test(s) that ran, failing them*"])
+
+
 def test_compare_usage_errors(project):
     project.makepyfile(test_compared=COMPARED)
     result = project.runpytest(*FAST, "--robust-compare", "missing.json")
@@ -190,6 +270,24 @@ def test_compare_usage_errors(project):
     result = project.runpytest(*FAST, "--robust-compare", "baseline.json", "--robust-compare-fail", "robust_acc:1%")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown field 'robust_acc'*"])
+
+
+def test_fixture_progress_takes_a_bool(project):
+    # checks="basic": the sanity-check stage reported to progress=False itself before (AttributeError)
+    project.makepyfile(test_fixture_progress='''
+        import pytest
+
+        @pytest.mark.robustness(attack="fgsm", eps=0.1)
+        def test_progress(robustness, my_model, my_data, capsys):
+            robustness.audit(my_model, my_data, checks="basic", progress=False)
+            assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+            robustness.audit(my_model, my_data, progress=True)
+            err = capsys.readouterr().err
+            assert "DigitsCNN: fgsm: " in err and "done in" in err, err
+            with pytest.raises(ValueError, match="progress must be True, False, None or an object"):
+                robustness.audit(my_model, my_data, progress="yes")
+    ''')
+    project.runpytest(*FAST).assert_outcomes(passed=1)
 
 
 def test_marker_threshold_is_enforced_when_the_test_never_asserts(project):

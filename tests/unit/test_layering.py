@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "entry": 5,
 }
 #: Modules outside the subpackages above: the entry points.
-ENTRY_MODULES = {ROOT, f"{ROOT}.__main__", f"{ROOT}.cli", f"{ROOT}.cli_audit", f"{ROOT}.cli_common", f"{ROOT}.cli_progress",
+ENTRY_MODULES = {ROOT, f"{ROOT}.__main__", f"{ROOT}.cli", f"{ROOT}.cli_audit", f"{ROOT}.cli_common",
                  f"{ROOT}.cli_train",
                  f"{ROOT}.pytest_plugin"}
 ENTRY_PACKAGES = {"plugin"}

@@ -11,7 +11,11 @@ call of test ``nodeid`` is matched with the n-th call of the same test in the ba
   discordant samples is a regression with probability 1/2 (exact McNemar test), so
   ``p = P(X >= b), X ~ Binomial(b + c, 1/2)``; fail when ``p < 0.05``.
 
-``clean_accuracy`` and ``ci_low`` take the absolute and relative forms too. Standard library only.
+``clean_accuracy`` and ``ci_low`` take the absolute and relative forms too.
+
+A baseline row that a test which ran no longer produces is *missing*: with any gate it fails the test,
+since a regression gate that matches nothing would pass whatever the figures did (a model wrapped in
+``nn.Sequential`` is named ``Sequential`` and its rows would all be new). Standard library only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ SESSION_VERSION = 1
 #: Fields a compare gate may watch; ``significant`` needs per-sample ids, which only robust accuracy has.
 FIELDS: tuple[str, ...] = ("robust_accuracy", "clean_accuracy", "ci_low")
 ALPHA = 0.05
+#: The status of a baseline row this run lacks, and the "gate" it fails when any gate is given.
+MISSING = "missing"
 _TOL = 1e-12  # a drop exactly at the threshold passes; float noise must not turn it into a failure
 
 
@@ -124,38 +130,60 @@ def compare_test(baseline_test: Mapping[str, Any] | None, audits: Sequence[Mappi
     """Compare one test's audits with its baseline entry.
 
     Returns ``{"status": "compared" | "new", "rows": [...], "failed": bool}``; each row has ``audit``,
-    ``model``, ``attack``, ``eps``, ``baseline`` and ``now`` (``n`` and the :data:`FIELDS`), the paired
-    counts ``b`` (regressions) and ``c`` (improvements) with the one-sided ``p`` (``None`` when either
-    side lacks per-sample ids), ``status`` (``"compared"`` or ``"new"``) and ``failed`` (the gates it
-    breaks).
+    ``model``, ``attack``, ``eps``, ``baseline`` and ``now`` (``n`` and the :data:`FIELDS`; empty on the
+    side that lacks the row), the paired counts ``b`` (regressions) and ``c`` (improvements) with the
+    one-sided ``p`` (``None`` when either side lacks per-sample ids), ``status`` and ``failed`` (the gates
+    it breaks). ``status`` is ``"compared"``, ``"new"`` (not in the baseline; never fails) or
+    ``"missing"`` (in the baseline, not in this run: ``failed`` is ``["missing"]`` when any gate is
+    given). Each audit's rows come first, then the baseline rows it lacks.
     """
     if baseline_test is None:
         return {"status": "new", "rows": [], "failed": False}
     base_audits = list(baseline_test.get("audits", []))
     rows: list[dict[str, Any]] = []
-    for i, audit in enumerate(audits):
+    for i in range(max(len(audits), len(base_audits))):
         base = base_audits[i] if i < len(base_audits) else {}
-        base_records = {row_key(r): r for r in base.get("records", [])}
-        base_ids, now_ids = _ids_by_key(base), _ids_by_key(audit)
-        for rec in useful_records(audit.get("records", [])):
-            key = row_key(rec)
-            row: dict[str, Any] = {"audit": i, "model": key[0], "attack": key[1], "eps": float(rec["eps"]),
-                                   "now": _figures(rec), "baseline": {}, "b": None, "c": None, "p": None,
-                                   "status": "new", "failed": []}
-            old = base_records.get(key)
-            if old is not None:
-                row["status"] = "compared"
-                row["baseline"] = _figures(old)
-                if key in base_ids and key in now_ids:
-                    # ids are positions 0..n-1 of the audited subset: pair on the samples both audited
-                    common = min(int(old.get("n") or 0), int(rec.get("n") or 0))
-                    was = {j for j in base_ids[key] if j < common}
-                    now = {j for j in now_ids[key] if j < common}
-                    row["b"], row["c"] = len(was - now), len(now - was)
-                    row["p"] = binomial_tail(row["b"], row["c"])
-                row["failed"] = [g.text for g in gates if g.fails(row)]
-            rows.append(row)
+        now = audits[i] if i < len(audits) else {}
+        rows.extend(_audit_rows(i, base, now, gates))
+        # an audit() call the test no longer makes loses all its rows
+        now_keys = {row_key(r) for r in now.get("records", [])}
+        rows.extend(_missing_row(i, old, gates) for old in useful_records(base.get("records", []))
+                    if row_key(old) not in now_keys)
     return {"status": "compared", "rows": rows, "failed": any(r["failed"] for r in rows)}
+
+
+def _audit_rows(i: int, base: Mapping[str, Any], audit: Mapping[str, Any],
+                gates: Sequence[CompareGate]) -> list[dict[str, Any]]:
+    """The rows of audit ``i`` of this run, each matched with its baseline record when there is one."""
+    base_records = {row_key(r): r for r in base.get("records", [])}
+    base_ids, now_ids = _ids_by_key(base), _ids_by_key(audit)
+    rows = []
+    for rec in useful_records(audit.get("records", [])):
+        key = row_key(rec)
+        row: dict[str, Any] = {"audit": i, "model": key[0], "attack": key[1], "eps": float(rec["eps"]),
+                               "now": _figures(rec), "baseline": {}, "b": None, "c": None, "p": None,
+                               "status": "new", "failed": []}
+        old = base_records.get(key)
+        if old is not None:
+            row["status"] = "compared"
+            row["baseline"] = _figures(old)
+            if key in base_ids and key in now_ids:
+                # ids are positions 0..n-1 of the audited subset: pair on the samples both audited
+                common = min(int(old.get("n") or 0), int(rec.get("n") or 0))
+                was = {j for j in base_ids[key] if j < common}
+                now = {j for j in now_ids[key] if j < common}
+                row["b"], row["c"] = len(was - now), len(now - was)
+                row["p"] = binomial_tail(row["b"], row["c"])
+            row["failed"] = [g.text for g in gates if g.fails(row)]
+        rows.append(row)
+    return rows
+
+
+def _missing_row(i: int, old: Mapping[str, Any], gates: Sequence[CompareGate]) -> dict[str, Any]:
+    key = row_key(old)
+    return {"audit": i, "model": key[0], "attack": key[1], "eps": float(old["eps"]), "now": {},
+            "baseline": _figures(old), "b": None, "c": None, "p": None, "status": MISSING,
+            "failed": [MISSING] if gates else []}
 
 
 def _figures(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,13 +197,16 @@ def _change(row: Mapping[str, Any]) -> str:
     return f"{100 * (now - base):+.1f} pts"
 
 
+_VERDICTS = {"new": "new", MISSING: MISSING}
+
+
 def comparison_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """Text cells: model, attack, eps, baseline, now, change, regressions/improvements, p, verdict."""
     out = []
     for r in rows:
         paired = "-" if r.get("b") is None else f"{r['b']}/{r['c']}"
         p = "-" if r.get("p") is None else f"{r['p']:.3g}"
-        verdict = "FAIL " + ", ".join(r["failed"]) if r.get("failed") else ("new" if r.get("status") == "new" else "ok")
+        verdict = "FAIL " + ", ".join(r["failed"]) if r.get("failed") else _VERDICTS.get(str(r.get("status")), "ok")
         out.append([str(r["model"]), str(r["attack"]), eps_text(r["eps"]),
                     pct(r["baseline"].get("robust_accuracy")), pct(r["now"].get("robust_accuracy")),
                     _change(r), paired, p, verdict])
@@ -187,14 +218,45 @@ COMPARISON_HEADERS: tuple[str, ...] = ("model", "attack", "eps", "baseline", "no
 
 
 def regression_message(result: Mapping[str, Any], baseline: str, gates: Sequence[CompareGate]) -> str:
-    """The failure text of a test whose figures regressed beyond a ``--robust-compare-fail`` gate."""
-    failing = [r for r in result["rows"] if r.get("failed")]
-    lines = [
-        f"robustness regression against baseline {baseline}",
-        "gates: " + "; ".join(g.describe() for g in gates),
-        (f"{len(failing)} of {len(result['rows'])} compared rows failed "
-         "(lost/gained: samples robust in the baseline and broken now / the reverse; "
-         "p: one-sided exact binomial test of lost vs gained):"),
-        text_table(COMPARISON_HEADERS, comparison_rows(failing)),
-    ]
+    """The failure text of a test that broke a ``--robust-compare-fail`` gate: its rows that regressed, and
+    the baseline rows it lacks (:func:`missing_reason` says why and how to fix it)."""
+    rows = [r for r in result["rows"] if r.get("status") != MISSING]
+    failing = [r for r in rows if r.get("failed")]
+    missing = [r for r in result["rows"] if r.get("status") == MISSING]
+    head = (f"robustness regression against baseline {baseline}" if failing
+            else f"baseline rows missing from this run (baseline {baseline})")
+    lines = [head, "gates: " + "; ".join(g.describe() for g in gates)]
+    if failing:
+        lines += [(f"{len(failing)} of {len(rows)} compared rows failed "
+                   "(lost/gained: samples robust in the baseline and broken now / the reverse; "
+                   "p: one-sided exact binomial test of lost vs gained):"),
+                  text_table(COMPARISON_HEADERS, comparison_rows(failing))]
+    if missing:
+        lines += [missing_reason(result["rows"]), text_table(COMPARISON_HEADERS, comparison_rows(missing))]
     return "\n".join(lines)
+
+
+def _names(models: Sequence[str]) -> str:
+    return ", ".join(f"'{m}'" for m in models)
+
+
+def missing_reason(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line on a test's missing rows (see :func:`compare_test`): which baseline rows this run lacks,
+    the likely cause (a renamed model when a baseline model is gone) and the fix."""
+    missing = [r for r in rows if r.get("status") == MISSING]
+    head = f"{len(missing)} baseline row(s) missing from this run (no current row has their model, attack and eps)"
+    present = {str(r["model"]) for r in rows if r.get("status") != MISSING}
+    in_baseline = {str(r["model"]) for r in rows if r.get("status") in ("compared", MISSING)}
+    gone = sorted({str(r["model"]) for r in missing} - present)
+    appeared = sorted(present - in_baseline)
+    resave = "re-save the baseline (--robust-save) to accept the change"
+    if gone and appeared:
+        # the usual cause: a module is named after its class, and a wrapper brings its own class
+        return (f"{head}: model {_names(gone)} of the baseline is not in this run, which has {_names(appeared)}: "
+                "the model was renamed (a module is named after its class, so wrapping it in nn.Sequential or "
+                f"a normalization layer renames it); name it explicitly, robustness.audit({{'{gone[0]}': model}}, "
+                f"data), or {resave}")
+    if gone:
+        return (f"{head}: model {_names(gone)} of the baseline is not in this run: if it was renamed, name it "
+                f"explicitly, robustness.audit({{'{gone[0]}': model}}, data); if it is no longer audited, {resave}")
+    return (f"{head}: an attack, an eps or an audit() call of the baseline is gone; restore it or {resave}")

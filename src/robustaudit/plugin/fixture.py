@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustaudit.core.errors import UserError
 from robustaudit.evaluate.result import ResultMatrix
@@ -33,6 +33,9 @@ from robustaudit.plugin.gates import (
 )
 from robustaudit.plugin.settings import SessionOptions, Settings, resolve, validate
 from robustaudit.plugin.tables import useful_records
+
+if TYPE_CHECKING:
+    from robustaudit.evaluate.entries import Progress  # torch: annotations only
 
 __all__ = ["BOUND_TEXT", "CHECKS_ADVICE", "ItemRecord", "RobustResult", "Robustness", "RobustnessFailure",
            "attack_list", "audit_doc", "checks_message", "describe_settings", "evaluate_gate",
@@ -109,7 +112,7 @@ class Robustness:
         bound: str | None = None,
         checks: str | None = None,
         class_map: str | Mapping[str, int] | None = None,
-        progress: Any = None,
+        progress: bool | Progress | None = None,
     ) -> RobustResult:
         """Audit ``model`` on ``data`` (anything :func:`robustaudit.audit` accepts: an ``(x, y)`` pair of
         tensors with ``x`` ``(N, C, H, W)`` in [0, 1], a ``Dataset`` or a ``DataLoader``).
@@ -121,7 +124,8 @@ class Robustness:
         sanity checks that follow the matrix (default: the profile's, ``--robust-checks``); their verdicts
         land in ``result.checks``, and a ``fail`` fails ``assert_robust()``. ``class_map``
         (``{"cat": 281, "dog": 207}`` or ``"cat=281,dog=207"``) audits a model with more outputs than the
-        data's classes on those outputs (see :func:`robustaudit.audit`).
+        data's classes on those outputs (see :func:`robustaudit.audit`). ``progress`` is that function's:
+        ``True`` shows the progress on stderr (pytest captures it), ``False`` / ``None`` nothing.
 
         Returns:
             a :class:`RobustResult` (a ResultMatrix with ``assert_robust``).
@@ -135,13 +139,7 @@ class Robustness:
             where="robustness.audit",
         )
         s = resolve(self._options, self._record.marker, call)
-        kwargs: dict[str, Any] = {"norm": s.norm, "n": s.n, "batch_size": s.batch_size, "device": s.device,
-                                  "seed": s.seed, "progress": progress, "attacks": attack_list(s),
-                                  "checks": s.checks}
-        if s.eps is not None:
-            kwargs["eps"] = list(s.eps)
-        if s.class_map is not None:
-            kwargs["class_map"] = dict(s.class_map)
+        kwargs = {**_audit_kwargs(s), "progress": progress}
         n_explicit = "n" in call or "n" in self._record.marker
         with warnings.catch_warnings():
             if not n_explicit:  # the profile's n is a cap: a smaller data set is not worth a warning
@@ -194,6 +192,17 @@ class Robustness:
             value = r["robust_accuracy"]
             self._add_property(f"robust_accuracy[{prefix}{r['model']}/{r['attack']}/{float(r['eps']):g}]",
                                None if value is None else round(float(value), 6))
+
+
+def _audit_kwargs(s: Settings) -> dict[str, Any]:
+    """The keyword arguments of :func:`robustaudit.audit` that the resolved settings give."""
+    kwargs: dict[str, Any] = {"norm": s.norm, "n": s.n, "batch_size": s.batch_size, "device": s.device,
+                              "seed": s.seed, "attacks": attack_list(s), "checks": s.checks}
+    if s.eps is not None:
+        kwargs["eps"] = list(s.eps)
+    if s.class_map is not None:
+        kwargs["class_map"] = dict(s.class_map)
+    return kwargs
 
 
 def attack_list(s: Settings) -> list[Any]:

@@ -22,7 +22,14 @@ from robustaudit import __version__
 from robustaudit.plugin.compare import COMPARISON_HEADERS, SESSION_FORMAT, SESSION_VERSION
 from robustaudit.plugin.session_report import write_atomic, write_report
 from robustaudit.plugin.settings import PROFILES
-from robustaudit.plugin.summary import SESSION_HEADERS, audit_name, compare_rows, session_rows, tally
+from robustaudit.plugin.summary import (
+    SESSION_HEADERS,
+    audit_name,
+    compare_rows,
+    compare_verdict,
+    session_rows,
+    tally,
+)
 from robustaudit.plugin.tables import attention, check_line, text_table
 
 if TYPE_CHECKING:
@@ -110,9 +117,10 @@ def terminal_summary(session: SessionState, tr: Any) -> None:
                           f"{session.profile}: figures differ by budget as well as by model", yellow=True)
         if rows:
             tr.write_line(text_table(("test", *COMPARISON_HEADERS), rows, indent=""))
-        verdict = (f"{counts['failed_rows']} of {counts['rows']} rows regressed beyond the gates in "
-                   f"{counts['failed_tests']} test(s)")
+        verdict, *more = compare_verdict(counts, bool(session.compare_gates))
         tr.write_line(verdict, red=bool(counts["failed_rows"]), green=not counts["failed_rows"])
+        for line in more:  # missing rows: red when they fail their tests, yellow when only reported
+            tr.write_line(line, red=bool(session.compare_gates), yellow=not session.compare_gates)
         missing = _missing_from_run(session)
         if missing:
             tr.write_line(f"{len(missing)} baseline test(s) not run this time: {', '.join(missing[:5])}"

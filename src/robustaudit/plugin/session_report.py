@@ -18,6 +18,7 @@ from robustaudit.plugin.summary import (
     SESSION_HEADERS,
     checks_summary,
     compare_rows,
+    compare_verdict,
     session_rows,
 )
 
@@ -94,8 +95,8 @@ def render_session_markdown(doc: Mapping[str, Any], *, headline: str = "", links
         rows, counts = compare_rows(tests)
         gates = ", ".join(doc["compare"]["gates"]) or "none"
         parts.append(f"## Compared with the baseline\n\nbaseline `{Path(doc['compare']['baseline']).name}`; "
-                     f"gates: {_md(gates)}. {counts['failed_rows']} of {counts['rows']} rows regressed beyond "
-                     "the gates. lost/gained: samples robust in the baseline and broken now / the reverse; "
+                     f"gates: {_md(gates)}. {_md('. '.join(compare_verdict(counts, bool(doc['compare']['gates']))))}. "
+                     "lost/gained: samples robust in the baseline and broken now / the reverse; "
                      "p: one-sided exact binomial test of lost vs gained.\n\n"
                      + _md_table(("test", *COMPARISON_HEADERS), rows, code_first=True))
     if links:
@@ -131,10 +132,11 @@ def render_session_html(doc: Mapping[str, Any], *, headline: str = "", links: Ma
         if rows:
             parts.append(_html_table(CHECK_HEADERS, rows))
     if doc.get("compare"):
-        rows, _ = compare_rows(tests)
+        rows, counts = compare_rows(tests)
+        verdict = ". ".join(compare_verdict(counts, bool(doc["compare"]["gates"])))
         parts += ["<h2>Compared with the baseline</h2>",
                   (f'<p class="note">baseline {html.escape(str(doc["compare"]["baseline"]))}; gates: '
-                   f'{html.escape(", ".join(doc["compare"]["gates"]) or "none")}</p>'),
+                   f'{html.escape(", ".join(doc["compare"]["gates"]) or "none")}. {html.escape(verdict)}.</p>'),
                   _html_table(("test", *COMPARISON_HEADERS), rows)]
     if links:
         items = "".join(f'<li><a href="{html.escape(v)}">{html.escape(k)}</a></li>' for k, v in links.items())

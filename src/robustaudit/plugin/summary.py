@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from robustaudit.plugin.compare import COMPARISON_HEADERS, comparison_rows
+from robustaudit.plugin.compare import COMPARISON_HEADERS, MISSING, comparison_rows
 from robustaudit.plugin.tables import MATRIX_HEADERS, attention, checks_tally, matrix_rows, pct, row_key, useful_records
 
 __all__ = ["CHECK_HEADERS", "FAIL", "PASS", "SESSION_HEADERS", "audit_name", "checks_summary", "compare_rows",
-           "session_rows", "tally"]
+           "compare_verdict", "session_rows", "tally"]
 
 PASS, FAIL = "pass", "FAIL"
 
@@ -87,8 +87,11 @@ def checks_summary(tests: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[s
 
 
 def compare_rows(tests: Mapping[str, Mapping[str, Any]]) -> tuple[list[list[str]], dict[str, int]]:
+    """One row per comparison row of every compared test (``("test", *COMPARISON_HEADERS)``) and the
+    counts :func:`compare_verdict` reads: tests, new tests, rows of this run, rows that regressed beyond a
+    gate, tests with such rows, baseline rows missing from a test that ran, tests with missing rows."""
     rows: list[list[str]] = []
-    counts = {"tests": 0, "new": 0, "rows": 0, "failed_rows": 0, "failed_tests": 0}
+    counts = dict.fromkeys(("tests", "new", "rows", "failed_rows", "failed_tests", "missing", "missing_tests"), 0)
     for nodeid, payload in tests.items():
         result = payload.get("compare")
         if not result:
@@ -98,9 +101,32 @@ def compare_rows(tests: Mapping[str, Mapping[str, Any]]) -> tuple[list[list[str]
             counts["new"] += 1
             rows.append([nodeid, *(["-"] * (len(COMPARISON_HEADERS) - 1)), "new (not in baseline)"])
             continue
-        compared = [r for r in result["rows"]]
-        counts["rows"] += len(compared)
-        counts["failed_rows"] += sum(1 for r in compared if r["failed"])
-        counts["failed_tests"] += bool(result["failed"])
-        rows.extend([nodeid, *cells] for cells in comparison_rows(compared))
+        present = [r for r in result["rows"] if r.get("status") != MISSING]
+        missing = len(result["rows"]) - len(present)
+        counts["rows"] += len(present)
+        counts["failed_rows"] += sum(1 for r in present if r["failed"])
+        counts["failed_tests"] += any(r["failed"] for r in present)
+        counts["missing"] += missing
+        counts["missing_tests"] += bool(missing)
+        rows.extend([nodeid, *cells] for cells in comparison_rows(result["rows"]))
     return rows, counts
+
+
+def compare_verdict(counts: Mapping[str, int], gated: bool) -> list[str]:
+    """The comparison's verdict lines: rows that regressed, then (when there are any) the missing baseline
+    rows, whether they failed their tests, and how to fix a renamed model."""
+    lines = [f"{counts['failed_rows']} of {counts['rows']} rows regressed beyond the gates in "
+             f"{counts['failed_tests']} test(s)"]
+    if counts.get("missing"):
+        outcome = ("failing them (a --robust-compare-fail gate is given)" if gated
+                   else "reported only: no --robust-compare-fail gate")
+        lines += [f"{counts['missing']} baseline row(s) missing from {counts['missing_tests']} test(s) that ran, "
+                  f"{outcome}", MISSING_HINT]
+    return lines
+
+
+#: Why a row goes missing and the fix, under the verdict (each failing test's message names its models).
+MISSING_HINT = ("missing: a baseline (model, attack, eps) row that its test, which ran, no longer produced; a "
+                "module is named after its class, so wrapping a model (nn.Sequential, a normalization layer) "
+                "renames it: name it explicitly, robustness.audit({'Net': model}, data), or re-save the baseline "
+                "(--robust-save) to accept the change")

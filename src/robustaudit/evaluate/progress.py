@@ -1,6 +1,7 @@
-"""Progress of ``robustaudit audit`` on stderr: a rich bar with ETA on a terminal; without one (a file, a
-pipe, ``nohup``, CI logs) plain lines, one per finished stage and at most one every few seconds while a
-stage runs, each with the elapsed time and an ETA. ``--quiet`` silences both.
+"""Progress of an audit on stderr: a rich bar with ETA on a terminal; without one (a file, a pipe,
+``nohup``, CI logs) plain lines, one per finished stage and at most one every few seconds while a stage
+runs, each with the elapsed time and an ETA. ``robustaudit audit`` shows it (``--quiet`` silences both),
+and so does ``robustaudit.audit(..., progress=True)`` (:func:`open_progress`).
 
 Both implement the runner's ``Progress`` protocol (``start(description, total)``, ``advance(amount)``);
 the units are whatever the stage counts (samples of a cell, detector cells, fit steps). A fit (a
@@ -13,7 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from robustaudit.core.errors import UserError
+
+if TYPE_CHECKING:
+    from robustaudit.evaluate.entries import Progress
 
 #: Seconds between two plain lines of a running stage (a stage's end is always reported).
 PLAIN_EVERY_S = 5.0
@@ -33,6 +40,27 @@ def make_progress(err: Any, *, quiet: bool = False) -> Any:
     if err.is_terminal:
         return RichProgress(err)
     return PlainProgress(lambda line: err.print(line, soft_wrap=True, markup=False, highlight=False))
+
+
+def open_progress(progress: bool | Progress | None, *, rank: int = 0) -> AbstractContextManager[Any]:
+    """The progress sink of a ``robustaudit.audit(progress=...)`` call, as a context manager to run the
+    audit in (it starts and stops a rich bar, and reports the last stage's end).
+
+    ``True``: the CLI's progress on stderr (:func:`make_progress`), except on a ``torchrun`` rank other
+    than 0, which stays silent as in the CLI (rank 0 speaks for all). ``False`` or ``None``: silent. An
+    object with ``start(description, total)`` and ``advance(amount)`` (the runner's ``Progress``) is used
+    as it is, not entered: its owner manages it. Anything else is a :class:`UserError`.
+    """
+    if progress is None or progress is False or (progress is True and rank != 0):
+        return nullcontext(_Silent())
+    if progress is True:
+        from rich.console import Console
+
+        return make_progress(Console(stderr=True))
+    if callable(getattr(progress, "start", None)) and callable(getattr(progress, "advance", None)):
+        return nullcontext(progress)
+    raise UserError(f"progress must be True, False, None or an object with start(description, total) and "
+                    f"advance(amount) methods, got {type(progress).__name__} {progress!r:.60}")
 
 
 def duration(seconds: float) -> str:
