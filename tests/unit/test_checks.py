@@ -123,6 +123,18 @@ def test_honest_model_passes_every_check(digits_cnn):
     assert probe.differentiable and not probe.randomized and not probe.dead_gradients
 
 
+def test_a_class_steering_attack_is_not_held_to_fgsm(digits_cnn):
+    """ILLC descends towards the least-likely class: FGSM breaks samples it misses by design (25 of 64 on
+    digits-cnn at eps 0.1), which said nothing about masking yet made the model's figures upper bounds. The
+    check now compares FGSM with a PGD of its own, and an honest model passes."""
+    verdicts, _, result, _ = _audit_and_check(digits_cnn, attacks=("fgsm", "illc"))
+    s_ok = set(result.robust_ids[("m", "fgsm", EPS[0])])
+    it_ok = set(result.robust_ids[("m", "illc", EPS[0])])
+    assert len(it_ok - s_ok) > tolerance(96)  # the gap the old check failed on
+    verdict = verdicts["iterative-vs-single-step"]
+    assert verdict.status == "pass" and verdict.evidence["iterative"] == "pgd (check)"
+
+
 def test_softmax_outputs_fail_the_logits_check(digits_cnn):
     verdicts, _, _, _ = _audit_and_check(Softmax(digits_cnn), attacks=("fgsm",), n=32)
     assert _status(verdicts, "logits-output") == "fail"

@@ -49,6 +49,10 @@ class Attack(ABC):
     #: Whether a sample's result is the same whatever batch it is in (keyed randomness, per-sample
     #: bookkeeping). The contract test holds every attack that claims it to it.
     batch_independent: ClassVar[bool] = True
+    #: Whether the attack climbs the untargeted objective (any wrong class). False for one that steers each
+    #: sample towards one chosen class (ILLC's least-likely class): one untargeted gradient step may beat it
+    #: by design, so the iterative-vs-single-step check does not hold it to FGSM.
+    untargeted_objective: ClassVar[bool] = True
 
     #: The declaration of the ``__init__`` settings (type, range, default, doc): ``__init__`` validates
     #: and stores them with ``<Class>.SETTINGS.apply(self, locals())``; it drives :meth:`settings`,

@@ -278,6 +278,7 @@ class ILLC(BIM):
     """
 
     name = "illc"
+    untargeted_objective = False  # it descends towards the least-likely class
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         if targets is None:

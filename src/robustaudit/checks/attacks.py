@@ -242,7 +242,9 @@ def _large_eps(ctx: Context) -> list[Verdict]:
 
 def _single_vs_iterative(ctx: Context) -> list[Verdict]:
     single = [a for a in ctx.of((AttackKind.FIXED_EPS,)) if type(a.attack).__name__ == "FGSM"]
-    iterative = [a for a in ctx.of((AttackKind.FIXED_EPS,)) if a not in single]
+    # an attack steering to one class (ILLC) is not an untargeted attack done better: FGSM may beat it
+    iterative = [a for a in ctx.of((AttackKind.FIXED_EPS,))
+                 if a not in single and getattr(a.attack, "untargeted_objective", True)]
     if not single and not iterative:
         return []
     out = []
