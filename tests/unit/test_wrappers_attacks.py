@@ -207,8 +207,14 @@ def test_bpda_finds_preprocess_through_robustaudit_wrappers(digits_cnn, digits_t
 def test_bpda_user_errors(digits_cnn, digits_test):
     x, y = digits_test
     threat = ThreatModel("linf", 0.1)
-    with pytest.raises(UserError, match="no 'preprocess' attribute"):
+    with pytest.raises(UserError, match="^bpda: the audited model has no 'preprocess' attribute; give"):
         BPDA(BIM())(digits_cnn, x[:4], y[:4], threat)
+    from robustaudit.attacks.uap import UAP
+
+    # a universal attack inside another: the CLI's way out first, the Python one after
+    with pytest.raises(UserError, match=r"^attack 'uap' is universal: it is fitted on training data as a column "
+                                        r"of its own \(--attack uap\), not run inside another attack"):
+        UAP()(digits_cnn, x[:4], y[:4], threat)
 
     class Skips(Defended):
         def forward(self, x):  # never calls its preprocess

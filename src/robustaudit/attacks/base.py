@@ -192,7 +192,9 @@ class UniversalAttack(Attack):
         """
 
     def _run(self, model, x, y, threat, targets, ids, seed, task):
-        raise UserError(f"attack '{self.name}' is universal: fit it on training data first (attack.fit(...))")
+        raise UserError(f"attack '{self.name}' is universal: it is fitted on training data as a column of its own "
+                        f"(--attack {self.name}), not run inside another attack; in Python, fit it first "
+                        "(attack.fit(...))")
 
 
 def success(task: Task, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -237,9 +237,10 @@ class BPDA(_Wrapper):
         pre = _find_preprocess(model)
         if pre is None:
             raise UserError(
-                f"bpda: the model ({type(model).__name__}) has no 'preprocess' attribute; give the "
-                "defended model attributes 'preprocess' and 'classifier' with forward = "
-                "classifier(preprocess(x)), or pass BPDA(attack, preprocess=<the module>)"
+                # not the class name: the model reaching here is the runner's wrapper, not the user's
+                "bpda: the audited model has no 'preprocess' attribute; give the defended model attributes "
+                "'preprocess' and 'classifier' with forward = classifier(preprocess(x)), or, in Python, pass "
+                "BPDA(attack, preprocess=<the module>)"
             )
         if not isinstance(pre, nn.Module):
             raise UserError(
