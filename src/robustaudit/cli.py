@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 import warnings
 from collections.abc import Sequence
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
-                       "report.html; runs no model.",
+                       "report.html; runs no model. DIR may also be the results.json file itself.",
                        epilog="example:\n  robustaudit report robustaudit-out",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("dir", metavar="DIR")
@@ -332,9 +333,11 @@ def _cmd_report(args: argparse.Namespace, err) -> int:
     from robustaudit.reports.terminal import render_terminal
 
     result = ResultMatrix.load(args.dir)
+    # a results.json path names its run: the reports go beside it, as the audit wrote them
+    folder = Path(args.dir).parent if Path(args.dir).is_file() else Path(args.dir)
     out = console()
     render_terminal(result, out)
-    paths = write_reports(result, args.dir)
+    paths = write_reports(result, folder)
     out.print(f"wrote {paths['markdown']} and {paths['html']}")
     return EXIT_OK
 
