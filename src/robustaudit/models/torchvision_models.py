@@ -18,7 +18,8 @@ from robustaudit.models.factories import IDENT
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 
-__all__ = ["TORCHVISION_PREFIX", "from_torchvision", "parse_torchvision", "quiet_torchvision_init"]
+__all__ = ["TORCHVISION_PREFIX", "class_count", "classes_from_weights", "from_torchvision", "parse_torchvision",
+           "quiet_torchvision_init"]
 
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -65,15 +66,9 @@ def from_torchvision(
         kwargs.setdefault("aux_loss", False)
         if state is not None and not kwargs["aux_loss"]:
             state = _drop_aux_classifier(state, weights, spec)
-    if "num_classes" in kwargs:
-        if num_classes is not None and num_classes != kwargs["num_classes"]:
-            warnings.warn(
-                f"'{spec}' sets num_classes={kwargs['num_classes']}, "
-                f"which overrides num_classes={num_classes}",
-                stacklevel=4,
-            )
-    elif num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    given = class_count(spec, kwargs, num_classes)
+    if given is not None:
+        kwargs["num_classes"] = given
     elif state is not None:
         inferred = _infer_num_classes(arch, kwargs, state)
         if inferred is not None:
@@ -183,8 +178,16 @@ def _infer_num_classes(
             return None
     except (TypeError, ValueError):
         return None  # the real build reports the bad setting
+    return classes_from_weights(reference.state_dict(), state)
+
+
+def classes_from_weights(reference: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> int | None:
+    """The class count of weights ``state`` for an architecture whose default-head model has the state
+    dict ``reference`` (meta tensors do): the out-features of the layers whose shape differs from the
+    reference's only in the first dimension; ``None`` when no layer (or more than one count) does.
+    Shared by the torchvision and timm sources."""
     found = set()
-    for key, expected in reference.state_dict().items():
+    for key, expected in reference.items():
         got = state.get(key)
         if not isinstance(got, torch.Tensor) or got.ndim != expected.ndim or got.ndim == 0:
             continue
@@ -192,3 +195,17 @@ def _infer_num_classes(
             found.add(int(got.shape[0]))
     # Several candidates means the weights differ in more than the head: strict loading will say how.
     return found.pop() if len(found) == 1 else None
+
+
+def class_count(spec: str, kwargs: dict[str, Any], num_classes: int | None) -> int | None:
+    """The class count a spec's own ``:num_classes=N`` and the caller's ``num_classes`` agree on (the
+    spec's wins, with a warning when they differ); ``None`` when neither gives one (then the weights do)."""
+    if "num_classes" in kwargs:
+        if num_classes is not None and num_classes != kwargs["num_classes"]:
+            warnings.warn(
+                f"'{spec}' sets num_classes={kwargs['num_classes']}, "
+                f"which overrides num_classes={num_classes}",
+                stacklevel=5,
+            )
+        return int(kwargs["num_classes"])
+    return num_classes
