@@ -67,3 +67,9 @@ def test_a_malformed_setting_is_one_line(ten_class_weights):
     path, _ = ten_class_weights
     with pytest.raises(UserError, match="is not KEY=VALUE"):
         load_model("timm:resnet18:num_classes", weights=path)
+
+
+def test_a_misspelt_setting_suggests_the_close_one(ten_class_weights):
+    path, _ = ten_class_weights
+    with pytest.raises(UserError, match=r"unexpected keyword argument 'num_clases' \(did you mean 'num_classes'\?\)"):
+        load_model("timm:resnet18:num_clases=10", weights=path)

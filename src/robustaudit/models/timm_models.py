@@ -17,6 +17,7 @@ timm's own checkpoint filter and classifier handling apply and nothing reaches t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
-from robustaudit.models.torchvision_models import _parse_settings, class_count, classes_from_weights
+from robustaudit.models.torchvision_models import _parse_settings, class_count, classes_from_weights, keyword_hint
 from robustaudit.models.torchvision_weights import Pretrained
 
 __all__ = ["TIMM_PREFIX", "from_timm", "hf_cache_dir", "list_timm_models", "list_timm_weights"]
@@ -167,7 +168,11 @@ def _create(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], pretr
     try:
         return timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"'{spec}': timm could not build it: {first_line(err)}") from None
+        hint = ""
+        if isinstance(err, TypeError):  # a misspelt setting (num_clases=10): the close one
+            with contextlib.suppress(Exception), torch.device("meta"):
+                hint = keyword_hint(err, type(timm.create_model(name, pretrained=False)))
+        raise UserError(f"'{spec}': timm could not build it: {first_line(err)}{hint}") from None
 
 
 def _from_cache(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], model_dir: Any,

@@ -3,9 +3,11 @@ without downloading weights; the user's weights are loaded strictly, their class
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustaudit.core.errors import UserError, unknown
+from robustaudit.core.errors import UserError, suggest, unknown
 from robustaudit.models.factories import IDENT
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
@@ -152,9 +154,29 @@ def _build_torchvision(arch: str, kwargs: dict[str, Any], spec: str) -> nn.Modul
         with quiet_torchvision_init():
             return torchvision.models.get_model(arch, weights=None, **kwargs)
     except (TypeError, ValueError) as err:
+        hint = ""
+        if isinstance(err, TypeError):
+            with contextlib.suppress(Exception):  # only the hint is lost if the bare model will not build
+                with quiet_torchvision_init(), torch.device("meta"):
+                    bare = torchvision.models.get_model(arch, weights=None)
+                hint = keyword_hint(err, type(bare), ("weights",))
         raise UserError(
-            f"'{spec}': torchvision rejected the settings {kwargs}: {first_line(err)}"
+            f"'{spec}': torchvision rejected the settings {kwargs}: {first_line(err)}{hint}"
         ) from None
+
+
+def keyword_hint(err: TypeError, cls: type, extra: Sequence[str] = ()) -> str:
+    """``" (did you mean 'weights'?)"`` for a builder's "unexpected keyword argument 'weigths'": the closest
+    of ``cls.__init__``'s keyword parameters and ``extra`` (what the builder itself takes); ``""`` else."""
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if not found:
+        return ""
+    try:
+        params = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        params = []
+    return suggest(found.group(1), [*extra, *params])
 
 
 def _infer_num_classes(
