@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 import warnings
 from collections.abc import Sequence
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="re-render the reports of a finished run",
                        description="Read DIR/results.json (and examples.npz) and rewrite report.md and "
-                       "report.html; runs no model.",
+                       "report.html; runs no model. DIR may also be the results.json file itself.",
                        epilog="example:\n  robustaudit report robustaudit-out",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("dir", metavar="DIR")
@@ -259,6 +260,18 @@ def _list_robustbench(console, table, model_dir: str | None) -> None:
                   "with --model robustbench:NAME:dataset=D,threat=T (--allow-download fetches a missing file).")
 
 
+def _listed_norms(name: str, cls: type, task: str) -> str:
+    """The norms ``list attacks`` shows: those an audit of ``task`` can ask for with ``--norm`` (a class may
+    list more: foolbox's l0 distance, which no audit takes); a wrapper's are the wrapped attack's."""
+    from robustaudit.attacks.registry import WRAPPERS
+    from robustaudit.evaluate.options import AUDIT_NORMS
+
+    if name in WRAPPERS and name != "foolbox":
+        return "the wrapped attack's"
+    norms = cls.norms if task == "segmentation" else [n for n in cls.norms if n in AUDIT_NORMS]
+    return ", ".join(norms)
+
+
 def _list_attacks(console, table, name: str | None) -> None:
     """Every attack with its settings' names, or, given ``name``, each setting's type, default, range and doc."""
     from robustaudit.attacks.registry import attack_class, names, tasks_of, valid_settings
@@ -270,7 +283,8 @@ def _list_attacks(console, table, name: str | None) -> None:
             for each in names(wrappers=True, task=task):
                 cls = attack_class(each, task=task)
                 doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-                table.add_row(each, task, cls.kind.value, ", ".join(cls.norms), ", ".join(valid_settings(cls)), doc)
+                table.add_row(each, task, cls.kind.value, _listed_norms(each, cls, task), ", ".join(valid_settings(cls)),
+                              doc)
         console.print(table)
         console.print("Settings go inline: --attack pgd:steps=100,restarts=2; `robustaudit list attacks NAME` "
                       "shows their types, defaults and ranges. Under --task segmentation (or segmentation data) "
@@ -281,7 +295,7 @@ def _list_attacks(console, table, name: str | None) -> None:
     for task in tasks_of(name) or ["classification"]:  # an unknown name: attack_class says so, with a close match
         cls = attack_class(name, task=task)
         doc = (cls.__doc__ or "").strip().splitlines()
-        console.print(f"[bold]{escape(name)}[/] ({task}, {cls.kind.value}; norms {', '.join(cls.norms)}): "
+        console.print(f"[bold]{escape(name)}[/] ({task}, {cls.kind.value}; norms {_listed_norms(name, cls, task)}): "
                       f"{escape(doc[0]) if doc else ''}")
         detail = type(table)(show_lines=False)
         for col in ("setting", "type", "default", "range", "meaning"):
@@ -332,9 +346,11 @@ def _cmd_report(args: argparse.Namespace, err) -> int:
     from robustaudit.reports.terminal import render_terminal
 
     result = ResultMatrix.load(args.dir)
+    # a results.json path names its run: the reports go beside it, as the audit wrote them
+    folder = Path(args.dir).parent if Path(args.dir).is_file() else Path(args.dir)
     out = console()
     render_terminal(result, out)
-    paths = write_reports(result, args.dir)
+    paths = write_reports(result, folder)
     out.print(f"wrote {paths['markdown']} and {paths['html']}")
     return EXIT_OK
 

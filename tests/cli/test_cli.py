@@ -63,6 +63,12 @@ def test_json_on_stdout_and_report_rerender(tmp_path, capsys):
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "digits-cnn" in (out / "report.md").read_text()
+    # the results.json path itself names the run (it once made write_reports mkdir a file: exit 3)
+    (out / "report.md").unlink()
+    (out / "report.html").unlink()
+    assert main(["report", str(out / "results.json")]) == 0
+    assert "digits-cnn" in (out / "report.md").read_text() and (out / "report.html").is_file()
+    assert (out / "results.json").is_file() and not (out / "results.json").is_dir()
 
 
 @pytest.mark.parametrize("threshold,bound,code", [("0.99", "point", 1), ("0.99", "lower", 1), ("0.0", "lower", 0)])

@@ -717,6 +717,9 @@ CASES: list[Case] = [
     C(M, "unknown torchvision weights enum", "`--model torchvision:resnet18:weights=IMAGENET1K_V3`",
       _a(lambda t: audit(t, model="torchvision:resnet18:weights=IMAGENET1K_V3")),
       "ResNet18_Weights has no weights 'IMAGENET1K_V3' (did you mean 'IMAGENET1K_V1'?)"),
+    C(M, "torchvision setting misspelt", "`--model torchvision:resnet18:weigths=IMAGENET1K_V1`",
+      _a(lambda t: audit(t, model="torchvision:resnet18:weigths=IMAGENET1K_V1")),
+      "unexpected keyword argument 'weigths' (did you mean 'weights'?)"),
     C(M, "torchvision weights not in the cache", "`--model torchvision:squeezenet1_1:weights=DEFAULT --model-dir D` (empty D)",
       _a(lambda t: audit(t, "--model-dir", str(t), model=TV_SPEC)), "are not in the cache: expected '"),
     C(M, "torchvision weights download fails", "`--allow-download` without a network (name resolution fails)",
@@ -851,6 +854,12 @@ CASES: list[Case] = [
     C(A, "attack for another norm", "`--attack cw` with linf", _a(lambda t: audit(t, attack="cw:steps=2")), "supports norms l2, not 'linf'"),
     C(A, "foolbox setting of the wrong type", "`--attack foolbox:LinfPGD:steps=abc`",
       _a(lambda t: audit(t, attack="foolbox:LinfPGD:steps=abc")), "steps must be an integer, got 'abc'"),
+    C(A, "transfer surrogate for other images", "`--attack transfer:surrogate=digits32-cnn(pgd)` on 8x8 digits",
+      _a(lambda t: audit(t, attack="transfer:surrogate=digits32-cnn(pgd)")),
+      "surrogate 'digits32-cnn' takes 1x32x32 inputs but data 'digits' has 1x8x8 images"),
+    C(A, "transfer surrogate a segmentation model", "`--attack transfer:surrogate=unet-tiny(pgd)`",
+      _a(lambda t: audit(t, attack="transfer:surrogate=unet-tiny(pgd)")),
+      "surrogate 'unet-tiny' is a segmentation model, not a classifier"),
     C(A, "--n zero", "`--n 0`", _a(lambda t: audit(t, "--n", "0")), "--n must be >= 1, got 0"),
     C(A, "--n negative", "`--n=-5`", _a(lambda t: audit(t, "--n=-5")), "--n must be >= 1, got -5"),
     C(A, "--n not a number", "`--n abc`", _a(lambda t: audit(t, "--n", "abc")), "invalid int value: 'abc'"),
@@ -1212,3 +1221,15 @@ def test_weights_matching_their_card_load(tmp_path: Path, capsys) -> None:
 def test_big_endian_arrays_are_read(tmp_path: Path, capsys) -> None:
     spec = npz_file(tmp_path, x=X.astype(">f4"), y=Y.astype(">i8"))
     assert main(audit(tmp_path, "--data", spec)) == 0, capsys.readouterr().err
+
+
+def test_transfer_surrogate_for_other_channels_is_one_error_line(tmp_path: Path, capsys) -> None:
+    # not a catalog model (no card to check first): probed on the first batch; once "mat1 and mat2 shapes
+    # cannot be multiplied" / "expected input to have 3 channels" with exit 3. The error is one line; the
+    # random-initialization warning of the weightless surrogate comes before it.
+    argv = audit(tmp_path, attack="transfer:surrogate=torchvision:resnet18(pgd)")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "transfer surrogate 'torchvision:resnet18' does not take the data's 1x8x8 inputs" in line

@@ -164,3 +164,45 @@ def test_toml_names_detectors_and_the_command_line_can_turn_them_off(tmp_path):
     assert main(["audit", "--config", str(config), "--defense", "none", "--out", str(out)]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert {r["model"] for r in doc["records"]} == {"digits-cnn"}
+
+
+def test_cli_detector_with_only_a_universal_attack_writes_results_and_says_why_there_is_no_row(tmp_path, capsys):
+    # the adaptive pass once got an empty batch list (torch.cat([]) -> exit 3 after the matrix, no results.json)
+    from robustaudit.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["audit", "--model", "digits-cnn", "--defense", "squeeze", "--n", "16", "--eps", "0.2",
+               "--attack", "uap:passes=1,fit_n=32", "--checks", "off", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert not [r for r in doc["records"] if "+squeeze" in r["model"]]
+    block = doc["provenance"]["detection"]
+    assert block["skipped_attacks"] == ["uap:passes=1,fit_n=32"] and block["rows"] == []
+    assert "left out: uap:passes=1,fit_n=32" in block["note"]
+    assert "left out: uap:passes=1,fit_n=32" in (out / "report.md").read_text()
+    assert "left out: uap" in capsys.readouterr().out
+
+
+def test_cli_detector_rows_name_the_universal_attack_they_leave_out(tmp_path):
+    from robustaudit.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["audit", "--model", "digits-cnn", "--defense", "squeeze", "--n", "16", "--eps", "0.2",
+               "--attack", "fgsm", "--attack", "uap:passes=1,fit_n=32", "--checks", "off",
+               "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    detector_rows = {r["attack"] for r in doc["records"] if r["model"] == "digits-cnn+squeeze"}
+    assert "fgsm" in detector_rows and not any(a.startswith("uap") for a in detector_rows)
+    block = doc["provenance"]["detection"]
+    assert block["skipped_attacks"] == ["uap:passes=1,fit_n=32"]
+    assert "left out: uap:passes=1,fit_n=32" in block["note"]
+    assert "left out: uap:passes=1,fit_n=32" in (out / "report.md").read_text()
+
+
+def test_judging_no_adversarial_inputs_is_empty_not_a_crash(setup):
+    from robustaudit.evaluate.detection import _judge
+
+    model, detectors, x, y = setup
+    wrong, scores = _judge(detectors["squeeze"], model, x[:0], y[:0], batch_size=8)
+    assert wrong.shape == (0,) and wrong.dtype == torch.bool and scores.shape == (0,)

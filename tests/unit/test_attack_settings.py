@@ -179,3 +179,16 @@ def test_list_attacks_name_shows_types_defaults_and_ranges(capsys) -> None:
     assert "did you mean 'pgd'" in capsys.readouterr().err
     assert main(["list", "models", "pgd"]) == 2
     assert "takes no NAME" in capsys.readouterr().err
+
+
+def test_list_attacks_shows_no_norm_the_audit_refuses(capsys) -> None:
+    # bpda, eot, transfer and foolbox were listed with l0, which --norm refuses
+    assert main(["list", "attacks"]) == 0
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip() and "classification" in line.split("│")[2]}
+    assert not [name for name, line in rows.items() if "l0" in line.split("│")[4]]
+    for wrapper in ("bpda", "eot", "transfer"):
+        assert "the wrapped attack's" in rows[wrapper].split("│")[4]
+    assert "linf, l2, l1" in rows["foolbox"].split("│")[4] and "linf, l2, l1" in rows["pgd"].split("│")[4]
+    assert main(["list", "attacks", "eot"]) == 0
+    assert "norms the wrapped attack's" in capsys.readouterr().out

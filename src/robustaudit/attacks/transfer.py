@@ -155,6 +155,7 @@ class Transfer(Attack):
         self.randomized = attack.randomized or self.input_diversity > 0  # type: ignore[misc]
         # surrogates moved to another device/dtype, built once per (device, dtype) and reused
         self._placed: dict[tuple[torch.device, torch.dtype], list[nn.Module]] = {}
+        self._checked: set[tuple[int, ...]] = set()  # input shapes every surrogate was seen to take
 
     def settings(self) -> dict[str, Any]:  # noqa: D102 - see Attack.settings
         return {"attack": self.attack, "surrogates": list(self.surrogate_names),
@@ -175,8 +176,31 @@ class Transfer(Attack):
             self._placed[key] = [copy.deepcopy(m).to(device=device, dtype=dtype) for m in self.surrogates]
         return self._placed[key]
 
+    def _check_inputs(self, surrogates: Sequence[nn.Module], x: torch.Tensor) -> None:
+        """Refuse, in one line naming the surrogate and the shape, inputs ``x (N, C, H, W)`` a surrogate cannot
+        take or answers with anything but one score vector per input: otherwise the inner attack fails deep
+        in a layer ("mat1 and mat2 shapes cannot be multiplied"). One sample, once per input shape."""
+        shape = tuple(x.shape[1:])
+        if shape in self._checked or not len(x):
+            return
+        size = "x".join(map(str, shape))
+        for name, s in zip(self.surrogate_names, surrogates):
+            try:
+                with torch.no_grad():
+                    out = s(x[:1])
+            except RuntimeError as err:  # a layer's shape error: the surrogate was built for other inputs
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(f"transfer surrogate '{name}' does not take the data's {size} inputs ({reason}); "
+                                "pick a surrogate for this data") from None
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                got = "x".join(map(str, out.shape[1:])) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise UserError(f"transfer surrogate '{name}' answers {size} inputs with {got} outputs, not one score "
+                                "vector per image; a transfer surrogate must be a classifier of the audited data")
+        self._checked.add(shape)
+
     def _run(self, model, x, y, threat, targets, ids, seed, task):  # noqa: D102 - see Attack._run
         surrogates = self._surrogates_on(x.device, x.dtype)
+        self._check_inputs(surrogates, x)
         table = None
         if self.input_diversity > 0:
             key = stream_key(seed, "transfer-di", threat.norm, threat.eps)

@@ -44,6 +44,10 @@ from robustaudit.evaluate.passes import PassCounter, split_evenly
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
 
 ADAPTIVE = " (adaptive)"
+#: The attacks a detector column judges: each gives every sample its own point in the eps-ball. Universal
+#: ones (one perturbation fitted on training data), minimal-norm, decision-based and transfer attacks are
+#: left out of the detector rows, by name, in ``provenance["detection"]["skipped_attacks"]`` and its note.
+PER_SAMPLE_KINDS = (AttackKind.FIXED_EPS, AttackKind.SCORE_BASED)
 #: Steps of the adaptive attack in an audit: at least the plain PGD's default budget.
 ADAPTIVE_STEPS = 50
 
@@ -63,6 +67,14 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     ranks[order] = np.repeat(avg, counts)
     u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2.0
     return float(u / (len(neg) * len(pos)))
+
+
+def coverage_note(left_out: Sequence[str], *, none_usable: bool = False) -> str:
+    """The line the report and ``provenance["detection"]["note"]`` carry when attacks were left out of the
+    detector rows (they cover only the per-sample fixed-eps and score-based attacks)."""
+    return ("detector rows cover only the per-sample attacks (fixed-eps, score-based); left out: "
+            + ", ".join(left_out) + ("; no detector was fitted and there is no detector row, since none of the "
+                                     "audit's attacks is per-sample" if none_usable else ""))
 
 
 def fit_data_for(data: ImageData, defense_data: str | ImageData | None) -> ImageData:
@@ -101,8 +113,13 @@ def evaluate_detection(
     fit_set = fit_data_for(data, defense_data)
     fx, fy = fit_set.load(list(range(len(fit_set))))
     x_all, y_all = data.load(list(ids))
-    usable = [a for a in attacks if a.attack.kind in (AttackKind.FIXED_EPS, AttackKind.SCORE_BASED)]
+    usable = [a for a in attacks if a.attack.kind in PER_SAMPLE_KINDS]
+    left_out = [a.name for a in attacks if a not in usable]
     grid = sorted(float(e) for e in grid)
+    if not usable:  # nothing a detector column could judge: no fit, no rows, and the report says why
+        block = {"fpr": fpr, "detectors": [], "rows": [], "skipped_attacks": left_out,
+                 "note": coverage_note(left_out, none_usable=True)}
+        return pd.DataFrame([], columns=list(COLUMNS)), {}, block
     adaptive = DetectorAwarePGD(steps=adaptive_steps)
     outcomes, order, figures, fitted = Outcomes(), [], [], []
     if progress is not None:
@@ -131,7 +148,8 @@ def evaluate_detection(
     block = {"fpr": fpr, "adaptive": {"attack": "detector-aware PGD (Carlini & Wagner 2017), BPDA through "
                                                 "squeezers; success = misclassified and accepted",
                                       **adaptive.settings()},
-             "detectors": fitted, "rows": figures, "skipped_attacks": [a.name for a in attacks if a not in usable]}
+             "detectors": fitted, "rows": figures, "skipped_attacks": left_out,
+             **({"note": coverage_note(left_out)} if left_out else {})}
     return pd.DataFrame([by_key[k] for k in order], columns=list(COLUMNS)), {k: robust[k] for k in order}, block
 
 
@@ -345,6 +363,8 @@ def detector_latency(model: torch.nn.Module, det: Any, sample_shape: Sequence[in
 
 def _judge(det, model, adv: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(misclassified (N,) bool, scores (N,))`` of adversarial inputs, on CPU."""
+    if not len(adv):  # every sample already broken (or none left to attack): torch.cat refuses an empty list
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
     with torch.no_grad():
         wrong = torch.cat([predictions(model(adv[i:i + batch_size])) != y[i:i + batch_size]
                            for i in range(0, len(adv), batch_size)]).cpu()

@@ -67,7 +67,8 @@ def detectors(spec: AuditSpec, subject: Subject, result: ResultMatrix, ids: list
         wrapped, subject.data, ids, subject.attacks, list(spec.eps), detectors=list(spec.detectors),
         fpr=spec.defense_fpr, defense_data=spec.defense_data, norm=spec.norm, device=device, seed=spec.seed,
         batch_size=spec.batch_size, progress=progress), encode_detection, decode_detection))
-    result.records = pd.concat([result.records, records], ignore_index=True)
+    if len(records):  # none when no attack is per-sample (the block's note says so)
+        result.records = pd.concat([result.records, records], ignore_index=True)
     result.robust_ids.update(robust)
     return block
 

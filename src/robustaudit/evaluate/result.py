@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustaudit.core.errors import UserError
+from robustaudit.core.errors import UserError, suggest
 # COLUMNS (one row per model × attack × eps) and WORST_CASE are defined with the figures, in aggregate
 from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, Key, Outcomes, aggregate, interval
 from robustaudit.evaluate.reliability import detector_bases, reliability_of
@@ -43,6 +43,13 @@ SEG_COLUMNS: tuple[str, ...] = (
     "clean_pixel_accuracy", "pixel_accuracy", "pa_ci_low", "pa_ci_high", "targeted_success", "median_l2",
     "median_linf", "seconds", "n_attacked", "forward_passes", "backward_passes", "fit_seconds",
 )
+
+
+class MissingCell(UserError, KeyError):
+    """A cell the result does not hold: a ``KeyError`` (as it always was) and a one-line ``UserError``."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -158,8 +165,23 @@ class ResultMatrix:
         r = self.records
         rows = r[(r["model"] == model) & (r["attack"] == attack) & np.isclose(r["eps"], eps)]
         if rows.empty:
-            raise KeyError((model, attack, eps))
+            raise self._missing(model, attack, eps)
         return float(rows["robust_accuracy"].iloc[0])
+
+    def _missing(self, model: str, attack: str, eps: float) -> MissingCell:
+        """The error for a cell the matrix lacks: which of model, attack and eps is not there, and what is."""
+        r = self.records
+        mine = r[r["model"] == model]
+        if mine.empty:
+            have = list(dict.fromkeys(r["model"]))
+            what, kind = f"no model '{model}'{suggest(str(model), have)}", "models"
+        elif not (mine["attack"] == attack).any():
+            have = list(dict.fromkeys(mine["attack"]))
+            what, kind = f"model '{model}' has no attack '{attack}'{suggest(str(attack), have)}", "its attacks"
+        else:
+            have = [f"{e:g}" for e in sorted(set(mine.loc[mine["attack"] == attack, "eps"]))]
+            what, kind = f"model '{model}', attack '{attack}' has no eps {eps:g}", "its eps"
+        return MissingCell(f"{what}; {kind}: {', '.join(map(str, have)) or 'none'}")
 
     def norm_summary(self) -> pd.DataFrame:
         """Per model × minimal-norm attack: the distribution of the smallest adversarial norm.

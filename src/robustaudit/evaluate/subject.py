@@ -50,6 +50,7 @@ def open_subject(spec: AuditSpec, data: ImageData, entries: list[ModelEntry] | N
     _unique([e.name for e in entries], "model")
     attacks = attack_entries_from(list(spec.attacks), task=spec.task)
     check_model_tasks(entries, spec.task, data)  # a catalog segmentation model: one line, not a shape error
+    check_surrogates(attacks, data)  # likewise a transfer attack's catalog surrogate, before anything runs
     warn_input_sizes(entries, data)
     if spec.task == "classification":
         from robustaudit.evaluate.classmap import apply_class_maps
@@ -199,6 +200,29 @@ def check_model_tasks(entries: Sequence[ModelEntry], task: str, data: ImageData)
                             "is a segmentation set (a class per pixel): use a segmentation model such as unet-tiny")
         raise UserError(f"model '{e.name}' is a segmentation model (per-pixel logits) but data '{data.name}' has "
                         "one label per image: use segmentation data (digit-scenes) or a classifier")
+
+
+def check_surrogates(attacks: Sequence[AttackEntry], data: ImageData) -> None:
+    """Refuse, before anything runs, a transfer attack whose catalog surrogate's card says it is not a
+    classifier or takes inputs of another ``(C, H, W)`` than the data's images. Other surrogates (files,
+    torchvision, timm) are probed on the first batch by :class:`~robustaudit.attacks.transfer.Transfer`."""
+    from robustaudit.attacks.transfer import Transfer
+
+    shape = tuple(data.sample_shape)
+    for a in attacks:
+        if not isinstance(a.attack, Transfer):
+            continue
+        for name in a.attack.surrogate_names:
+            card = _card(name)
+            if card is None:
+                continue
+            if card.task != "classification":
+                raise UserError(f"'{a.name}': surrogate '{name}' is a {card.task} model, not a classifier; a "
+                                "transfer surrogate must classify the audited data")
+            if tuple(card.input_shape) != shape:
+                raise UserError(f"'{a.name}': surrogate '{name}' takes {'x'.join(map(str, card.input_shape))} inputs "
+                                f"but data '{data.name}' has {'x'.join(map(str, shape))} images; pick a surrogate "
+                                "for this data")
 
 
 def warn_input_sizes(entries: Sequence[ModelEntry], data: ImageData) -> None:

@@ -1,4 +1,6 @@
-"""``timm:NAME``: a timm architecture with the user's weights file, normalized as timm's config says.
+"""``timm:NAME[.TAG][:k=v,...]``: a timm architecture with the user's weights file, normalized as timm's
+config says. Settings (``:num_classes=10``) go to ``timm.create_model``; without ``num_classes`` the
+weights file's head gives the class count (as for ``torchvision:ARCH``).
 
 timm is an optional extra (``pip install 'robustaudit[timm]'``); without it every ``timm:`` spec is one
 line naming the extra. The model is built by ``timm.create_model(NAME, pretrained=False)`` (nothing is
@@ -15,16 +17,20 @@ timm's own checkpoint filter and classifier handling apply and nothing reaches t
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from robustaudit.core.errors import UserError, unknown
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
+from robustaudit.models.torchvision_models import _parse_settings, class_count, classes_from_weights, keyword_hint
 from robustaudit.models.torchvision_weights import Pretrained
 
 __all__ = ["TIMM_PREFIX", "from_timm", "hf_cache_dir", "list_timm_models", "list_timm_weights"]
@@ -116,22 +122,44 @@ def from_timm(spec: str, weights: Path | None, num_classes: int | None, *,
             from the cache without ``allow_download``, a corrupt file, weights that do not fit; each in one line.
     """
     timm = _timm()
-    name = spec[len(TIMM_PREFIX):].strip()
+    name, _, settings = spec[len(TIMM_PREFIX):].partition(":")
+    name = name.strip()
+    kwargs = _parse_settings(settings, spec)  # timm:NAME[.TAG][:num_classes=N,...], as torchvision:ARCH
     arch, _, tag = name.partition(".")
     names = timm.list_models()
     if arch not in names:
         raise UserError(f"'{spec}': {unknown('timm model', arch, names)}")
     if tag and name not in (tagged := timm.list_models(arch, pretrained=True)):
         raise UserError(f"'{spec}': timm has no weights '{tag}' for {arch}; it has {', '.join(tagged) or 'none'}")
-    extra = {} if num_classes is None else {"num_classes": num_classes}
+    given = class_count(spec, kwargs, num_classes)
+    extra = {**kwargs, **({} if given is None else {"num_classes": given})}
     if weights is None:
         model, path = _from_cache(timm, spec, name, extra, model_dir, allow_download)
     else:
         path = weights
         state = read_state_dict(weights)
+        if given is None:  # a fine-tuned head (10 classes, say): the file says how many, as for torchvision
+            inferred = _classes_of(timm, spec, name, extra, state)
+            if inferred is not None:
+                extra["num_classes"] = inferred
         model = _create(timm, spec, name, extra)
         load_state_dict(model, state, weights)
     return _pretrained(spec, name, model, path)
+
+
+def _classes_of(timm: ModuleType, spec: str, name: str, extra: dict[str, Any],
+                state: Mapping[str, Any]) -> int | None:
+    """The class count of ``state`` for timm model ``name`` (its default head built on the meta device:
+    no memory, no init cost; on the CPU where an architecture cannot be built there)."""
+    try:
+        with torch.device("meta"):
+            reference = timm.create_model(name, pretrained=False, **extra)
+    except Exception:  # noqa: BLE001  (meta-device limits of some architectures): build it for real
+        try:
+            reference = _create(timm, spec, name, extra)
+        except UserError:
+            return None  # the real build reports the bad setting
+    return classes_from_weights(reference.state_dict(), state)
 
 
 def _create(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], pretrained: bool = False,
@@ -140,7 +168,11 @@ def _create(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], pretr
     try:
         return timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"'{spec}': timm could not build it: {first_line(err)}") from None
+        hint = ""
+        if isinstance(err, TypeError):  # a misspelt setting (num_clases=10): the close one
+            with contextlib.suppress(Exception), torch.device("meta"):
+                hint = keyword_hint(err, type(timm.create_model(name, pretrained=False)))
+        raise UserError(f"'{spec}': timm could not build it: {first_line(err)}{hint}") from None
 
 
 def _from_cache(timm: ModuleType, spec: str, name: str, extra: dict[str, Any], model_dir: Any,

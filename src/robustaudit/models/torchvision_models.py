@@ -3,9 +3,11 @@ without downloading weights; the user's weights are loaded strictly, their class
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustaudit.core.errors import UserError, unknown
+from robustaudit.core.errors import UserError, suggest, unknown
 from robustaudit.models.factories import IDENT
 from robustaudit.models.files import file_sha256, first_line
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
 
-__all__ = ["TORCHVISION_PREFIX", "from_torchvision", "parse_torchvision", "quiet_torchvision_init"]
+__all__ = ["TORCHVISION_PREFIX", "class_count", "classes_from_weights", "from_torchvision", "parse_torchvision",
+           "quiet_torchvision_init"]
 
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -65,15 +68,9 @@ def from_torchvision(
         kwargs.setdefault("aux_loss", False)
         if state is not None and not kwargs["aux_loss"]:
             state = _drop_aux_classifier(state, weights, spec)
-    if "num_classes" in kwargs:
-        if num_classes is not None and num_classes != kwargs["num_classes"]:
-            warnings.warn(
-                f"'{spec}' sets num_classes={kwargs['num_classes']}, "
-                f"which overrides num_classes={num_classes}",
-                stacklevel=4,
-            )
-    elif num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    given = class_count(spec, kwargs, num_classes)
+    if given is not None:
+        kwargs["num_classes"] = given
     elif state is not None:
         inferred = _infer_num_classes(arch, kwargs, state)
         if inferred is not None:
@@ -157,9 +154,29 @@ def _build_torchvision(arch: str, kwargs: dict[str, Any], spec: str) -> nn.Modul
         with quiet_torchvision_init():
             return torchvision.models.get_model(arch, weights=None, **kwargs)
     except (TypeError, ValueError) as err:
+        hint = ""
+        if isinstance(err, TypeError):
+            with contextlib.suppress(Exception):  # only the hint is lost if the bare model will not build
+                with quiet_torchvision_init(), torch.device("meta"):
+                    bare = torchvision.models.get_model(arch, weights=None)
+                hint = keyword_hint(err, type(bare), ("weights",))
         raise UserError(
-            f"'{spec}': torchvision rejected the settings {kwargs}: {first_line(err)}"
+            f"'{spec}': torchvision rejected the settings {kwargs}: {first_line(err)}{hint}"
         ) from None
+
+
+def keyword_hint(err: TypeError, cls: type, extra: Sequence[str] = ()) -> str:
+    """``" (did you mean 'weights'?)"`` for a builder's "unexpected keyword argument 'weigths'": the closest
+    of ``cls.__init__``'s keyword parameters and ``extra`` (what the builder itself takes); ``""`` else."""
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if not found:
+        return ""
+    try:
+        params = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        params = []
+    return suggest(found.group(1), [*extra, *params])
 
 
 def _infer_num_classes(
@@ -183,8 +200,16 @@ def _infer_num_classes(
             return None
     except (TypeError, ValueError):
         return None  # the real build reports the bad setting
+    return classes_from_weights(reference.state_dict(), state)
+
+
+def classes_from_weights(reference: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> int | None:
+    """The class count of weights ``state`` for an architecture whose default-head model has the state
+    dict ``reference`` (meta tensors do): the out-features of the layers whose shape differs from the
+    reference's only in the first dimension; ``None`` when no layer (or more than one count) does.
+    Shared by the torchvision and timm sources."""
     found = set()
-    for key, expected in reference.state_dict().items():
+    for key, expected in reference.items():
         got = state.get(key)
         if not isinstance(got, torch.Tensor) or got.ndim != expected.ndim or got.ndim == 0:
             continue
@@ -192,3 +217,17 @@ def _infer_num_classes(
             found.add(int(got.shape[0]))
     # Several candidates means the weights differ in more than the head: strict loading will say how.
     return found.pop() if len(found) == 1 else None
+
+
+def class_count(spec: str, kwargs: dict[str, Any], num_classes: int | None) -> int | None:
+    """The class count a spec's own ``:num_classes=N`` and the caller's ``num_classes`` agree on (the
+    spec's wins, with a warning when they differ); ``None`` when neither gives one (then the weights do)."""
+    if "num_classes" in kwargs:
+        if num_classes is not None and num_classes != kwargs["num_classes"]:
+            warnings.warn(
+                f"'{spec}' sets num_classes={kwargs['num_classes']}, "
+                f"which overrides num_classes={num_classes}",
+                stacklevel=5,
+            )
+        return int(kwargs["num_classes"])
+    return num_classes

@@ -131,6 +131,10 @@ def _print_classification(view: ReportView, console: Console) -> None:
         for part in (section, *section.subsections):  # learned attacks: the transfer table
             if part.table is not None:
                 console.print(rich_table(part.table))
+    if view.detection is not None and view.detection.table is None:
+        # detectors asked for but no per-sample attack to judge them by: say so, naming the attacks left out
+        for note in view.detection.notes:
+            console.print(Text(f"Detectors: {note}", style="yellow"))
     if view.checks:
         # the terminal shows what needs attention; every verdict is in report.md / report.html
         attention = [c for c in view.checks if c.status != "pass"]

@@ -60,16 +60,19 @@ def detection_notes(result: ResultMatrix) -> list[str]:
     lines = [f"{d.get('row')}: {d.get('description')}; threshold {float(d.get('threshold')):.4g} at "
              f"{format_percent(d.get('fpr_target'))}% FPR on clean data held out of the fitting data ({d.get('fit_data')})"
              + _added_latency(d.get("latency")) for d in block.get("detectors", []) if isinstance(d, dict)]
-    if block:
+    if block.get("rows"):
         lines.append(DETECTION_NOTE)
+    if block.get("note"):  # attacks left out of the detector rows (universal ones, say), by name
+        lines.append(str(block["note"]))
     return lines
 
 
 def detection_section(result: ResultMatrix) -> Section | None:
-    """``## Detectors``: the notes as bullets, then the table (None when there is no detection row)."""
+    """``## Detectors``: the notes as bullets, then the table (only the notes when there is no detection row,
+    None without detectors)."""
     rows = detection_rows(result)
-    if not rows:
-        return None
     notes = tuple(detection_notes(result))
+    if not rows:  # no per-sample attack: the section is only the note naming the attacks left out
+        return Section("Detectors", notes=notes) if notes else None
     table = Table(DETECTION_HEADERS, tuple(rows), title="Detectors: plain vs adaptive attack", caption=notes)
     return Section("Detectors", notes=notes, table=table)
