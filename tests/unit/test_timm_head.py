@@ -73,3 +73,14 @@ def test_a_misspelt_setting_suggests_the_close_one(ten_class_weights):
     path, _ = ten_class_weights
     with pytest.raises(UserError, match=r"unexpected keyword argument 'num_clases' \(did you mean 'num_classes'\?\)"):
         load_model("timm:resnet18:num_clases=10", weights=path)
+
+
+def test_timm_imports_without_torchs_jit_deprecation_line():
+    """timm's import makes torch warn that torch.jit.interface is deprecated: a stray stderr line before any
+    one-line error. Imported through import_timm it stays quiet (a fresh process: timm not yet imported)."""
+    import subprocess
+    import sys
+
+    code = "from robustaudit.models.timm_models import import_timm; assert import_timm() is not None"
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -39,6 +39,7 @@ from torch import nn
 from robustaudit.core.errors import UserError, suggest
 from robustaudit.models.files import file_sha256, first_line, torch_load_safe
 from robustaudit.models.state_dicts import load_state_dict, read_state_dict
+from robustaudit.models.timm_models import import_timm
 from robustaudit.models.torchvision_models import _parse_settings
 from robustaudit.models.torchvision_weights import Pretrained
 
@@ -144,9 +145,8 @@ def _entry(spec: str, name: str, dataset: str, threat: str) -> dict[str, Any]:
 
 def _timm_hosted(name: str, dataset: str, threat: str) -> str | None:
     """The timm model ``load_model`` builds for this entry (it asks timm before its own zoo), or ``None``."""
-    try:
-        import timm
-    except ImportError:
+    timm = import_timm()
+    if timm is None:
         return None
     timm_name = f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
     return timm_name if timm.is_model(timm_name) else None

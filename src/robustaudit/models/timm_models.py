@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -40,12 +41,24 @@ TIMM_PREFIX = "timm:"
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def import_timm() -> ModuleType | None:
+    """The timm package, or None when it is not installed. Imported with torch's deprecation warning on
+    ``torch.jit.interface`` (which timm's layers use at import) silenced: it is timm's business, and a stray
+    line before a one-line error breaks the CLI's one-line rule."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.interface.* is deprecated", category=FutureWarning)
+        try:
+            import timm
+        except ImportError:
+            return None
+    return timm
+
+
 def _timm() -> ModuleType:
-    try:
-        import timm
-    except ImportError:
+    timm = import_timm()
+    if timm is None:
         raise UserError("timm models need the timm package, which is not installed: install robustaudit[timm] "
-                        "(pip install 'robustaudit[timm]')") from None
+                        "(pip install 'robustaudit[timm]')")
     return timm
 
 
