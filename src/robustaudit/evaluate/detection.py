@@ -39,7 +39,7 @@ from robustaudit.defenses.detection import (
     fit_detector,
     parse_detectors,
 )
-from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, CellOutcome, CleanOutcome, Outcomes, aggregate
+from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, CellOutcome, CleanOutcome, Key, Outcomes, aggregate
 from robustaudit.evaluate.passes import PassCounter, split_evenly
 from robustaudit.evaluate.runner import AttackEntry, ModelEntry, Progress
 
@@ -117,9 +117,8 @@ def evaluate_detection(
     left_out = [a.name for a in attacks if a not in usable]
     grid = sorted(float(e) for e in grid)
     if not usable:  # nothing a detector column could judge: no fit, no rows, and the report says why
-        block = {"fpr": fpr, "detectors": [], "rows": [], "skipped_attacks": left_out,
-                 "note": coverage_note(left_out, none_usable=True)}
-        return pd.DataFrame([], columns=list(COLUMNS)), {}, block
+        return _collected(Outcomes(), [], [], {"fpr": fpr, "detectors": [], "rows": [], "skipped_attacks": left_out,
+                                               "note": coverage_note(left_out, none_usable=True)})
     adaptive = DetectorAwarePGD(steps=adaptive_steps)
     outcomes, order, figures, fitted = Outcomes(), [], [], []
     if progress is not None:
@@ -141,15 +140,21 @@ def evaluate_detection(
                 order += [c.key for c in cells] + ([(judged.label, WORST_CASE, eps)] if cells else [])
                 if progress is not None:
                     progress.advance(1)
+    return _collected(outcomes, order, figures, {
+        "fpr": fpr, "adaptive": {"attack": "detector-aware PGD (Carlini & Wagner 2017), BPDA through squeezers; "
+                                           "success = misclassified and accepted", **adaptive.settings()},
+        "detectors": fitted, "rows": figures, "skipped_attacks": left_out,
+        **({"note": coverage_note(left_out)} if left_out else {})})
+
+
+def _collected(outcomes: Outcomes, order: list[Key], figures: list[dict[str, Any]], block: dict[str, Any]
+               ) -> tuple[pd.DataFrame, dict[tuple[str, str, float], list[int]], dict[str, Any]]:
+    """:func:`evaluate_detection`'s return: the rows aggregated from ``outcomes`` in ``order``, each figure
+    given its row's interval, and ``block``."""
     rows, robust = aggregate(outcomes)
     by_key = {(r["model"], r["attack"], r["eps"]): r for r in rows}
     for f in figures:  # the interval of the defended accuracy is the row's
         f["ci_low"], f["ci_high"] = (by_key[(f["row"], f["column"], f["eps"])][k] for k in ("ci_low", "ci_high"))
-    block = {"fpr": fpr, "adaptive": {"attack": "detector-aware PGD (Carlini & Wagner 2017), BPDA through "
-                                                "squeezers; success = misclassified and accepted",
-                                      **adaptive.settings()},
-             "detectors": fitted, "rows": figures, "skipped_attacks": left_out,
-             **({"note": coverage_note(left_out)} if left_out else {})}
     return pd.DataFrame([by_key[k] for k in order], columns=list(COLUMNS)), {k: robust[k] for k in order}, block
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ import pandas as pd
 from robustaudit.core.errors import UserError, suggest
 # COLUMNS (one row per model × attack × eps) and WORST_CASE are defined with the figures, in aggregate
 from robustaudit.evaluate.aggregate import COLUMNS, WORST_CASE, Key, Outcomes, aggregate, interval
+# the example images (and their .npz files) live in their own module; re-exported where they always were
+from robustaudit.evaluate.examples import (Example, SegExample, load_examples, load_seg_examples, save_examples,
+                                           save_seg_examples)
 from robustaudit.evaluate.reliability import detector_bases, reliability_of
 
 SCHEMA_VERSION = 1
@@ -50,37 +53,6 @@ class MissingCell(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError's own would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-@dataclass
-class Example:
-    """One attacked sample for the report: images of shape ``(C, H, W)`` in [0, 1]."""
-
-    model: str
-    attack: str
-    eps: float
-    clean: np.ndarray
-    adversarial: np.ndarray
-    label: int
-    clean_pred: int
-    adv_pred: int
-    #: the sample's id in the data set (what orders examples merged from several processes)
-    sample_id: int | None = None
-
-
-@dataclass
-class SegExample:
-    """One attacked image of a segmentation audit for the report's panels: ``clean`` and ``adversarial``
-    ``(C, H, W)`` in [0, 1]; ``label``, ``clean_pred``, ``adv_pred`` ``(H, W)`` class maps (255 = ignore)."""
-
-    model: str
-    attack: str
-    eps: float
-    clean: np.ndarray
-    adversarial: np.ndarray
-    label: np.ndarray
-    clean_pred: np.ndarray
-    adv_pred: np.ndarray
 
 
 @dataclass
@@ -321,9 +293,9 @@ class ResultMatrix:
         tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         tmp.replace(path)  # atomic: a crash never leaves half a results file
         if self.examples:
-            _save_examples(self.examples, out / EXAMPLES_FILE)
+            save_examples(self.examples, out / EXAMPLES_FILE)
         if self.seg_examples:
-            _save_seg_examples(self.seg_examples, out / SEG_EXAMPLES_FILE)
+            save_seg_examples(self.seg_examples, out / SEG_EXAMPLES_FILE)
         return path
 
     @classmethod
@@ -349,9 +321,9 @@ class ResultMatrix:
         if result.is_segmentation:
             seg_path = path.parent / SEG_EXAMPLES_FILE
             if doc.get("examples") and seg_path.is_file():
-                result.seg_examples = _load_seg_examples(seg_path)
+                result.seg_examples = load_seg_examples(seg_path)
         elif doc.get("examples") and ex_path.is_file():
-            result.examples = _load_examples(ex_path)
+            result.examples = load_examples(ex_path)
         return result
 
 
@@ -377,45 +349,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
-
-
-def _save_examples(examples: list[Example], path: Path) -> None:
-    meta = [{k: v for k, v in asdict(e).items() if k not in ("clean", "adversarial")} for e in examples]
-    np.savez_compressed(
-        path,
-        meta=np.array(json.dumps(meta)),
-        clean=np.stack([e.clean for e in examples]).astype(np.float32),
-        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
-    )
-
-
-def _load_examples(path: Path) -> list[Example]:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return [
-            Example(clean=z["clean"][i], adversarial=z["adversarial"][i], **m)
-            for i, m in enumerate(meta)
-        ]
-
-
-def _save_seg_examples(examples: list[SegExample], path: Path) -> None:
-    meta = [{"model": e.model, "attack": e.attack, "eps": e.eps} for e in examples]
-    np.savez_compressed(
-        path,
-        meta=np.array(json.dumps(meta)),
-        clean=np.stack([e.clean for e in examples]).astype(np.float32),
-        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
-        label=np.stack([e.label for e in examples]).astype(np.int64),
-        clean_pred=np.stack([e.clean_pred for e in examples]).astype(np.int64),
-        adv_pred=np.stack([e.adv_pred for e in examples]).astype(np.int64),
-    )
-
-
-def _load_seg_examples(path: Path) -> list[SegExample]:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return [
-            SegExample(clean=z["clean"][i], adversarial=z["adversarial"][i], label=z["label"][i],
-                       clean_pred=z["clean_pred"][i], adv_pred=z["adv_pred"][i], **m)
-            for i, m in enumerate(meta)
-        ]
