@@ -81,7 +81,7 @@ def test_fitted_once_per_model_and_eps_on_training_data(tmp_path):
 def test_unfitted_call_and_missing_training_split_are_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     x, y = _data(4, 0)
-    with pytest.raises(UserError, match="fit it on training data"):
+    with pytest.raises(UserError, match=r"is universal: it is fitted on training data as a column of its own"):
         _MeanSign()(model, x, y, ThreatModel("linf", 0.1))
     with pytest.raises(UserError, match="universal attacks are fitted on a training split"):
         robustaudit.audit(model, (x, y), attacks=[_MeanSign()], eps=[0.1], checks="off", cost=False)
