@@ -134,9 +134,10 @@ def test_unet_segpgd_vs_pgd_and_dag():
     # the paper's claim; measured on the first 100 test scenes at 10 steps, eps 0.02: SegPGD 0.269 vs PGD 0.308
     assert seg < pgd, (seg, pgd)
     (dag,) = result.unbounded
-    # target: every pixel background (hide the digits); measured on these 48 scenes: 91.3% within median Linf
-    # 0.110 (L2 1.01); SegPGD 0.263 vs PGD 0.320 (provisional weights, trained by scripts/train_segmentation_model.py)
-    assert dag["targeted_success"] >= 0.85 and dag["median_linf"] <= 0.15, dag
+    # target: every pixel background (hide the digits); measured on these 48 scenes over the digit pixels
+    # only (a pixel already background has nothing to change): 19.3% within median Linf 0.147 (L2 1.31).
+    # The old figure, 91.3%, counted the background too: a no-op scored ~90%.
+    assert 0.15 <= dag["targeted_success"] <= 0.25 and dag["median_linf"] <= 0.2, dag
 
 
 def test_cli_end_to_end_on_digit_scenes(tmp_path, capsys):

@@ -126,7 +126,8 @@ def _targeted_section(result: ResultMatrix) -> Section:
     title = "Targeted success and perturbation norms"
     table = Table(("model", "attack", "eps", "targeted success", "median L2", "median Linf"), rows, title=title)
     return Section(title, table=table,
-                   after="Targeted success: the share of valid target pixels predicted as their target.")
+                   after="Targeted success: the share of the pixels to change (valid, labelled other than their "
+                         "target) predicted as their target; a no-op scores 0%.")
 
 
 def _spread(u: dict[str, Any], norm: str, digits: str) -> str:
