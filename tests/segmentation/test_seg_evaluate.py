@@ -1,7 +1,7 @@
 """The segmentation evaluator and the CLI: independent runs per eps, mIoU falling with eps, the per-image
 ensemble at or below every attack, ignored pixels counted nowhere, intervals, results.json round trip;
 on the shipped unet-tiny (when its weights are in the catalog): SegPGD vs PGD at equal steps and DAG's
-target pixels reached within a stated norm."""
+pixels to change reached within a stated norm."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def test_targeted_success_and_unbounded_dag(small):
     assert 0 < row["targeted_success"] <= 1
     (dag,) = result.unbounded
     assert dag["targeted_success"] > 0 and dag["median_linf"] > 0 and dag["n"] == 10
+
+
+def test_targeted_success_of_a_no_op_is_zero_in_the_evaluator(small):
+    # labels are the clean prediction; target the most common label: a step too small to flip a pixel
+    # leaves every pixel as it was. The old count (every valid pixel) gave this no-op the share of the
+    # target class in the labels; only the pixels to change count now, so it scores 0
+    net, data = small
+    y = data.y[data.y != 255]
+    c = int(y.mode().values)
+    share = float((y == c).float().mean())
+    assert share > 0.2
+    result = run([ModelEntry("net", net)], data, _entries(f"pgd:steps=1,target={c}"), [1e-9],
+                 batch_size=5, resamples=20)
+    row = result.records[result.records["attack"] == f"pgd:steps=1,target={c}"].iloc[0]
+    assert row["pixel_accuracy"] == 1.0 and row["targeted_success"] == 0.0, (row["targeted_success"], share)
 
 
 def test_results_round_trip(small, tmp_path):
