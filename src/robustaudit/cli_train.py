@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from robustaudit.cli_common import EXIT_OK
+from robustaudit.cli_common import EXIT_INTERRUPTED, EXIT_OK
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -46,6 +47,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--norm", choices=["linf", "l2"], default="linf", help="threat-model norm (default linf)")
     t.add_argument("--epochs", type=int, default=30, metavar="K", help="epochs (default 30; free-at runs K/m)")
     t.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file: .pt, .pth or .safetensors")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing CKPT and its card (refused without it, as audit refuses an existing --out)")
     t.add_argument("--beta", type=float, metavar="B", help="weight of the robust term of trades or mart (shortcut for :beta=B)")
     t.add_argument("--steps", type=int, metavar="S", help="inner attack steps of pgd-at, trades, mart (default 10)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine schedule (default 1e-3)")
@@ -61,22 +64,29 @@ def add_train_parser(sub) -> None:
 def cmd_train(args: argparse.Namespace, err) -> int:
     """``robustaudit train``: one epoch per progress step, then the card's numbers."""
     from robustaudit.core.errors import UserError
-    from robustaudit.data.registry import require_train_split
-    from robustaudit.defenses.checkpoint import train_checkpoint
+    from robustaudit.data.registry import is_segmentation_spec, require_train_split
+    from robustaudit.defenses.checkpoint import check_out, train_checkpoint
     from robustaudit.defenses.training import TrainConfig, defense_class, parse_defense
     from robustaudit.evaluate.options import parse_eps
 
     data_name = require_train_split(args.data)
+    if is_segmentation_spec(args.data):
+        # the trainer's losses and its PGD evaluation take one label per image; a mask would crash
+        # after the data is read ("Target 255 is out of bounds"), so refuse before anything is spent
+        raise UserError(f"data '{data_name}' is segmentation data (a class per pixel): train supports "
+                        "classification only (one label per image: digits, cifar10:ROOT, mnist:ROOT)")
+    # a bad --out would otherwise surface only after the whole training run (lost work)
+    check_out(args.out, overwrite=args.overwrite)
     name, settings = parse_defense(args.defense)
     defense_class(name)  # an unknown name fails first, with a suggestion
     if args.beta is not None:
         if name not in ("trades", "mart"):
             raise UserError(f"--beta is the robust-term weight of trades and mart, not of '{name}'")
-        settings.setdefault("beta", args.beta)
+        _shortcut(settings, "beta", args.beta, "--beta", args.defense)
     if args.steps is not None:
         if name not in ("pgd-at", "trades", "mart"):
             raise UserError(f"--steps sets the inner attack of pgd-at, trades and mart, not of '{name}'")
-        settings.setdefault("steps", args.steps)
+        _shortcut(settings, "steps", args.steps, "--steps", args.defense)
     if args.eps is not None:
         values = parse_eps(args.eps)
         if len(values) != 1:
@@ -84,6 +94,9 @@ def cmd_train(args: argparse.Namespace, err) -> int:
         eps = float(values[0])
     elif data_name == "digits":
         eps = 0.2
+    elif name == "standard":
+        raise UserError("give --eps: the radius of the final PGD-20 evaluation on the test split "
+                        "(standard training itself uses none)")
     else:
         raise UserError(f"give --eps: the training radius of '{name}' and of the final PGD evaluation")
     if not eps > 0:
@@ -99,8 +112,18 @@ def cmd_train(args: argparse.Namespace, err) -> int:
                          weight_decay=args.weight_decay, eps=eps, norm=args.norm,
                          eps_warmup=max(1, args.eps_warmup), seed=args.seed, settings=settings, augment=args.augment)
     total = config.build().epochs(args.epochs)  # bad settings fail here, before any data is read
-    with _EpochProgress(err, total, f"train {name}") as bar:
-        result = train_checkpoint(args.model, args.data, config, args.out, dropout=args.dropout, on_epoch=bar.epoch)
+    replaced = Path(args.out).exists()
+    bar = _EpochProgress(err, total, f"train {name}")
+    try:
+        with bar:
+            result = train_checkpoint(args.model, args.data, config, args.out, dropout=args.dropout,
+                                      on_epoch=bar.epoch, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        # train keeps no store (audit's message about results.sqlite would mislead): say what is lost
+        err.print(interrupted_training(args.out, bar.finished, total, replaced), soft_wrap=True, markup=False)
+        return EXIT_INTERRUPTED
+    if replaced:
+        err.print(f"replaced the existing {result.checkpoint} (--overwrite)", soft_wrap=True, markup=False)
     for note in result.log.events:
         err.print(f"[yellow]note:[/] {note}", soft_wrap=True, markup=True)
     rep = result.record["reported"]
@@ -112,6 +135,24 @@ def cmd_train(args: argparse.Namespace, err) -> int:
     return EXIT_OK
 
 
+def interrupted_training(out: str, finished: int, total: int, existed: bool) -> str:
+    """What an interrupted ``train`` tells the user: the checkpoint is written only after the last
+    epoch and the test-split evaluation, so nothing of this run is kept."""
+    kept = f"; {out} is the earlier one, untouched" if existed else ""
+    return (f"interrupted after {finished} of {total} epochs: nothing was saved (train writes {out} and its card "
+            f"only once every epoch and the evaluation finished){kept}; rerun the same command to train again")
+
+
+def _shortcut(settings: dict, key: str, value: object, flag: str, spec: str) -> None:
+    """Set ``settings[key]`` from ``flag``; a UserError when the --defense spec already set another value
+    (one of the two would be silently ignored)."""
+    from robustaudit.core.errors import UserError
+
+    if key in settings and settings[key] != value:  # 6 and 6.0 agree
+        raise UserError(f"{flag} {value} conflicts with --defense {spec} ({key}={settings[key]}): give one")
+    settings.setdefault(key, value)
+
+
 class _EpochProgress:
     """A rich bar with loss and accuracy per epoch on a terminal; one plain line per epoch otherwise
     (CI logs keep every epoch, not the last redraw)."""
@@ -119,6 +160,8 @@ class _EpochProgress:
     def __init__(self, console, total: int, description: str) -> None:
         self._console, self._total, self._description = console, total, description
         self._progress = None
+        #: epochs finished so far (what an interruption reports)
+        self.finished = 0
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -136,6 +179,7 @@ class _EpochProgress:
             self._progress.stop()
 
     def epoch(self, epoch: int, loss: float, accuracy: float) -> None:
+        self.finished = epoch + 1
         stats = f"loss {loss:.4f} acc {accuracy:.4f}"
         if self._progress is not None:
             self._progress.update(self._task, advance=1, stats=stats)

@@ -1060,6 +1060,22 @@ CASES: list[Case] = [
       _a(lambda t: cmap(t, str(raw_file(t, "map.json", b"[1, 2]")))), "must hold one JSON object"),
     C(A, "class map: segmentation audit", "`--data digit-scenes --class-map 0=0`",
       _a(lambda t: seg(t, "digit-scenes") + ["--class-map", "0=0"]), "it does not apply to a segmentation audit"),
+    C(A, "train: segmentation data", "`train --model unet-tiny --data digit-scenes --eps 0.02 --out t.pt`",
+      _a(lambda t: train(t, "--model", "unet-tiny", "--data", "digit-scenes", "--eps", "0.02")),
+      "data 'digit-scenes' is segmentation data (a class per pixel): train supports classification only"),
+    C(A, "train: --out under a file", "`train --model digits-cnn --out afile/x.pt` (afile a regular file)",
+      _a(lambda t: train(t, out=_touch(t / "afile") / "x.pt")), "afile' is a file, not a directory"),
+    C(A, "train: --out exists", "`train --model digits-cnn --out old.pt` (old.pt there)",
+      _a(lambda t: train(t, out=_touch(t / "old.pt"))), "exists; give --overwrite to replace it and its card"),
+    C(A, "train: standard without --eps off digits", "`train --model digits-cnn --data mnist:ROOT --out m.pt`",
+      _a(lambda t: train(t, "--data", f"mnist:{t}")),
+      "give --eps: the radius of the final PGD-20 evaluation on the test split (standard training itself uses none)"),
+    C(A, "train: --beta contradicts the defense spec", "`train --defense trades:beta=6 --beta 3`",
+      _a(lambda t: train(t, "--defense", "trades:beta=6", "--beta", "3")),
+      "--beta 3.0 conflicts with --defense trades:beta=6 (beta=6): give one"),
+    C(A, "train: --steps contradicts the defense spec", "`train --defense pgd-at:steps=3 --steps 5`",
+      _a(lambda t: train(t, "--defense", "pgd-at:steps=3", "--steps", "5")),
+      "--steps 5 conflicts with --defense pgd-at:steps=3 (steps=3): give one"),
     C(T, "config: class_map of the wrong type", "`class_map = 3`",
       _a(lambda t: config(t, "class_map = 3\n", model="digits-cnn")), "'class_map' must be a string"),
     C(T, "config: bad value", "`norm = 'l7'`", _a(lambda t: config(t, "norm = 'l7'\n", model="digits-cnn")), "unknown norm 'l7'"),
@@ -1102,6 +1118,16 @@ def _classification_store(tmp: Path) -> None:
 def seg(tmp: Path, data: str) -> list[str]:
     """A segmentation audit of unet-tiny on ``data``."""
     return audit(tmp, "--data", data, model="unet-tiny", attack="pgd")
+
+
+def train(tmp: Path, *words: str, out: Path | None = None) -> list[str]:
+    """A one-epoch ``robustaudit train`` of digits-cnn (``words`` come after, so they may override)."""
+    return ["train", "--model", "digits-cnn", "--epochs", "1", "--out", str(out or tmp / "m.pt"), *words]
+
+
+def _touch(path: Path) -> Path:
+    path.write_text("a regular file")
+    return path
 
 
 def _save(path: Path, obj: object) -> Path:

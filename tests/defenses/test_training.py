@@ -337,6 +337,15 @@ def test_cli_train_writes_checkpoint_and_card_that_audit_loads(tmp_path, monkeyp
         (["--out", "model.txt"], ".safetensors"),
         (["--defense", "pgd-at:steps=0"], "steps"),
         (["--eps", "0"], "eps"),
+        # segmentation data is refused before anything is read (it crashed with "Target 255 is out of bounds")
+        (["--data", "digit-scenes", "--eps", "0.02"], "'digit-scenes' is segmentation data (a class per pixel)"),
+        (["--data", "segfolder:/nowhere"], "'segfolder' is segmentation data"),
+        # a flag that contradicts the --defense spec was silently ignored (the spec won)
+        (["--defense", "trades:beta=6", "--beta", "3"], "--beta 3.0 conflicts with --defense trades:beta=6 (beta=6)"),
+        (["--defense", "pgd-at:steps=3", "--steps", "5"], "--steps 5 conflicts with --defense pgd-at:steps=3 (steps=3)"),
+        # standard training has no radius: only the final evaluation needs one
+        (["--data", "mnist:/nowhere"], "give --eps: the radius of the final PGD-20 evaluation"),
+        (["--defense", "pgd-at", "--data", "mnist:/nowhere"], "give --eps: the training radius of 'pgd-at'"),
     ],
 )
 def test_cli_train_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
@@ -348,6 +357,68 @@ def test_cli_train_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_train_agreeing_flag_and_spec_are_one_setting(tmp_path, monkeypatch):
+    from robustaudit.cli import main
+
+    seen = {}
+
+    def fake(arch, data, config, out, **kw):
+        seen.update(config.settings)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("robustaudit.defenses.checkpoint.train_checkpoint", fake)
+    assert main(["train", "--model", "digits-cnn", "--defense", "trades:beta=6", "--beta", "6", "--steps", "2",
+                 "--out", str(tmp_path / "m.pt")]) == 4
+    assert seen == {"beta": 6, "steps": 2}
+
+
+def test_cli_train_checks_out_before_training(tmp_path, monkeypatch, capsys):
+    from robustaudit.cli import main
+
+    def never(*a, **kw):
+        raise AssertionError("trained although --out cannot be written")
+
+    monkeypatch.setattr("robustaudit.defenses.training.train", never)
+    monkeypatch.setattr("robustaudit.defenses.checkpoint.train", never)
+    (tmp_path / "afile").write_text("not a folder")
+    base = ["train", "--model", "digits-cnn", "--epochs", "1", "--out"]
+    assert main([*base, str(tmp_path / "afile" / "x" / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path / 'afile'}' is a file, not a directory" in err and len(err.strip().splitlines()) == 1
+    # an existing checkpoint is refused without --overwrite, as audit refuses an existing --out
+    (tmp_path / "old.pt").write_bytes(b"old")
+    assert main([*base, str(tmp_path / "old.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "exists; give --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "old.pt").read_bytes() == b"old"
+
+
+def test_cli_train_overwrite_says_it_replaced(tmp_path, capsys):
+    from robustaudit.cli import main
+
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"old")
+    assert main(["train", "--model", "digits-cnn", "--epochs", "1", "--batch-size", "256", "--out", str(ckpt),
+                 "--overwrite"]) == 0
+    assert f"replaced the existing {ckpt} (--overwrite)" in capsys.readouterr().err
+    assert ckpt.read_bytes() != b"old"
+
+
+def test_cli_train_interrupted_says_nothing_was_saved(tmp_path, monkeypatch, capsys):
+    from robustaudit.cli import main
+
+    def interrupted(arch, data, config, out, *, on_epoch, **kw):
+        on_epoch(0, 1.0, 0.5)
+        raise KeyboardInterrupt  # what SIGTERM and Ctrl-C become
+
+    monkeypatch.setattr("robustaudit.defenses.checkpoint.train_checkpoint", interrupted)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--model", "digits-cnn", "--epochs", "3", "--out", str(out)]) == 4
+    err = capsys.readouterr().err
+    assert f"interrupted after 1 of 3 epochs: nothing was saved (train writes {out}" in err
+    assert "results.sqlite" not in err and not out.exists()
 
 
 # ------------------------------------------------------------------ the headline (slow)

@@ -162,6 +162,45 @@ def test_dag_unbounded_reaches_targets_and_refuses_a_ball(seg_batch):
         DAG()(net, x, y, ThreatModel("linf", 0.1), task=SEGMENTATION)
 
 
+def test_dense_score_counts_only_the_pixels_to_change():
+    # labels mostly background, target background: a no-op must score 0, a perfect attack 1
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[0, :2, :2] = 3
+    y[0, 3, 3] = 255
+    t = torch.where(y == 255, y, torch.zeros_like(y))
+    noop = torch.nn.functional.one_hot(y.clamp_max(K - 1), K).permute(0, 3, 1, 2).float()
+    perfect = torch.nn.functional.one_hot(torch.zeros_like(y), K).permute(0, 3, 1, 2).float()
+    assert dense_score(SEGMENTATION, noop, y, t).tolist() == [0.0]
+    assert dense_score(SEGMENTATION, perfect, y, t).tolist() == [1.0]
+    half = perfect.clone()
+    half[0, :, 0, :2] = noop[0, :, 0, :2]
+    assert dense_score(SEGMENTATION, half, y, t).tolist() == [0.5]
+    # nothing to change (all background): 0, not a division by zero
+    z = torch.zeros(1, 4, 4, dtype=torch.long)
+    assert dense_score(SEGMENTATION, perfect, z, z).tolist() == [0.0]
+
+
+def test_dag_stops_when_every_pixel_to_change_did():
+    # a model that already predicts the target on the digit but gets a background pixel wrong: that
+    # pixel is not DAG's to change (its gradient term z_t - z_l is 0), so DAG returns x untouched at once
+    class Fixed(nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], K, 4, 4) + 0 * x.sum()
+            out[:, 0] = 1.0
+            out[:, 1, 3, 0] = 2.0  # background pixel (3, 0) predicted as class 1
+            return out
+
+    y = torch.zeros(1, 4, 4, dtype=torch.long)
+    y[0, 0, 0] = 2
+    x = torch.rand(1, 1, 4, 4)
+    calls = []
+    net = Fixed()
+    net.register_forward_hook(lambda *_: calls.append(1))
+    adv = DAG(target=0, max_iter=5)(net, x, y, ThreatModel("unbounded", math.inf), task=SEGMENTATION)
+    assert torch.equal(adv, x)
+    assert len(calls) == 2  # the class count lookup and one scoring pass; the old stop test ran all 5 steps
+
+
 class _Train:
     def __init__(self, x, y):
         self.x, self.y = x, y

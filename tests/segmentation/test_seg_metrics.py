@@ -101,6 +101,17 @@ def test_targeted_success():
     assert targeted_success(pred, torch.full_like(pred, 255)) == (0, 0)
 
 
+def test_targeted_success_counts_only_pixels_to_change():
+    # target background (0) on a scene that is mostly background: only the 2 digit pixels count
+    y = torch.tensor([[[0, 0, 0], [0, 3, 5]]])
+    targets = torch.zeros_like(y)
+    assert targeted_success(y.clone(), targets, y) == (0, 2)  # a no-op attack: 0%, not 4/6
+    assert targeted_success(targets.clone(), targets, y) == (2, 2)  # every digit hidden: 100%
+    assert targeted_success(torch.tensor([[[0, 0, 0], [0, 0, 5]]]), targets, y) == (1, 2)
+    # a background pixel the model gets wrong is not the attack's to change: still 0 counted there
+    assert targeted_success(torch.tensor([[[4, 0, 0], [0, 3, 5]]]), targets, y) == (0, 2)
+
+
 def test_an_image_without_valid_pixels_has_no_pixel_accuracy_and_adds_nothing():
     """One convention everywhere (core.task.valid_share): no valid pixel, no pixel accuracy (NaN), left
     out of per-image statistics; its confusion matrix is zero, so dataset figures are those without it."""

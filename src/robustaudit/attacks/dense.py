@@ -62,12 +62,20 @@ def _targets(y: torch.Tensor, targets: torch.Tensor | None, ignore_index: int) -
 def dense_score(task: SegmentationTask, logits: torch.Tensor, y: torch.Tensor,
                 targets: torch.Tensor | None) -> torch.Tensor:
     """Per-image attack score, higher is better for the attacker: ``1 - pixel accuracy`` (untargeted) or
-    the share of valid target pixels reached (targeted). ``(N, K, H, W) -> (N,)``."""
+    the share of the pixels to change that reach their target (targeted: valid pixels whose label
+    ``y`` differs from the target; an image with none scores 0). ``(N, K, H, W) -> (N,)``."""
     if targets is None:
         return 1.0 - task.pixel_accuracy(logits, y)
-    valid = task.valid(targets)
-    hits = ((logits.argmax(1) == targets) & valid).flatten(1).sum(1)
-    return hits / valid.flatten(1).sum(1).clamp_min(1)
+    counted = to_change(task, y, targets)
+    hits = ((logits.argmax(1) == targets) & counted).flatten(1).sum(1)
+    return hits / counted.flatten(1).sum(1).clamp_min(1)
+
+
+def to_change(task: SegmentationTask, y: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` bool: the pixels a targeted attack must change, valid in labels and targets with a
+    label other than the target. Pixels already labelled as their target count nowhere: counting them
+    let a no-op attack with target background score ~90% on digit-scenes."""
+    return task.valid(targets) & task.valid(y) & (y != targets)
 
 
 class DenseAttack(Attack):

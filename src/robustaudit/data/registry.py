@@ -207,6 +207,13 @@ def open_dataset(spec: str, *, split: str = "test") -> ImageData:
 _SINGLE_SPLIT = ("imagefolder", "tensors")
 
 
+def is_segmentation_spec(data: str) -> bool:
+    """Whether the data spec names a segmentation set (a class per pixel), judged from its name alone:
+    ``train`` refuses one before it reads anything."""
+    entry = _REGISTRY.get(parse_spec(data)[0])
+    return entry is not None and entry.description.startswith("segmentation:")
+
+
 def require_train_split(data: str) -> str:
     """The data set's name, when it has a train and a test split; a UserError otherwise."""
     name = parse_spec(data)[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,15 +133,17 @@ def train_checkpoint(
     *,
     dropout: float | None = None,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    overwrite: bool = True,
 ) -> TrainResult:
     """Train ``arch`` on the train split of ``data`` with ``config``; write ``out`` and its card.
 
-    Raises :class:`UserError` for a bad checkpoint name, a data set without a train split, an
-    architecture that does not fit the data.
+    Raises :class:`UserError` for a bad checkpoint name or one that cannot be written (checked before
+    training), an existing ``out`` unless ``overwrite`` (the API's default; the CLI asks for
+    ``--overwrite``), a data set without a train split, an architecture that does not fit the data.
     """
     from robustaudit.data.registry import open_dataset
 
-    out = _checked_out(out)
+    out = check_out(out, overwrite=overwrite)
     require_train_split(data)
     train_data, test_data = open_dataset(data, split="train"), open_dataset(data, split="test")
     torch.manual_seed(config.seed)  # the architecture's initial weights
@@ -160,13 +163,26 @@ def train_checkpoint(
     return TrainResult(out, path, record, log)
 
 
-def _checked_out(out: str | Path) -> Path:
-    """``out`` as a path, or :class:`UserError` when it is no checkpoint file name."""
+def check_out(out: str | Path, *, overwrite: bool = True) -> Path:
+    """``out`` as a path, or :class:`UserError` when it is no checkpoint file name, cannot be written
+    (a directory, a parent that is a file or not writable) or exists and ``overwrite`` is false.
+
+    Checked before training: a bad ``--out`` found at the save would throw the whole run away.
+    """
     out = Path(out)
     if out.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise UserError(f"--out '{out}' must end in {', '.join(CHECKPOINT_SUFFIXES)} (a state_dict checkpoint)")
     if out.is_dir():
         raise UserError(f"--out '{out}' is a directory; give a checkpoint file name")
+    if out.exists() and not overwrite:
+        raise UserError(f"--out '{out}' exists; give --overwrite to replace it and its card, or another name")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # the first ancestor that exists is created in
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out '{out}' cannot be written: '{parent}' is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"--out '{out}' cannot be written: no write permission in '{parent}'")
     return out
 
 

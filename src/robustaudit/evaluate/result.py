@@ -38,7 +38,7 @@ REPORT_HTML = "report.html"
 #: Columns of a segmentation audit's records, one row per model × attack × eps (the worst case is the
 #: per-image ensemble: each image's adversarial with the lowest pixel accuracy over the attacks). mIoU
 #: and pixel accuracy come from the dataset-level confusion matrix; ``*_ci_*`` are 95% per-image
-#: bootstrap percentile intervals; ``targeted_success`` is the share of valid target pixels reached (NaN
+#: bootstrap percentile intervals; ``targeted_success`` is the share of the pixels to change reached (NaN
 #: for untargeted attacks); ``median_l2`` / ``median_linf`` are the medians over images of the
 #: perturbation's norms.
 SEG_COLUMNS: tuple[str, ...] = (

@@ -1,5 +1,5 @@
 """Segmentation metrics from a dataset-level confusion matrix: mIoU, pixel accuracy, per-class IoU,
-plus targeted success (share of target pixels reached) and per-image pixel accuracy.
+plus targeted success (share of the pixels to change reached) and per-image pixel accuracy.
 
 Pure torch, no model. Conventions (also in docs/segmentation.md):
 
@@ -141,13 +141,16 @@ def targeted_success(
     """``(reached, counted)``: target pixels where ``pred == targets``, out of the target pixels counted.
 
     A pixel counts when its target is not ``ignore_index`` (a target map may leave pixels free) and,
-    when ``y`` is given, its label is not ``ignore_index`` either. All ``(N, H, W)``.
+    when ``y`` is given, its label is neither ``ignore_index`` nor already its target: success is the
+    share of the pixels the attack must change (Xie et al.'s DAG), so doing nothing scores 0 even when
+    most labels already are the target (background on digit-scenes). All ``(N, H, W)``.
     """
     _check_pair(pred, targets, "targets")
     counted = targets != ignore_index
     if y is not None:
         _check_pair(pred, y)
-        counted = counted & (y.to(targets.device) != ignore_index)
+        y = y.to(targets.device)
+        counted = counted & (y != ignore_index) & (y != targets)
     reached = (pred.to(targets.device) == targets) & counted
     return int(reached.sum()), int(counted.sum())
 

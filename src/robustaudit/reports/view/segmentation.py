@@ -126,7 +126,8 @@ def _targeted_section(result: ResultMatrix) -> Section:
     title = "Targeted success and perturbation norms"
     table = Table(("model", "attack", "eps", "targeted success", "median L2", "median Linf"), rows, title=title)
     return Section(title, table=table,
-                   after="Targeted success: the share of valid target pixels predicted as their target.")
+                   after="Targeted success: the share of the pixels to change (valid, labelled other than their "
+                         "target) predicted as their target; a no-op scores 0%.")
 
 
 def _spread(u: dict[str, Any], norm: str, digits: str) -> str:
@@ -139,11 +140,12 @@ def _unbounded_section(result: ResultMatrix) -> Section:
                   f"{format_percent(u['clean_pixel_accuracy'])} → {format_percent(u['pixel_accuracy'])}",
                   format_percent(u.get("targeted_success")) + "%", _spread(u, "l2", ".3f"), _spread(u, "linf", ".4f"),
                   f"{float(u.get('seconds') or 0):.1f}") for u in result.unbounded)
-    headers = ("model", "attack", "mIoU", "pixel acc.", "target pixels reached", "L2 median [q25–q75]",
+    headers = ("model", "attack", "mIoU", "pixel acc.", "pixels to change reached", "L2 median [q25–q75]",
                "Linf median [q25–q75]", "seconds")
     table = Table(headers, rows, title="Unbounded attacks (run once, outside the eps grid)")
     return Section("Unbounded attacks (DAG)", table=table,
-                   after="Run once per model without an eps-ball; norms are per image, over [0, 1] pixels.")
+                   after="Run once per model without an eps-ball; norms are per image, over [0, 1] pixels. "
+                         "Pixels to change: valid pixels labelled other than their target (a no-op scores 0%).")
 
 
 def headline(result: ResultMatrix) -> str:
