@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robustaudit.cli_common import EXIT_INTERRUPTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from robustaudit.defenses.training import TrainConfig
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -63,9 +67,39 @@ def add_train_parser(sub) -> None:
 
 def cmd_train(args: argparse.Namespace, err) -> int:
     """``robustaudit train``: one epoch per progress step, then the card's numbers."""
+    from robustaudit.defenses.checkpoint import train_checkpoint
+
+    config = _config(args)
+    name = config.defense
+    total = config.build().epochs(args.epochs)  # bad settings fail here, before any data is read
+    replaced = Path(args.out).exists()
+    bar = _EpochProgress(err, total, f"train {name}")
+    try:
+        with bar:
+            result = train_checkpoint(args.model, args.data, config, args.out, dropout=args.dropout,
+                                      on_epoch=bar.epoch, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        # train keeps no store (audit's message about results.sqlite would mislead): say what is lost
+        err.print(interrupted_training(args.out, bar.finished, total, replaced), soft_wrap=True, markup=False)
+        return EXIT_INTERRUPTED
+    if replaced:
+        err.print(f"replaced the existing {result.checkpoint} (--overwrite)", soft_wrap=True, markup=False)
+    for note in result.log.events:
+        err.print(f"[yellow]note:[/] {note}", soft_wrap=True, markup=True)
+    rep = result.record["reported"]
+    robust_key = next(k for k in rep if k.startswith("pgd"))
+    err.print(f"{name} on {args.data}: clean {rep['clean_accuracy']:.4f}, {robust_key} {rep[robust_key]:.4f} "
+              f"(test split, n={rep['n']}), {result.record['train_seconds']:.1f} s", soft_wrap=True, markup=False)
+    err.print(f"wrote {result.checkpoint} and {result.card}; audit it with: robustaudit audit --model {result.checkpoint}",
+              soft_wrap=True, markup=False)
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The training configuration of ``args``, every flag checked (one line each) before anything is spent."""
     from robustaudit.core.errors import UserError
     from robustaudit.data.registry import is_segmentation_spec, require_train_split
-    from robustaudit.defenses.checkpoint import check_out, train_checkpoint
+    from robustaudit.defenses.checkpoint import check_out
     from robustaudit.defenses.training import TrainConfig, defense_class, parse_defense
     from robustaudit.evaluate.options import parse_eps
 
@@ -108,31 +142,9 @@ def cmd_train(args: argparse.Namespace, err) -> int:
         raise UserError("--lr must be > 0 and --weight-decay >= 0")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    config = TrainConfig(defense=name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    return TrainConfig(defense=name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, eps=eps, norm=args.norm,
                          eps_warmup=max(1, args.eps_warmup), seed=args.seed, settings=settings, augment=args.augment)
-    total = config.build().epochs(args.epochs)  # bad settings fail here, before any data is read
-    replaced = Path(args.out).exists()
-    bar = _EpochProgress(err, total, f"train {name}")
-    try:
-        with bar:
-            result = train_checkpoint(args.model, args.data, config, args.out, dropout=args.dropout,
-                                      on_epoch=bar.epoch, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        # train keeps no store (audit's message about results.sqlite would mislead): say what is lost
-        err.print(interrupted_training(args.out, bar.finished, total, replaced), soft_wrap=True, markup=False)
-        return EXIT_INTERRUPTED
-    if replaced:
-        err.print(f"replaced the existing {result.checkpoint} (--overwrite)", soft_wrap=True, markup=False)
-    for note in result.log.events:
-        err.print(f"[yellow]note:[/] {note}", soft_wrap=True, markup=True)
-    rep = result.record["reported"]
-    robust_key = next(k for k in rep if k.startswith("pgd"))
-    err.print(f"{name} on {args.data}: clean {rep['clean_accuracy']:.4f}, {robust_key} {rep[robust_key]:.4f} "
-              f"(test split, n={rep['n']}), {result.record['train_seconds']:.1f} s", soft_wrap=True, markup=False)
-    err.print(f"wrote {result.checkpoint} and {result.card}; audit it with: robustaudit audit --model {result.checkpoint}",
-              soft_wrap=True, markup=False)
-    return EXIT_OK
 
 
 def interrupted_training(out: str, finished: int, total: int, existed: bool) -> str:

@@ -174,7 +174,7 @@ def _fit(name: str, model: nn.Module, threat: ThreatModel, seed: int = 0):
 def test_universal_attack_refuses_to_run_unfitted(name, digits_cnn, digits_test):
     x, y = digits_test
     norm = attack_class(name).norms[0]
-    with pytest.raises(UserError, match="fit it on training data"):
+    with pytest.raises(UserError, match="is universal: it is fitted on training data as a column of its own"):
         get(name, **FIT.get(name, {}))(digits_cnn, x, y, ThreatModel(norm, EPS.get(norm, 0.1)))
 
 

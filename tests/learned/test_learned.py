@@ -195,7 +195,7 @@ def test_settings_are_validated(digits_cnn, small_train):
         AdvGAN(target=12, epochs=1).fit(digits_cnn, small_train, LINF)
     with pytest.raises(UserError, match="supports norms linf, l2, not 'l1'"):
         ATN().fit(digits_cnn, small_train, ThreatModel("l1", 1.0))
-    with pytest.raises(UserError, match="fit it on training data first"):
+    with pytest.raises(UserError, match="is universal: it is fitted on training data as a column of its own"):
         ATN()(digits_cnn, *small_train.load(range(4)), LINF)
     assert isinstance(ATN(epochs=1, width=8).fit(digits_cnn, small_train, LINF), GeneratorAttack)
 
