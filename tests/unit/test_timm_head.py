@@ -3,7 +3,6 @@ from ``:num_classes=N`` in the spec (random weights, no network)."""
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -14,13 +13,7 @@ from robustaudit.models.loading import load_model
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'robustaudit[timm]')")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test touched the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: every connection fails loudly
 
 
 @pytest.fixture(scope="module")
