@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,43 +45,34 @@ class SegExample:
 
 
 
+#: the arrays each file stacks, one row per example, and their dtypes (the rest of a field is JSON ``meta``)
+_IMAGES = {"clean": np.float32, "adversarial": np.float32}
+_MAPS = {**_IMAGES, "label": np.int64, "clean_pred": np.int64, "adv_pred": np.int64}
+
+
 def save_examples(examples: list[Example], path: Path) -> None:
-    meta = [{k: v for k, v in asdict(e).items() if k not in ("clean", "adversarial")} for e in examples]
-    np.savez_compressed(
-        path,
-        meta=np.array(json.dumps(meta)),
-        clean=np.stack([e.clean for e in examples]).astype(np.float32),
-        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
-    )
+    meta = [{k: v for k, v in asdict(e).items() if k not in _IMAGES} for e in examples]
+    _save(path, examples, meta, _IMAGES)
 
 
 def load_examples(path: Path) -> list[Example]:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return [
-            Example(clean=z["clean"][i], adversarial=z["adversarial"][i], **m)
-            for i, m in enumerate(meta)
-        ]
+    return _load(path, Example, _IMAGES)
 
 
 def save_seg_examples(examples: list[SegExample], path: Path) -> None:
-    meta = [{"model": e.model, "attack": e.attack, "eps": e.eps} for e in examples]
-    np.savez_compressed(
-        path,
-        meta=np.array(json.dumps(meta)),
-        clean=np.stack([e.clean for e in examples]).astype(np.float32),
-        adversarial=np.stack([e.adversarial for e in examples]).astype(np.float32),
-        label=np.stack([e.label for e in examples]).astype(np.int64),
-        clean_pred=np.stack([e.clean_pred for e in examples]).astype(np.int64),
-        adv_pred=np.stack([e.adv_pred for e in examples]).astype(np.int64),
-    )
+    _save(path, examples, [{"model": e.model, "attack": e.attack, "eps": e.eps} for e in examples], _MAPS)
 
 
 def load_seg_examples(path: Path) -> list[SegExample]:
+    return _load(path, SegExample, _MAPS)
+
+
+def _save(path: Path, examples: list[Any], meta: list[dict[str, Any]], arrays: dict[str, Any]) -> None:
+    """``meta`` as JSON, and each of ``arrays`` stacked over ``examples`` ``(N, ...)`` in its dtype."""
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)),
+                        **{k: np.stack([getattr(e, k) for e in examples]).astype(t) for k, t in arrays.items()})
+
+
+def _load(path: Path, cls: type, arrays: dict[str, Any]) -> list[Any]:
     with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        return [
-            SegExample(clean=z["clean"][i], adversarial=z["adversarial"][i], label=z["label"][i],
-                       clean_pred=z["clean_pred"][i], adv_pred=z["adv_pred"][i], **m)
-            for i, m in enumerate(meta)
-        ]
+        return [cls(**{k: z[k][i] for k in arrays}, **m) for i, m in enumerate(json.loads(str(z["meta"])))]
